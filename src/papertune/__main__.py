@@ -1,0 +1,3 @@
+from papertune.cli import main
+
+raise SystemExit(main())

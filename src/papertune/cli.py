@@ -1,0 +1,102 @@
+"""The ``papertune`` command: one subcommand per stage, each a thin layer over the stage's ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import papertune
+from papertune.config import PapertuneConfig, load_config
+from papertune.errors import ExitCode, PapertuneError
+
+log = logging.getLogger("papertune")
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config (e.g. configs/cpu.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set ingest.chunk_tokens=256 (repeatable)",
+    )
+    parser.add_argument("--run-dir", help="run directory holding every stage's files (default: run_dir of the config)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _config(args: argparse.Namespace, extra: list[str] | None = None) -> PapertuneConfig:
+    overrides = list(args.overrides) + list(extra or [])
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    return load_config(args.config, overrides)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from papertune import ingest
+
+    extra = []
+    if args.workers is not None:
+        extra.append(f"ingest.workers={args.workers}")
+    if args.docs_dir:
+        extra.append(f"ingest.docs_dir={args.docs_dir}")
+    cfg = _config(args, extra)
+    out = ingest.run(cfg)
+    failed = ingest.failed_documents(cfg.run_dir)
+    if failed:
+        log.error("%d document(s) failed; see %s/%s", len(failed), cfg.run_dir, ingest.REPORT_FILE)
+        for doc in failed:
+            log.error("  %s", doc["reason"])
+        return ExitCode.PARTIAL
+    log.info("wrote %s", out)
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="papertune",
+        description="Turn a folder of AI-research documents into a fine-tuned question-answering model.",
+    )
+    parser.add_argument("--version", action="version", version=f"papertune {papertune.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "ingest",
+        help="PDFs and Markdown -> clean, sentence-aligned chunks (RUN/chunks.jsonl)",
+        description="Extract, clean, segment and chunk every PDF and Markdown file under DOCS_DIR. Pages "
+        "without a text layer are OCRed with Tesseract. Unchanged documents are reused from the last run. "
+        "Exit code 3 means some documents failed (listed in RUN/ingest/report.json); the rest were written.",
+    )
+    p.add_argument("docs_dir", nargs="?", metavar="DOCS_DIR", help="folder of documents (default: ingest.docs_dir)")
+    p.add_argument("--workers", "-j", type=int, help="documents processed in parallel (ingest.workers)")
+    _common(p)
+    p.set_defaults(func=cmd_ingest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return int(args.func(args))
+    except PapertuneError as exc:
+        log.error("%s", exc)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        log.error("interrupted; finished work is kept in the run directory, rerun the same command to continue")
+        return int(ExitCode.INTERRUPTED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

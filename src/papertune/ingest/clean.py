@@ -1,0 +1,128 @@
+"""Text cleaning shared by the PDF and Markdown readers.
+
+Order matters: broken diacritics are repaired before Unicode normalisation (NFKC would turn a spacing
+accent into a space plus a combining mark), and footnote marks are removed before NFKC turns superscript
+digits into ordinary ones ("model¹" would become "model1").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# pdfTeX and friends often emit an accent as a separate spacing character before its letter:
+# "Montr´eal", "G¨odel", "Universit`a". Map each spacing accent to its combining mark.
+_SPACING_TO_COMBINING = {
+    "\u00b4": "\u0301",  # acute
+    "\u02ca": "\u0301",
+    "\u0060": "\u0300",  # grave (only between letters, see the regex below)
+    "\u02cb": "\u0300",
+    "\u00a8": "\u0308",  # diaeresis
+    "\u02c6": "\u0302",  # circumflex
+    "\u02dc": "\u0303",  # tilde
+    "\u00b8": "\u0327",  # cedilla
+    "\u02d8": "\u0306",  # breve
+    "\u02c7": "\u030c",  # caron
+    "\u02da": "\u030a",  # ring
+    "\u02d9": "\u0307",  # dot above
+    "\u00af": "\u0304",  # macron
+}
+_ACCENT_BEFORE_LETTER = re.compile(
+    r"([\u00b4\u02ca\u02cb\u00a8\u02c6\u02dc\u00b8\u02d8\u02c7\u02da\u02d9\u00af])\s?([A-Za-z\u0131])"
+    # A backtick is an accent only inside a word before a vowel ("Universit`a"), never around code.
+    r"|(?<=[A-Za-z])(`)([AEIOUaeiou])(?![A-Za-z]*`)"
+)
+
+_INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
+_SUPERSCRIPT_DIGITS = "⁰¹²³⁴⁵⁶⁷⁸⁹"
+# Footnote marks glued to a word: "model¹", "training†,"; superscripts after a digit are exponents.
+_FOOTNOTE_MARK = re.compile(rf"(?<=[A-Za-z\)\.,;:])[{_SUPERSCRIPT_DIGITS}†‡§¶]+")
+_EXPONENT = re.compile(rf"(?<=\d)([{_SUPERSCRIPT_DIGITS}]+)")
+_SUPERSCRIPT_TABLE = str.maketrans(_SUPERSCRIPT_DIGITS, "0123456789")
+
+# Numeric citations: [3], [1, 4], [2-5], [7–9]. Intervals such as [0, 1] start at 0 and are kept.
+_NUMERIC_CITATION = re.compile(r"\s?\[[1-9]\d{0,3}(?:\s*[,\u2013\u2014-]\s*[1-9]\d{0,3})*\]")
+_AUTHOR = r"(?:[A-Z][A-Za-z\u00c0-\u024f'\-]+(?:\s+(?:et\s+al\.?|and\s+[A-Z][A-Za-z\u00c0-\u024f'\-]+|&\s+[A-Z][A-Za-z\u00c0-\u024f'\-]+))?)"
+_YEAR = r"(?:19|20)\d{2}[a-z]?"
+_ONE_AUTHOR_YEAR = rf"(?:(?:see|e\.g\.,?|cf\.)\s+)?{_AUTHOR},?\s+{_YEAR}(?:,\s*{_YEAR})*"
+# Parenthetical author-year citations: (Hu et al., 2021), (Smith and Jones, 2020; Lee, 2019a).
+_AUTHOR_YEAR_CITATION = re.compile(rf"\s?\({_ONE_AUTHOR_YEAR}(?:\s*;\s*{_ONE_AUTHOR_YEAR})*\)")
+
+_REFERENCES_HEADING = re.compile(
+    r"^\s*(?:[0-9]+\.?|[IVX]+\.)?\s*(references|bibliography|works cited|literature cited|reference list)\s*:?\s*$",
+    re.IGNORECASE,
+)
+_SPACES = re.compile(r"\s+")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?)\]])")
+_HYPHEN_LINEBREAK = re.compile(r"(\w)-\n\s*([a-z]+)(-?)")
+
+
+def fix_diacritics(text: str) -> str:
+    """Recombine accents that PDF extraction split from their letters ("Montr´eal" -> "Montréal")."""
+    if not any(ch in text for ch in _SPACING_TO_COMBINING):
+        return text
+
+    def before(m: re.Match[str]) -> str:
+        accent, letter = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        letter = "i" if letter == "\u0131" else letter
+        return letter + _SPACING_TO_COMBINING[accent]
+
+    return _ACCENT_BEFORE_LETTER.sub(before, text)
+
+
+def normalize_unicode(text: str) -> str:
+    """Repair diacritics, drop invisible characters and footnote marks, then NFKC (ligatures, widths)."""
+    text = fix_diacritics(text)
+    text = _INVISIBLE.sub("", text)
+    if any(ch in text for ch in _SUPERSCRIPT_DIGITS + "†‡§¶"):
+        text = _FOOTNOTE_MARK.sub("", text)
+        text = _EXPONENT.sub(lambda m: "^" + m.group(1).translate(_SUPERSCRIPT_TABLE), text)
+    return unicodedata.normalize("NFKC", text)
+
+
+def join_hyphenated(text: str) -> str:
+    """Join words split across a line break: "trans-\\nformer" -> "transformer".
+
+    A continuation that is itself hyphenated ("state-\\nof-the-art") was a compound: its hyphen stays.
+    """
+    return _HYPHEN_LINEBREAK.sub(lambda m: m.group(1) + ("-" if m.group(3) else "") + m.group(2) + m.group(3), text)
+
+
+def drop_citations(text: str) -> str:
+    text = _NUMERIC_CITATION.sub("", text)
+    return _AUTHOR_YEAR_CITATION.sub("", text)
+
+
+def squash_whitespace(text: str) -> str:
+    """One space between words, no space before closing punctuation."""
+    text = _SPACES.sub(" ", text).strip()
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+
+
+def clean_paragraph(text: str, *, citations: str = "drop") -> str:
+    """The cleaning every paragraph goes through, whatever its source."""
+    text = normalize_unicode(join_hyphenated(text))
+    if citations == "drop":
+        text = drop_citations(text)
+    return squash_whitespace(text)
+
+
+def is_references_heading(text: str) -> bool:
+    return bool(_REFERENCES_HEADING.match(text))
+
+
+def printable_ratio(text: str) -> float:
+    """Share of non-space characters that are letters, digits or ordinary punctuation.
+
+    A text layer from a font without a Unicode map comes out as replacement characters, private-use
+    code points or control characters; a low ratio means the page must be OCRed instead.
+    """
+    total = good = 0
+    for ch in text:
+        if ch.isspace():
+            continue
+        total += 1
+        cat = unicodedata.category(ch)
+        if ch != "\ufffd" and cat[0] in "LNPS" and cat != "Co":
+            good += 1
+    return good / total if total else 0.0

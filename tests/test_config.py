@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from papertune.config import IngestConfig, PapertuneConfig, load_config
+from papertune.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert isinstance(cfg, PapertuneConfig)
+    assert cfg.ingest == IngestConfig()
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_every_profile_loads_and_validates(profile: Path):
+    cfg = load_config(profile)
+    cfg.validate()
+    assert cfg.run_dir
+
+
+def test_profiles_exist():
+    assert {p.name for p in PROFILES} >= {"cpu.yaml", "gpu.yaml"}
+
+
+def test_yaml_then_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run_dir: runs/x\ningest:\n  chunk_tokens: 200\n  workers: 2\n")
+    cfg = load_config(path, ["ingest.workers=1", "ingest.citations=keep", "ingest.extensions=.pdf,.md"])
+    assert cfg.run_dir == "runs/x"
+    assert cfg.ingest.chunk_tokens == 200
+    assert cfg.ingest.workers == 1
+    assert cfg.ingest.citations == "keep"
+    assert cfg.ingest.extensions == [".pdf", ".md"]
+
+
+def test_int_is_accepted_for_float_and_converted():
+    cfg = load_config(None, ["ingest.doc_timeout_s=5"])
+    assert cfg.ingest.doc_timeout_s == 5.0 and isinstance(cfg.ingest.doc_timeout_s, float)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("ingest.chunk_tokenz=100", "did you mean 'ingest.chunk_tokens'"),
+        ("ingest.workers=two", "ingest.workers must be an integer"),
+        ("ingest.workers=0", "ingest.workers must be >= 1"),
+        ("ingest.ocr=maybe", "ingest.ocr must be true or false"),
+        ("ingest.citations=remove", "ingest.citations must be one of 'drop', 'keep'"),
+        ("ingest.segmenter=spacy", "ingest.segmenter must be one of"),
+        ("ingest.min_chunk_tokens=999", "ingest.min_chunk_tokens must be >= 0 and below ingest.chunk_tokens"),
+        ("ingest.extensions=pdf", "must start with a dot"),
+        ("nosuchsection.x=1", "unknown setting 'nosuchsection'"),
+        ("ingest", "--set expects section.key=value"),
+        ("ingest.workers.deeper=1", "ingest.workers must be an integer"),
+        ("run_dir.x=1", "run_dir must be a string"),
+    ],
+)
+def test_errors_name_the_field(override: str, fragment: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("ingest:\n  workers: -3\n")
+    with pytest.raises(ConfigError, match="ingest.workers"):
+        load_config(wrong)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(listy)
