@@ -33,10 +33,12 @@ _ACCENT_BEFORE_LETTER = re.compile(
     r"|(?<=[A-Za-z])(`)([AEIOUaeiou])(?![A-Za-z]*`)"
 )
 
+_ANY_ACCENT = re.compile("[" + "".join(_SPACING_TO_COMBINING) + "]")
 _INVISIBLE = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff]")
 _SUPERSCRIPT_DIGITS = "⁰¹²³⁴⁵⁶⁷⁸⁹"
 # Footnote marks glued to a word: "model¹", "training†,"; superscripts after a digit are exponents.
 _FOOTNOTE_MARK = re.compile(rf"(?<=[A-Za-z\)\.,;:])[{_SUPERSCRIPT_DIGITS}†‡§¶]+")
+_ANY_MARK = re.compile(f"[{_SUPERSCRIPT_DIGITS}†‡§¶]")
 _EXPONENT = re.compile(rf"(?<=\d)([{_SUPERSCRIPT_DIGITS}]+)")
 _SUPERSCRIPT_TABLE = str.maketrans(_SUPERSCRIPT_DIGITS, "0123456789")
 
@@ -52,14 +54,13 @@ _REFERENCES_HEADING = re.compile(
     r"^\s*(?:[0-9]+\.?|[IVX]+\.)?\s*(references|bibliography|works cited|literature cited|reference list)\s*:?\s*$",
     re.IGNORECASE,
 )
-_SPACES = re.compile(r"\s+")
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?)\]])")
+_SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?)\]])")
 _HYPHEN_LINEBREAK = re.compile(r"(\w)-\n\s*([a-z]+)(-?)")
 
 
 def fix_diacritics(text: str) -> str:
     """Recombine accents that PDF extraction split from their letters ("Montr´eal" -> "Montréal")."""
-    if not any(ch in text for ch in _SPACING_TO_COMBINING):
+    if not _ANY_ACCENT.search(text):
         return text
 
     def before(m: re.Match[str]) -> str:
@@ -72,9 +73,11 @@ def fix_diacritics(text: str) -> str:
 
 def normalize_unicode(text: str) -> str:
     """Repair diacritics, drop invisible characters and footnote marks, then NFKC (ligatures, widths)."""
+    if text.isascii() and "`" not in text:  # most paragraphs: nothing below can apply
+        return text
     text = fix_diacritics(text)
     text = _INVISIBLE.sub("", text)
-    if any(ch in text for ch in _SUPERSCRIPT_DIGITS + "†‡§¶"):
+    if _ANY_MARK.search(text):
         text = _FOOTNOTE_MARK.sub("", text)
         text = _EXPONENT.sub(lambda m: "^" + m.group(1).translate(_SUPERSCRIPT_TABLE), text)
     return unicodedata.normalize("NFKC", text)
@@ -85,17 +88,22 @@ def join_hyphenated(text: str) -> str:
 
     A continuation that is itself hyphenated ("state-\\nof-the-art") was a compound: its hyphen stays.
     """
+    if "-\n" not in text:
+        return text
     return _HYPHEN_LINEBREAK.sub(lambda m: m.group(1) + ("-" if m.group(3) else "") + m.group(2) + m.group(3), text)
 
 
 def drop_citations(text: str) -> str:
-    text = _NUMERIC_CITATION.sub("", text)
-    return _AUTHOR_YEAR_CITATION.sub("", text)
+    if "[" in text:
+        text = _NUMERIC_CITATION.sub("", text)
+    if "(" in text:
+        text = _AUTHOR_YEAR_CITATION.sub("", text)
+    return text
 
 
 def squash_whitespace(text: str) -> str:
     """One space between words, no space before closing punctuation."""
-    text = _SPACES.sub(" ", text).strip()
+    text = " ".join(text.split())
     return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
 
 
@@ -111,18 +119,17 @@ def is_references_heading(text: str) -> bool:
     return bool(_REFERENCES_HEADING.match(text))
 
 
-def printable_ratio(text: str) -> float:
-    """Share of non-space characters that are letters, digits or ordinary punctuation.
+# Characters a broken text layer is made of: replacement characters, private-use code points, controls.
+_UNPRINTABLE = re.compile("[\ufffd\ue000-\uf8ff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
-    A text layer from a font without a Unicode map comes out as replacement characters, private-use
-    code points or control characters; a low ratio means the page must be OCRed instead.
+
+def printable_ratio(text: str) -> float:
+    """Share of non-space characters that are real text rather than replacement, private-use or control codes.
+
+    A text layer from a font without a Unicode map comes out as such characters; a low ratio means the
+    page must be OCRed instead.
     """
-    total = good = 0
-    for ch in text:
-        if ch.isspace():
-            continue
-        total += 1
-        cat = unicodedata.category(ch)
-        if ch != "\ufffd" and cat[0] in "LNPS" and cat != "Co":
-            good += 1
-    return good / total if total else 0.0
+    total = len("".join(text.split()))
+    if not total:
+        return 0.0
+    return 1.0 - len(_UNPRINTABLE.findall(text)) / total

@@ -9,6 +9,7 @@ page break mid-sentence are joined again.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -49,7 +50,8 @@ _MARGIN = 0.12  # running headers and footers sit in the top or bottom 12% of a 
 _SPAN_BOLD, _SPAN_MONO, _SPAN_SUPERSCRIPT = 16, 8, 1
 _FOOTNOTE_MARK = re.compile(r"^[\d*†‡§¶,]{1,4}$")
 _HYPHEN_BREAK = re.compile(r"([A-Za-z]+)-\n\s*([a-z][A-Za-z]*)")
-_WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
+_LETTERS = re.compile(r"[a-z]+")
+_COMPOUND = re.compile(r"[a-z]+(?:-[a-z]+)+")
 
 
 @dataclass
@@ -102,6 +104,18 @@ def open_pdf(path: Path, source: str) -> pymupdf.Document:
 # --- extraction ------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
+def _font_style(font: str, flags: int) -> int:
+    """Bold and monospace bits from the span flags, or from the font name where the flags miss them."""
+    name = font.lower()
+    style = flags & (_SPAN_BOLD | _SPAN_MONO)
+    if "bold" in name or "black" in name or "heavy" in name:
+        style |= _SPAN_BOLD
+    if "mono" in name or "courier" in name or "consol" in name or "code" in name:
+        style |= _SPAN_MONO
+    return style
+
+
 def _page_blocks(page: pymupdf.Page) -> list[_Block]:
     page_no = page.number + 1
     blocks = []
@@ -121,23 +135,23 @@ def _page_blocks(page: pymupdf.Page) -> list[_Block]:
             text = "".join(s["text"] for s in kept).strip()
             if not text:
                 continue
-            sizes: Counter[float] = Counter()
             bold = mono = chars = 0
+            size, longest = 0.0, -1
             for span in kept:
-                n = len(span["text"].strip())
+                n = len(span["text"])
                 chars += n
-                sizes[round(span["size"], 1)] += n
-                font = span["font"].lower()
-                if span["flags"] & _SPAN_BOLD or "bold" in font:
+                if n > longest:  # the line's size is its longest piece's: subscripts do not count
+                    size, longest = round(span["size"], 1), n
+                style = _font_style(span["font"], span["flags"])
+                if style & _SPAN_BOLD:
                     bold += n
-                if span["flags"] & _SPAN_MONO or "mono" in font or "courier" in font:
+                if style & _SPAN_MONO:
                     mono += n
-            size = sizes.most_common(1)[0][0]
             lines.append(_Line(text, size, bold >= 0.9 * chars, mono >= 0.8 * chars))
             # Wide gaps between the pieces of one line: the cells of a table row.
-            tabular = tabular or any(
-                b["bbox"][0] - a["bbox"][2] > max(12.0, 1.5 * size) for a, b in zip(kept, kept[1:])
-            )
+            if len(kept) > 1 and not tabular:
+                gap = max(12.0, 1.5 * size)
+                tabular = any(b["bbox"][0] - a["bbox"][2] > gap for a, b in zip(kept, kept[1:]))
         if lines:
             x0, y0, x1, y1 = raw["bbox"]
             blocks.append(_Block(lines, x0, y0, x1, y1, page_no, table=tabular))
@@ -268,13 +282,9 @@ class _Dehyphenator:
     """
 
     def __init__(self, texts: list[str]) -> None:
-        self.words: set[str] = set()
-        for text in texts:
-            # The broken words themselves must not vouch for their own halves.
-            for word in _WORD.findall(_HYPHEN_BREAK.sub(" ", text)):
-                lowered = word.lower()
-                self.words.add(lowered)
-                self.words.update(lowered.split("-"))
+        # The broken words themselves must not vouch for their own halves.
+        text = _HYPHEN_BREAK.sub(" ", "\n".join(texts)).lower()
+        self.words: set[str] = set(_LETTERS.findall(text)) | set(_COMPOUND.findall(text))
 
     def __call__(self, text: str) -> str:
         def resolve(m: re.Match[str]) -> str:
@@ -375,6 +385,8 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
         heights: list[float] = []
         ocr_pages: list[int] = []
         warnings: list[str] = []
+        if doc.is_repaired:
+            warnings.append("the file is damaged (truncated?); MuPDF repaired it, so some text may be missing")
         for page in doc:
             page_no = page.number + 1
             blocks = _page_blocks(page)
@@ -402,7 +414,8 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
     if metadata_title.lower() in {"untitled"} or metadata_title.lower().startswith("microsoft word"):
         metadata_title = ""
     title = metadata_title or (squash_whitespace(normalize_unicode(font_title)) if font_title else None)
-    dehyphenate = _Dehyphenator([b.text for blocks in pages for b in blocks])
+    texts = [b.text for blocks in pages for b in blocks]
+    dehyphenate = _Dehyphenator(texts) if any("-\n" in t for t in texts) else (lambda text: text)
 
     paragraphs: list[Paragraph] = []
     section: str | None = None

@@ -21,8 +21,11 @@ from tqdm import tqdm
 import papertune
 from papertune.config import IngestConfig, PapertuneConfig, config_to_dict
 from papertune.errors import DocumentError, InputError
-from papertune.ingest.chunk import chunk_sentences, get_token_counter, sentences_of, text_hash
+from papertune.ingest.chunk import BUILTIN_TOKENIZERS, chunk_sentences, get_token_counter, sentences_of, text_hash
 from papertune.ingest.document import ReadDocument
+# Imported here, not in the worker, so forked workers start with them loaded.
+from papertune.ingest.markdown import read_markdown
+from papertune.ingest.pdf import read_pdf
 from papertune.rundir import (
     read_jsonl,
     record_stage,
@@ -73,9 +76,6 @@ def _init_worker() -> None:
 
 def process_document(path: str, source: str, cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """Read, clean, segment and chunk one file. Runs in a worker process; returns plain data."""
-    from papertune.ingest.markdown import read_markdown
-    from papertune.ingest.pdf import read_pdf
-
     cfg = IngestConfig(**cfg_dict)
     file_path = Path(path)
     started = time.perf_counter()
@@ -163,7 +163,8 @@ def run(config: PapertuneConfig, docs_dir: str | Path | None = None) -> Path:
     run_dir = Path(config.run_dir)
     docs = Path(cfg.docs_dir)
     files, ignored = discover(docs, cfg.extensions)
-    get_token_counter(cfg.tokenizer)  # fail fast on a bad tokenizer setting, before any work
+    if cfg.tokenizer.lower() not in BUILTIN_TOKENIZERS:
+        get_token_counter(cfg.tokenizer)  # fail fast on a bad tokenizer setting, before any work
     stage = record_stage(run_dir, "ingest", config)
     cache_dir = stage / "cache"
     cache_dir.mkdir(exist_ok=True)
