@@ -61,6 +61,53 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _run_stage(module_name: str):
+    """A command that loads the config and calls ``papertune.<module_name>.run(config)``."""
+
+    def command(args: argparse.Namespace) -> int:
+        import importlib
+
+        stage = importlib.import_module(f"papertune.{module_name}")
+        out = stage.run(_config(args))
+        log.info("wrote %s", out)
+        return ExitCode.OK
+
+    return command
+
+
+# (command, module, help, description) of the stages that only need the run directory and the config.
+_STAGES = [
+    (
+        "generate",
+        "generate",
+        "chunks -> synthetic question-answer pairs (RUN/qa.jsonl)",
+        "Write grounded question-answer pairs for every chunk in RUN/chunks.jsonl with the generators in "
+        "generate.generators (llm, seq2seq, rules). Interrupted generation resumes where it stopped.",
+    ),
+    (
+        "curate",
+        "curate",
+        "drop duplicate, unsupported or malformed pairs (RUN/qa_curated.jsonl)",
+        "Filter RUN/qa.jsonl: near-duplicate questions, answers not supported by their chunk, too short or "
+        "long pairs, questions that contain their answer. Dropped pairs go to RUN/qa_dropped.jsonl.",
+    ),
+    (
+        "augment",
+        "augment",
+        "paraphrases, noise, entity swaps, adversarial phrasings (RUN/qa_augmented.jsonl)",
+        "Add variants of the curated pairs, each switchable with a rate in the augment section; every "
+        "variant carries the id of its original.",
+    ),
+    (
+        "build",
+        "build",
+        "the SFT dataset: RUN/output.json and RUN/dataset/ (train/test)",
+        "Split the pairs 80/20 (seed 3407) grouped by source chunk, check for leakage, format them with "
+        "the target model's chat template and save a datasets DatasetDict and a dataset card.",
+    ),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="papertune",
@@ -81,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", "-j", type=int, help="documents processed in parallel (ingest.workers)")
     _common(p)
     p.set_defaults(func=cmd_ingest)
+
+    for command, module, help_text, description in _STAGES:
+        p = sub.add_parser(command, help=help_text, description=description)
+        _common(p)
+        p.set_defaults(func=_run_stage(module))
     return parser
 
 

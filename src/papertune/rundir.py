@@ -87,6 +87,35 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def read_jsonl_lenient(path: str | Path, required: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a JSONL file, and a ``file:line: problem`` message for each row that had to be skipped.
+
+    A malformed line, a line that is not an object, or an object missing a required key (or with it
+    empty) is skipped and reported; the rest are used.
+    """
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    path = Path(path)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not valid JSON ({exc.msg}); line skipped")
+                continue
+            if not isinstance(row, dict):
+                problems.append(f"{path}:{number}: expected a JSON object, got {type(row).__name__}; line skipped")
+                continue
+            missing = [k for k in required if row.get(k) in (None, "") or (isinstance(row.get(k), str) and not row[k].strip())]
+            if missing:
+                problems.append(f"{path}:{number}: empty or missing {', '.join(missing)}; line skipped")
+                continue
+            rows.append(row)
+    return rows, problems
+
+
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
