@@ -39,6 +39,13 @@ def test_yaml_then_overrides(tmp_path: Path):
     assert cfg.ingest.extensions == [".pdf", ".md"]
 
 
+def test_exponent_without_dot_is_a_number(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 2e-5\n")
+    assert load_config(path).train.learning_rate == 2e-5
+    assert load_config(None, ["train.learning_rate=1e-3"]).train.learning_rate == 1e-3
+
+
 def test_int_is_accepted_for_float_and_converted():
     cfg = load_config(None, ["ingest.doc_timeout_s=5"])
     assert cfg.ingest.doc_timeout_s == 5.0 and isinstance(cfg.ingest.doc_timeout_s, float)

@@ -75,6 +75,14 @@ def _run_stage(module_name: str):
     return command
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from papertune import train
+
+    out = train.run(_config(args), resume=args.resume, force=args.force)
+    log.info("wrote %s", out)
+    return ExitCode.OK
+
+
 # (command, module, help, description) of the stages that only need the run directory and the config.
 _STAGES = [
     (
@@ -133,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=help_text, description=description)
         _common(p)
         p.set_defaults(func=_run_stage(module))
+
+    p = sub.add_parser(
+        "train",
+        help="LoRA/QLoRA fine-tuning on RUN/dataset (RUN/train/adapter)",
+        description="Fine-tune train.model on RUN/dataset with TRL's SFTTrainer (Unsloth or transformers+PEFT). "
+        "Exit code 4: the loss became NaN/inf; 5: stopped by SIGTERM after a checkpoint (rerun with --resume). "
+        "Multi-GPU: accelerate launch -m papertune train ... (or torchrun --nproc_per_node N -m papertune train ...).",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: resume even if config/data/model changed; without: discard old checkpoints")
+    _common(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

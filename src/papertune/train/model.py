@@ -1,0 +1,142 @@
+"""The model to fine-tune, with LoRA adapters, from either backend.
+
+- ``unsloth``: ``FastLanguageModel`` as in the training report (4-bit, its fused kernels and
+  gradient checkpointing).
+- ``hf``: transformers + bitsandbytes NF4 (double quantization, bf16 compute) + PEFT.
+
+Both give a PEFT model and a tokenizer whose pad token is not the end-of-sequence token (a pad equal
+to EOS would teach the model to never stop, once pads are masked).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Any
+
+from papertune.config import TrainConfig
+from papertune.errors import ConfigError
+from papertune.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+# Tried in order when a tokenizer's pad token is missing or equal to its EOS token.
+_PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<unk>")
+
+
+def choose_backend(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.backend != "auto":
+        if cfg.backend == "unsloth" and importlib.util.find_spec("unsloth") is None:
+            raise ConfigError("train.backend=unsloth but Unsloth is not installed (pip install unsloth; needs a CUDA GPU)")
+        return cfg.backend
+    return "unsloth" if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None else "hf"
+
+
+def fix_pad_token(tokenizer: Any) -> None:
+    """Give the tokenizer a pad token distinct from EOS, taken from its own vocabulary."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in _PAD_CANDIDATES:
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            log.info("pad token set to %r (id %d), distinct from EOS %r", candidate, vocab[candidate], tokenizer.eos_token)
+            return
+    raise ConfigError(
+        f"the tokenizer has no pad token distinct from its EOS token {tokenizer.eos_token!r}, and none of "
+        f"{', '.join(_PAD_CANDIDATES)} is in its vocabulary; add a pad token to the model's tokenizer"
+    )
+
+
+def _torch_dtype(cfg: TrainConfig) -> Any:
+    import torch
+
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _local_rank_device() -> dict[str, int]:
+    return {"": int(os.environ.get("LOCAL_RANK", 0))}
+
+
+def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
+    """(PEFT model ready to train, tokenizer) for ``backend``."""
+    import torch
+
+    name = resolve_model(cfg.model, "train.model")
+    if cfg.load_in_4bit and not torch.cuda.is_available():
+        raise ConfigError("train.load_in_4bit=true needs a CUDA GPU (bitsandbytes NF4); on CPU set train.load_in_4bit=false")
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=name,
+            max_seq_length=cfg.max_seq_length,
+            dtype=None if cfg.dtype == "auto" else _torch_dtype(cfg),
+            load_in_4bit=cfg.load_in_4bit,
+            trust_remote_code=cfg.trust_remote_code,
+            device_map=_local_rank_device(),
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            bias="none",
+            target_modules=list(cfg.target_modules),
+            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+            random_state=cfg.seed,
+        )
+    else:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        dtype = _torch_dtype(cfg)
+        kwargs: dict[str, Any] = {
+            "dtype": dtype,
+            "use_safetensors": True,  # never unpickle weights
+            "trust_remote_code": cfg.trust_remote_code,
+            "attn_implementation": "sdpa",
+        }
+        if torch.cuda.is_available():
+            kwargs["device_map"] = _local_rank_device()
+        if cfg.load_in_4bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16,
+            )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        except OSError as exc:
+            raise ConfigError(
+                f"train.model={cfg.model!r} could not be loaded ({exc}). Use a local model folder with "
+                "safetensors weights, or a Hub id with network access"
+            ) from exc
+        if cfg.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        elif cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.target_modules),
+                bias="none",
+                task_type="CAUSAL_LM",
+            ),
+        )
+    fix_pad_token(tokenizer)
+    return model, tokenizer

@@ -1,0 +1,282 @@
+"""The train stage: ``RUN/dataset`` -> ``RUN/train/`` (adapter, checkpoints, metrics, plots).
+
+Layout of ``RUN/train``:
+  checkpoints/checkpoint-N/   complete checkpoints (each marked papertune_complete.json)
+  adapter/                    the final LoRA adapter (safetensors), tokenizer and chat template
+  merged/                     the adapter merged into a 16-bit base model (train.merge_16bit)
+  best_checkpoint.json        the checkpoint with the lowest validation loss
+  metrics.jsonl, tensorboard/ every log and evaluation
+  loss_curve.png, loss_table.md, report.json, fingerprint.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from papertune.config import PapertuneConfig, TrainConfig
+from papertune.errors import ConfigError, InputError, PreemptedError
+from papertune.rundir import read_jsonl, record_stage, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+TRAIN_DIR = "train"
+
+
+def _sft_config(cfg: TrainConfig, out: Path, has_cuda: bool, bf16: bool) -> Any:
+    from trl import SFTConfig
+
+    strategy = cfg.eval_strategy
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        optim=cfg.optim,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        max_grad_norm=cfg.max_grad_norm,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        bf16=has_cuda and bf16,
+        fp16=has_cuda and not bf16,
+        max_length=cfg.max_seq_length,
+        completion_only_loss=True,
+        packing=False,
+        dataset_num_proc=None,
+        include_num_input_tokens_seen="non_padding",
+        gradient_checkpointing=False,  # applied when the model is loaded (backend-specific)
+        save_only_model=False,
+        remove_unused_columns=True,
+        use_cpu=not has_cuda,
+    )
+    if strategy == "steps":
+        kwargs["eval_steps"] = cfg.eval_steps
+        kwargs["save_steps"] = cfg.eval_steps
+    # transformers 5.x folds warmup_ratio into warmup_steps (a float below 1 is a ratio); older ones have both.
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    if "warmup_ratio" not in fields:
+        kwargs["warmup_steps"] = kwargs.pop("warmup_ratio")
+    unknown = [k for k in kwargs if k not in fields]
+    if unknown:
+        raise RuntimeError(f"this TRL/transformers version lacks SFTConfig fields {unknown}; see papertune's requirements")
+    return SFTConfig(**kwargs)
+
+
+def _check_fingerprint(out: Path, fingerprint: dict[str, str], resume: bool, force: bool) -> None:
+    path = out / "fingerprint.json"
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        changed = [k for k in fingerprint if old.get(k) != fingerprint[k]]
+        if changed and not force:
+            raise ConfigError(
+                f"cannot resume: the {', '.join(changed)} changed since the checkpoints in {out} were written "
+                "(resuming would mix two different runs). Start a new run directory, or pass --force to resume anyway"
+            )
+        if changed:
+            log.warning("resuming although the %s changed (--force)", ", ".join(changed))
+    write_json_atomic(path, fingerprint)
+
+
+def _loss_outputs(out: Path, metrics: list[dict]) -> None:
+    """loss_curve.png and loss_table.md (step, training loss, validation loss) like the report's table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss", marker=".", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals), label="validation loss", marker="o", linewidth=2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("papertune: training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png", dpi=110)
+    plt.close(fig)
+
+    rows = ["| Step | Training Loss | Validation Loss |", "|------|---------------|-----------------|"]
+    for step, eval_loss in evals:
+        before = [loss for s, loss in train if s <= step]
+        rows.append(f"| {step} | {before[-1]:.6f} | {eval_loss:.6f} |" if before else f"| {step} | - | {eval_loss:.6f} |")
+    write_text_atomic(out / "loss_table.md", "\n".join(rows) + "\n")
+
+
+def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -> Path:
+    """Fine-tune ``train.model`` on ``RUN/dataset``; returns the adapter folder ``RUN/train/adapter``."""
+    cfg = config.train
+    run_dir = Path(config.run_dir)
+    out = run_dir / TRAIN_DIR
+    from papertune.train.model import choose_backend
+
+    backend = choose_backend(cfg)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (Unsloth patches transformers and TRL; it must come first)
+
+    import torch
+    from transformers import EarlyStoppingCallback
+
+    from papertune.train.data import load_training_data, run_fingerprint
+    from papertune.train.model import load_for_training
+    from papertune.train.trainer import MetricsCallback, PapertuneSFTTrainer, PreemptionCallback, complete_checkpoints
+
+    if not (run_dir / "dataset" / "dataset_dict.json").is_file():
+        raise InputError(f"no dataset in {run_dir / 'dataset'}: run `papertune build --run-dir {run_dir}` first")
+    checkpoints_dir = out / "checkpoints"
+    existing = complete_checkpoints(checkpoints_dir)
+    if existing and not resume and not force:
+        raise ConfigError(
+            f"{out} already holds checkpoints ({existing[-1].name}); pass --resume to continue that run, or use "
+            "another run directory (--force starts over and deletes them)"
+        )
+    if force and not resume and out.exists():
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = run_fingerprint(cfg, run_dir, backend)
+    _check_fingerprint(out, fingerprint, resume, force)
+    built_for = _built_model(run_dir)
+    if built_for and built_for != cfg.model:
+        log.warning("the dataset was formatted for %s (build.model) but train.model is %s: its chat template may "
+                    "differ; set both to the same model", built_for, cfg.model)
+    record_stage(run_dir, TRAIN_DIR, config)
+
+    log.info("train: %s with the %s backend (%s)", cfg.model, backend,
+             torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
+    model, tokenizer = load_for_training(cfg, backend)
+    data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
+    if counts["train_over_max_seq_length"] or counts["test_over_max_seq_length"]:
+        log.warning("train: %d/%d examples longer than train.max_seq_length=%d were left out",
+                    counts["train_over_max_seq_length"], counts["test_over_max_seq_length"], cfg.max_seq_length)
+    has_cuda = torch.cuda.is_available()
+    bf16 = has_cuda and torch.cuda.is_bf16_supported()
+    args = _sft_config(cfg, out, has_cuda, bf16)
+
+    metrics_cb = MetricsCallback(out)
+    preemption = PreemptionCallback()
+    callbacks: list[Any] = [metrics_cb, preemption]
+    if cfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
+    trainer = PapertuneSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"],
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    metrics_cb.trainer = trainer
+    resume_from = None
+    if resume:
+        done = complete_checkpoints(checkpoints_dir)
+        if done:
+            resume_from = str(done[-1])
+            log.info("train: resuming from %s", resume_from)
+        else:
+            log.info("train: --resume given but no complete checkpoint in %s; starting from the beginning", checkpoints_dir)
+    if has_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        preemption.restore()
+    wall = time.time() - started
+    if preemption.requested:
+        raise PreemptedError(f"training stopped on SIGTERM after saving {complete_checkpoints(checkpoints_dir)[-1]}; "
+                             "rerun with --resume to continue")
+
+    adapter_dir = out / "adapter"
+    if trainer.is_world_process_zero():
+        tmp = out / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        tmp.rename(adapter_dir)
+        best = trainer.state.best_model_checkpoint
+        write_json_atomic(out / "best_checkpoint.json", {
+            "checkpoint": best, "eval_loss": trainer.state.best_metric, "step": trainer.state.best_global_step,
+            "note": "the adapter in train/adapter is this checkpoint's (load_best_model_at_end)",
+        })
+        metrics = list(read_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").is_file() else []
+        _loss_outputs(out, metrics)
+        tokens = trainer.state.num_input_tokens_seen
+        report = {
+            "model": cfg.model,
+            "backend": backend,
+            "device": torch.cuda.get_device_name() if has_cuda else "cpu",
+            "resumed_from": resume_from,
+            "global_steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "train_loss": result.training_loss,
+            "best_eval_loss": trainer.state.best_metric,
+            "best_checkpoint": best,
+            "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+            "wall_s": round(wall, 1),
+            "tokens_seen": tokens,
+            "tokens_per_s": round(tokens / wall, 1) if wall else None,
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if has_cuda else None,
+            **counts,
+        }
+        write_json_atomic(out / "report.json", report)
+        if cfg.merge_16bit:
+            merge_adapter(cfg, adapter_dir, out / "merged")
+        log.info("train: %d steps in %.0f s (%.0f tokens/s), best validation loss %.4f -> %s",
+                 trainer.state.global_step, wall, report["tokens_per_s"] or 0, trainer.state.best_metric or float("nan"),
+                 adapter_dir)
+    trainer.accelerator.wait_for_everyone()
+    return adapter_dir
+
+
+def _built_model(run_dir: Path) -> str | None:
+    path = run_dir / "build" / "report.json"
+    return json.loads(path.read_text()).get("model") if path.is_file() else None
+
+
+def merge_adapter(cfg: TrainConfig, adapter_dir: Path, dest: Path) -> Path:
+    """The adapter merged into a 16-bit (bf16 on GPU, fp32 on CPU) copy of the base model, as safetensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from papertune.models import resolve_model
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model, "train.model"), dtype=dtype,
+                                                use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+

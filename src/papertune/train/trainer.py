@@ -1,0 +1,184 @@
+"""TRL's SFTTrainer with the guarantees a long fine-tuning run needs.
+
+- Checkpoints are written to a staging folder and renamed into place, then marked complete; a resume
+  only ever picks a complete checkpoint.
+- A NaN or infinite loss stops the run at that micro-batch, before the optimizer step, so the weights
+  and the last checkpoint stay good.
+- SIGTERM (preemption) saves a checkpoint at the end of the current step and stops.
+- Every log and evaluation goes to ``metrics.jsonl`` and TensorBoard; the progress bar shows loss,
+  learning rate, tokens/s and time left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from papertune.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "papertune_complete.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+# Fault injection for the reliability tests: kill the process after the checkpoint of this step is
+# written, or make the loss of this step NaN.
+FAULT_KILL_AFTER_SAVE = "PAPERTUNE_FAULT_KILL_AFTER_SAVE_STEP"
+FAULT_NAN_AT_STEP = "PAPERTUNE_FAULT_NAN_AT_STEP"
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoints that were fully written, oldest first."""
+    found = []
+    for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if suffix.isdigit() and (path / COMPLETE_MARKER).is_file():
+            found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+class PapertuneSFTTrainer(SFTTrainer):
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        import torch
+
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
+        if os.environ.get(FAULT_NAN_AT_STEP) == str(step):
+            loss = loss * float("nan")
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {step}; stopped before the optimizer step, so the "
+                "last checkpoint is intact. Lower train.learning_rate, check the data, or use train.dtype=float32"
+            )
+        return loss
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        real_output = self.args.output_dir
+        final = Path(real_output) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        staging_root = Path(real_output) / ".staging"
+        # Let the Trainer write everything into a staging folder, then rename it into place.
+        self.args.output_dir = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = real_output
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            staged = staging_root / final.name
+            (staged / COMPLETE_MARKER).write_text(
+                json.dumps({"global_step": self.state.global_step, "saved_at": time.time()}) + "\n"
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            if self.state.best_model_checkpoint and str(staging_root) in self.state.best_model_checkpoint:
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging_root), real_output)
+            self._keep_newest_checkpoints(Path(real_output))
+        self.accelerator.wait_for_everyone()
+        if os.environ.get(FAULT_KILL_AFTER_SAVE) == str(self.state.global_step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+    def _keep_newest_checkpoints(self, output_dir: Path) -> None:
+        """Delete all but the newest save_total_limit complete checkpoints; the best one always stays."""
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        best = Path(self.state.best_model_checkpoint).name if self.state.best_model_checkpoint else None
+        done = complete_checkpoints(output_dir)
+        keep = {p.name for p in done[-limit:]} | ({best} if best else set())
+        for path in done:
+            if path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM: finish the current step, save a checkpoint, stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
+        self.requested = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class MetricsCallback(TrainerCallback):
+    """Logs and evaluations to metrics.jsonl and TensorBoard; tokens/s and ETA on the progress bar."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.tb_dir = out_dir / "tensorboard"
+        self.writer = None
+        self.trainer: Any = None  # set after the trainer is built, to reach its progress bar
+        self.started = time.time()
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.time()
+        self.start_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen
+        if state.is_world_process_zero:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.tb_dir))
+            except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+                log.warning("tensorboard is not installed; metrics go to %s only", self.path)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        elapsed = max(time.time() - self.started, 1e-9)
+        tokens = state.num_input_tokens_seen - self.start_tokens
+        steps_done = state.global_step - self.start_step
+        record = {"step": state.global_step, "epoch": state.epoch, "time_s": round(elapsed, 2),
+                  "tokens_seen": state.num_input_tokens_seen, **logs}
+        if tokens:
+            record["tokens_per_s"] = round(tokens / elapsed, 1)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in logs.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key if "/" in key else f"train/{key}" if not key.startswith("eval_")
+                                           else f"eval/{key[5:]}", value, state.global_step)
+            self.writer.flush()
+        bar = self._progress_bar()
+        if bar is not None and "loss" in logs:
+            remaining = (state.max_steps - state.global_step) * elapsed / max(steps_done, 1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
+                            tok_s=f"{record.get('tokens_per_s', 0):.0f}", eta=f"{remaining / 60:.1f}m")
+
+    def _progress_bar(self) -> Any:
+        callbacks = self.trainer.callback_handler.callbacks if self.trainer is not None else []
+        for callback in callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                return bar
+        return None
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.writer is not None:
+            self.writer.close()
