@@ -1,7 +1,7 @@
 """Training examples as token ids with a loss mask, and the fingerprint that guards resumes.
 
-Examples are tokenized here rather than by TRL, so exactly which tokens carry loss does not depend on
-the TRL version: the prompt (system and user turns, and the assistant header) carries none; the
+Examples are tokenized here rather than by TRL (which takes a ``labels`` column as given), so exactly
+which tokens carry loss does not depend on the TRL version: the prompt (system and user turns, and the assistant header) carries none; the
 answer and the end-of-turn token carry it all. Prompt and completion are tokenized apart, without
 special tokens added (the chat template already wrote them), which is also how ``papertune ask``
 tokenizes a prompt: the model sees at inference exactly the ids it was trained on.
@@ -23,16 +23,14 @@ _RESUME_SAFE = {"early_stopping_patience", "early_stopping_threshold", "save_tot
 
 
 def tokenize_example(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[int]]:
+    """``input_ids`` and ``labels`` (-100 on the prompt): the collator of every TRL version uses them as is."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return {
-        "input_ids": prompt_ids + completion_ids,
-        "completion_mask": [0] * len(prompt_ids) + [1] * len(completion_ids),
-    }
+    return {"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids}
 
 
 def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any, dict[str, int]]:
-    """``RUN/dataset`` tokenized: a DatasetDict with ``input_ids`` and ``completion_mask``, and counts."""
+    """``RUN/dataset`` tokenized: a DatasetDict with ``input_ids`` and ``labels``, and counts."""
     from datasets import DatasetDict, load_from_disk
 
     path = run_dir / "dataset"
@@ -46,19 +44,21 @@ def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any
             raise InputError(f"{path}: the {split} split is empty; more question-answer pairs are needed")
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "completion_mask": []}
+        out: dict[str, list] = {"input_ids": [], "labels": []}
         for prompt, completion in zip(batch["prompt"], batch["completion"]):
             example = tokenize_example(tokenizer, prompt, completion)
             out["input_ids"].append(example["input_ids"])
-            out["completion_mask"].append(example["completion_mask"])
+            out["labels"].append(example["labels"])
         return out
 
     counts = {}
     tokenized = {}
     for split in ("train", "test"):
-        ds = raw[split].map(encode, batched=True, remove_columns=raw[split].column_names, desc=f"tokenize {split}")
+        # In memory: RUN/dataset stays exactly as build wrote it (no cache files beside it).
+        ds = raw[split].map(encode, batched=True, remove_columns=raw[split].column_names, desc=f"tokenize {split}",
+                            keep_in_memory=True)
         before = len(ds)
-        ds = ds.filter(lambda ids: len(ids) <= max_len, input_columns="input_ids")
+        ds = ds.filter(lambda ids: len(ids) <= max_len, input_columns="input_ids", keep_in_memory=True)
         counts[f"{split}_examples"] = len(ds)
         counts[f"{split}_over_max_seq_length"] = before - len(ds)
         tokenized[split] = ds
@@ -69,7 +69,7 @@ def dataset_fingerprint(run_dir: Path) -> str:
     """A hash of the saved dataset's files: it changes when the data does."""
     digest = hashlib.sha256()
     for path in sorted((run_dir / "dataset").rglob("*")):
-        if path.is_file():
+        if path.is_file() and not path.name.startswith("cache-"):  # datasets' own caches are not data
             digest.update(path.relative_to(run_dir).as_posix().encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()

@@ -60,7 +60,7 @@ def _sft_config(cfg: TrainConfig, out: Path, has_cuda: bool, bf16: bool) -> Any:
         bf16=has_cuda and bf16,
         fp16=has_cuda and not bf16,
         max_length=cfg.max_seq_length,
-        completion_only_loss=True,
+        completion_only_loss=False,  # the labels column already masks the prompt (train/data.py)
         packing=False,
         dataset_num_proc=None,
         include_num_input_tokens_seen="non_padding",
@@ -168,6 +168,9 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
 
     log.info("train: %s with the %s backend (%s)", cfg.model, backend,
              torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU")
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # the LoRA initialisation too: two runs of one config start from the same weights
     model, tokenizer = load_for_training(cfg, backend)
     data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
     if counts["train_over_max_seq_length"] or counts["test_over_max_seq_length"]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +35,8 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # written, or make the loss of this step NaN.
 FAULT_KILL_AFTER_SAVE = "PAPERTUNE_FAULT_KILL_AFTER_SAVE_STEP"
 FAULT_NAN_AT_STEP = "PAPERTUNE_FAULT_NAN_AT_STEP"
+# Diagnostics: append a hash of every training micro-batch to this file (to check the sample order).
+RECORD_BATCHES = "PAPERTUNE_RECORD_BATCHES"
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -50,6 +53,11 @@ class PapertuneSFTTrainer(SFTTrainer):
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         import torch
 
+        record = os.environ.get(RECORD_BATCHES)
+        if record and self.is_world_process_zero():
+            ids = inputs["input_ids"].detach().cpu().numpy().tobytes()
+            with open(record, "a", encoding="utf-8") as fh:
+                fh.write(f"{self.state.global_step + 1} {hashlib.sha256(ids).hexdigest()[:16]}\n")
         loss = super().training_step(model, inputs, num_items_in_batch)
         step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
         if os.environ.get(FAULT_NAN_AT_STEP) == str(step):

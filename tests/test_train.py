@@ -1,0 +1,314 @@
+"""Training: exact loss masks, and the reliability guarantees, on tiny models on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from papertune import build, train
+from papertune.chat import render_example, render_prompt
+from papertune.config import SMOLLM2_PACKAGED, load_config
+from papertune.errors import ConfigError, NonFiniteLossError
+from papertune.models import QWEN2_5_TOKENIZER, resolve_model
+from papertune.train.data import tokenize_example
+from papertune.train.model import fix_pad_token
+from papertune.train.trainer import COMPLETE_MARKER, complete_checkpoints
+from test_build import qa_rows, write_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(spec))
+    fix_pad_token(tokenizer)
+    return tokenizer
+
+
+def _labels(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """input_ids and labels exactly as the trainer's collator makes them."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    example = tokenize_example(tokenizer, prompt, completion)
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
+    batch = collator([example])
+    return batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+
+
+# --- golden tests: which tokens carry loss ---------------------------------------------------------
+
+
+def test_golden_loss_mask_qwen2_5():
+    tokenizer = _tokenizer(QWEN2_5_TOKENIZER)
+    ex = render_example(tokenizer, "What is LoRA?", "A low-rank adapter.", "Be brief.")
+    ids, labels = _labels(tokenizer, ex["prompt"], ex["completion"])
+    # <|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is LoRA?<|im_end|>\n<|im_start|>assistant\n
+    assert ids == [151644, 8948, 198, 3430, 9814, 13, 151645, 198, 151644, 872, 198, 3838, 374, 6485, 5609, 30,
+                   151645, 198, 151644, 77091, 198,
+                   # A, " low", "-r", "ank", " adapter", ".", <|im_end|>
+                   32, 3347, 3795, 1180, 12956, 13, 151645]
+    assert labels == [-100] * 21 + [32, 3347, 3795, 1180, 12956, 13, 151645]
+    assert tokenizer.decode([t for t in labels if t != -100]) == "A low-rank adapter.<|im_end|>"
+    assert tokenizer.pad_token_id == 151643 != tokenizer.eos_token_id == 151645
+
+
+def test_golden_loss_mask_smollm2():
+    tokenizer = _tokenizer(SMOLLM2_PACKAGED)
+    ex = render_example(tokenizer, "What is LoRA?", "A low-rank adapter.", "Be brief.")
+    ids, labels = _labels(tokenizer, ex["prompt"], ex["completion"])
+    assert ids == [1, 9690, 198, 6077, 5453, 30, 2, 198, 1, 4093, 198, 1780, 314, 14210, 7055, 47, 2, 198, 1, 520,
+                   9531, 198, 49, 1642, 29, 12797, 33303, 30, 2]
+    assert labels == [-100] * 22 + [49, 1642, 29, 12797, 33303, 30, 2]
+    assert tokenizer.decode([t for t in labels if t != -100]) == "A low-rank adapter.<|im_end|>"
+    # SmolLM2 ships with pad == eos; training uses <|endoftext|> instead, so EOS stays a learned target.
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("spec", [QWEN2_5_TOKENIZER, SMOLLM2_PACKAGED])
+def test_training_prompt_is_byte_identical_to_inference_prompt(spec):
+    tokenizer = _tokenizer(spec)
+    ex = render_example(tokenizer, "Why quantize?", "To save memory.", "Sys.")
+    prompt = render_prompt(tokenizer, "Why quantize?", "Sys.")
+    assert ex["prompt"] == prompt
+    train_ids = tokenize_example(tokenizer, ex["prompt"], ex["completion"])["input_ids"]
+    inference_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert train_ids[: len(inference_ids)] == inference_ids
+
+
+def test_pad_token_without_a_distinct_candidate_is_an_error():
+    class Tok:
+        pad_token, pad_token_id, eos_token, eos_token_id = "</s>", 2, "</s>", 2
+
+        def get_vocab(self):
+            return {"</s>": 2, "a": 3}
+
+    with pytest.raises(ConfigError, match="no pad token distinct from its EOS token"):
+        fix_pad_token(Tok())
+
+
+# --- a tiny real training run ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer Llama with SmolLM2's real tokenizer and chat template, random weights."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2_PACKAGED))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=512, tie_word_embeddings=True))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_overrides(run: Path, model: Path, **train_settings) -> list[str]:
+    settings = {"model": model, "load_in_4bit": "false", "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 2, "num_train_epochs": 2, "learning_rate": 1e-3, "logging_steps": 1,
+                "gradient_checkpointing": "false", "eval_strategy": "steps", "eval_steps": 2, "save_total_limit": 10,
+                **train_settings}
+    return ([f"run_dir={run}", f"build.model={model}", "build.num_proc=1"]
+            + [f"train.{k}={v}" for k, v in settings.items()])
+
+
+def built_run(tmp_path: Path, model: Path, name: str = "run", n_chunks: int = 5) -> Path:
+    run = tmp_path / name
+    write_rows(run, qa_rows(n_chunks=n_chunks))
+    build.run(load_config(None, tiny_overrides(run, model)))
+    return run
+
+
+def test_train_writes_adapter_metrics_plot_and_table(tmp_path, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = built_run(tmp_path, tiny_model)
+    adapter = train.run(load_config(None, tiny_overrides(run, tiny_model)))
+    out = run / "train"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "chat_template.jinja").is_file()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in m for m in metrics) and any("eval_loss" in m for m in metrics)
+    assert all(m["tokens_per_s"] > 0 for m in metrics if "loss" in m and m["step"] > 1)
+    table = (out / "loss_table.md").read_text().splitlines()
+    assert table[0] == "| Step | Training Loss | Validation Loss |" and len(table) >= 4
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert any((out / "tensorboard").iterdir())
+    best = json.loads((out / "best_checkpoint.json").read_text())
+    assert best["eval_loss"] == min(m["eval_loss"] for m in metrics if "eval_loss" in m)
+    # Every checkpoint is complete; the adapter loads with PEFT over the base model.
+    assert all((c / COMPLETE_MARKER).is_file() for c in complete_checkpoints(out / "checkpoints"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, adapter)
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] == base.config.vocab_size
+    report = json.loads((out / "report.json").read_text())
+    assert report["backend"] == "hf" and report["global_steps"] > 0
+
+
+def test_existing_checkpoints_need_resume_or_force(tmp_path, tiny_model):
+    run = built_run(tmp_path, tiny_model)
+    cfg = load_config(None, tiny_overrides(run, tiny_model, max_steps=2))
+    train.run(cfg)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        train.run(cfg)
+    changed = load_config(None, tiny_overrides(run, tiny_model, max_steps=2, learning_rate=5e-4))
+    with pytest.raises(ConfigError, match="cannot resume: the config changed"):
+        train.run(changed, resume=True)
+    train.run(changed, resume=True, force=True)  # explicit override
+
+
+def test_half_written_checkpoints_are_never_picked(tmp_path):
+    out = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        path = out / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        if complete:
+            (path / COMPLETE_MARKER).write_text("{}")
+    (out / ".staging" / "checkpoint-8").mkdir(parents=True)
+    assert [p.name for p in complete_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_nan_loss_stops_within_one_step_and_keeps_last_checkpoint(tmp_path, tiny_model, monkeypatch):
+    run = built_run(tmp_path, tiny_model)
+    monkeypatch.setenv("PAPERTUNE_FAULT_NAN_AT_STEP", "3")
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 3"):
+        train.run(load_config(None, tiny_overrides(run, tiny_model)))
+    done = complete_checkpoints(run / "train" / "checkpoints")
+    assert [p.name for p in done] == ["checkpoint-2"]
+    steps = [json.loads(line)["step"] for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 2
+
+
+def test_weights_only_from_safetensors(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # A checkpoint in the pickle format (transformers 5 no longer writes it, so write it by hand).
+    pickled = tmp_path / "pickled"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(pickled)
+    assert not list(pickled.glob("*.safetensors"))
+    run = built_run(tmp_path, tiny_model)
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        train.run(load_config(None, tiny_overrides(run, pickled)))
+    assert load_config().train.trust_remote_code is False
+
+
+def test_early_stopping_stops_and_marks_best(tmp_path, tiny_model):
+    run = built_run(tmp_path, tiny_model)
+    # A threshold no evaluation can beat: every evaluation after the first counts as no improvement.
+    train.run(load_config(None, tiny_overrides(run, tiny_model, num_train_epochs=10, early_stopping_patience=2,
+                                               early_stopping_threshold=100)))
+    report = json.loads((run / "train" / "report.json").read_text())
+    assert report["stopped_early"] and report["global_steps"] == 6  # evals at 2, 4, 6: two without improvement
+    evals = {json.loads(line)["step"]: json.loads(line)["eval_loss"]
+             for line in (run / "train" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line}
+    best_step = min(evals, key=evals.get)
+    assert report["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert (run / "train" / "checkpoints" / f"checkpoint-{best_step}" / COMPLETE_MARKER).is_file()
+
+
+# --- kill, preempt, resume (separate processes) ----------------------------------------------------
+
+
+def _papertune(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "papertune", *args], env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _train_cli(run: Path, model: Path, *extra: str, **settings) -> list[str]:
+    sets = [x for o in tiny_overrides(run, model, **settings) for x in ("--set", o)]
+    return ["train", "-q", *sets, *extra]
+
+
+def _adapter_state(adapter: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(adapter / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_model):
+    common = dict(num_train_epochs=2, early_stopping_patience=0)
+    straight = built_run(tmp_path, tiny_model, "straight")
+    killed = built_run(tmp_path, tiny_model, "killed")
+    order_a, order_b = tmp_path / "order_a.txt", tmp_path / "order_b.txt"
+
+    proc = _papertune(_train_cli(straight, tiny_model, **common), {"PAPERTUNE_RECORD_BATCHES": str(order_a)})
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    env = {"PAPERTUNE_RECORD_BATCHES": str(order_b), "PAPERTUNE_FAULT_KILL_AFTER_SAVE_STEP": "4"}
+    proc = _papertune(_train_cli(killed, tiny_model, **common), env)
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    assert [p.name for p in complete_checkpoints(killed / "train" / "checkpoints")][-1] == "checkpoint-4"
+    proc = _papertune(_train_cli(killed, tiny_model, "--resume", **common), {"PAPERTUNE_RECORD_BATCHES": str(order_b)})
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    # Same micro-batches in the same order (gradient accumulation 2), and the same final weights.
+    assert order_a.read_text() == order_b.read_text()
+    assert len(order_a.read_text().splitlines()) > 8
+    a, b = _adapter_state(straight / "train" / "adapter"), _adapter_state(killed / "train" / "adapter")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5, rtol=0), key
+    assert json.loads((killed / "train" / "report.json").read_text())["resumed_from"].endswith("checkpoint-4")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resumes(tmp_path, tiny_model):
+    run = built_run(tmp_path, tiny_model)
+    settings = dict(max_steps=40, eval_steps=1000, early_stopping_patience=0, gradient_accumulation_steps=1)
+    proc = _papertune(_train_cli(run, tiny_model, **settings))
+    metrics = run / "train" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 5, output
+    assert "rerun with --resume" in output
+    saved = complete_checkpoints(run / "train" / "checkpoints")
+    assert len(saved) == 1 and 0 < int(saved[0].name.split("-")[1]) < 40
+    proc = _papertune(_train_cli(run, tiny_model, "--resume", **settings))
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    report = json.loads((run / "train" / "report.json").read_text())
+    assert report["global_steps"] == 40 and report["resumed_from"].endswith(saved[0].name)
+
+
+@pytest.mark.slow
+def test_cli_exit_code_for_nan(tmp_path, tiny_model):
+    run = built_run(tmp_path, tiny_model)
+    proc = _papertune(_train_cli(run, tiny_model), {"PAPERTUNE_FAULT_NAN_AT_STEP": "1"})
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 4, output
+    assert "the training loss became nan at step 1" in output
+
+
+@pytest.mark.slow
+def test_cpu_profile_fine_tunes_smollm2(tmp_path):
+    """The real 135M model trains a few steps on the CPU and its validation loss goes down."""
+    run = tmp_path / "run"
+    write_rows(run, qa_rows(n_chunks=5))
+    overrides = [f"run_dir={run}", f"build.model={SMOLLM2_PACKAGED}", "build.num_proc=1",
+                 f"train.model={SMOLLM2_PACKAGED}"]
+    cfg = load_config(REPO / "configs" / "cpu.yaml", overrides + ["train.max_steps=4", "train.eval_strategy=steps",
+                                                                   "train.eval_steps=2", "train.learning_rate=5e-4"])
+    build.run(cfg)
+    train.run(cfg)
+    evals = [json.loads(line)["eval_loss"] for line in (run / "train" / "metrics.jsonl").read_text().splitlines()
+             if "eval_loss" in line]
+    assert len(evals) == 2 and evals[-1] < evals[0]
