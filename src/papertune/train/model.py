@@ -76,13 +76,15 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
+        # Unsloth places the model itself; only a distributed run pins each rank to its own GPU.
+        placement = {"device_map": _local_rank_device()} if "LOCAL_RANK" in os.environ else {}
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=name,
             max_seq_length=cfg.max_seq_length,
             dtype=None if cfg.dtype == "auto" else _torch_dtype(cfg),
             load_in_4bit=cfg.load_in_4bit,
             trust_remote_code=cfg.trust_remote_code,
-            device_map=_local_rank_device(),
+            **placement,
         )
         model = FastLanguageModel.get_peft_model(
             model,
@@ -123,7 +125,12 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
                 "safetensors weights, or a Hub id with network access"
             ) from exc
         if cfg.load_in_4bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+            # Non-reentrant checkpointing: the reentrant kind breaks DDP with frozen base weights.
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=cfg.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
         elif cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

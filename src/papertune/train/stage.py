@@ -68,6 +68,7 @@ def _sft_config(cfg: TrainConfig, out: Path, has_cuda: bool, bf16: bool) -> Any:
         save_only_model=False,
         remove_unused_columns=True,
         use_cpu=not has_cuda,
+        ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used in every step
     )
     if strategy == "steps":
         kwargs["eval_steps"] = cfg.eval_steps
@@ -194,6 +195,7 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
         callbacks=callbacks,
     )
     metrics_cb.trainer = trainer
+    trainer.use_model_loss = backend == "unsloth"
     resume_from = None
     if resume:
         done = complete_checkpoints(checkpoints_dir)

@@ -1,0 +1,168 @@
+"""GPU training benchmarks for papertune, measured beside the reference scripts in the same run.
+
+    python scripts/bench_train_gpu.py kernel  hf|unsloth  MODEL_DIR   # papertune's loader, the anchor's step loop
+    python scripts/bench_train_gpu.py trainer hf|unsloth  MODEL_DIR   # papertune's trainer (SFTTrainer subclass)
+    python scripts/bench_train_gpu.py qa-run  RUN_DIR MODEL_DIR N     # a RUN/dataset of N synthetic Q&A examples
+    python scripts/bench_train_gpu.py table   LOG...                  # RESULT lines -> a markdown table
+
+MODEL_DIR is the Qwen2.5-3B-shaped random-weight model of ../shared/gpu/qlora_anchor.py (``build``).
+Kernel and trainer modes use the anchor's shape: batch 2 x 2048 tokens, LoRA r=16 on all 7 linear layers,
+gradient checkpointing, AdamW, median of 10 steps after 3 warm-up steps. Each mode runs in its own process
+(Unsloth patches libraries at import), and prints one ``RESULT {json}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SEQ, BATCH, WARM, STEPS = 2048, 2, 3, 10
+
+
+def _cfg(model_dir: str, backend: str):
+    from papertune.config import TrainConfig
+
+    return TrainConfig(model=model_dir, backend=backend, load_in_4bit=True, max_seq_length=SEQ, lora_r=16,
+                       lora_alpha=16, lora_dropout=0.0, gradient_checkpointing=True,
+                       per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, learning_rate=2e-4)
+
+
+def _result(**fields) -> None:
+    import torch
+
+    fields.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), gpu=torch.cuda.get_device_name())
+    print("RESULT", json.dumps(fields), flush=True)
+
+
+def kernel(backend: str, model_dir: str) -> None:
+    if backend == "unsloth":
+        import unsloth  # noqa: F401
+    import torch
+
+    from papertune.train.model import load_for_training
+
+    started = time.time()
+    model, _ = load_for_training(_cfg(model_dir, backend), backend)
+    load_s = time.time() - started
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 150000, (BATCH, SEQ), generator=gen).cuda() for _ in range(4)]
+    torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for i in range(WARM + STEPS):
+        x = batches[i % 4]
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        losses.append(float(loss))
+        if i >= WARM:
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    _result(mode=f"papertune {backend} (loader + anchor loop)", load_s=round(load_s, 1), step_s_median=round(med, 4),
+            tokens_per_s=round(BATCH * SEQ / med), loss_first=round(losses[0], 3), loss_last=round(losses[-1], 3))
+
+
+def trainer(backend: str, model_dir: str) -> None:
+    if backend == "unsloth":
+        import unsloth  # noqa: F401
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from papertune.train.model import load_for_training
+    from papertune.train.stage import _sft_config
+    from papertune.train.trainer import MetricsCallback, PapertuneSFTTrainer
+
+    cfg = _cfg(model_dir, backend)
+    cfg.eval_strategy, cfg.eval_steps, cfg.max_steps, cfg.logging_steps = "steps", 10_000, WARM + STEPS, 1
+    model, tokenizer = load_for_training(cfg, backend)
+    gen = random.Random(0)
+    rows = [{"input_ids": ids, "labels": ids} for ids in
+            ([gen.randrange(0, 150000) for _ in range(SEQ)] for _ in range(BATCH * (WARM + STEPS)))]
+    out = Path(tempfile.mkdtemp())
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.cuda.synchronize()
+            self.marks.append(time.perf_counter())
+
+    timer = StepTimer()
+    metrics = MetricsCallback(out)
+    trainer_ = PapertuneSFTTrainer(model=model, args=_sft_config(cfg, out, True, torch.cuda.is_bf16_supported()),
+                                   train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows[:2]),
+                                   processing_class=tokenizer, callbacks=[timer, metrics])
+    metrics.trainer = trainer_
+    trainer_.use_model_loss = backend == "unsloth"  # as papertune.train.stage does
+    torch.cuda.reset_peak_memory_stats()
+    trainer_.train()
+    steps = [b - a for a, b in zip(timer.marks[WARM - 1:], timer.marks[WARM:])]
+    med = statistics.median(steps)
+    _result(mode=f"papertune {backend} (PapertuneSFTTrainer)", step_s_median=round(med, 4),
+            tokens_per_s=round(BATCH * SEQ / med), steps_timed=len(steps))
+
+
+def qa_run(run_dir: str, model_dir: str, n: int) -> None:
+    """N synthetic Q&A pairs with the report-like length mix (log-normal, median ~220 tokens), built into
+    RUN/dataset by papertune's build stage with the model's tokenizer."""
+    from papertune import build
+    from papertune.config import load_config
+
+    words = ("transformer attention lora quantization adapter gradient").split()
+    rng = random.Random(3407)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / "qa_augmented.jsonl").open("w") as fh:
+        for i in range(n):
+            length = min(700, max(60, int(math.exp(rng.gauss(math.log(220), 0.5)))))
+            q_len = max(8, length // 5)
+            question = " ".join(rng.choice(words) for _ in range(q_len)) + f" {i}?"
+            answer = " ".join(rng.choice(words) for _ in range(length - q_len))
+            fh.write(json.dumps({"id": f"q{i}", "question": question, "answer": answer, "chunk_id": f"c{i // 4}",
+                                 "source": f"d{i // 40}.md", "generator": "synthetic"}) + "\n")
+    build.run(load_config(None, [f"run_dir={run}", f"build.model={model_dir}", "build.num_proc=4",
+                                 "build.leakage_threshold=0.95"]))
+
+
+def table(paths: list[str]) -> None:
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("RESULT "):
+                rows.append(json.loads(line[len("RESULT "):]))
+    print("| mode | tokens/s | step s (median) | peak GiB | GPU |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.get('mode', r.get('recipe'))} | {r.get('tokens_per_s')} | {r.get('step_s_median', r.get('wall_s'))} | "
+              f"{r.get('peak_gib')} | {r.get('gpu')} |")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    command, *rest = sys.argv[1:]
+    if command == "kernel":
+        kernel(rest[0], rest[1])
+    elif command == "trainer":
+        trainer(rest[0], rest[1])
+    elif command == "qa-run":
+        qa_run(rest[0], rest[1], int(rest[2]))
+    elif command == "table":
+        table(rest)
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,10 @@
+# Sourced by the GPU scripts: unpack the package bundle (make-bundle.sh) and set up the environment.
+set -uo pipefail
+rm -rf /tmp/s && mkdir -p /tmp/s && tar xzf .gpu-bundle/site.tgz -C /tmp/s
+export PYTHONPATH=/tmp/s/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+MODEL=/tmp/q3b
+if [ ! -f $MODEL/config.json ]; then
+  python3 .gpu-ref/qlora_anchor.py build $MODEL > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
+fi

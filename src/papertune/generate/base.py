@@ -1,0 +1,108 @@
+"""What every generator shares: the interface, per-chunk results, and grounding helpers."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Chunk = dict[str, Any]  # a row of chunks.jsonl: id, text, source, title, section, page_start, page_end, ...
+
+
+@dataclass
+class ChunkResult:
+    """The pairs written for one chunk, and how many candidates were dropped, by reason."""
+
+    pairs: list[dict[str, str]] = field(default_factory=list)  # {"question": ..., "answer": ...}
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+class Generator(Protocol):
+    name: str
+    model: str | None  # the model that wrote the pairs (None for rules)
+    batch_size: int  # chunks per call of generate()
+
+    def generate(self, chunks: list[Chunk]) -> Iterator[tuple[str, ChunkResult]]:
+        """``(chunk id, result)`` for each chunk, as each is finished.
+
+        Results yielded before an exception are kept by the stage, so a generator that fails half-way
+        through a batch yields what it finished first and raises after.
+        """
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# text helpers
+
+STOPWORDS = frozenset(
+    """a an the and or but nor of to in on at by for with from into onto over under as is are was were be been
+    being am do does did done has have had having it its it's this that these those there here their they them
+    he she his her we our you your i me my not no yes so than then too very can could may might must shall should
+    will would which who whom whose what when where why how all any both each few more most other some such only
+    own same also just about above after again against before below between during further once out off up down
+    through until while if because via per e.g i.e etc""".split()
+)
+
+_WORD = re.compile(r"[A-Za-z0-9]+(?:[.,][0-9]+)*")
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased, lightly stemmed words of ``text`` that carry meaning (no stopwords)."""
+    words = []
+    for match in _WORD.finditer(text.lower()):
+        word = match.group(0).replace(",", "")
+        if word in STOPWORDS or (len(word) == 1 and not word.isdigit()):
+            continue
+        words.append(_stem(word))
+    return words
+
+
+def support(text: str, context_words: set[str]) -> float:
+    """Share of ``text``'s content words found in the context (0 when it has none)."""
+    words = content_words(text)
+    if not words:
+        return 0.0
+    return sum(w in context_words for w in words) / len(words)
+
+
+def normalise_question(question: str) -> str:
+    """A key for spotting the same question twice."""
+    return " ".join(re.findall(r"[a-z0-9]+", question.lower()))
+
+
+def tidy(text: str) -> str:
+    """Collapse whitespace and strip."""
+    return " ".join(str(text).split())
+
+
+def finish_question(question: str) -> str:
+    """Capitalised, ending with a single question mark."""
+    question = tidy(question).rstrip(" .:;,!?")
+    if not question:
+        return ""
+    return question[0].upper() + question[1:] + "?"
+
+
+def take_pairs(candidates: list[tuple[str, str]], limit: int, result: ChunkResult) -> None:
+    """Add candidates to ``result`` in order: duplicates of a question and any beyond ``limit`` are dropped."""
+    seen = {normalise_question(p["question"]) for p in result.pairs}
+    for question, answer in candidates:
+        key = normalise_question(question)
+        if key in seen:
+            result.dropped["duplicate"] += 1
+            continue
+        if len(result.pairs) >= limit:
+            result.dropped["over_limit"] += 1
+            continue
+        seen.add(key)
+        result.pairs.append({"question": question, "answer": answer})

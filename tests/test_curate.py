@@ -1,0 +1,260 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from papertune import curate
+from papertune.cli import main
+from papertune.config import load_config
+from papertune.errors import ConfigError, InputError
+from papertune.rundir import read_jsonl
+
+CHUNKS = [
+    {
+        "id": "paper.pdf#0000",
+        "text": "LoRA freezes the pretrained weights and trains two low-rank matrices per layer. "
+        "This reduces the number of trainable parameters by a factor of ten thousand.",
+        "source": "paper.pdf", "title": "LoRA", "section": "Method", "page_start": 1, "page_end": 1,
+    },
+    {
+        "id": "blog.md#0000",
+        "text": "QLoRA quantizes the base model to 4-bit NormalFloat and backpropagates through it into "
+        "LoRA adapters, so a 65B model fits on one 48 GB GPU.",
+        "source": "blog.md", "title": "QLoRA", "section": "Summary", "page_start": None, "page_end": None,
+    },
+]
+
+
+def pair(pid: str, question: str, answer: str, chunk_id: str = "paper.pdf#0000") -> dict:
+    chunk = next((c for c in CHUNKS if c["id"] == chunk_id), CHUNKS[0])
+    return {
+        "id": pid, "question": question, "answer": answer, "chunk_id": chunk_id,
+        "source": chunk["source"], "title": chunk["title"], "section": chunk["section"],
+        "page_start": chunk["page_start"], "page_end": chunk["page_end"],
+        "generator": "rules", "model": None, "parent_id": None, "augmentation": None,
+    }
+
+
+GOOD = [
+    pair("q1", "What does LoRA freeze during training?", "The pretrained weights."),
+    pair("q2", "How many low-rank matrices does LoRA train per layer?", "Two low-rank matrices per layer."),
+    pair("q3", "Which precision does QLoRA quantize the base model to?", "4-bit NormalFloat.", "blog.md#0000"),
+]
+
+
+def write_run(run_dir: Path, rows: list, chunks: list | None = None, extra_lines: list[str] = ()) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for r in rows] + list(extra_lines)
+    (run_dir / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "chunks.jsonl").write_text("".join(json.dumps(c) + "\n" for c in (chunks or CHUNKS)))
+
+
+def config(run_dir: Path, **settings: object):
+    return load_config(None, [f"run_dir={run_dir}"] + [f"curate.{k}={v}" for k, v in settings.items()])
+
+
+def results(run_dir: Path) -> tuple[list[dict], dict[str, str], dict]:
+    kept = list(read_jsonl(run_dir / "qa_curated.jsonl"))
+    dropped = {d["id"]: d["drop_reason"] for d in read_jsonl(run_dir / "qa_dropped.jsonl")}
+    report = json.loads((run_dir / "curate" / "report.json").read_text())
+    return kept, dropped, report
+
+
+def test_each_filter_drops_with_its_reason(tmp_path: Path):
+    rows = GOOD + [
+        pair("dup-exact", "what does LoRA  freeze during training", "The pretrained weights."),
+        pair("dup-near", "So what does LoRA freeze during training?", "The pretrained weights."),
+        pair("unsupported", "What does LoRA freeze during fine-tuning?", "The tokenizer vocabulary and optimizer state."),
+        pair("q-short", "LoRA?", "Low-rank adaptation."),
+        pair("q-long", "Why " + "really " * 70 + "?", "The pretrained weights."),
+        pair("a-long", "What does LoRA reduce exactly?", " ".join(["parameters"] * 201)),
+        pair("in-question", "Does LoRA train two low-rank matrices per layer?", "two low-rank matrices"),
+        pair("orphan", "What does the missing chunk say?", "Nothing.", "gone.pdf#0003"),
+        pair("q1", "A second pair that reuses the id q1?", "The pretrained weights."),
+    ]
+    write_run(tmp_path, rows)
+    out = curate.run(config(tmp_path))
+    assert out == tmp_path / "qa_curated.jsonl"
+    kept, dropped, report = results(tmp_path)
+    assert [r["id"] for r in kept] == ["q1", "q2", "q3"]
+    assert kept == GOOD  # kept rows pass through unchanged
+    assert dropped == {
+        "dup-exact": "exact_duplicate",
+        "dup-near": "near_duplicate",
+        "unsupported": "unsupported_answer",
+        "q-short": "question_too_short",
+        "q-long": "question_too_long",
+        "a-long": "answer_too_long",
+        "in-question": "answer_in_question",
+        "orphan": "unknown_chunk",
+        "q1": "duplicate_id",
+    }
+    details = {d["id"]: d["drop_detail"] for d in read_jsonl(tmp_path / "qa_dropped.jsonl")}
+    assert details["dup-exact"] == "same question as q1"
+    assert details["dup-near"].startswith("near-duplicate of q1 (Jaccard ")
+    assert "curate.min_support=0.5" in details["unsupported"]
+    assert "gone.pdf#0003" in details["orphan"]
+    # Dropped rows keep every original field.
+    first_dropped = next(read_jsonl(tmp_path / "qa_dropped.jsonl"))
+    assert {"id", "question", "answer", "chunk_id", "source", "generator", "drop_reason", "drop_detail"} <= first_dropped.keys()
+    assert report["input"] == 12 and report["kept"] == 3 and report["dropped"] == 9
+    assert report["dropped_by_reason"]["near_duplicate"] == 1
+    assert report["dropped_by_reason"]["answer_too_short"] == 0
+    assert sum(report["dropped_by_reason"].values()) == 9
+    assert report["malformed_lines"] == 0
+    assert (tmp_path / "curate" / "config.yaml").is_file() and (tmp_path / "curate" / "versions.json").is_file()
+
+
+def test_answer_too_short_and_thresholds(tmp_path: Path):
+    rows = [pair("a", "What does LoRA freeze during training?", "The pretrained weights.")]
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path, min_answer_words=4))
+    assert results(tmp_path)[1] == {"a": "answer_too_short"}
+    curate.run(config(tmp_path, min_question_words=7))
+    assert results(tmp_path)[1] == {"a": "question_too_short"}
+    curate.run(config(tmp_path, max_question_words=5))
+    assert results(tmp_path)[1] == {"a": "question_too_long"}
+
+
+def test_duplicates_keep_the_first_good_occurrence(tmp_path: Path):
+    rows = [
+        # The first occurrence is unsupported: the later, good duplicate is kept instead.
+        pair("bad", "What does LoRA freeze during training?", "Nothing at all, it updates everything."),
+        pair("good", "What does LoRA freeze during training?", "The pretrained weights."),
+        pair("again", "What does LoRA freeze during training?", "The pretrained weights."),
+    ]
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path))
+    kept, dropped, _ = results(tmp_path)
+    assert [r["id"] for r in kept] == ["good"]
+    assert dropped == {"bad": "unsupported_answer", "again": "exact_duplicate"}
+
+
+def test_near_duplicate_threshold_and_modes(tmp_path: Path):
+    rows = [
+        pair("a", "How many low-rank matrices does LoRA train per layer?", "Two low-rank matrices per layer."),
+        pair("b", "How many low-rank matrices does LoRA train in each layer?", "Two low-rank matrices per layer."),
+        pair("c", "What does LoRA freeze during training?", "The pretrained weights."),
+    ]
+    write_run(tmp_path, rows)
+    a, b = curate.shingles(rows[0]["question"], 2), curate.shingles(rows[1]["question"], 2)
+    score = curate.jaccard(a, b)
+    assert 0.5 < score < 0.8
+    curate.run(config(tmp_path, near_duplicate_threshold=0.8))
+    assert results(tmp_path)[1] == {}
+    curate.run(config(tmp_path, near_duplicate_threshold=round(score - 0.01, 2)))
+    assert results(tmp_path)[1] == {"b": "near_duplicate"}
+    # exact: only identical (normalised) questions count.
+    curate.run(config(tmp_path, dedup="exact", near_duplicate_threshold=0.1))
+    assert results(tmp_path)[1] == {}
+
+
+def test_minhash_agrees_with_exact_jaccard_on_many_questions(tmp_path: Path):
+    # LSH only proposes candidates; the decision is the exact Jaccard, so no pair above the threshold
+    # is missed and none below it is dropped.
+    topics = ["LoRA", "QLoRA", "adapters", "the low-rank matrices", "the pretrained weights"]
+    verbs = ["freeze", "train", "reduce", "quantize", "store", "update"]
+    rows, n = [], 0
+    for t in topics:
+        for v in verbs:
+            for tail in ("during training", "in each layer", "per layer", "at inference"):
+                rows.append(pair(f"p{n}", f"Why does {t} {v} parameters {tail}?", "Two low-rank matrices per layer."))
+                n += 1
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path, near_duplicate_threshold=0.6))
+    kept, dropped, _ = results(tmp_path)
+    kept_sh = [curate.shingles(r["question"], 2) for r in kept]
+    for i, a in enumerate(kept_sh):
+        for b in kept_sh[i + 1:]:
+            assert curate.jaccard(a, b) < 0.6
+    assert len(dropped) > 0 and set(dropped.values()) == {"near_duplicate"}
+
+
+def test_support_measure():
+    chunk = CHUNKS[0]["text"]
+    assert curate.overlap_support("The pretrained weights.", chunk) == 1.0
+    assert curate.overlap_support("Training low-rank layers", chunk) == 1.0  # stems: trains/training, layer/layers
+    assert curate.overlap_support("The tokenizer vocabulary", chunk) == 0.0
+    assert curate.overlap_support("ten thousand", chunk) == 1.0
+    assert curate.answer_in_question("Is it 4-bit NormalFloat?", "4-bit NormalFloat")
+    assert not curate.answer_in_question("Is it four bits?", "4-bit NormalFloat")
+    assert not curate.answer_in_question("Is it true?", "Yes")  # no content word: never counts
+
+
+def test_answer_in_question_can_be_switched_off(tmp_path: Path):
+    write_run(tmp_path, [pair("x", "Does LoRA train two low-rank matrices per layer?", "two low-rank matrices")])
+    curate.run(config(tmp_path, drop_answer_in_question="false"))
+    assert [r["id"] for r in results(tmp_path)[0]] == ["x"]
+
+
+def test_malformed_lines_are_reported_and_skipped(tmp_path: Path, caplog):
+    write_run(tmp_path, GOOD, extra_lines=['{"id": "broken", "question": ', "[1, 2]",
+                                           json.dumps({"id": "noanswer", "question": "Where?", "chunk_id": "x"})])
+    with caplog.at_level("WARNING"):
+        curate.run(config(tmp_path))
+    kept, dropped, report = results(tmp_path)
+    assert len(kept) == 3 and dropped == {}
+    assert report["malformed_lines"] == 3
+    qa = tmp_path / "qa.jsonl"
+    assert report["malformed"][0].startswith(f"{qa}:4: not valid JSON")
+    assert report["malformed"][1].startswith(f"{qa}:5: expected a JSON object")
+    assert report["malformed"][2] == f"{qa}:6: empty or missing answer; line skipped"
+    assert f"{qa}:4:" in caplog.text
+
+
+def test_deterministic_output(tmp_path: Path):
+    rows = GOOD + [pair("d", "So what does LoRA freeze during training?", "The pretrained weights.")]
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path))
+    first = (tmp_path / "qa_curated.jsonl").read_bytes(), (tmp_path / "qa_dropped.jsonl").read_bytes()
+    curate.run(config(tmp_path))
+    assert ((tmp_path / "qa_curated.jsonl").read_bytes(), (tmp_path / "qa_dropped.jsonl").read_bytes()) == first
+
+
+def test_missing_inputs_say_which_command_to_run(tmp_path: Path):
+    (tmp_path / "chunks.jsonl").write_text(json.dumps(CHUNKS[0]) + "\n")
+    with pytest.raises(InputError, match="papertune generate"):
+        curate.run(config(tmp_path))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="papertune ingest"):
+        curate.run(config(empty))
+    assert main(["curate", "--run-dir", str(tmp_path)]) == 2
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="curate.shingle_words"):
+        load_config(None, ["curate.shingle_words=0"])
+    with pytest.raises(ConfigError, match="curate.near_duplicate_threshold"):
+        load_config(None, ["curate.near_duplicate_threshold=0"])
+    with pytest.raises(ConfigError, match="curate.dedup must be one of"):
+        load_config(None, ["curate.dedup=fuzzy"])
+    with pytest.raises(ConfigError, match="curate.min_question_words"):
+        load_config(None, ["curate.min_question_words=10", "curate.max_question_words=5"])
+
+
+def test_cli(tmp_path: Path):
+    write_run(tmp_path, GOOD)
+    assert main(["curate", "--run-dir", str(tmp_path), "-q"]) == 0
+    assert len(results(tmp_path)[0]) == 3
+
+
+@pytest.mark.slow
+def test_embedding_dedup_and_support(tmp_path: Path):
+    rows = GOOD + [
+        # Same meaning, few shared bigrams: only the embedding catches it.
+        pair("para", "During training, what part of the network does LoRA keep frozen?", "The pretrained weights."),
+        pair("off", "What is the weather in Paris today?", "Sunny with light clouds over the river."),
+    ]
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path))
+    assert results(tmp_path)[1] == {"off": "unsupported_answer"}
+    curate.run(config(tmp_path, dedup="embedding", near_duplicate_threshold=0.75, support="embedding"))
+    kept, dropped, report = results(tmp_path)
+    assert dropped == {"para": "near_duplicate", "off": "unsupported_answer"}
+    details = {d["id"]: d["drop_detail"] for d in read_jsonl(tmp_path / "qa_dropped.jsonl")}
+    assert details["para"].startswith("near-duplicate of q1 (cosine ")
+    assert "curate.min_support_cosine=0.3" in details["off"]
+    assert report["settings"]["support"] == "embedding"
