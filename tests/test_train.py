@@ -312,3 +312,18 @@ def test_cpu_profile_fine_tunes_smollm2(tmp_path):
     evals = [json.loads(line)["eval_loss"] for line in (run / "train" / "metrics.jsonl").read_text().splitlines()
              if "eval_loss" in line]
     assert len(evals) == 2 and evals[-1] < evals[0]
+
+
+def test_merged_16bit_model_matches_base_plus_adapter(tmp_path, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = built_run(tmp_path, tiny_model)
+    adapter = train.run(load_config(None, tiny_overrides(run, tiny_model, max_steps=2, merge_16bit="true")))
+    merged_dir = run / "train" / "merged"
+    assert list(merged_dir.glob("*.safetensors")) and (merged_dir / "tokenizer.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter)
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
