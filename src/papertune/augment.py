@@ -44,6 +44,7 @@ import yaml
 from papertune.config import AugmentConfig, PapertuneConfig
 from papertune.errors import ConfigError, InputError, PapertuneError
 from papertune.rundir import read_jsonl_lenient, record_stage, write_json_atomic, write_jsonl_atomic
+from papertune.text import STOPWORDS
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,6 @@ _MAX_PROBLEMS_IN_REPORT = 100
 # ---------------------------------------------------------------------------------------------
 # small word lists
 
-STOPWORDS = frozenset(
-    """
-    a about above after again against all also am an and any are as at be because been before being below
-    between both but by can could did do does doing done down during each either few for from further had
-    has have having he her here hers herself him himself his how i if in into is it its itself just may
-    me might more most must my myself neither no nor not now of off on once only or other our ours
-    ourselves out over own same shall she should so some such than that the their theirs them themselves
-    then there these they this those through to too under until up upon us very was we were what when
-    where whether which while who whom whose why will with within without would yes you your yours
-    yourself yourselves
-    """.split()
-)
 DETERMINERS = frozenset("a an the this that these those its their our your his her each every any some no such".split())
 BE = frozenset("is are was were".split())
 DO = frozenset("does do did".split())
