@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, then run every stage on the bundled sample corpus with the CPU
-# profile (SmolLM2-135M-Instruct), in one run directory. Each stage reuses what is already done.
+# profile (SmolLM2-135M-Instruct), in one run directory, ending with base-vs-tuned evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,5 +16,7 @@ if [ -f "$RUN_DIR/train/adapter/adapter_model.safetensors" ]; then
 else
   "${PT[@]}" train --config "$CONFIG" --run-dir "$RUN_DIR" --force "$@"
 fi
+"${PT[@]}" evaluate --config "$CONFIG" --run-dir "$RUN_DIR" "$@"
 echo "demo: done. Dataset card: $RUN_DIR/dataset_card.md; loss table: $RUN_DIR/train/loss_table.md;" \
-     "loss curve: $RUN_DIR/train/loss_curve.png; adapter: $RUN_DIR/train/adapter" >&2
+     "loss curve: $RUN_DIR/train/loss_curve.png; base vs tuned: $RUN_DIR/eval/report.md." \
+     "Ask the tuned model: .venv/bin/papertune ask --run-dir $RUN_DIR --cite \"What is QLoRA?\"" >&2

@@ -213,7 +213,8 @@ class Assistant:
         self.model, self.tokenizer, self.description = load_model(config, merged=merged, base_only=base_only)
         log.info("answering with %s", self.description)
 
-    def answer(self, question: str, stream: TextIO = sys.stdout) -> dict[str, Any]:
+    def answer(self, question: str, stream: TextIO | None = None) -> dict[str, Any]:
+        stream = sys.stdout if stream is None else stream
         text = generate_answer(self.model, self.tokenizer, question, self.config.build.system_prompt,
                                max_new_tokens=self.max_new_tokens, temperature=self.temperature, stream=stream)
         result: dict[str, Any] = {"question": question, "answer": text, "sources": []}
@@ -227,19 +228,21 @@ class Assistant:
         return result
 
 
-def ask(config: PapertuneConfig, question: str, *, stream: TextIO = sys.stdout, **options: Any) -> dict[str, Any]:
+def ask(config: PapertuneConfig, question: str, *, stream: TextIO | None = None, **options: Any) -> dict[str, Any]:
     """Answer one question (streamed to ``stream``); returns the answer and, with ``cite``, its sources."""
     if not question.strip():
         raise InputError("the question is empty")
     return Assistant(config, **options).answer(question, stream)
 
 
-def chat(config: PapertuneConfig, lines: Iterable[str] = sys.stdin, *, stream: TextIO = sys.stdout,
+def chat(config: PapertuneConfig, lines: Iterable[str] | None = None, *, stream: TextIO | None = None,
          prompt: str | None = None, **options: Any) -> int:
     """Answer each line of ``lines`` until EOF or ``exit``; returns the number of questions answered.
 
     Each question is answered on its own (the model was trained on single-turn examples).
     """
+    lines = sys.stdin if lines is None else lines
+    stream = sys.stdout if stream is None else stream
     assistant = Assistant(config, **options)
     answered = 0
     if prompt:
