@@ -85,7 +85,7 @@ def trainer(backend: str, model_dir: str) -> None:
 
     from papertune.train.model import load_for_training
     from papertune.train.stage import _sft_config
-    from papertune.train.trainer import MetricsCallback, PapertuneSFTTrainer
+    from papertune.train.trainer import MetricsCallback, PapertuneSFTTrainer, set_trainable_dtype
 
     cfg = _cfg(model_dir, backend)
     cfg.eval_strategy, cfg.eval_steps, cfg.max_steps, cfg.logging_steps = "steps", 10_000, WARM + STEPS, 1
@@ -110,6 +110,7 @@ def trainer(backend: str, model_dir: str) -> None:
                                    processing_class=tokenizer, callbacks=[timer, metrics])
     metrics.trainer = trainer_
     trainer_.use_model_loss = backend == "unsloth"  # as papertune.train.stage does
+    set_trainable_dtype(trainer_.model, getattr(torch, cfg.adapter_dtype))  # likewise
     torch.cuda.reset_peak_memory_stats()
     trainer_.train()
     steps = [b - a for a, b in zip(timer.marks[WARM - 1:], timer.marks[WARM:])]

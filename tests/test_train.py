@@ -327,3 +327,22 @@ def test_merged_16bit_model_matches_base_plus_adapter(tmp_path, tiny_model):
     ids = torch.tensor([[1, 5, 9, 42, 7]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
+
+
+def test_lora_weights_are_trained_in_float32_by_default(tmp_path, tiny_model):
+    """TRL casts QLoRA adapters to bf16; papertune keeps float32 master weights (train.adapter_dtype)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from papertune.train.trainer import set_trainable_dtype
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    set_trainable_dtype(model, torch.bfloat16)  # what SFTTrainer does to a quantized model's adapters
+    assert set_trainable_dtype(model, torch.float32) == 8  # 2 layers x 2 modules x (A, B)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert load_config().train.adapter_dtype == "float32"
+    # The precision this protects: an update of lr-size on a typical LoRA weight vanishes in bf16.
+    weight = torch.tensor(0.05)
+    assert (weight.bfloat16() + 2e-5).item() == weight.bfloat16().item()
+    assert (weight + 2e-5).item() != weight.item()

@@ -311,6 +311,9 @@ class TrainConfig:
     early_stopping_patience: int = 3  # evaluations without improvement before stopping; 0 turns it off
     early_stopping_threshold: float = 0.0  # minimum decrease of validation loss that counts
     gradient_checkpointing: bool = True
+    # LoRA weights (the trained ones) are kept in float32 and cast for each matmul under autocast. TRL
+    # converts them to bf16 for quantized models; at the report's lr 2e-5 many bf16 updates round to nothing.
+    adapter_dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = 3407
     merge_16bit: bool = False  # also save the adapter merged into a 16-bit copy of the base model
     trust_remote_code: bool = False

@@ -144,7 +144,13 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
 
     from papertune.train.data import load_training_data, run_fingerprint
     from papertune.train.model import load_for_training
-    from papertune.train.trainer import MetricsCallback, PapertuneSFTTrainer, PreemptionCallback, complete_checkpoints
+    from papertune.train.trainer import (
+        MetricsCallback,
+        PapertuneSFTTrainer,
+        PreemptionCallback,
+        complete_checkpoints,
+        set_trainable_dtype,
+    )
 
     if not (run_dir / "dataset" / "dataset_dict.json").is_file():
         raise InputError(f"no dataset in {run_dir / 'dataset'}: run `papertune build --run-dir {run_dir}` first")
@@ -196,6 +202,11 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
     )
     metrics_cb.trainer = trainer
     trainer.use_model_loss = backend == "unsloth"
+    # SFTTrainer casts a quantized model's LoRA weights to bf16 in __init__; the optimizer does not exist
+    # yet, so casting back here gives float32 master weights for the whole run.
+    recast = set_trainable_dtype(trainer.model, getattr(torch, cfg.adapter_dtype))
+    if recast:
+        log.info("train: %d LoRA tensors kept in %s (train.adapter_dtype)", recast, cfg.adapter_dtype)
     resume_from = None
     if resume:
         done = complete_checkpoints(checkpoints_dir)

@@ -49,6 +49,16 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def set_trainable_dtype(model: Any, dtype: Any) -> int:
+    """Cast the trainable parameters (the LoRA weights) to ``dtype``; returns how many were changed."""
+    changed = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            changed += 1
+    return changed
+
+
 class PapertuneSFTTrainer(SFTTrainer):
     # True for Unsloth: the model's own loss (Unsloth's fused cross-entropy) instead of TRL's fused-head
     # path, which bypasses Unsloth's kernels and measured about 1.7x slower per step on the seed shape.
