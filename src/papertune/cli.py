@@ -154,6 +154,14 @@ _STAGES = [
         "exact match, embedding cosine, optional LLM judge); write RUN/eval/metrics.json, answers.jsonl, "
         "report.md and charts. evaluate.tuned=false evaluates the base model alone.",
     ),
+    (
+        "export",
+        "export",
+        "the tuned model as adapter and merged 16-bit safetensors, with a model card (RUN/export)",
+        "Copy the LoRA adapter, merge it into a 16-bit copy of the base model (loadable by transformers and "
+        "vLLM), write a model card, and check that each form gives the same greedy answers as base + adapter "
+        "on a few test questions (RUN/export/report.json).",
+    ),
 ]
 
 

@@ -373,6 +373,26 @@ class EvaluateConfig:
             self.judge.validate(f"{p}.judge")
 
 
+EXPORT_FORMATS = ("adapter", "merged")
+
+
+@dataclass
+class ExportConfig:
+    """What ``papertune export`` writes to ``RUN/export`` (GGUF is not available yet)."""
+
+    formats: list[str] = field(default_factory=lambda: ["adapter", "merged"])
+    verify_questions: int = 3  # test questions whose greedy answers must match between the exported forms
+    max_new_tokens: int = 32
+
+    def validate(self) -> None:
+        _require(bool(self.formats), f"export.formats must list at least one of {', '.join(EXPORT_FORMATS)}")
+        for name in self.formats:
+            _require(name in EXPORT_FORMATS,
+                     f"export.formats: unknown format {name!r}; use {', '.join(EXPORT_FORMATS)} (GGUF is not available yet)")
+        _require(self.verify_questions >= 0, f"export.verify_questions must be >= 0, got {self.verify_questions}")
+        _require(self.max_new_tokens >= 1, f"export.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
 @dataclass
 class PapertuneConfig:
     """The whole pipeline's configuration; one section per stage."""
@@ -384,6 +404,7 @@ class PapertuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
@@ -394,6 +415,7 @@ class PapertuneConfig:
         self.augment.validate()
         self.build.validate()
         self.train.validate()
+        self.export.validate()
         self.evaluate.validate()
 
 
