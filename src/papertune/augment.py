@@ -43,7 +43,7 @@ import yaml
 
 from papertune.config import AugmentConfig, PapertuneConfig
 from papertune.errors import ConfigError, InputError, PapertuneError
-from papertune.rundir import read_jsonl_lenient, record_stage, write_json_atomic, write_jsonl_atomic
+from papertune.rundir import read_pairs, record_stage, write_json_atomic, write_jsonl_atomic
 from papertune.text import STOPWORDS
 
 log = logging.getLogger(__name__)
@@ -1161,19 +1161,8 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
     if not source.is_file():
         raise InputError(f"{source} not found: run `papertune curate --run-dir {run_dir}` first")
     started = time.perf_counter()
-    rows, problems = read_jsonl_lenient(source, required=("id", "question", "answer"))
-    for problem in problems:
-        log.warning("%s", problem)
-    seen: set[str] = set()
-    unique = []
-    for row in rows:
-        row["id"] = str(row["id"])
-        if row["id"] in seen:
-            problems.append(f"{source}: id {row['id']!r} occurs more than once; later copies skipped")
-            log.warning("%s", problems[-1])
-            continue
-        seen.add(row["id"])
-        unique.append(row)
+    unique, problems, duplicates = read_pairs(source)
+    problems += duplicates
     record_stage(run_dir, "augment", config)
     out_rows, tallies = augment_rows(unique, cfg, chat_model=chat_model)
 

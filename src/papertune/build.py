@@ -26,7 +26,7 @@ from papertune.config import BuildConfig, PapertuneConfig
 from papertune.errors import InputError
 from papertune.rundir import (
     atomic_path,
-    read_jsonl_lenient,
+    read_pairs,
     record_stage,
     write_json_atomic,
     write_jsonl_atomic,
@@ -264,17 +264,8 @@ def run(config: PapertuneConfig) -> Path:
         raise InputError(f"no question-answer pairs in {run_dir}: run `papertune generate --run-dir {run_dir}` first")
     if source.name != INPUT_FILES[0]:
         log.warning("build: %s not found, building from %s", INPUT_FILES[0], source.name)
-    rows, problems = read_jsonl_lenient(source, required=("id", "question", "answer"))
-    for problem in problems:
-        log.warning("%s", problem)
-    seen: set[str] = set()
-    unique = []
-    for row in rows:
-        if row["id"] not in seen:
-            seen.add(row["id"])
-            unique.append(row)
-    duplicate_ids = len(rows) - len(unique)
-    rows = unique
+    rows, problems, duplicates = read_pairs(source)
+    duplicate_ids = len(duplicates)
     if len(rows) < 2:
         raise InputError(f"{source} has {len(rows)} usable pairs; at least 2 are needed to make a train/test split")
     tokenizer = _load_tokenizer(cfg)

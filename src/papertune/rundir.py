@@ -20,9 +20,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import yaml
 
 from papertune.config import PapertuneConfig, config_to_dict
+
+log = logging.getLogger(__name__)
 
 # Packages worth recording beside a stage's outputs; missing ones are simply left out.
 RECORDED_PACKAGES = (
@@ -114,6 +118,27 @@ def read_jsonl_lenient(path: str | Path, required: tuple[str, ...] = ()) -> tupl
                 continue
             rows.append(row)
     return rows, problems
+
+
+def read_pairs(path: str | Path) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Question-answer rows of a pairs file: (rows, malformed-line messages, duplicate-id messages).
+
+    Each message is logged as a warning; a row whose id was seen before is skipped (variants point at
+    ids, so ids must be unique).
+    """
+    rows, problems = read_jsonl_lenient(path, required=("id", "question", "answer"))
+    seen: set[str] = set()
+    unique, duplicates = [], []
+    for row in rows:
+        row["id"] = str(row["id"])
+        if row["id"] in seen:
+            duplicates.append(f"{path}: id {row['id']!r} occurs more than once; later copies skipped")
+            continue
+        seen.add(row["id"])
+        unique.append(row)
+    for message in problems + duplicates:
+        log.warning("%s", message)
+    return unique, problems, duplicates
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
