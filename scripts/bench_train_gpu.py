@@ -105,7 +105,10 @@ def trainer(backend: str, model_dir: str) -> None:
 
     timer = StepTimer()
     metrics = MetricsCallback(out)
-    trainer_ = PapertuneSFTTrainer(model=model, args=_sft_config(cfg, out, True, torch.cuda.is_bf16_supported()),
+    args = _sft_config(cfg, out, True, torch.cuda.is_bf16_supported())
+    if os.environ.get("BENCH_AMP") == "0":  # experiment: no autocast around Unsloth's own mixed-precision kernels
+        args.bf16 = args.fp16 = False
+    trainer_ = PapertuneSFTTrainer(model=model, args=args,
                                    train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows[:2]),
                                    processing_class=tokenizer, callbacks=[timer, metrics])
     metrics.trainer = trainer_
@@ -115,8 +118,9 @@ def trainer(backend: str, model_dir: str) -> None:
     trainer_.train()
     steps = [b - a for a, b in zip(timer.marks[WARM - 1:], timer.marks[WARM:])]
     med = statistics.median(steps)
-    _result(mode=f"papertune {backend} (PapertuneSFTTrainer)", step_s_median=round(med, 4),
-            tokens_per_s=round(BATCH * SEQ / med), steps_timed=len(steps))
+    _result(mode=f"papertune {backend} (PapertuneSFTTrainer{', no autocast' if os.environ.get('BENCH_AMP') == '0' else ''})", step_s_median=round(med, 4),
+            tokens_per_s=round(BATCH * SEQ / med), steps_timed=len(steps),
+            losses=[round(float(h["loss"]), 3) for h in trainer_.state.log_history if "loss" in h])
 
 
 def qa_run(run_dir: str, model_dir: str, n: int) -> None:

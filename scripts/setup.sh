@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what papertune needs on a fresh Debian/Ubuntu machine: Tesseract (apt) and the package
-# with its test extras in a virtual environment at .venv. Safe to run again; it skips what is there.
+# Install what papertune needs on a fresh Debian/Ubuntu machine: Tesseract and WordNet (apt; Chromium too
+# for the tests) and the package with its test extras in a virtual environment at .venv. Safe to run
+# again; it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,10 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=()
 command -v tesseract >/dev/null 2>&1 || APT_PACKAGES+=(tesseract-ocr tesseract-ocr-eng)
 [ -d /usr/share/wordnet ] || APT_PACKAGES+=(wordnet-base wordnet-sense-index)
+# Tests only (scripts/test.sh sets PAPERTUNE_SETUP_TESTS=1): headless Chromium for the chat page test.
+if [ "${PAPERTUNE_SETUP_TESTS:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  APT_PACKAGES+=(chromium fonts-liberation)
+fi
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -89,3 +89,52 @@ def test_missing_and_malformed_files(tmp_path: Path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_config(listy)
+
+
+# --- profiles shipped in the package (papertune run without a config) ------------------------------
+
+
+def test_packaged_profiles_are_the_configs():
+    """``papertune run`` reads the profiles from the package (found in any install); they must stay copies of configs/."""
+    from papertune.pipeline import available_profiles, profile_path
+
+    assert available_profiles() == sorted(p.stem for p in PROFILES)
+    for profile in PROFILES:
+        packaged = profile_path(profile.stem)
+        assert packaged.read_bytes() == profile.read_bytes(), (
+            f"{packaged} differs from {profile}; copy it: cp {profile} {packaged}")
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_every_packaged_profile_loads_and_validates(name: str):
+    from papertune.pipeline import profile_path, resolve_config_file
+
+    assert resolve_config_file(name) == profile_path(name)
+    cfg = load_config(profile_path(name))
+    cfg.validate()
+    assert cfg.run_dir == f"runs/{name}"
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(True, "gpu"), (False, "cpu")])
+def test_run_without_config_picks_the_profile_from_the_hardware(monkeypatch, caplog, cuda: bool, expected: str):
+    import logging
+
+    import torch
+
+    from papertune.pipeline import profile_path, resolve_config_file
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    caplog.set_level(logging.INFO, logger="papertune")
+    assert resolve_config_file(None) == profile_path(expected)
+    assert f"using the {expected} profile" in caplog.text
+
+
+def test_a_config_argument_is_a_file_or_a_profile_name(tmp_path: Path):
+    from papertune.pipeline import resolve_config_file
+
+    own = tmp_path / "mine.yaml"
+    own.write_text("run_dir: runs/mine\n")
+    assert resolve_config_file(str(own)) == own
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(resolve_config_file(str(tmp_path / "cpu-typo.yaml")))

@@ -136,10 +136,16 @@ def test_greedy_answers_match_unbatched_generation(trained_run, tiny_model):  # 
 
     cfg = eval_config(trained_run, tiny_model)
     model, tokenizer = evaluate.load_base(cfg)
+    # The tiny model's tied embeddings make it repeat the prompt's last token (a newline): every answer would
+    # strip to "", and the comparison would prove nothing. A random untied head gives real, distinct answers.
+    torch.manual_seed(0)
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 2)
     questions = ["What is LoRA?", "Why do attention heads matter for experiment 3 and its results?", "Hi"]
     batched = evaluate.generate_answers(model, tokenizer, questions, cfg.build.system_prompt, batch_size=3,
                                         max_new_tokens=6)
     alone = [generate_answer(model, tokenizer, q, cfg.build.system_prompt, max_new_tokens=6) for q in questions]
+    assert all(answer.strip() for answer in alone) and len(set(alone)) == len(alone), alone
     assert batched == alone
 
 

@@ -1,6 +1,10 @@
 # Sourced by the GPU scripts: unpack the package bundle (make-bundle.sh) and set up the environment.
 set -uo pipefail
 rm -rf /tmp/s && mkdir -p /tmp/s && tar xzf .gpu-bundle/site.tgz -C /tmp/s
+# Extra pure-Python wheels carried in .whl (e.g. liger-kernel), next to the bundle's packages.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site .whl/*.whl
+fi
 export PYTHONPATH=/tmp/s/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import papertune
 from papertune.config import PapertuneConfig, load_config
-from papertune.errors import ExitCode, PapertuneError
+from papertune.errors import ConfigError, ExitCode, PapertuneError
 
 log = logging.getLogger("papertune")
 
@@ -94,6 +94,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from papertune import serve
+
+    extra = [f"serve.{name}={value}" for name, value in (("host", args.host), ("port", args.port)) if value is not None]
+    if args.cite is not None:
+        extra.append(f"serve.cite={str(args.cite).lower()}")
+    serve.run(_config(args, extra), merged=args.merged, base_only=args.base_only)
+    return ExitCode.OK
+
+
 def _ask_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--merged", metavar="DIR", help="a merged model folder (e.g. RUN/train/merged) instead of base + adapter")
@@ -113,6 +123,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = train.run(_config(args), resume=args.resume, force=args.force)
     log.info("wrote %s", out)
     return ExitCode.OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from papertune import pipeline
+
+    if args.config and args.config_file:
+        raise ConfigError(f"give the config once: {args.config_file!r} or --config {args.config!r}")
+    extra = [f"ingest.docs_dir={args.docs}"] if args.docs else []
+    overrides = list(args.overrides) + extra + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    cfg, path = pipeline.load_run_config(args.config or args.config_file, overrides)
+    result = pipeline.run_pipeline(cfg, from_stage=args.from_stage, to_stage=args.to_stage, only=args.only,
+                                   force=args.force, config_file=path)
+    if result.exit_code == ExitCode.PARTIAL:
+        log.error("finished, but some documents failed (listed in %s/%s)", cfg.run_dir, pipeline.SUMMARY_MD)
+    return result.exit_code
 
 
 # (command, module, help, description) of the stages that only need the run directory and the config.
@@ -157,10 +182,13 @@ _STAGES = [
     (
         "export",
         "export",
-        "the tuned model as adapter and merged 16-bit safetensors, with a model card (RUN/export)",
+        "the tuned model as adapter, merged 16-bit safetensors and GGUF, with a model card (RUN/export)",
         "Copy the LoRA adapter, merge it into a 16-bit copy of the base model (loadable by transformers and "
-        "vLLM), write a model card, and check that each form gives the same greedy answers as base + adapter "
-        "on a few test questions (RUN/export/report.json).",
+        "vLLM), with export.formats including gguf also write it as one GGUF file for llama.cpp/Ollama "
+        "(export.gguf_type: f32, f16, bf16 or q8_0), write a model card, and check that each form gives the "
+        "same greedy answers as base + adapter on a few test questions (GGUF: in transformers and, with "
+        "xllamacpp installed, in llama.cpp, where tokens may differ only at near ties that the rounding tips) "
+        "(RUN/export/report.json).",
     ),
 ]
 
@@ -205,6 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
+        "run",
+        help="the whole job: ingest -> generate -> curate -> augment -> build -> train -> evaluate",
+        description="Run every stage in one run directory, skipping each stage whose outputs are current (same "
+        "input files and settings as when it last finished; recorded in RUN/<stage>/stage_fingerprint.json). "
+        "An interrupted run continues where it stopped (training from its last checkpoint). Ends with "
+        "RUN/summary.md and RUN/summary.json. Exit code 3: finished, but some documents failed.",
+    )
+    p.add_argument("config_file", nargs="?", metavar="CONFIG",
+                   help="YAML config or profile name (cpu, gpu); default: gpu when a CUDA GPU is present, else cpu")
+    p.add_argument("--docs", metavar="DOCS_DIR", help="folder of documents (ingest.docs_dir)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--from", dest="from_stage", metavar="STAGE",
+                       help="rerun STAGE and every later stage even if current (earlier ones only when needed)")
+    which.add_argument("--only", metavar="STAGE", help="run just STAGE, even if current")
+    p.add_argument("--to", dest="to_stage", metavar="STAGE", help="stop after STAGE (e.g. --to build)")
+    p.add_argument("--force", action="store_true", help="rerun every stage even if current")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
         "ask",
         help="answer one question with the tuned model, streamed to the terminal",
         description="Answer QUESTION with train.model + RUN/train/adapter (or --merged / --base-only), with the "
@@ -222,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _ask_arguments(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP API and a chat page over the tuned model",
+        description="Serve train.model + RUN/train/adapter (or --merged / --base-only) over HTTP: GET /v1/models, "
+        "POST /v1/chat/completions (streaming too) with the training chat template and system prompt, answers "
+        "carrying papertune_citations (documents and pages from RUN/chunks.jsonl), and a chat page at / "
+        "(/?q=QUESTION asks on load). Binds 127.0.0.1:8000 by default (the serve section of the config).",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--merged", metavar="DIR", help="a merged model folder (e.g. RUN/train/merged) instead of base + adapter")
+    which.add_argument("--base-only", action="store_true", help="the base model without the adapter")
+    p.add_argument("--host", help="address to bind (serve.host, default 127.0.0.1; the API has no authentication)")
+    p.add_argument("--port", type=int, help="port (serve.port, default 8000; 0: any free port)")
+    p.add_argument("--cite", action=argparse.BooleanOptionalAction, default=None,
+                   help="add papertune_citations from the chunk index in RUN/index (serve.cite, default on)")
+    _common(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -310,7 +310,21 @@ class TrainConfig:
     save_total_limit: int = 3
     early_stopping_patience: int = 3  # evaluations without improvement before stopping; 0 turns it off
     early_stopping_threshold: float = 0.0  # minimum decrease of validation loss that counts
-    gradient_checkpointing: bool = True
+    # auto: only when a micro-batch's activations would not fit in the memory budget (train/fast.py).
+    gradient_checkpointing: bool | Literal["auto"] = True
+    # Padding-free packing: examples laid end to end in rows of packed_length tokens (0: max_seq_length),
+    # positions restarting per example and attention kept within each example, so the loss is the same
+    # per token as without packing while no compute goes to padding. per_device_train_batch_size then counts
+    # packed rows.
+    packing: bool = False
+    packed_length: int = 0
+    # QLoRA multiplies by the NF4 weights dequantized to bf16 in every forward and backward. true: do that
+    # once and keep the bf16 copy (same values, ~2 bytes per weight more memory); auto: when it fits.
+    dequantize_base: bool | Literal["auto"] = False
+    # Loss over the LM head in chunks (Liger's fused linear cross-entropy): the full vocabulary logits are
+    # never stored. auto: on CUDA when liger-kernel is installed.
+    fused_cross_entropy: bool | Literal["auto"] = False
+    memory_cap_gib: float = 0.0  # GPU memory papertune may plan with; 0: the whole card
     # LoRA weights (the trained ones) are kept in float32 and cast for each matmul under autocast. TRL
     # converts them to bf16 for quantized models; at the report's lr 2e-5 many bf16 updates round to nothing.
     adapter_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -336,6 +350,12 @@ class TrainConfig:
         _require(self.eval_strategy == "epoch" or self.eval_steps >= 1,
                  f"{p}.eval_steps must be >= 1 when {p}.eval_strategy is 'steps', got {self.eval_steps}")
         _require(self.save_total_limit >= 1, f"{p}.save_total_limit must be >= 1, got {self.save_total_limit}")
+        _require(self.packed_length == 0 or self.packed_length >= self.max_seq_length,
+                 f"{p}.packed_length must be 0 (= max_seq_length) or >= {p}.max_seq_length={self.max_seq_length} "
+                 f"(examples are never split), got {self.packed_length}")
+        _require(self.memory_cap_gib >= 0, f"{p}.memory_cap_gib must be >= 0 (0 = the whole card), got {self.memory_cap_gib}")
+        _require(not (self.packing and self.backend == "unsloth"),
+                 f"{p}.packing=true needs {p}.backend=hf (Unsloth's attention does not keep packed examples apart)")
         _require(self.early_stopping_patience >= 0,
                  f"{p}.early_stopping_patience must be >= 0 (0 = off), got {self.early_stopping_patience}")
 
@@ -373,14 +393,16 @@ class EvaluateConfig:
             self.judge.validate(f"{p}.judge")
 
 
-EXPORT_FORMATS = ("adapter", "merged")
+EXPORT_FORMATS = ("adapter", "merged", "gguf")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # weight types papertune.gguf_export writes
 
 
 @dataclass
 class ExportConfig:
-    """What ``papertune export`` writes to ``RUN/export`` (GGUF is not available yet)."""
+    """What ``papertune export`` writes to ``RUN/export``: LoRA adapter, merged 16-bit model, GGUF file."""
 
-    formats: list[str] = field(default_factory=lambda: ["adapter", "merged"])
+    formats: list[str] = field(default_factory=lambda: ["adapter", "merged"])  # add "gguf" for llama.cpp
+    gguf_type: str = "q8_0"  # tensor type of the GGUF file's weights: f32, f16, bf16 or q8_0
     verify_questions: int = 3  # test questions whose greedy answers must match between the exported forms
     max_new_tokens: int = 32
 
@@ -388,9 +410,37 @@ class ExportConfig:
         _require(bool(self.formats), f"export.formats must list at least one of {', '.join(EXPORT_FORMATS)}")
         for name in self.formats:
             _require(name in EXPORT_FORMATS,
-                     f"export.formats: unknown format {name!r}; use {', '.join(EXPORT_FORMATS)} (GGUF is not available yet)")
+                     f"export.formats: unknown format {name!r}; use {', '.join(EXPORT_FORMATS)}")
+        _require(self.gguf_type in GGUF_TYPES,
+                 f"export.gguf_type: unknown GGUF type {self.gguf_type!r}; use one of {', '.join(GGUF_TYPES)}")
         _require(self.verify_questions >= 0, f"export.verify_questions must be >= 0, got {self.verify_questions}")
         _require(self.max_new_tokens >= 1, f"export.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class ServeConfig:
+    """``papertune serve``: an OpenAI-compatible HTTP API and a chat page over the tuned model."""
+
+    host: str = "127.0.0.1"  # loopback only; the API has no authentication
+    port: int = 8000  # 0: any free port (logged at startup)
+    model_name: str = "papertune"  # the model id in /v1/models and in requests' "model" field
+    max_batch_size: int = 8  # greedy requests waiting together are generated in one batch of at most this many
+    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others to arrive
+    max_queue: int = 64  # requests waiting for the model; more are refused with HTTP 503
+    max_request_bytes: int = 262144  # larger request bodies are refused with HTTP 413
+    max_tokens: int = 2048  # the largest max_tokens a request may ask for
+    cite: bool = True  # answers carry papertune_citations from the chunk index (needs RUN/chunks.jsonl)
+
+    def validate(self) -> None:
+        p = "serve"
+        _require(bool(self.host), f"{p}.host must be an address to bind, e.g. 127.0.0.1")
+        _require(0 <= self.port <= 65535, f"{p}.port must be between 0 and 65535 (0 = any free port), got {self.port}")
+        _require(bool(self.model_name.strip()), f"{p}.model_name must not be empty")
+        _require(self.max_batch_size >= 1, f"{p}.max_batch_size must be >= 1, got {self.max_batch_size}")
+        _require(self.batch_wait_ms >= 0, f"{p}.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        _require(self.max_queue >= 1, f"{p}.max_queue must be >= 1, got {self.max_queue}")
+        _require(self.max_request_bytes >= 1024, f"{p}.max_request_bytes must be >= 1024, got {self.max_request_bytes}")
+        _require(self.max_tokens >= 1, f"{p}.max_tokens must be >= 1, got {self.max_tokens}")
 
 
 @dataclass
@@ -406,6 +456,7 @@ class PapertuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> None:
         _require(bool(self.run_dir), "run_dir must be a directory path, e.g. runs/demo")
@@ -417,6 +468,7 @@ class PapertuneConfig:
         self.train.validate()
         self.export.validate()
         self.evaluate.validate()
+        self.serve.validate()
 
 
 def _require(condition: bool, message: str) -> None:

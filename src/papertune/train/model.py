@@ -93,19 +93,24 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
             lora_dropout=cfg.lora_dropout,
             bias="none",
             target_modules=list(cfg.target_modules),
-            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing is not False else False,
             random_state=cfg.seed,
         )
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+        from papertune.train import fast
+
         dtype = _torch_dtype(cfg)
+        attention = "sdpa"
+        if cfg.packing and fast.varlen_attention_available():
+            attention = fast.register_varlen_attention()
         kwargs: dict[str, Any] = {
             "dtype": dtype,
             "use_safetensors": True,  # never unpickle weights
             "trust_remote_code": cfg.trust_remote_code,
-            "attn_implementation": "sdpa",
+            "attn_implementation": attention,
         }
         if torch.cuda.is_available():
             kwargs["device_map"] = _local_rank_device()
@@ -124,16 +129,24 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
                 f"train.model={cfg.model!r} could not be loaded ({exc}). Use a local model folder with "
                 "safetensors weights, or a Hub id with network access"
             ) from exc
-        if cfg.load_in_4bit:
+        decisions = fast.plan(cfg, model)
+        log.info("train: attention %s; %s", attention, ", ".join(f"{k} {v}" for k, v in decisions.items()))
+        checkpointing = decisions["gradient_checkpointing"]
+        if cfg.load_in_4bit and decisions["dequantize_base"]:
+            replaced, added = fast.dequantize_4bit_base(model)
+            log.info("train: %d NF4 layers dequantized once to %s (+%.2f GiB; train.dequantize_base)", replaced,
+                     dtype, added / 2**30)
+        if cfg.load_in_4bit and not decisions["dequantize_base"]:
             # Non-reentrant checkpointing: the reentrant kind breaks DDP with frozen base weights.
             model = prepare_model_for_kbit_training(
                 model,
-                use_gradient_checkpointing=cfg.gradient_checkpointing,
+                use_gradient_checkpointing=checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
-        elif cfg.gradient_checkpointing:
+        elif checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
+        model.config.use_cache = False  # training: no KV cache (and packed positions need none)
         model = get_peft_model(
             model,
             LoraConfig(

@@ -64,7 +64,15 @@ class PapertuneSFTTrainer(SFTTrainer):
     # path, which bypasses Unsloth's kernels and measured about 1.7x slower per step on the seed shape.
     use_model_loss: bool = False
 
+    # True: the loss through Liger's fused linear cross-entropy (train.fused_cross_entropy; no full logits).
+    fused_loss: bool = False
+
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        if self.fused_loss:
+            from papertune.train.fast import fused_causal_lm_loss
+
+            loss = fused_causal_lm_loss(model, dict(inputs), num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
         if self.use_model_loss:
             from transformers import Trainer
 
@@ -109,6 +117,16 @@ class PapertuneSFTTrainer(SFTTrainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             staged = staging_root / final.name
+            if self.state.best_model_checkpoint and str(staging_root) in self.state.best_model_checkpoint:
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging_root), real_output)
+            # The state saved with the checkpoint names the best one by its staging path; a resume would then
+            # not find it and forget which checkpoint was best.
+            state_file = staged / "trainer_state.json"
+            if state_file.is_file():
+                saved = json.loads(state_file.read_text())
+                if saved.get("best_model_checkpoint"):
+                    saved["best_model_checkpoint"] = saved["best_model_checkpoint"].replace(str(staging_root), real_output)
+                    state_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
             (staged / COMPLETE_MARKER).write_text(
                 json.dumps({"global_step": self.state.global_step, "saved_at": time.time()}) + "\n"
             )
@@ -116,8 +134,6 @@ class PapertuneSFTTrainer(SFTTrainer):
                 shutil.rmtree(final)
             os.replace(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)
-            if self.state.best_model_checkpoint and str(staging_root) in self.state.best_model_checkpoint:
-                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(str(staging_root), real_output)
             self._keep_newest_checkpoints(Path(real_output))
         self.accelerator.wait_for_everyone()
         if os.environ.get(FAULT_KILL_AFTER_SAVE) == str(self.state.global_step):

