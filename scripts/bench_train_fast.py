@@ -306,8 +306,8 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
 
 
 def gradcheck(model_dir: str) -> None:
-    """LoRA gradients of one micro-batch, eager vs torch.compile'd decoder layers vs float32 LoRA math,
-    on the dequantized model: which one is off, and by how much."""
+    """LoRA gradients of one micro-batch on the dequantized model: bf16 eager, bf16 with torch.compile'd
+    decoder layers, and a float32 reference; which bf16 one is off, and by how much."""
     import torch
     from transformers import set_seed
 
@@ -335,12 +335,22 @@ def gradcheck(model_dir: str) -> None:
     def rel(a: dict, b: dict) -> float:
         return float(sum(((a[k] - b[k]) ** 2).sum() for k in a) / sum((b[k] ** 2).sum() for k in b)) ** 0.5
 
+    # Reference: the same step in float32 (the frozen bf16 weights cast up exactly, no autocast), to tell
+    # which of eager and compiled bf16 is closer to the exact gradient.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.data = p.data.float()
+    loss_fp32, exact = grads(False)
+    for p in frozen:
+        p.data = p.data.to(torch.bfloat16)  # exact: these values came from bf16
     loss_eager, eager = grads(True)
     loss_eager2, eager2 = grads(True)
     for layer in inner.model.layers:
         layer.compile(dynamic=False)
     loss_compiled, compiled = grads(True)
-    print("RESULT", json.dumps(dict(mode="gradcheck", loss_eager=loss_eager, loss_compiled=loss_compiled,
+    print("RESULT", json.dumps(dict(mode="gradcheck", loss_fp32=loss_fp32, loss_eager=loss_eager,
+                                    loss_compiled=loss_compiled,
+                                    rel_eager_vs_fp32=rel(eager, exact), rel_compiled_vs_fp32=rel(compiled, exact),
                                     rel_eager_vs_eager_again=rel(eager2, eager),
                                     rel_compiled_vs_eager=rel(compiled, eager),
                                     grad_norm_eager=float(sum((g ** 2).sum() for g in eager.values()) ** 0.5),
