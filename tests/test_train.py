@@ -442,3 +442,66 @@ def test_varlen_attention_falls_back_to_sdpa_off_cuda():
     ours, _ = papertune_varlen_attention(Module(), q, k, v, None, scaling=8 ** -0.5, cu_seq_lens_q=cu)
     reference, _ = sdpa_attention_forward(Module(), q, k, v, None, scaling=8 ** -0.5)
     assert torch.equal(ours, reference)
+
+
+def test_final_hidden_states_come_through_the_wrapper_and_the_head_is_restored(tiny_model):
+    """The fused loss takes the decoder's output by calling the (PEFT, and under DDP the DDP) wrapper itself
+    with the LM head bypassed: the same states as the inner decoder's, and the head is put back."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from papertune.train.fast import final_hidden_states
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    head = model.get_base_model().lm_head
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(module))  # the wrapper's forward ran
+    hidden, weight = final_hidden_states(model, {"input_ids": ids})
+    inner = model.get_base_model().model(input_ids=ids, use_cache=False).last_hidden_state
+    assert calls and torch.allclose(hidden, inner) and hidden.shape[-1] == model.config.hidden_size
+    assert model.get_base_model().lm_head is head and weight is head.weight
+
+
+def _ddp_rank(rank: int, model_dir: str, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import AutoModelForCausalLM
+
+    from papertune.train.fast import final_hidden_states
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ddp = DistributedDataParallel(model)
+    ids = torch.tensor([[5 + rank, 6, 7, 8, 9 + 3 * rank]])  # different data on each rank
+    for route in ("wrapper", "inner"):
+        ddp.zero_grad()
+        if route == "wrapper":
+            hidden, weight = final_hidden_states(ddp, {"input_ids": ids})
+        else:  # what the fused loss must not do: the inner decoder, past DDP's forward
+            hidden, weight = model.get_base_model().model(input_ids=ids).last_hidden_state, model.get_base_model().lm_head.weight
+        logits = hidden[:, :-1] @ weight.T
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        torch.save(grads, f"{out}/{route}-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_fused_loss_route_keeps_ddp_gradients_in_sync(tmp_path, tiny_model):
+    """Under DistributedDataParallel (gloo, 2 CPU processes) the gradients are all-reduced only when the
+    forward runs through the DDP wrapper: final_hidden_states does; the inner decoder would not."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(str(tiny_model), port, str(tmp_path)), nprocs=2, join=True)
+    load = lambda name: torch.load(tmp_path / f"{name}.pt")  # noqa: E731
+    assert torch.allclose(load("wrapper-0"), load("wrapper-1"), atol=1e-7)
+    assert not torch.allclose(load("inner-0"), load("inner-1"), atol=1e-5)  # the check can fail

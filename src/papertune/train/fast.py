@@ -196,6 +196,25 @@ def resolve_fused_cross_entropy(setting: bool | str) -> bool:
     return bool(setting)
 
 
+def final_hidden_states(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """(the decoder's final, normed hidden states, the LM head's weight) for ``inputs``, computed by calling
+    ``model`` itself with its LM head bypassed for that call.
+
+    Going through ``model`` (not its inner decoder) matters under DDP: only a forward through the
+    DistributedDataParallel wrapper arms its gradient all-reduce for the backward."""
+    import torch
+
+    unwrapped = getattr(model, "module", model)  # DDP
+    causal_lm = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped  # PEFT
+    head = causal_lm.lm_head
+    causal_lm.lm_head = torch.nn.Identity()  # the frozen head has no trainable weights: DDP is unaffected
+    try:
+        hidden = model(**inputs, use_cache=False).logits
+    finally:
+        causal_lm.lm_head = head
+    return hidden, head.weight
+
+
 def fused_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
     """Causal-LM loss through Liger's fused linear cross-entropy: the decoder's hidden states go to the LM
     head in chunks, so the (tokens x vocabulary) logits never exist. Normalised like transformers' own
@@ -203,14 +222,11 @@ def fused_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch:
     import torch
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-    unwrapped = getattr(model, "module", model)  # DDP
-    causal_lm = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped  # PEFT
     labels = inputs.pop("labels")
     inputs.pop("num_items_in_batch", None)
-    hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
+    hidden, weight = final_hidden_states(model, inputs)
     shift_labels = labels[:, 1:].reshape(-1).to(hidden.device)
     flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    weight = causal_lm.lm_head.weight
     reduction = "sum" if num_items_in_batch is not None else "mean"
     loss = LigerFusedLinearCrossEntropyLoss(reduction=reduction)(weight, flat.to(weight.dtype), shift_labels)
     if num_items_in_batch is not None:
