@@ -15,6 +15,7 @@ token changes.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -36,6 +37,7 @@ def varlen_attention_available() -> bool:
     return True
 
 
+@functools.cache  # called by every attention layer of every forward: look the signature up once
 def _varlen_kwargs() -> tuple[Any, dict[str, Any], bool]:
     """varlen_attn and how this PyTorch version asks for causal masking and grouped-query attention."""
     from torch.nn.attention.varlen import varlen_attn
