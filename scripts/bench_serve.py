@@ -32,16 +32,8 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_serve")
 
-TOPICS = ["LoRA", "QLoRA", "NF4 quantization", "mixture of experts", "attention heads", "layer normalization",
-          "the KV cache", "speculative decoding", "RLHF", "DPO", "gradient checkpointing", "FlashAttention",
-          "rotary position embeddings", "instruction tuning", "knowledge distillation", "beam search"]
-FORMS = ["What is {}?", "Why does {} matter for large language models?", "How does {} work, briefly?",
-         "What are the main drawbacks of {}?"]
-
-
-def questions(n: int) -> list[str]:
-    pool = [form.format(topic) for form in FORMS for topic in TOPICS]
-    return [pool[i % len(pool)] for i in range(n)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_answer import questions  # noqa: E402  (the same question set as the answer benchmark)
 
 
 def _free_port() -> int:

@@ -247,11 +247,10 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
     from datasets import Dataset
     from transformers import set_seed
 
+    from bench_train_gpu import step_clock
     from papertune.config import TrainConfig
-    from papertune.train.fast import resolve_fused_cross_entropy
     from papertune.train.model import load_for_training
-    from papertune.train.stage import _sft_config
-    from papertune.train.trainer import PapertuneSFTTrainer, set_trainable_dtype
+    from papertune.train.stage import _sft_config, build_trainer
 
     rng = random.Random(3407)
     lengths = [min(700, max(60, int(math.exp(rng.gauss(math.log(220), 0.5))))) for _ in range(n)]
@@ -266,27 +265,12 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
     set_seed(cfg.seed)
     model, tokenizer = load_for_training(cfg, "hf")
     out = Path(tempfile.mkdtemp())
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        """(time, tokens seen) at every optimizer step: throughput after the warm-up steps."""
-
-        def __init__(self):
-            self.marks = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
-            self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
-
-    clock = StepClock()
+    clock = step_clock()
     args = _sft_config(cfg, out, True, True)
     if os.environ.get("PAD_TO"):  # rows padded to this multiple (papertune pads them to packed_length)
         args.pad_to_multiple_of = int(os.environ["PAD_TO"]) or None
-    trainer = PapertuneSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                  eval_dataset=Dataset.from_list(rows[:8]), processing_class=tokenizer,
-                                  callbacks=[clock])
-    trainer.fused_loss = resolve_fused_cross_entropy(cfg.fused_cross_entropy)
-    set_trainable_dtype(trainer.model, torch.float32)
+    trainer = build_trainer(cfg, "hf", model, tokenizer, Dataset.from_list(rows), Dataset.from_list(rows[:8]), args,
+                            [clock])
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = trainer.train()
@@ -368,6 +352,7 @@ def _table(rows: list[dict]) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train_gpu's helpers
     command, *rest = sys.argv[1:]
     if command == "kernel":
         kernel(rest[0], rest[1:] or list(VARIANTS))

@@ -74,6 +74,22 @@ def kernel(backend: str, model_dir: str) -> None:
             tokens_per_s=round(BATCH * SEQ / med), loss_first=round(losses[0], 3), loss_last=round(losses[-1], 3))
 
 
+def step_clock():
+    """A TrainerCallback that records (time, tokens seen) at the end of every optimizer step, after a CUDA sync."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            torch.cuda.synchronize()
+            self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    return StepClock()
+
+
 def trainer(backend: str, model_dir: str) -> None:
     if backend == "unsloth":
         import unsloth  # noqa: F401
@@ -81,11 +97,10 @@ def trainer(backend: str, model_dir: str) -> None:
 
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     from papertune.train.model import load_for_training
-    from papertune.train.stage import _sft_config
-    from papertune.train.trainer import MetricsCallback, PapertuneSFTTrainer, set_trainable_dtype
+    from papertune.train.stage import _sft_config, build_trainer
+    from papertune.train.trainer import MetricsCallback
 
     cfg = _cfg(model_dir, backend)
     cfg.eval_strategy, cfg.eval_steps, cfg.max_steps, cfg.logging_steps = "steps", 10_000, WARM + STEPS, 1
@@ -94,29 +109,18 @@ def trainer(backend: str, model_dir: str) -> None:
     rows = [{"input_ids": ids, "labels": ids} for ids in
             ([gen.randrange(0, 150000) for _ in range(SEQ)] for _ in range(BATCH * (WARM + STEPS)))]
     out = Path(tempfile.mkdtemp())
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.marks = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
-            self.marks.append(time.perf_counter())
-
-    timer = StepTimer()
+    clock = step_clock()
     metrics = MetricsCallback(out)
     args = _sft_config(cfg, out, True, torch.cuda.is_bf16_supported())
     if os.environ.get("BENCH_AMP") == "0":  # experiment: no autocast around Unsloth's own mixed-precision kernels
         args.bf16 = args.fp16 = False
-    trainer_ = PapertuneSFTTrainer(model=model, args=args,
-                                   train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows[:2]),
-                                   processing_class=tokenizer, callbacks=[timer, metrics])
+    trainer_ = build_trainer(cfg, backend, model, tokenizer, Dataset.from_list(rows), Dataset.from_list(rows[:2]),
+                             args, [clock, metrics])
     metrics.trainer = trainer_
-    trainer_.use_model_loss = backend == "unsloth"  # as papertune.train.stage does
-    set_trainable_dtype(trainer_.model, getattr(torch, cfg.adapter_dtype))  # likewise
     torch.cuda.reset_peak_memory_stats()
     trainer_.train()
-    steps = [b - a for a, b in zip(timer.marks[WARM - 1:], timer.marks[WARM:])]
+    marks = [t for t, _ in clock.marks]
+    steps = [b - a for a, b in zip(marks[WARM - 1:], marks[WARM:])]
     med = statistics.median(steps)
     _result(mode=f"papertune {backend} (PapertuneSFTTrainer{', no autocast' if os.environ.get('BENCH_AMP') == '0' else ''})", step_s_median=round(med, 4),
             tokens_per_s=round(BATCH * SEQ / med), steps_timed=len(steps),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import logging
@@ -36,7 +35,7 @@ from typing import Any
 import papertune
 from papertune.config import PapertuneConfig, config_to_dict, load_config
 from papertune.errors import ConfigError, ExitCode, PapertuneError
-from papertune.rundir import read_jsonl, sha256_json, write_json_atomic, write_text_atomic
+from papertune.rundir import data_files, read_jsonl, sha256_file, sha256_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -197,26 +196,17 @@ class FileHasher:
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in self._memo:
-            digest = hashlib.sha256()
-            with path.open("rb") as fh:
-                while block := fh.read(1 << 20):
-                    digest.update(block)
-            self._memo[key] = digest.hexdigest()
+            self._memo[key] = sha256_file(path)
         return self._memo[key]
 
     def tree(self, label: str, path: Path) -> dict[str, str]:
-        """label -> hash for a file, or label/relative -> hash for every file under a folder; a missing path
-        hashes as "missing" (the stage then fails with its own message)."""
+        """label -> hash for a file, or label/relative -> hash for every data file under a folder; a missing
+        path hashes as "missing" (the stage then fails with its own message)."""
         if path.is_file():
             return {label: self.file(path)}
         if not path.is_dir():
             return {label: "missing"}
-        found = {}
-        for item in sorted(path.rglob("*")):
-            rel = item.relative_to(path)
-            # Temporary files (".x.tmp") and datasets' cache files are not data.
-            if item.is_file() and not any(p.startswith(".") for p in rel.parts) and not item.name.startswith("cache-"):
-                found[f"{label}/{rel.as_posix()}"] = self.file(item)
+        found = {f"{label}/{item.relative_to(path).as_posix()}": self.file(item) for item in data_files(path)}
         return found or {label: "empty"}
 
 

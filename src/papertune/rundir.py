@@ -149,6 +149,15 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def data_files(folder: str | Path) -> list[Path]:
+    """The files under ``folder`` that hold data, sorted: not temporary (dot-named, e.g. ``.x.tmp``) and not
+    the ``cache-*`` files datasets writes beside a saved dataset."""
+    folder = Path(folder)
+    return [item for item in sorted(folder.rglob("*"))
+            if item.is_file() and not any(part.startswith(".") for part in item.relative_to(folder).parts)
+            and not item.name.startswith("cache-")]
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from papertune.config import TrainConfig, config_to_dict
 from papertune.errors import InputError
+from papertune.rundir import data_files, sha256_file
 
 # Settings that may change between a run and its resume without changing what is learned.
 _RESUME_SAFE = {"early_stopping_patience", "early_stopping_threshold", "save_total_limit", "logging_steps",
@@ -68,10 +69,9 @@ def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any
 def dataset_fingerprint(run_dir: Path) -> str:
     """A hash of the saved dataset's files: it changes when the data does."""
     digest = hashlib.sha256()
-    for path in sorted((run_dir / "dataset").rglob("*")):
-        if path.is_file() and not path.name.startswith("cache-"):  # datasets' own caches are not data
-            digest.update(path.relative_to(run_dir).as_posix().encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for path in data_files(run_dir / "dataset"):
+        digest.update(path.relative_to(run_dir).as_posix().encode())
+        digest.update(bytes.fromhex(sha256_file(path)))
     return digest.hexdigest()
 
 

@@ -91,6 +91,27 @@ def _sft_config(cfg: TrainConfig, out: Path, has_cuda: bool, bf16: bool) -> Any:
     return SFTConfig(**kwargs)
 
 
+def build_trainer(cfg: TrainConfig, backend: str, model: Any, tokenizer: Any, train_dataset: Any, eval_dataset: Any,
+                  args: Any, callbacks: list[Any] | None = None) -> Any:
+    """papertune's SFTTrainer for ``model`` as ``papertune train`` runs it (also used by the benchmarks):
+    the backend's loss path and float32 LoRA master weights."""
+    import torch
+
+    from papertune.train.fast import resolve_fused_cross_entropy
+    from papertune.train.trainer import PapertuneSFTTrainer, set_trainable_dtype
+
+    trainer = PapertuneSFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                  processing_class=tokenizer, callbacks=callbacks)
+    trainer.use_model_loss = backend == "unsloth"
+    trainer.fused_loss = backend == "hf" and resolve_fused_cross_entropy(cfg.fused_cross_entropy)
+    # SFTTrainer casts a quantized model's LoRA weights to bf16 in __init__; the optimizer does not exist
+    # yet, so casting back here gives float32 master weights for the whole run.
+    recast = set_trainable_dtype(trainer.model, getattr(torch, cfg.adapter_dtype))
+    if recast:
+        log.info("train: %d LoRA tensors kept in %s (train.adapter_dtype)", recast, cfg.adapter_dtype)
+    return trainer
+
+
 def _check_fingerprint(out: Path, fingerprint: dict[str, str], resume: bool, force: bool) -> None:
     path = out / "fingerprint.json"
     if resume and path.is_file():
@@ -152,13 +173,7 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
 
     from papertune.train.data import load_training_data, run_fingerprint
     from papertune.train.model import load_for_training
-    from papertune.train.trainer import (
-        MetricsCallback,
-        PapertuneSFTTrainer,
-        PreemptionCallback,
-        complete_checkpoints,
-        set_trainable_dtype,
-    )
+    from papertune.train.trainer import MetricsCallback, PreemptionCallback, complete_checkpoints
 
     if not (run_dir / "dataset" / "dataset_dict.json").is_file():
         raise InputError(f"no dataset in {run_dir / 'dataset'}: run `papertune build --run-dir {run_dir}` first")
@@ -200,24 +215,8 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
     callbacks: list[Any] = [metrics_cb, preemption]
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
-    trainer = PapertuneSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["test"],
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    trainer = build_trainer(cfg, backend, model, tokenizer, data["train"], data["test"], args, callbacks)
     metrics_cb.trainer = trainer
-    trainer.use_model_loss = backend == "unsloth"
-    from papertune.train.fast import resolve_fused_cross_entropy
-
-    trainer.fused_loss = backend == "hf" and resolve_fused_cross_entropy(cfg.fused_cross_entropy)
-    # SFTTrainer casts a quantized model's LoRA weights to bf16 in __init__; the optimizer does not exist
-    # yet, so casting back here gives float32 master weights for the whole run.
-    recast = set_trainable_dtype(trainer.model, getattr(torch, cfg.adapter_dtype))
-    if recast:
-        log.info("train: %d LoRA tensors kept in %s (train.adapter_dtype)", recast, cfg.adapter_dtype)
     resume_from = None
     if resume:
         done = complete_checkpoints(checkpoints_dir)
