@@ -3,6 +3,7 @@
     python scripts/bench_train_fast.py kernel MODEL_DIR [VARIANT ...]   # seed shape, one process, variants in turn
     python scripts/bench_train_fast.py attention                         # packed short examples: varlen vs SDPA mask
     python scripts/bench_train_fast.py workload MODEL_DIR N PACKED_LEN ACCUM   # seed_recipe.py's mix, papertune's trainer
+    python scripts/bench_train_fast.py profile MODEL_DIR N PACKED_LEN    # plain loop vs trainer, same packed rows
     python scripts/bench_train_fast.py gradcheck MODEL_DIR               # LoRA gradients: eager vs torch.compile
 
 MODEL_DIR is the Qwen2.5-3B-shaped random-weight model of ../shared/gpu/qlora_anchor.py (``build``).
@@ -234,43 +235,64 @@ def attention() -> None:
                                         max_abs_diff=round(diff, 4))), flush=True)
 
 
-def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> None:
-    """One epoch over the seed recipe's Q&A mix (the same lengths and random ids as ../shared/gpu/seed_recipe.py,
-    loss on every token) through papertune's trainer with the fast path: padding-free packing in rows of
-    ``packed_length`` tokens (whole examples), varlen attention, dequantized base, checkpointing and loss
-    chosen from the memory budget. Run it under torchrun for data parallel."""
+def _seed_mix(n: int) -> tuple[list[int], list[dict]]:
+    """The lengths and random ids of ../shared/gpu/seed_recipe.py's Q&A mix (same generator, same order)."""
     import math
     import random
-    import tempfile
-
-    import torch
-    from datasets import Dataset
-    from transformers import set_seed
-
-    from bench_train_gpu import step_clock
-    from papertune.config import TrainConfig
-    from papertune.train.model import load_for_training
-    from papertune.train.stage import _sft_config, build_trainer
 
     rng = random.Random(3407)
     lengths = [min(700, max(60, int(math.exp(rng.gauss(math.log(220), 0.5))))) for _ in range(n)]
     rows = [{"input_ids": ids, "labels": ids} for ids in
             ([rng.randrange(1000, 150000) for _ in range(length)] for length in lengths)]
-    cfg = TrainConfig(model=model_dir, backend="hf", load_in_4bit=True, max_seq_length=SEQ, lora_r=16, lora_alpha=16,
+    return lengths, rows
+
+
+def _workload_trainer(model_dir: str, n: int, packed_length: int, accumulation: int, callbacks: list) -> tuple:
+    """papertune's trainer with the fast path as ``configs/gpu-fast.yaml`` sets it, over the seed mix."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from papertune.config import TrainConfig
+    from papertune.train.model import load_for_training
+    from papertune.train.stage import _sft_config, build_trainer
+
+    import torch
+
+    lengths, rows = _seed_mix(n)
+    if not torch.cuda.is_available():  # a smoke test of the script on the CPU, with a tiny model
+        rows = [{k: [t % 400 for t in v] for k, v in r.items()} for r in rows]
+    cfg = TrainConfig(model=model_dir, backend="hf", load_in_4bit=torch.cuda.is_available(), max_seq_length=SEQ, lora_r=16, lora_alpha=16,
                       lora_dropout=0.0, learning_rate=2e-5, num_train_epochs=1, packing=True,
                       packed_length=packed_length, per_device_train_batch_size=1,
                       gradient_accumulation_steps=accumulation, dequantize_base="auto", gradient_checkpointing="auto",
                       fused_cross_entropy="auto", eval_strategy="steps", eval_steps=100_000, logging_steps=10,
-                      early_stopping_patience=0)
+                      early_stopping_patience=0, optim=os.environ.get("OPTIM", "adamw_torch_fused"),
+                      dataloader_workers=int(os.environ.get("WORKERS", "2")),
+                      memory_cap_gib=float(os.environ.get("MEMORY_CAP", "0")),
+                      torch_compile=os.environ.get("COMPILE", "0") == "1")
     set_seed(cfg.seed)
     model, tokenizer = load_for_training(cfg, "hf")
-    out = Path(tempfile.mkdtemp())
-    clock = step_clock()
-    args = _sft_config(cfg, out, True, True)
+    args = _sft_config(cfg, Path(tempfile.mkdtemp()), torch.cuda.is_available(), True)
     if os.environ.get("PAD_TO"):  # rows padded to this multiple (papertune pads them to packed_length)
         args.pad_to_multiple_of = int(os.environ["PAD_TO"]) or None
     trainer = build_trainer(cfg, "hf", model, tokenizer, Dataset.from_list(rows), Dataset.from_list(rows[:8]), args,
-                            [clock])
+                            callbacks)
+    return trainer, lengths, cfg
+
+
+def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> None:
+    """One epoch over the seed recipe's Q&A mix (the same lengths and random ids as ../shared/gpu/seed_recipe.py,
+    loss on every token) through papertune's trainer with the fast path: padding-free packing in rows of
+    ``packed_length`` tokens (whole examples), varlen attention, dequantized base, checkpointing and loss
+    chosen from the memory budget. Run it under torchrun for data parallel."""
+    import torch
+
+    from bench_train_gpu import step_clock
+
+    clock = step_clock()
+    trainer, lengths, cfg = _workload_trainer(model_dir, n, packed_length, accumulation, [clock])
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = trainer.train()
@@ -279,14 +301,105 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
         world = int(os.environ.get("WORLD_SIZE", 1))
         tokens = sum(lengths)
         print("RESULT", json.dumps(dict(
-            recipe=f"papertune fast path: packed {packed_length} x accumulation {accumulation} x {world} GPU(s)",
+            recipe=f"papertune fast path: packed {packed_length} x accumulation {accumulation} x {world} GPU(s)"
+                   f"{', compiled' if cfg.torch_compile else ''}, {cfg.optim}",
             examples=n, trained_tokens=tokens, wall_s=round(wall, 1), tokens_per_s=round(tokens / wall),
             optimizer_steps=trainer.state.global_step, final_loss=round(result.training_loss, 4),
             first_step_s=round(clock.marks[0][0] - started, 2),
             steady_tokens_per_s=round((clock.marks[-1][1] - clock.marks[5][1]) / (clock.marks[-1][0] - clock.marks[5][0])),
-            alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), pad_to=os.environ.get("PAD_TO", ""),
+            memory_cap_gib=cfg.memory_cap_gib, dataloader_workers=cfg.dataloader_workers,
             peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), gpu=torch.cuda.get_device_name())),
               flush=True)
+
+
+def profile(model_dir: str, n: int, packed_length: int, steps: int = 12) -> None:
+    """Where a step's time goes: the same packed rows through (a) a plain loop calling the trainer's own
+    loss, with and without the Trainer's gradient clipping, and (b) ``trainer.train()``. Prints each one's
+    median step time, the GPU's busy share of a profiled step, and the CPU calls that wait on the GPU."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    from transformers import TrainerCallback
+
+    from bench_train_gpu import step_clock
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    clock = step_clock()
+    trainer, lengths, cfg = _workload_trainer(model_dir, n, packed_length, 1, [clock])
+    model = trainer.model
+    batches = [b for _, b in zip(range(steps + 2), trainer.get_train_dataloader())]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused = cfg.optim.endswith("fused")
+
+    def summarise(prof, label: str, step_s: float, profiled_steps: int) -> dict:
+        events = prof.key_averages()
+        device_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
+        syncs = {e.key: e.count for e in events if any(k in e.key for k in ("Synchronize", "item", "_local_scalar_dense", "Memcpy"))}
+        print(f"--- {label}: top CPU ops per {profiled_steps} steps")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60))
+        return dict(gpu_busy=round(device_us / 1e6 / (step_s * profiled_steps), 3),
+                    sync_calls_per_step={k: v / profiled_steps for k, v in syncs.items()})
+
+    def plain(clip: bool, label: str) -> None:
+        opt = torch.optim.AdamW(trainable, lr=2e-5, fused=fused)
+        times = []
+
+        def one(batch):
+            with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+                items = (batch["labels"] != -100).sum()
+                loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for i, batch in enumerate(batches):
+            sync()
+            t = time.perf_counter()
+            one(batch)
+            sync()
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        with torch_profile(activities=activities) as prof:
+            for batch in batches[2:5]:
+                one(batch)
+            sync()
+        tokens = statistics.mean(int(b["input_ids"].numel()) for b in batches)
+        print("RESULT", json.dumps(dict(mode=label, step_s_median=round(med, 4), tokens_per_s=round(tokens / med),
+                                        **summarise(prof, label, med, 3))), flush=True)
+
+    plain(False, "plain loop, trainer's loss, no clipping")
+    plain(True, "plain loop, trainer's loss, clip 1.0")
+
+    class Profile(TrainerCallback):  # profile optimizer steps 6-8
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                sync()
+                self.prof = torch_profile(activities=activities)
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 8 and self.prof is not None:
+                sync()
+                self.prof.__exit__(None, None, None)
+
+    profiler = Profile()
+    trainer.add_callback(profiler)
+    trainer.args.max_steps = steps + 2
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.train()
+    marks = [t for t, _ in clock.marks]
+    unprofiled = [b - a for i, (a, b) in enumerate(zip(marks, marks[1:]), start=1) if i >= 2 and not 5 <= i < 8]
+    med = statistics.median(unprofiled)
+    tokens = statistics.mean(int(b["input_ids"].numel()) for b in batches)
+    print("RESULT", json.dumps(dict(mode="trainer.train()", step_s_median=round(med, 4), tokens_per_s=round(tokens / med),
+                                    **summarise(profiler.prof, "trainer", med, 3))), flush=True)
 
 
 def gradcheck(model_dir: str) -> None:
@@ -329,14 +442,17 @@ def gradcheck(model_dir: str) -> None:
         p.data = p.data.to(torch.bfloat16)  # exact: these values came from bf16
     loss_eager, eager = grads(True)
     loss_eager2, eager2 = grads(True)
-    for layer in inner.model.layers:
-        layer.compile(dynamic=False)
+    from papertune.train.fast import compile_decoder_layers
+
+    compile_decoder_layers(model)  # as train.torch_compile does it
     loss_compiled, compiled = grads(True)
+    loss_compiled2, compiled2 = grads(True)
     print("RESULT", json.dumps(dict(mode="gradcheck", loss_fp32=loss_fp32, loss_eager=loss_eager,
                                     loss_compiled=loss_compiled,
                                     rel_eager_vs_fp32=rel(eager, exact), rel_compiled_vs_fp32=rel(compiled, exact),
                                     rel_eager_vs_eager_again=rel(eager2, eager),
                                     rel_compiled_vs_eager=rel(compiled, eager),
+                                    rel_compiled_vs_compiled_again=rel(compiled2, compiled),
                                     grad_norm_eager=float(sum((g ** 2).sum() for g in eager.values()) ** 0.5),
                                     grad_norm_compiled=float(sum((g ** 2).sum() for g in compiled.values()) ** 0.5),
                                     missing_in_compiled=[k for k in eager if k not in compiled][:3])), flush=True)
@@ -360,6 +476,8 @@ if __name__ == "__main__":
         attention()
     elif command == "workload":
         workload(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+    elif command == "profile":
+        profile(rest[0], int(rest[1]), int(rest[2]))
     elif command == "gradcheck":
         gradcheck(rest[0])
     else:

@@ -84,7 +84,8 @@ def step_clock():
             self.marks = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            torch.cuda.synchronize()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
 
     return StepClock()

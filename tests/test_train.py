@@ -505,3 +505,94 @@ def test_fused_loss_route_keeps_ddp_gradients_in_sync(tmp_path, tiny_model):
     load = lambda name: torch.load(tmp_path / f"{name}.pt")  # noqa: E731
     assert torch.allclose(load("wrapper-0"), load("wrapper-1"), atol=1e-7)
     assert not torch.allclose(load("inner-0"), load("inner-1"), atol=1e-5)  # the check can fail
+
+
+@pytest.mark.slow
+def test_torch_compile_keeps_loss_and_lora_gradients(tiny_model):
+    """train.torch_compile: the compiled decoder layers (varlen attention left eager) give the loss and LoRA
+    gradients of the eager model on a packed row, and only the decoder layers are compiled."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from papertune.config import TrainConfig
+    from papertune.train.fast import _decoder_layers
+    from papertune.train.model import load_for_training
+
+    def loss_and_grads(compiled: bool):
+        cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False, packing=True, max_seq_length=64,
+                          gradient_checkpointing=False, torch_compile=compiled, lora_r=4, lora_alpha=8)
+        torch.manual_seed(0)
+        model, _ = load_for_training(cfg, "hf")
+        with torch.no_grad():  # non-zero B, as after some training, so that A gets gradients too
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.1)
+        layers = _decoder_layers(model)
+        assert all((getattr(layer, "_compiled_call_impl", None) is not None) == compiled for layer in layers)
+        generator = torch.Generator().manual_seed(1)
+        examples = [{"input_ids": torch.randint(5, 400, (n,), generator=generator).tolist()} for n in (9, 17, 6)]
+        for example in examples:
+            example["labels"] = list(example["input_ids"])
+        batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    eager_loss, eager = loss_and_grads(False)
+    compiled_loss, compiled = loss_and_grads(True)
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert eager.keys() == compiled.keys() and all(g.abs().sum() > 0 for g in eager.values())
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torch_compile_is_validated():
+    with pytest.raises(ConfigError, match="train.torch_compile=true needs train.backend=hf"):
+        load_config(None, ["train.torch_compile=true", "train.backend=unsloth"])
+
+
+def test_lora_input_casts_skipped_under_autocast_give_bitwise_the_same_step(tmp_path, tiny_model):
+    """PEFT casts each LoRA input to the float32 adapter's dtype and autocast casts it back: skipping both
+    copies must change no loss or gradient bit; build_trainer skips them only with mixed precision."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModelForCausalLM
+
+    from papertune.config import TrainConfig
+    from papertune.train.fast import skip_lora_input_casts
+    from papertune.train.stage import _sft_config, build_trainer
+
+    def lora_model():
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+                if "lora_B" in name:
+                    param.data.normal_(std=0.1)
+        return model
+
+    ids = torch.randint(5, 400, (2, 33), generator=torch.Generator().manual_seed(2))
+
+    def step(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    casting, skipping = lora_model(), lora_model()
+    assert skip_lora_input_casts(skipping) == 6  # 2 layers x 3 target modules
+    loss_a, grads_a = step(casting)
+    loss_b, grads_b = step(skipping)
+    assert loss_a == loss_b and all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+
+    tokenizer = _tokenizer(str(tiny_model))
+    data = Dataset.from_list([{"input_ids": ids[0].tolist(), "labels": ids[0].tolist()}])
+    cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False)
+    for mixed_precision in (False, True):
+        args = _sft_config(cfg, tmp_path / str(mixed_precision), False, True)
+        args.bf16 = mixed_precision
+        trainer = build_trainer(cfg, "hf", lora_model(), tokenizer, data, data, args)
+        flags = {m.cast_input_dtype_enabled for m in trainer.model.modules() if isinstance(m, BaseTunerLayer)}
+        assert flags == {not mixed_precision}

@@ -158,5 +158,8 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
                 task_type="CAUSAL_LM",
             ),
         )
+        if cfg.torch_compile:
+            log.info("train: %d decoder layers compiled with torch.compile (train.torch_compile)",
+                     fast.compile_decoder_layers(model))
     fix_pad_token(tokenizer)
     return model, tokenizer

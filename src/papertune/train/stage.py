@@ -71,6 +71,13 @@ def _sft_config(cfg: TrainConfig, out: Path, has_cuda: bool, bf16: bool) -> Any:
         remove_unused_columns=True,
         use_cpu=not has_cuda,
         ddp_find_unused_parameters=False,  # LoRA: every trainable parameter is used in every step
+        # A non-finite loss stops the run (PapertuneSFTTrainer.training_step) before the Trainer's filter
+        # would see it; the filter's check only added a wait on the GPU to every micro-batch.
+        logging_nan_inf_filter=False,
+        # Batches collated in worker processes, ahead of the GPU: a step's kernels are launched from one
+        # Python thread, and collating in it leaves the GPU idle meanwhile.
+        dataloader_num_workers=cfg.dataloader_workers,
+        dataloader_persistent_workers=cfg.dataloader_workers > 0,
     )
     if cfg.packing:
         kwargs["packing_strategy"] = "bfd"  # best-fit decreasing: whole examples, few half-empty rows
@@ -97,7 +104,7 @@ def build_trainer(cfg: TrainConfig, backend: str, model: Any, tokenizer: Any, tr
     the backend's loss path and float32 LoRA master weights."""
     import torch
 
-    from papertune.train.fast import resolve_fused_cross_entropy
+    from papertune.train.fast import resolve_fused_cross_entropy, skip_lora_input_casts
     from papertune.train.trainer import PapertuneSFTTrainer, set_trainable_dtype
 
     trainer = PapertuneSFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -109,6 +116,8 @@ def build_trainer(cfg: TrainConfig, backend: str, model: Any, tokenizer: Any, tr
     recast = set_trainable_dtype(trainer.model, getattr(torch, cfg.adapter_dtype))
     if recast:
         log.info("train: %d LoRA tensors kept in %s (train.adapter_dtype)", recast, cfg.adapter_dtype)
+    if backend == "hf" and (args.bf16 or args.fp16):
+        skip_lora_input_casts(trainer.model)  # the Trainer's autocast casts them for the matmuls anyway
     return trainer
 
 
