@@ -467,6 +467,10 @@ def _table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("papertune").setLevel(logging.INFO)  # the fast path's plan (dequantize, checkpointing)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train_gpu's helpers
     command, *rest = sys.argv[1:]

@@ -596,3 +596,62 @@ def test_lora_input_casts_skipped_under_autocast_give_bitwise_the_same_step(tmp_
         trainer = build_trainer(cfg, "hf", lora_model(), tokenizer, data, data, args)
         flags = {m.cast_input_dtype_enabled for m in trainer.model.modules() if isinstance(m, BaseTunerLayer)}
         assert flags == {not mixed_precision}
+
+
+def test_fused_loss_is_scaled_for_data_parallel_like_transformers_loss(tmp_path, tiny_model, monkeypatch):
+    """Under data parallel num_items_in_batch counts every rank's labelled tokens and DDP averages the
+    gradients over ranks, so the fused loss must be multiplied by the number of processes (as transformers'
+    own loss is); without it a 2-GPU run logged half the loss and took half-sized gradients (found on the H200s)."""
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from papertune.config import TrainConfig
+    from papertune.train import fast
+    from papertune.train.model import load_for_training
+    from papertune.train.stage import _sft_config, build_trainer
+
+    def summed_loss(model, inputs, num_items_in_batch=None):  # Liger's kernel needs CUDA; the same contract
+        labels = inputs.pop("labels")
+        logits = model(**inputs, use_cache=False).logits[:, :-1]
+        total = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+        return total / num_items_in_batch
+
+    monkeypatch.setattr(fast, "fused_causal_lm_loss", summed_loss)
+    cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False)
+    model, tokenizer = load_for_training(cfg, "hf")
+    ids = list(range(5, 40))
+    data = Dataset.from_list([{"input_ids": ids, "labels": ids}])
+    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, _sft_config(cfg, tmp_path, False, True))
+    trainer.fused_loss = True
+    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([ids])}
+    one = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(68))
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 2))
+    two = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(68))
+    assert two.item() == pytest.approx(2 * one.item())
+
+
+def test_plan_picks_settings_from_the_memory_cap(monkeypatch):
+    """train.memory_cap_gib: on a whole H200 the 3B model's NF4 weights are dequantized and checkpointing is
+    off; capped at 16 GiB the same 8,192-token rows train in NF4 with checkpointing (measured peak 7.8 GiB)."""
+    from types import SimpleNamespace
+
+    from papertune.config import TrainConfig
+    from papertune.train import fast
+
+    qwen_3b = SimpleNamespace(hidden_size=2048, intermediate_size=11008, num_attention_heads=16, num_key_value_heads=2,
+                              num_hidden_layers=36, head_dim=128, vocab_size=151936)
+    # The NF4 model as bitsandbytes stores it: ~2.8e9 linear weights packed two per uint8.
+    model = SimpleNamespace(config=qwen_3b,
+                            parameters=lambda: [torch.zeros((), dtype=torch.uint8).expand(1_400_000_000)])
+    allocated = 2.2 * 2**30
+    card = 139.8 * 2**30
+    monkeypatch.setattr(fast, "memory_budget_bytes",
+                        lambda cap: int((min(card, cap * 2**30) if cap else card) - allocated))
+    monkeypatch.setattr(fast, "resolve_fused_cross_entropy", lambda setting: True)
+    settings = dict(packing=True, packed_length=8192, per_device_train_batch_size=1, dequantize_base="auto",
+                    gradient_checkpointing="auto", fused_cross_entropy="auto")
+    whole = fast.plan(TrainConfig(**settings, memory_cap_gib=0), model)
+    capped = fast.plan(TrainConfig(**settings, memory_cap_gib=16), model)
+    assert (whole["dequantize_base"], whole["gradient_checkpointing"]) == (True, False)
+    assert (capped["dequantize_base"], capped["gradient_checkpointing"]) == (False, True)
+    assert capped["budget_gib"] < 16 < whole["budget_gib"]

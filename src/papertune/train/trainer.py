@@ -72,6 +72,10 @@ class PapertuneSFTTrainer(SFTTrainer):
             from papertune.train.fast import fused_causal_lm_loss
 
             loss = fused_causal_lm_loss(model, dict(inputs), num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # As transformers' own loss: num_items_in_batch counts the labelled tokens of every rank, and
+                # DDP averages the gradients over the ranks.
+                loss = loss * self.accelerator.num_processes
             return (loss, {"loss": loss}) if return_outputs else loss
         if self.use_model_loss:
             from transformers import Trainer
