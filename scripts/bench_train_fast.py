@@ -271,6 +271,7 @@ def _workload_trainer(model_dir: str, n: int, packed_length: int, accumulation: 
                       early_stopping_patience=0, optim=os.environ.get("OPTIM", "adamw_torch_fused"),
                       dataloader_workers=int(os.environ.get("WORKERS", "2")),
                       memory_cap_gib=float(os.environ.get("MEMORY_CAP", "0")),
+                      fused_kernels=os.environ.get("FUSED_KERNELS", "0") == "1",
                       torch_compile=os.environ.get("COMPILE", "0") == "1")
     set_seed(cfg.seed)
     model, tokenizer = load_for_training(cfg, "hf")
@@ -302,7 +303,7 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
         tokens = sum(lengths)
         print("RESULT", json.dumps(dict(
             recipe=f"papertune fast path: packed {packed_length} x accumulation {accumulation} x {world} GPU(s)"
-                   f"{', compiled' if cfg.torch_compile else ''}, {cfg.optim}",
+                   f"{', compiled' if cfg.torch_compile else ''}{', Liger norm+SwiGLU' if cfg.fused_kernels else ''}, {cfg.optim}",
             examples=n, trained_tokens=tokens, wall_s=round(wall, 1), tokens_per_s=round(tokens / wall),
             optimizer_steps=trainer.state.global_step, final_loss=round(result.training_loss, 4),
             first_step_s=round(clock.marks[0][0] - started, 2),

@@ -655,3 +655,22 @@ def test_plan_picks_settings_from_the_memory_cap(monkeypatch):
     assert (whole["dequantize_base"], whole["gradient_checkpointing"]) == (True, False)
     assert (capped["dequantize_base"], capped["gradient_checkpointing"]) == (False, True)
     assert capped["budget_gib"] < 16 < whole["budget_gib"]
+
+
+def test_fused_kernels_settings(monkeypatch):
+    """train.fused_kernels: auto is off without CUDA; true without liger-kernel, or with the Unsloth
+    backend, is an error naming the field. (The kernels themselves need CUDA: checked on the H200.)"""
+    import importlib.util
+
+    from papertune.train import fast
+
+    assert load_config(None, ["train.fused_kernels=auto"]).train.fused_kernels == "auto"
+    with pytest.raises(ConfigError, match="train.fused_kernels=true needs train.backend=hf"):
+        load_config(None, ["train.fused_kernels=true", "train.backend=unsloth"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fast.apply_fused_kernels(object(), "auto") is False
+    assert fast.apply_fused_kernels(object(), False) is False
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match="train.fused_kernels=true needs liger-kernel"):
+        fast.apply_fused_kernels(object(), True)

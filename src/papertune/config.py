@@ -324,6 +324,9 @@ class TrainConfig:
     # Loss over the LM head in chunks (Liger's fused linear cross-entropy): the full vocabulary logits are
     # never stored. auto: on CUDA when liger-kernel is installed.
     fused_cross_entropy: bool | Literal["auto"] = False
+    # Liger's RMSNorm and SwiGLU kernels on the model being trained (fewer, fused element-wise kernels);
+    # auto: on CUDA when liger-kernel is installed and supports the architecture.
+    fused_kernels: bool | Literal["auto"] = False
     memory_cap_gib: float = 0.0  # GPU memory papertune may plan with; 0: the whole card
     dataloader_workers: int = 0  # processes collating batches ahead of the GPU (0: in the training process)
     # torch.compile each decoder layer (attention stays eager: packed rows vary in their sequence bounds).
@@ -361,6 +364,8 @@ class TrainConfig:
         _require(not (self.packing and self.backend == "unsloth"),
                  f"{p}.packing=true needs {p}.backend=hf (Unsloth's attention does not keep packed examples apart)")
         _require(self.dataloader_workers >= 0, f"{p}.dataloader_workers must be >= 0, got {self.dataloader_workers}")
+        _require(not (self.fused_kernels is True and self.backend == "unsloth"),
+                 f"{p}.fused_kernels=true needs {p}.backend=hf (Unsloth brings its own kernels)")
         _require(not (self.torch_compile and self.backend == "unsloth"),
                  f"{p}.torch_compile=true needs {p}.backend=hf (Unsloth compiles its own kernels)")
         _require(self.early_stopping_patience >= 0,

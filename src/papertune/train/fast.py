@@ -232,6 +232,11 @@ def plan(cfg: Any, model: Any) -> dict[str, Any]:
 
 
 def resolve_fused_cross_entropy(setting: bool | str) -> bool:
+    return _resolve_liger(setting, "train.fused_cross_entropy")
+
+
+def _resolve_liger(setting: bool | str, field: str) -> bool:
+    """A Liger option's value: ``auto`` is on with CUDA and liger-kernel; ``true`` without liger-kernel is an error."""
     import importlib.util
 
     import torch
@@ -241,8 +246,45 @@ def resolve_fused_cross_entropy(setting: bool | str) -> bool:
     if setting and importlib.util.find_spec("liger_kernel") is None:
         from papertune.errors import ConfigError
 
-        raise ConfigError("train.fused_cross_entropy=true needs liger-kernel (pip install liger-kernel; CUDA only)")
+        raise ConfigError(f"{field}=true needs liger-kernel (pip install liger-kernel; CUDA only)")
     return bool(setting)
+
+
+def apply_fused_kernels(model: Any, setting: bool | str) -> bool:
+    """``train.fused_kernels``: Liger's RMSNorm and SwiGLU kernels on ``model`` (a transformers causal LM, before
+    PEFT wraps it); returns whether they were applied.
+
+    Only this instance changes. Liger's patch functions also replace classes in the architecture's
+    transformers module; those are put back, so models loaded later in the process (evaluation) are plain
+    transformers ones. RoPE is left alone: Liger patches it only module-wide.
+    """
+    import sys
+
+    if not _resolve_liger(setting, "train.fused_kernels"):
+        return False
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    model_type = model.config.model_type
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        if setting is True:
+            from papertune.errors import ConfigError
+
+            raise ConfigError(f"train.fused_kernels=true: liger-kernel has no kernels for model type {model_type!r}; "
+                              "set train.fused_kernels to auto or false")
+        log.info("train: no fused kernels for model type %s (liger-kernel); running without", model_type)
+        return False
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]
+    wanted = dict(rope=False, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    accepted = inspect.signature(apply).parameters  # the options differ between architectures
+    modeling = sys.modules[type(model).__module__]
+    saved = dict(vars(modeling))
+    try:
+        apply(model=model, **{k: v for k, v in wanted.items() if k in accepted})
+    finally:
+        for name, value in saved.items():
+            if vars(modeling).get(name) is not value:
+                setattr(modeling, name, value)
+    return True
 
 
 def final_hidden_states(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:

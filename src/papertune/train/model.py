@@ -136,6 +136,8 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
             replaced, added = fast.dequantize_4bit_base(model)
             log.info("train: %d NF4 layers dequantized once to %s (+%.2f GiB; train.dequantize_base)", replaced,
                      dtype, added / 2**30)
+        if fast.apply_fused_kernels(model, cfg.fused_kernels):
+            log.info("train: Liger's RMSNorm and SwiGLU kernels on the model (train.fused_kernels)")
         if cfg.load_in_4bit and not decisions["dequantize_base"]:
             # Non-reentrant checkpointing: the reentrant kind breaks DDP with frozen base weights.
             model = prepare_model_for_kbit_training(
