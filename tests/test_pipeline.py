@@ -158,6 +158,15 @@ def test_fingerprint_of_cross_section_settings_and_folders(tmp_path):
     assert ev.value == _fingerprint("evaluate", run, "train.learning_rate=0.1").value
     assert ev.value != _fingerprint("evaluate", run, "train.model=other/model").value
     assert "train/adapter" not in _fingerprint("evaluate", run, "evaluate.tuned=false").inputs
+    # train: dataloader workers collate the same batches, so they neither rerun nor block a resume.
+    tr = _fingerprint("train", run)
+    assert tr.value == _fingerprint("train", run, "train.dataloader_workers=4").value
+    assert tr.value != _fingerprint("train", run, "train.fused_kernels=auto").value
+    from papertune.train.data import run_fingerprint
+
+    config = load_config(None, [f"run_dir={run}"]).train
+    workers = load_config(None, [f"run_dir={run}", "train.dataloader_workers=4"]).train
+    assert run_fingerprint(config, run, "hf") == run_fingerprint(workers, run, "hf")
     (run / "dataset" / "train" / "cache-123.arrow").write_bytes(b"other cache")
     assert _fingerprint("evaluate", run).value == ev.value
     (run / "dataset" / "train" / "data.arrow").write_bytes(b"other rows")

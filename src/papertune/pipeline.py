@@ -47,6 +47,7 @@ SUMMARY_MD = "summary.md"
 SPEED_ONLY = frozenset({
     "ingest.workers",
     "build.num_proc",
+    "train.dataloader_workers",  # the same batches in the same order, collated elsewhere
     *(f"{section}.llm.{key}" for section in ("generate", "augment")
       for key in ("concurrency", "timeout_s", "max_retries", "retry_backoff_s", "api_key_env")),
     *(f"evaluate.judge.{key}" for key in ("concurrency", "timeout_s", "max_retries", "retry_backoff_s", "api_key_env")),

@@ -20,7 +20,7 @@ from papertune.rundir import data_files, sha256_file
 
 # Settings that may change between a run and its resume without changing what is learned.
 _RESUME_SAFE = {"early_stopping_patience", "early_stopping_threshold", "save_total_limit", "logging_steps",
-                "merge_16bit"}
+                "merge_16bit", "dataloader_workers"}
 
 
 def tokenize_example(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[int]]:

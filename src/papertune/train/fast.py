@@ -119,10 +119,9 @@ def skip_lora_input_casts(model: Any) -> int:
 
 def register_varlen_attention() -> str:
     """Register ``papertune_varlen`` with transformers (attention and mask functions); returns its name."""
+    import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    import torch
 
     # A graph break under train.torch_compile (see compile_decoder_layers); nothing changes in eager mode.
     AttentionInterface.register(VARLEN_ATTENTION, torch.compiler.disable(papertune_varlen_attention))
