@@ -18,6 +18,7 @@ reference. One ``RESULT {json}`` line per variant, then a table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -254,25 +255,29 @@ def _workload_trainer(model_dir: str, n: int, packed_length: int, accumulation: 
     from datasets import Dataset
     from transformers import set_seed
 
-    from papertune.config import TrainConfig
+    import torch
+
+    from papertune.config import load_config
+    from papertune.pipeline import profile_path
     from papertune.train.model import load_for_training
     from papertune.train.stage import _sft_config, build_trainer
-
-    import torch
 
     lengths, rows = _seed_mix(n)
     if not torch.cuda.is_available():  # a smoke test of the script on the CPU, with a tiny model
         rows = [{k: [t % 400 for t in v] for k, v in r.items()} for r in rows]
-    cfg = TrainConfig(model=model_dir, backend="hf", load_in_4bit=torch.cuda.is_available(), max_seq_length=SEQ, lora_r=16, lora_alpha=16,
-                      lora_dropout=0.0, learning_rate=2e-5, num_train_epochs=1, packing=True,
-                      packed_length=packed_length, per_device_train_batch_size=1,
-                      gradient_accumulation_steps=accumulation, dequantize_base="auto", gradient_checkpointing="auto",
-                      fused_cross_entropy="auto", eval_strategy="steps", eval_steps=100_000, logging_steps=10,
-                      early_stopping_patience=0, optim=os.environ.get("OPTIM", "adamw_torch_fused"),
-                      dataloader_workers=int(os.environ.get("WORKERS", "2")),
-                      memory_cap_gib=float(os.environ.get("MEMORY_CAP", "0")),
-                      fused_kernels=os.environ.get("FUSED_KERNELS", "0") == "1",
-                      torch_compile=os.environ.get("COMPILE", "0") == "1")
+    # configs/gpu-fast.yaml's train section as shipped, for one epoch without evaluation; the environment
+    # switches one thing at a time (COMPILE=1, FUSED_KERNELS=0, WORKERS=0, OPTIM=..., MEMORY_CAP=16).
+    profile = load_config(str(profile_path("gpu-fast")), []).train
+    overrides = dict(model=model_dir, num_train_epochs=1, packed_length=packed_length,
+                     gradient_accumulation_steps=accumulation, eval_strategy="steps", eval_steps=100_000,
+                     early_stopping_patience=0, load_in_4bit=torch.cuda.is_available())
+    env = {"COMPILE": ("torch_compile", lambda v: v == "1"), "FUSED_KERNELS": ("fused_kernels", lambda v: v == "1"),
+           "WORKERS": ("dataloader_workers", int), "OPTIM": ("optim", str), "MEMORY_CAP": ("memory_cap_gib", float)}
+    for name, (field, parse) in env.items():
+        if name in os.environ:
+            overrides[field] = parse(os.environ[name])
+    cfg = dataclasses.replace(profile, **overrides)
+    cfg.validate()
     set_seed(cfg.seed)
     model, tokenizer = load_for_training(cfg, "hf")
     args = _sft_config(cfg, Path(tempfile.mkdtemp()), torch.cuda.is_available(), True)
@@ -294,7 +299,9 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
 
     clock = step_clock()
     trainer, lengths, cfg = _workload_trainer(model_dir, n, packed_length, accumulation, [clock])
-    torch.cuda.reset_peak_memory_stats()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - started
@@ -303,14 +310,14 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
         tokens = sum(lengths)
         print("RESULT", json.dumps(dict(
             recipe=f"papertune fast path: packed {packed_length} x accumulation {accumulation} x {world} GPU(s)"
-                   f"{', compiled' if cfg.torch_compile else ''}{', Liger norm+SwiGLU' if cfg.fused_kernels else ''}, {cfg.optim}",
+                   f"{', compiled' if cfg.torch_compile else ''}{', Liger norm+SwiGLU' if (cuda if cfg.fused_kernels == 'auto' else cfg.fused_kernels) else ''}, {cfg.optim}",
             examples=n, trained_tokens=tokens, wall_s=round(wall, 1), tokens_per_s=round(tokens / wall),
             optimizer_steps=trainer.state.global_step, final_loss=round(result.training_loss, 4),
             first_step_s=round(clock.marks[0][0] - started, 2),
             steady_tokens_per_s=round((clock.marks[-1][1] - clock.marks[5][1]) / (clock.marks[-1][0] - clock.marks[5][0])),
             memory_cap_gib=cfg.memory_cap_gib, dataloader_workers=cfg.dataloader_workers,
-            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), gpu=torch.cuda.get_device_name())),
-              flush=True)
+            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            gpu=torch.cuda.get_device_name() if cuda else "cpu")), flush=True)
 
 
 def profile(model_dir: str, n: int, packed_length: int, steps: int = 12) -> None:
