@@ -13,6 +13,14 @@ command -v tesseract >/dev/null 2>&1 || APT_PACKAGES+=(tesseract-ocr tesseract-o
 if [ "${PAPERTUNE_SETUP_TESTS:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   APT_PACKAGES+=(chromium fonts-liberation)
 fi
+# Tests only: a C++ compiler and Python headers for torch.compile's CPU backend (train.torch_compile test).
+if [ "${PAPERTUNE_SETUP_TESTS:-0}" = 1 ] && ! command -v g++ >/dev/null 2>&1; then
+  APT_PACKAGES+=(g++)
+fi
+PY_INCLUDE="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+if [ "${PAPERTUNE_SETUP_TESTS:-0}" = 1 ] && [ ! -f "$PY_INCLUDE/Python.h" ]; then
+  APT_PACKAGES+=("python3-dev")
+fi
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
