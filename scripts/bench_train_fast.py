@@ -179,12 +179,12 @@ def _make_step(model, inner, loss_kind: str, layout: str, compile_: bool):
 def attention() -> None:
     """Packed rows of short examples (the Q&A length mix): varlen flash attention vs SDPA with the
     block-diagonal mask transformers builds from restarting positions; also checks they agree."""
-    import math
     import random
 
     import torch
     import torch.nn.functional as F
 
+    from bench_train_gpu import seed_length
     from papertune.train import fast
 
     rng = random.Random(3407)
@@ -192,7 +192,7 @@ def attention() -> None:
     for total in (8192, 16384):
         lengths = []
         while sum(lengths) < total:
-            lengths.append(min(700, max(60, int(math.exp(rng.gauss(math.log(220), 0.5))))))
+            lengths.append(seed_length(rng))
         lengths[-1] -= sum(lengths) - total
         cu = torch.tensor([0] + list(__import__("itertools").accumulate(lengths)), dtype=torch.int32)
         q = torch.randn(1, heads, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -238,11 +238,12 @@ def attention() -> None:
 
 def _seed_mix(n: int) -> tuple[list[int], list[dict]]:
     """The lengths and random ids of ../shared/gpu/seed_recipe.py's Q&A mix (same generator, same order)."""
-    import math
     import random
 
+    from bench_train_gpu import seed_length
+
     rng = random.Random(3407)
-    lengths = [min(700, max(60, int(math.exp(rng.gauss(math.log(220), 0.5))))) for _ in range(n)]
+    lengths = [seed_length(rng) for _ in range(n)]
     rows = [{"input_ids": ids, "labels": ids} for ids in
             ([rng.randrange(1000, 150000) for _ in range(length)] for length in lengths)]
     return lengths, rows
@@ -296,6 +297,7 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
     import torch
 
     from bench_train_gpu import step_clock
+    from papertune.train.fast import resolve_fused_kernels
 
     clock = step_clock()
     trainer, lengths, cfg = _workload_trainer(model_dir, n, packed_length, accumulation, [clock])
@@ -310,11 +312,12 @@ def workload(model_dir: str, n: int, packed_length: int, accumulation: int) -> N
         tokens = sum(lengths)
         print("RESULT", json.dumps(dict(
             recipe=f"papertune fast path: packed {packed_length} x accumulation {accumulation} x {world} GPU(s)"
-                   f"{', compiled' if cfg.torch_compile else ''}{', Liger norm+SwiGLU' if (cuda if cfg.fused_kernels == 'auto' else cfg.fused_kernels) else ''}, {cfg.optim}",
+                   f"{', compiled' if cfg.torch_compile else ''}{', Liger norm+SwiGLU' if resolve_fused_kernels(cfg.fused_kernels) else ''}, {cfg.optim}",
             examples=n, trained_tokens=tokens, wall_s=round(wall, 1), tokens_per_s=round(tokens / wall),
             optimizer_steps=trainer.state.global_step, final_loss=round(result.training_loss, 4),
             first_step_s=round(clock.marks[0][0] - started, 2),
-            steady_tokens_per_s=round((clock.marks[-1][1] - clock.marks[5][1]) / (clock.marks[-1][0] - clock.marks[5][0])),
+            steady_tokens_per_s=round((clock.marks[-1][1] - clock.marks[5][1]) / (clock.marks[-1][0] - clock.marks[5][0]))
+            if len(clock.marks) > 6 else None,  # after 5 warm-up steps
             memory_cap_gib=cfg.memory_cap_gib, dataloader_workers=cfg.dataloader_workers,
             peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
             gpu=torch.cuda.get_device_name() if cuda else "cpu")), flush=True)
@@ -335,9 +338,10 @@ def profile(model_dir: str, n: int, packed_length: int, steps: int = 12) -> None
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     clock = step_clock()
-    trainer, lengths, cfg = _workload_trainer(model_dir, n, packed_length, 1, [clock])
+    trainer, _, cfg = _workload_trainer(model_dir, n, packed_length, 1, [clock])
     model = trainer.model
     batches = [b for _, b in zip(range(steps + 2), trainer.get_train_dataloader())]
+    tokens = statistics.mean(int(b["input_ids"].numel()) for b in batches)  # per row, padding included
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = cfg.optim.endswith("fused")
 
@@ -376,7 +380,6 @@ def profile(model_dir: str, n: int, packed_length: int, steps: int = 12) -> None
             for batch in batches[2:5]:
                 one(batch)
             sync()
-        tokens = statistics.mean(int(b["input_ids"].numel()) for b in batches)
         print("RESULT", json.dumps(dict(mode=label, step_s_median=round(med, 4), tokens_per_s=round(tokens / med),
                                         **summarise(prof, label, med, 3))), flush=True)
 
@@ -405,7 +408,6 @@ def profile(model_dir: str, n: int, packed_length: int, steps: int = 12) -> None
     marks = [t for t, _ in clock.marks]
     unprofiled = [b - a for i, (a, b) in enumerate(zip(marks, marks[1:]), start=1) if i >= 2 and not 5 <= i < 8]
     med = statistics.median(unprofiled)
-    tokens = statistics.mean(int(b["input_ids"].numel()) for b in batches)
     print("RESULT", json.dumps(dict(mode="trainer.train()", step_s_median=round(med, 4), tokens_per_s=round(tokens / med),
                                     **summarise(profiler.prof, "trainer", med, 3))), flush=True)
 
@@ -467,11 +469,11 @@ def gradcheck(model_dir: str) -> None:
 
 
 def _table(rows: list[dict]) -> None:
-    print("| variant | attention | tokens/micro-batch | tokens/s | MFU | peak GiB | losses |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['attn']} | {r['tokens_per_micro_batch']} | {r['tokens_per_s']} | {r['mfu']} | "
-              f"{r['peak_gib']} | {' '.join(str(x) for x in r['losses'])} |")
+    from bench_train_gpu import markdown_table
+
+    markdown_table(rows, {"variant": "mode", "attention": "attn", "tokens/micro-batch": "tokens_per_micro_batch",
+                          "tokens/s": "tokens_per_s", "MFU": "mfu", "peak GiB": "peak_gib",
+                          "losses": lambda r: " ".join(map(str, r["losses"]))})
 
 
 if __name__ == "__main__":

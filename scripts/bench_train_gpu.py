@@ -26,6 +26,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SEQ, BATCH, WARM, STEPS = 2048, 2, 3, 10
 
 
+def seed_length(rng: random.Random) -> int:
+    """One Q&A example's length in tokens, as ../shared/gpu/seed_recipe.py draws it: log-normal, median 220,
+    clipped to 60-700."""
+    return min(700, max(60, int(math.exp(rng.gauss(math.log(220), 0.5)))))
+
+
+def results(paths: list[str]) -> list[dict]:
+    """The ``RESULT {json}`` lines of benchmark logs, in order."""
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("RESULT "):
+                rows.append(json.loads(line[len("RESULT "):]))
+    return rows
+
+
+def markdown_table(rows: list[dict], columns: dict[str, object]) -> None:
+    """Print ``rows`` as a Markdown table; ``columns``: header -> the row's key, or a function of the row."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(cell(row) if callable(cell) else row.get(cell)) for cell in columns.values()) + " |")
+
+
 def _cfg(model_dir: str, backend: str):
     from papertune.config import TrainConfig
 
@@ -140,7 +164,7 @@ def qa_run(run_dir: str, model_dir: str, n: int) -> None:
     run.mkdir(parents=True, exist_ok=True)
     with (run / "qa_augmented.jsonl").open("w") as fh:
         for i in range(n):
-            length = min(700, max(60, int(math.exp(rng.gauss(math.log(220), 0.5)))))
+            length = seed_length(rng)
             q_len = max(8, length // 5)
             question = " ".join(rng.choice(words) for _ in range(q_len)) + f" {i}?"
             answer = " ".join(rng.choice(words) for _ in range(length - q_len))
@@ -151,16 +175,9 @@ def qa_run(run_dir: str, model_dir: str, n: int) -> None:
 
 
 def table(paths: list[str]) -> None:
-    rows = []
-    for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith("RESULT "):
-                rows.append(json.loads(line[len("RESULT "):]))
-    print("| mode | tokens/s | step s (median) | peak GiB | GPU |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r.get('mode', r.get('recipe'))} | {r.get('tokens_per_s')} | {r.get('step_s_median', r.get('wall_s'))} | "
-              f"{r.get('peak_gib')} | {r.get('gpu')} |")
+    markdown_table(results(paths), {
+        "mode": lambda r: r.get("mode", r.get("recipe")), "tokens/s": "tokens_per_s",
+        "step s (median)": lambda r: r.get("step_s_median", r.get("wall_s")), "peak GiB": "peak_gib", "GPU": "gpu"})
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ CUDA_VISIBLE_DEVICES=0 timeout 200 python3 scripts/bench_train_fast.py workload 
 CUDA_VISIBLE_DEVICES=0,1 timeout 200 torchrun --nproc_per_node 2 scripts/bench_train_fast.py workload $MODEL $N 8192 1 > "$OUT/d_fast_2gpu.log" 2>&1 || tail -20 "$OUT/d_fast_2gpu.log"
 grep -h RESULT "$OUT"/d_*.log | cut -c1-600
 python3 - "$OUT" <<'PY'
-import json, pathlib, sys
-rows = {}
-for name in ("d_fast_1gpu", "d_fast_2gpu"):
-    for line in (pathlib.Path(sys.argv[1]) / f"{name}.log").read_text().splitlines():
-        if line.startswith("RESULT "):
-            rows[name] = json.loads(line[7:])
-if len(rows) == 2:
-    one, two = rows["d_fast_1gpu"], rows["d_fast_2gpu"]
-    print("| GPUs | optimizer steps | wall s | tokens/s (epoch) | steady tokens/s | final loss | peak GiB/GPU |")
-    print("|---|---|---|---|---|---|---|")
-    for n, r in ((1, one), (2, two)):
-        print(f"| {n} | {r['optimizer_steps']} | {r['wall_s']} | {r['tokens_per_s']} | {r['steady_tokens_per_s']} | {r['final_loss']} | {r['peak_gib']} |")
-    print(f"scaling: epoch {two['tokens_per_s'] / one['tokens_per_s']:.2f}x, steady {two['steady_tokens_per_s'] / one['steady_tokens_per_s']:.2f}x")
+import sys
+sys.path.insert(0, "scripts")
+from bench_train_gpu import markdown_table, results
+one, two = (results([f"{sys.argv[1]}/{name}.log"]) for name in ("d_fast_1gpu", "d_fast_2gpu"))
+if one and two:
+    rows = [dict(r, gpus=n) for n, r in ((1, one[0]), (2, two[0]))]
+    markdown_table(rows, {"GPUs": "gpus", "optimizer steps": "optimizer_steps", "wall s": "wall_s",
+                          "tokens/s (epoch)": "tokens_per_s", "steady tokens/s": "steady_tokens_per_s",
+                          "final loss": "final_loss", "peak GiB/GPU": "peak_gib"})
+    print(f"scaling: epoch {two[0]['tokens_per_s'] / one[0]['tokens_per_s']:.2f}x, "
+          f"steady {two[0]['steady_tokens_per_s'] / one[0]['steady_tokens_per_s']:.2f}x")
 PY

@@ -234,6 +234,10 @@ def resolve_fused_cross_entropy(setting: bool | str) -> bool:
     return _resolve_liger(setting, "train.fused_cross_entropy")
 
 
+def resolve_fused_kernels(setting: bool | str) -> bool:
+    return _resolve_liger(setting, "train.fused_kernels")
+
+
 def _resolve_liger(setting: bool | str, field: str) -> bool:
     """A Liger option's value: ``auto`` is on with CUDA and liger-kernel; ``true`` without liger-kernel is an error."""
     import importlib.util
@@ -259,7 +263,7 @@ def apply_fused_kernels(model: Any, setting: bool | str) -> bool:
     """
     import sys
 
-    if not _resolve_liger(setting, "train.fused_kernels"):
+    if not resolve_fused_kernels(setting):
         return False
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
