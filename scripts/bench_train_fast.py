@@ -351,6 +351,9 @@ def profile(model_dir: str, n: int, packed_length: int, steps: int = 12) -> None
         syncs = {e.key: e.count for e in events if any(k in e.key for k in ("Synchronize", "item", "_local_scalar_dense", "Memcpy"))}
         print(f"--- {label}: top CPU ops per {profiled_steps} steps")
         print(events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60))
+        if cuda:  # where the GPU time goes, by operator (aten ops and Triton kernels)
+            print(f"--- {label}: top ops by GPU time per {profiled_steps} steps")
+            print(events.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
         return dict(gpu_busy=round(device_us / 1e6 / (step_s * profiled_steps), 3),
                     sync_calls_per_step={k: v / profiled_steps for k, v in syncs.items()})
 

@@ -105,7 +105,7 @@ def test_packaged_profiles_are_the_configs():
             f"{packaged} differs from {profile}; copy it: cp {profile} {packaged}")
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu"])
+@pytest.mark.parametrize("name", ["cpu", "gpu", "gpu-fast"])
 def test_every_packaged_profile_loads_and_validates(name: str):
     from papertune.pipeline import profile_path, resolve_config_file
 
@@ -115,7 +115,7 @@ def test_every_packaged_profile_loads_and_validates(name: str):
     assert cfg.run_dir == f"runs/{name}"
 
 
-@pytest.mark.parametrize(("cuda", "expected"), [(True, "gpu"), (False, "cpu")])
+@pytest.mark.parametrize(("cuda", "expected"), [(True, "gpu-fast"), (False, "cpu")])
 def test_run_without_config_picks_the_profile_from_the_hardware(monkeypatch, caplog, cuda: bool, expected: str):
     import logging
 

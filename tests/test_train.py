@@ -392,6 +392,48 @@ def test_padding_free_packing_gives_the_same_per_token_loss_as_padding(tiny_mode
     assert (torch.tensor(by_padding) - torch.tensor(token_losses(leaked))).abs().max() > 5e-3
 
 
+def test_sequence_bounds_match_trl_and_reach_every_packed_batch(tmp_path, tiny_model):
+    """The varlen attention needs each packed row's sequence bounds. TRL >= 1.16's collator sends them
+    (golden: ours must be the same values); older TRL sends only position_ids, and then build_trainer's
+    SequenceBoundsCollator adds them, else every row would pay for full quadratic attention on the GPU."""
+    from datasets import Dataset
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from papertune.config import TrainConfig
+    from papertune.train.fast import SequenceBoundsCollator, add_sequence_bounds
+    from papertune.train.model import load_for_training
+    from papertune.train.stage import _sft_config, build_trainer
+
+    bound_keys = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (7, 3, 11)]
+    trl_batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, pad_to_multiple_of=32)(examples)
+    old_trl_batch = {k: v for k, v in trl_batch.items() if k not in bound_keys}  # what TRL < 1.16 sends
+    ours = add_sequence_bounds(dict(old_trl_batch))
+    # 3 examples, then 11 padding tokens (position 0 each: sequences of one token, as TRL counts them).
+    assert ours["cu_seq_lens_q"].tolist() == [0, 7, 10, 21] + list(range(22, 33))
+    assert ours["cu_seq_lens_q"].dtype == torch.int32 and ours["max_length_q"] == ours["max_length_k"] == 11
+    if "cu_seq_lens_q" in trl_batch:  # TRL >= 1.16
+        for key in bound_keys:
+            assert torch.equal(torch.as_tensor(ours[key]), torch.as_tensor(trl_batch[key])), key
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(examples)  # not packed: left as it is
+    assert add_sequence_bounds(dict(padded)).keys() == padded.keys()
+
+    def old_trl(inner):  # a collator as TRL < 1.16 behaves
+        return lambda features: {k: v for k, v in inner(features).items() if k not in bound_keys}
+
+    tokenizer = _tokenizer(str(tiny_model))
+    data = Dataset.from_list(examples)
+    cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False, packing=True, max_seq_length=64,
+                      packed_length=64, per_device_train_batch_size=1)
+    model = load_for_training(cfg, "hf")[0]
+    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, _sft_config(cfg, tmp_path, False, True))
+    assert isinstance(trainer.data_collator, SequenceBoundsCollator)
+    trainer.data_collator.inner = old_trl(trainer.data_collator.inner)
+    batch = next(iter(trainer.get_train_dataloader()))
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert batch["cu_seq_lens_q"].tolist() == starts + [batch["input_ids"].shape[1]]
+
+
 def test_packed_training_runs_and_records_fewer_padding_tokens(tmp_path, tiny_model):
     run = built_run(tmp_path, tiny_model)
     train.run(load_config(None, tiny_overrides(run, tiny_model, packing="true", packed_length=1024, max_seq_length=512,

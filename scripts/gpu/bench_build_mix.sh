@@ -2,29 +2,47 @@
 # Issue 7, target 2 on the length mix `papertune build` really produces (chat template, prompt-masked labels):
 # N synthetic Q&A pairs built into RUN/dataset by papertune's build stage (bench_train_gpu.py qa-run), then
 # `papertune train` with configs/gpu-fast.yaml for one epoch beside configs/gpu.yaml (the report's recipe as
-# written, Unsloth) for MAX_STEPS optimizer steps, one GPU, one run. Tokens/s from each run's report.json.
-source scripts/gpu/env.sh
-export CUDA_VISIBLE_DEVICES=0
+# written, Unsloth) for MAX_STEPS optimizer steps, one GPU, one run. Two figures per run: train-only tokens/s
+# (the last training log line of metrics.jsonl, before the end-of-epoch evaluation) and report.json's
+# tokens/s over the whole trainer.train() (evaluation and checkpoint included).
+# CPU smoke: EXTRA="--set train.load_in_4bit=false ..." with MODEL set to a tiny local model.
+if [ -z "${SMOKE:-}" ]; then source scripts/gpu/env.sh; export CUDA_VISIBLE_DEVICES=0; fi
 N=${N:-2000}
-rm -rf /tmp/qa /tmp/qa_fast /tmp/qa_report
-python3 scripts/bench_train_gpu.py qa-run /tmp/qa $MODEL $N > "$OUT/qa_build.log" 2>&1 || { tail -20 "$OUT/qa_build.log"; exit 1; }
-cp -r /tmp/qa /tmp/qa_fast; cp -r /tmp/qa /tmp/qa_report
+W=${WORK:-/tmp}
+rm -rf $W/qa $W/qa_fast $W/qa_report
+python3 scripts/bench_train_gpu.py qa-run $W/qa $MODEL $N > "$OUT/qa_build.log" 2>&1 || { tail -20 "$OUT/qa_build.log"; exit 1; }
+cp -r $W/qa $W/qa_fast; cp -r $W/qa $W/qa_report
 COMMON=(--set train.model=$MODEL --set build.model=$MODEL --set train.num_train_epochs=1 --set train.early_stopping_patience=0)
-timeout 240 python3 -m papertune train --config configs/gpu-fast.yaml --run-dir /tmp/qa_fast "${COMMON[@]}" > "$OUT/b_fast.log" 2>&1 || tail -20 "$OUT/b_fast.log"
-timeout 200 python3 -m papertune train --config configs/gpu.yaml --run-dir /tmp/qa_report "${COMMON[@]}" --set train.max_steps=${MAX_STEPS:-8} > "$OUT/b_report.log" 2>&1 || tail -20 "$OUT/b_report.log"
-python3 - <<'PY'
-import json
+timeout ${FAST_LIMIT:-240} python3 -m papertune train --config configs/gpu-fast.yaml --run-dir $W/qa_fast "${COMMON[@]}" \
+  --set train.logging_steps=5 ${EXTRA:-} > "$OUT/b_fast.log" 2>&1 || { echo "fast: exit $?"; tail -20 "$OUT/b_fast.log"; }
+timeout ${REPORT_LIMIT:-280} python3 -m papertune train --config configs/gpu.yaml --run-dir $W/qa_report "${COMMON[@]}" \
+  --set train.max_steps=${MAX_STEPS:-8} --set train.logging_steps=1 ${EXTRA:-} ${EXTRA_REPORT:---set train.backend=unsloth} > "$OUT/b_report.log" 2>&1 \
+  || { echo "report: exit $?"; tail -20 "$OUT/b_report.log"; }
+W=$W python3 - <<'PY'
+import json, os
+from pathlib import Path
+work = Path(os.environ["W"])
 rows = {}
 for name, label in (("qa_report", "report as written (configs/gpu.yaml)"), ("qa_fast", "papertune gpu-fast")):
+    train = work / name / "train"
     try:
-        rows[name] = (label, json.load(open(f"/tmp/{name}/train/report.json")))
+        report = json.loads((train / "report.json").read_text())
     except OSError as exc:
         print(f"{name}: no report ({exc})")
-print("| recipe | optimizer steps | wall s | tokens seen | tokens/s | best eval loss | peak GiB |")
-print("|---|---|---|---|---|---|---|")
-for label, r in rows.values():
-    print(f"| {label} | {r['global_steps']} | {r['wall_s']} | {r['tokens_seen']} | {r['tokens_per_s']} | "
-          f"{r.get('best_eval_loss')} | {r.get('peak_gpu_gib')} |")
+        continue
+    logs = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    train_logs = [r for r in logs if "loss" in r and "tokens_per_s" in r]
+    first, last = train_logs[0], train_logs[-1]  # after warm-up: from the first training log line to the last
+    steady = (round((last["tokens_seen"] - first["tokens_seen"]) / (last["time_s"] - first["time_s"]))
+              if last["time_s"] > first["time_s"] else None)
+    rows[name] = (label, report, last, steady)
+print("| recipe | backend | optimizer steps | train tokens/s | after warm-up | whole-run tokens/s | wall s | tokens seen | last train loss | eval loss | peak GiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for label, r, t, steady in rows.values():
+    print(f"| {label} | {r['backend']} | {r['global_steps']} | {t['tokens_per_s']} | {steady} | {r['tokens_per_s']} | {r['wall_s']} | "
+          f"{r['tokens_seen']} | {t['loss']:.4f} | {r.get('best_eval_loss')} | {r.get('peak_gpu_gib')} |")
 if len(rows) == 2:
-    print(f"ratio: {rows['qa_fast'][1]['tokens_per_s'] / rows['qa_report'][1]['tokens_per_s']:.2f}x")
+    fast, slow = rows["qa_fast"], rows["qa_report"]
+    print(f"ratio train tokens/s: {fast[2]['tokens_per_s'] / slow[2]['tokens_per_s']:.2f}x; after warm-up: "
+          f"{fast[3] / slow[3] if fast[3] and slow[3] else float('nan'):.2f}x; whole run: {fast[1]['tokens_per_s'] / slow[1]['tokens_per_s']:.2f}x")
 PY

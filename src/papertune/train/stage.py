@@ -104,11 +104,13 @@ def build_trainer(cfg: TrainConfig, backend: str, model: Any, tokenizer: Any, tr
     the backend's loss path and float32 LoRA master weights."""
     import torch
 
-    from papertune.train.fast import resolve_fused_cross_entropy, skip_lora_input_casts
+    from papertune.train.fast import SequenceBoundsCollator, resolve_fused_cross_entropy, skip_lora_input_casts
     from papertune.train.trainer import PapertuneSFTTrainer, set_trainable_dtype
 
     trainer = PapertuneSFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                                   processing_class=tokenizer, callbacks=callbacks)
+    if cfg.packing:  # the varlen attention needs each packed row's sequence bounds, whatever TRL sends
+        trainer.data_collator = SequenceBoundsCollator(trainer.data_collator)
     trainer.use_model_loss = backend == "unsloth"
     trainer.fused_loss = backend == "hf" and resolve_fused_cross_entropy(cfg.fused_cross_entropy)
     # SFTTrainer casts a quantized model's LoRA weights to bf16 in __init__; the optimizer does not exist
