@@ -3,6 +3,7 @@
     python scripts/bench_train_gpu.py kernel  hf|unsloth  MODEL_DIR   # papertune's loader, the anchor's step loop
     python scripts/bench_train_gpu.py trainer hf|unsloth  MODEL_DIR   # papertune's trainer (SFTTrainer subclass)
     python scripts/bench_train_gpu.py qa-run  RUN_DIR MODEL_DIR N     # a RUN/dataset of N synthetic Q&A examples
+    python scripts/bench_train_gpu.py trl-recipe RUN_DIR MODEL_DIR [packed]  # the report's recipe on RUN/dataset
     python scripts/bench_train_gpu.py table   LOG...                  # RESULT lines -> a markdown table
 
 MODEL_DIR is the Qwen2.5-3B-shaped random-weight model of ../shared/gpu/qlora_anchor.py (``build``).
@@ -174,6 +175,54 @@ def qa_run(run_dir: str, model_dir: str, n: int) -> None:
                                  "build.leakage_threshold=0.95"]))
 
 
+def trl_recipe(run_dir: str, model_dir: str, packed: bool) -> None:
+    """The report's recipe (Unsloth 4-bit, TRL SFTTrainer, batch 2 x 16, lr 2e-5, gradient checkpointing) for
+    one epoch over RUN/dataset's training split as papertune tokenizes it (prompt masked), with TRL's
+    ``packing=True`` or as written; like ../shared/gpu/seed_recipe.py, but on the build stage's length mix.
+    Without CUDA (a smoke test of the script) it runs transformers + PEFT in float32 instead of Unsloth."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        from unsloth import FastLanguageModel  # before trl/transformers: Unsloth patches them at import
+    from trl import SFTConfig, SFTTrainer
+
+    from papertune.train.data import load_training_data
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    if cuda:
+        model, tokenizer = FastLanguageModel.from_pretrained(model_name=model_dir, max_seq_length=2048, dtype=None,
+                                                             load_in_4bit=True, local_files_only=True)
+        model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                                 target_modules=targets, use_gradient_checkpointing="unsloth",
+                                                 random_state=3407)
+    else:
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                               LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
+    train = load_training_data(Path(run_dir), tokenizer, 2048)[0]["train"]
+    tokens = sum(len(ids) for ids in train["input_ids"])
+    args = SFTConfig(output_dir=str(Path(run_dir) / "trl_recipe_out"), per_device_train_batch_size=2,
+                     gradient_accumulation_steps=16, learning_rate=2e-5, num_train_epochs=1, max_length=2048,
+                     packing=packed, bf16=cuda, logging_steps=10, report_to="none", save_strategy="no",
+                     eval_strategy="no", seed=3407, dataset_num_proc=1)
+    trainer = SFTTrainer(model=model, train_dataset=train, args=args, processing_class=tokenizer)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.time()
+    out = trainer.train()
+    wall = time.time() - started
+    print("RESULT", json.dumps(dict(
+        recipe="report: unsloth4 + SFTTrainer, bs2 ga16" + (", packing=True" if packed else ", no packing") + ", build mix",
+        examples=len(train), trained_tokens=tokens, optimizer_steps=trainer.state.global_step, wall_s=round(wall, 1),
+        tokens_per_s=round(tokens / wall), final_loss=round(out.training_loss, 4),
+        peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        gpu=torch.cuda.get_device_name() if cuda else "cpu")), flush=True)
+
+
 def table(paths: list[str]) -> None:
     markdown_table(results(paths), {
         "mode": lambda r: r.get("mode", r.get("recipe")), "tokens/s": "tokens_per_s",
@@ -189,6 +238,8 @@ if __name__ == "__main__":
         trainer(rest[0], rest[1])
     elif command == "qa-run":
         qa_run(rest[0], rest[1], int(rest[2]))
+    elif command == "trl-recipe":
+        trl_recipe(rest[0], rest[1], rest[2:] == ["packed"])
     elif command == "table":
         table(rest)
     else:
