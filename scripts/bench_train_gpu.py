@@ -4,6 +4,7 @@
     python scripts/bench_train_gpu.py trainer hf|unsloth  MODEL_DIR   # papertune's trainer (SFTTrainer subclass)
     python scripts/bench_train_gpu.py qa-run  RUN_DIR MODEL_DIR N     # a RUN/dataset of N synthetic Q&A examples
     python scripts/bench_train_gpu.py trl-recipe RUN_DIR MODEL_DIR [packed]  # the report's recipe on RUN/dataset
+    python scripts/bench_train_gpu.py build-mix-table WORK PACKED_LOG  # scripts/gpu/bench_build_mix.sh's table
     python scripts/bench_train_gpu.py table   LOG...                  # RESULT lines -> a markdown table
 
 MODEL_DIR is the Qwen2.5-3B-shaped random-weight model of ../shared/gpu/qlora_anchor.py (``build``).
@@ -223,6 +224,44 @@ def trl_recipe(run_dir: str, model_dir: str, packed: bool) -> None:
         gpu=torch.cuda.get_device_name() if cuda else "cpu")), flush=True)
 
 
+def build_mix_table(work_dir: str, packed_log: str) -> None:
+    """The table of scripts/gpu/bench_build_mix.sh: the two ``papertune train`` runs in WORK/qa_report and
+    WORK/qa_fast (report.json, metrics.jsonl), the TRL-packing reference's RESULT line if it ran, and ratios."""
+    runs = {}
+    for name, label in (("qa_report", "report as written (configs/gpu.yaml)"), ("qa_fast", "papertune gpu-fast")):
+        train = Path(work_dir) / name / "train"
+        if not (train / "report.json").is_file():
+            print(f"{name}: no report.json in {train}")
+            continue
+        report = json.loads((train / "report.json").read_text())
+        logs = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+        train_logs = [r for r in logs if "loss" in r and "tokens_per_s" in r]
+        first, last = train_logs[0], train_logs[-1]  # after warm-up: from the first training log line to the last
+        runs[name] = dict(
+            recipe=label, backend=report["backend"], steps=report["global_steps"], train_tps=last["tokens_per_s"],
+            steady_tps=round((last["tokens_seen"] - first["tokens_seen"]) / (last["time_s"] - first["time_s"]))
+            if last["time_s"] > first["time_s"] else None,
+            whole_tps=report["tokens_per_s"], wall_s=report["wall_s"], tokens=report["tokens_seen"],
+            loss=round(last["loss"], 4), eval_loss=report.get("best_eval_loss"), peak_gib=report.get("peak_gpu_gib"))
+    packed = results([packed_log]) if Path(packed_log).is_file() else []
+    rows = list(runs.values()) + [dict(
+        recipe="report + TRL packing=True (bench_train_gpu.py trl-recipe)", backend="hf" if r["gpu"] == "cpu" else "unsloth",
+        steps=r["optimizer_steps"], whole_tps=r["tokens_per_s"], wall_s=r["wall_s"], tokens=r["trained_tokens"],
+        loss=r["final_loss"], peak_gib=r["peak_gib"]) for r in packed[-1:]]
+    markdown_table(rows, {"recipe": "recipe", "backend": "backend", "optimizer steps": "steps",
+                          "train tokens/s": "train_tps", "after warm-up": "steady_tps", "whole-run tokens/s": "whole_tps",
+                          "wall s": "wall_s", "tokens seen": "tokens", "last train loss": "loss",
+                          "eval loss": "eval_loss", "peak GiB": "peak_gib"})
+    fast, slow = runs.get("qa_fast"), runs.get("qa_report")
+    if fast and packed:
+        print(f"ratio to packed (gpu-fast train tokens/s / packed epoch tokens/s): "
+              f"{fast['train_tps'] / packed[-1]['tokens_per_s']:.2f}x")
+    if fast and slow:
+        steady = fast["steady_tps"] / slow["steady_tps"] if fast["steady_tps"] and slow["steady_tps"] else float("nan")
+        print(f"ratio train tokens/s: {fast['train_tps'] / slow['train_tps']:.2f}x; after warm-up: {steady:.2f}x; "
+              f"whole run: {fast['whole_tps'] / slow['whole_tps']:.2f}x")
+
+
 def table(paths: list[str]) -> None:
     markdown_table(results(paths), {
         "mode": lambda r: r.get("mode", r.get("recipe")), "tokens/s": "tokens_per_s",
@@ -240,6 +279,8 @@ if __name__ == "__main__":
         qa_run(rest[0], rest[1], int(rest[2]))
     elif command == "trl-recipe":
         trl_recipe(rest[0], rest[1], rest[2:] == ["packed"])
+    elif command == "build-mix-table":
+        build_mix_table(rest[0], rest[1])
     elif command == "table":
         table(rest)
     else:

@@ -6,11 +6,6 @@
 source scripts/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
 N=${N:-2000}
-run() {  # name, timeout, command...
-  local name=$1 limit=$2; shift 2
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name: exit $?"; tail -5 "$OUT/$name.log"; }
-  grep -h RESULT "$OUT/$name.log" | cut -c1-500
-}
 run a1_fast 90 python3 scripts/bench_train_fast.py workload $MODEL $N 8192 1
 run a2_fast_compiled 110 env COMPILE=1 python3 scripts/bench_train_fast.py workload $MODEL $N 8192 1
 run a3_fast_16k 90 python3 scripts/bench_train_fast.py workload $MODEL $N 16384 1

@@ -24,40 +24,4 @@ if [ -n "${PACKED:-}" ]; then
   timeout ${PACKED_LIMIT:-200} python3 scripts/bench_train_gpu.py trl-recipe $W/qa $MODEL packed > "$OUT/b_packed.log" 2>&1 \
     || { echo "packed: exit $?"; tail -5 "$OUT/b_packed.log"; }
 fi
-W=$W OUT=$OUT python3 - <<'PY'
-import json, os
-from pathlib import Path
-work = Path(os.environ["W"])
-rows = {}
-for name, label in (("qa_report", "report as written (configs/gpu.yaml)"), ("qa_fast", "papertune gpu-fast")):
-    train = work / name / "train"
-    try:
-        report = json.loads((train / "report.json").read_text())
-    except OSError as exc:
-        print(f"{name}: no report ({exc})")
-        continue
-    logs = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
-    train_logs = [r for r in logs if "loss" in r and "tokens_per_s" in r]
-    first, last = train_logs[0], train_logs[-1]  # after warm-up: from the first training log line to the last
-    steady = (round((last["tokens_seen"] - first["tokens_seen"]) / (last["time_s"] - first["time_s"]))
-              if last["time_s"] > first["time_s"] else None)
-    rows[name] = (label, report, last, steady)
-print("| recipe | backend | optimizer steps | train tokens/s | after warm-up | whole-run tokens/s | wall s | tokens seen | last train loss | eval loss | peak GiB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for label, r, t, steady in rows.values():
-    print(f"| {label} | {r['backend']} | {r['global_steps']} | {t['tokens_per_s']} | {steady} | {r['tokens_per_s']} | {r['wall_s']} | "
-          f"{r['tokens_seen']} | {t['loss']:.4f} | {r.get('best_eval_loss')} | {r.get('peak_gpu_gib')} |")
-packed = [l for l in (Path(os.environ["OUT"]) / "b_packed.log").read_text().splitlines() if l.startswith("RESULT ")] \
-    if (Path(os.environ["OUT"]) / "b_packed.log").is_file() else []
-if packed:
-    r = json.loads(packed[-1][len("RESULT "):])
-    print(f"| report + TRL packing=True (bench_train_gpu.py trl-recipe) | {'hf' if r['gpu'] == 'cpu' else 'unsloth'} | {r['optimizer_steps']} | | | "
-          f"{r['tokens_per_s']} | {r['wall_s']} | {r['trained_tokens']} | {r['final_loss']} | | {r['peak_gib']} |")
-    if "qa_fast" in rows:
-        print(f"ratio to packed (gpu-fast train tokens/s / packed epoch tokens/s): "
-              f"{rows['qa_fast'][2]['tokens_per_s'] / r['tokens_per_s']:.2f}x")
-if len(rows) == 2:
-    fast, slow = rows["qa_fast"], rows["qa_report"]
-    print(f"ratio train tokens/s: {fast[2]['tokens_per_s'] / slow[2]['tokens_per_s']:.2f}x; after warm-up: "
-          f"{fast[3] / slow[3] if fast[3] and slow[3] else float('nan'):.2f}x; whole run: {fast[1]['tokens_per_s'] / slow[1]['tokens_per_s']:.2f}x")
-PY
+python3 scripts/bench_train_gpu.py build-mix-table $W "$OUT/b_packed.log"

@@ -7,11 +7,6 @@ source scripts/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
 N=${N:-2000}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-run() {  # name, timeout, command...
-  local name=$1 limit=$2; shift 2
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name: exit $?"; tail -5 "$OUT/$name.log"; }
-  grep -h RESULT "$OUT/$name.log" | cut -c1-500
-}
 run w1_papertune 120 python3 scripts/bench_train_fast.py workload $MODEL $N 8192 1
 [ -n "${SKIP_PACKED:-}" ] || run w2_seed_packed 170 python3 .gpu-ref/seed_recipe.py $MODEL $N packed
 run w3_seed_as_written ${ASWRITTEN_LIMIT:-200} python3 .gpu-ref/seed_recipe.py $MODEL ${N_ASWRITTEN:-320}

@@ -5,11 +5,6 @@
 source scripts/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
 N=${N:-2000}
-run() {  # name, timeout, command...
-  local name=$1 limit=$2; shift 2
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name: exit $?"; tail -5 "$OUT/$name.log"; }
-  grep -h RESULT "$OUT/$name.log" | cut -c1-500
-}
 run k1_papertune 100 python3 scripts/bench_train_fast.py workload $MODEL $N 8192 1
 run k2_papertune_fused 100 env FUSED_KERNELS=1 python3 scripts/bench_train_fast.py workload $MODEL $N 8192 1
 run k3_seed_as_written 120 python3 .gpu-ref/seed_recipe.py $MODEL ${N_ASWRITTEN:-320}

@@ -4,6 +4,5 @@
 source scripts/gpu/env.sh
 export CUDA_VISIBLE_DEVICES=0
 for L in ${LENGTHS:-8192 16384}; do
-  timeout 200 python3 scripts/bench_train_fast.py profile $MODEL ${N:-1200} $L > "$OUT/p_$L.log" 2>&1 || { echo "p_$L: exit $?"; tail -5 "$OUT/p_$L.log"; }
-  grep -h RESULT "$OUT/p_$L.log" | cut -c1-400
+  run p_$L 200 python3 scripts/bench_train_fast.py profile $MODEL ${N:-1200} $L
 done

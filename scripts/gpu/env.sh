@@ -12,3 +12,9 @@ MODEL=/tmp/q3b
 if [ ! -f $MODEL/config.json ]; then
   python3 .gpu-ref/qlora_anchor.py build $MODEL > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
 fi
+# run NAME LIMIT COMMAND...: COMMAND's output to $OUT/NAME.log under a time limit; its RESULT lines printed.
+run() {
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || { echo "$name: exit $?"; tail -5 "$OUT/$name.log"; }
+  grep -h RESULT "$OUT/$name.log" | cut -c1-500
+}
