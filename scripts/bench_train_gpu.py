@@ -225,10 +225,13 @@ def trl_recipe(run_dir: str, model_dir: str, packed: bool) -> None:
 
 
 def build_mix_table(work_dir: str, packed_log: str) -> None:
-    """The table of scripts/gpu/bench_build_mix.sh: the two ``papertune train`` runs in WORK/qa_report and
-    WORK/qa_fast (report.json, metrics.jsonl), the TRL-packing reference's RESULT line if it ran, and ratios."""
+    """The table of scripts/gpu/bench_build_mix.sh: the ``papertune train`` runs in WORK/qa_report, WORK/qa_fast
+    and WORK/qa_v1, qa_v2, ... (gpu-fast with the settings in variant.txt) from report.json and metrics.jsonl,
+    the TRL-packing reference's RESULT line if it ran, and ratios."""
     runs = {}
-    for name, label in (("qa_report", "report as written (configs/gpu.yaml)"), ("qa_fast", "papertune gpu-fast")):
+    variants = [(v.name, "gpu-fast + " + (v / "variant.txt").read_text().strip())
+                for v in sorted(Path(work_dir).glob("qa_v*"), key=lambda v: int(v.name[4:])) if (v / "variant.txt").is_file()]
+    for name, label in [("qa_report", "report as written (configs/gpu.yaml)"), ("qa_fast", "papertune gpu-fast")] + variants:
         train = Path(work_dir) / name / "train"
         if not (train / "report.json").is_file():
             print(f"{name}: no report.json in {train}")
@@ -256,10 +259,11 @@ def build_mix_table(work_dir: str, packed_log: str) -> None:
     if fast and packed:
         print(f"ratio to packed (gpu-fast train tokens/s / packed epoch tokens/s): "
               f"{fast['train_tps'] / packed[-1]['tokens_per_s']:.2f}x")
-    if fast and slow:
-        steady = fast["steady_tps"] / slow["steady_tps"] if fast["steady_tps"] and slow["steady_tps"] else float("nan")
-        print(f"ratio train tokens/s: {fast['train_tps'] / slow['train_tps']:.2f}x; after warm-up: {steady:.2f}x; "
-              f"whole run: {fast['whole_tps'] / slow['whole_tps']:.2f}x")
+    for name, run in runs.items():
+        if name != "qa_report" and slow:
+            steady = run["steady_tps"] / slow["steady_tps"] if run["steady_tps"] and slow["steady_tps"] else float("nan")
+            print(f"{run['recipe']} / report as written: train tokens/s {run['train_tps'] / slow['train_tps']:.2f}x; "
+                  f"after warm-up {steady:.2f}x; whole run {run['whole_tps'] / slow['whole_tps']:.2f}x")
 
 
 def table(paths: list[str]) -> None:
