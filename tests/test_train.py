@@ -20,7 +20,7 @@ from papertune.errors import ConfigError, NonFiniteLossError
 from papertune.models import QWEN2_5_TOKENIZER, resolve_model
 from papertune.train.data import tokenize_example
 from papertune.train.model import fix_pad_token
-from papertune.train.trainer import COMPLETE_MARKER, complete_checkpoints
+from papertune.train.trainer import COMPLETE_MARKER, NonFiniteLossWatch, complete_checkpoints
 from test_build import qa_rows, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +188,36 @@ def test_nan_loss_stops_within_one_step_and_keeps_last_checkpoint(tmp_path, tiny
     assert [p.name for p in done] == ["checkpoint-2"]
     steps = [json.loads(line)["step"] for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 2
+
+
+def test_nonfinite_loss_watch_reads_gpu_copies_only_once_they_have_arrived():
+    """On a GPU the loss check must not make the CPU wait for every micro-batch: it reads a loss's host copy
+    once the copy's event has passed, and waits only when asked to (before a checkpoint, log or the end)."""
+
+    class Event:  # stands in for torch.cuda.Event
+        def __init__(self):
+            self.done, self.waited = False, False
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.waited = self.done = True
+
+    watch = NonFiniteLossWatch()
+    first, second = Event(), Event()
+    watch.pending = [(1, torch.tensor([2.5]), first), (2, torch.tensor([float("nan")]), second)]
+    watch.poll()
+    assert len(watch.pending) == 2  # neither copy has arrived: nothing read, no wait
+    first.done = True
+    watch.poll()
+    assert [step for step, _, _ in watch.pending] == [2]
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 2"):
+        watch.drain()
+    assert second.waited and not watch.pending
+    with pytest.raises(NonFiniteLossError, match="loss became inf at step 7"):  # on the CPU: at once
+        NonFiniteLossWatch().record(torch.tensor(float("inf")), 7)
+    NonFiniteLossWatch().record(torch.tensor(1.0), 8)
 
 
 def test_weights_only_from_safetensors(tmp_path, tiny_model):
@@ -434,6 +464,36 @@ def test_sequence_bounds_match_trl_and_reach_every_packed_batch(tmp_path, tiny_m
     assert batch["cu_seq_lens_q"].tolist() == starts + [batch["input_ids"].shape[1]]
 
 
+def test_tokens_seen_are_counted_as_transformers_counts_them_but_read_back_only_when_logged(tmp_path, tiny_model):
+    """transformers reads the token count back from the GPU every micro-batch (a wait, and a collective
+    across ranks); papertune adds it up on the device and reads it when it is logged or saved. Golden:
+    the same total as transformers' own count, which is every token but the packed rows' padding."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    from papertune.config import TrainConfig
+    from papertune.train.model import load_for_training
+    from papertune.train.stage import _sft_config, build_trainer
+
+    lengths = (7, 3, 11, 20, 5)
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in lengths]
+    data = Dataset.from_list(examples)
+    cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False, packing=True, max_seq_length=32,
+                      packed_length=32, per_device_train_batch_size=1)
+    model, tokenizer = load_for_training(cfg, "hf")
+    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, _sft_config(cfg, tmp_path, False, True))
+    batches = list(trainer.get_train_dataloader())
+    assert sum(b["input_ids"].numel() for b in batches) > sum(lengths)  # the rows are padded
+    for batch in batches:
+        Trainer._track_num_input_tokens(trainer, batch)
+    expected, trainer.state.num_input_tokens_seen = trainer.state.num_input_tokens_seen, 0
+    for batch in batches:
+        trainer._track_num_input_tokens(batch)
+    assert trainer.state.num_input_tokens_seen == 0  # not read back yet
+    trainer.log({"loss": 1.0})
+    assert trainer.state.num_input_tokens_seen == expected == sum(lengths)
+
+
 def test_packed_training_runs_and_records_fewer_padding_tokens(tmp_path, tiny_model):
     run = built_run(tmp_path, tiny_model)
     train.run(load_config(None, tiny_overrides(run, tiny_model, packing="true", packed_length=1024, max_seq_length=512,
@@ -443,6 +503,44 @@ def test_packed_training_runs_and_records_fewer_padding_tokens(tmp_path, tiny_mo
     assert all(torch.isfinite(torch.tensor(m["eval_loss"])) for m in metrics if "eval_loss" in m)
     # All training tokens fit in a couple of 1024-token rows: far fewer optimizer steps than unpacked.
     assert report["global_steps"] <= 6 and report["tokens_seen"] > 0
+    assert report["tokens_seen"] == max(m["tokens_seen"] for m in metrics)  # the count read back at the end
+
+
+def test_packed_rows_planned_from_the_data_hold_the_asked_examples_per_step(tmp_path, tiny_model):
+    """packed_length=auto (gpu-fast): the rows are sized from the training split's mean length so that an
+    optimizer step holds about packed_examples_per_step examples, as the report's batch 2 x 16 does."""
+    from papertune.train.data import load_training_data
+    from papertune.train.model import load_tokenizer
+
+    run = built_run(tmp_path, tiny_model)
+    config = load_config(None, tiny_overrides(run, tiny_model, packing="true", packed_length="auto",
+                                              packed_examples_per_step=6, max_seq_length=512,
+                                              per_device_train_batch_size=1, gradient_accumulation_steps=1))
+    train.run(config)
+    data, _ = load_training_data(run, load_tokenizer(config.train), 512)
+    lengths = [len(ids) for ids in data["train"]["input_ids"]]
+    expected = max(512, 1024 * -(-int(6 * sum(lengths) / len(lengths)) // 1024))  # no GPU: no memory limit
+    report = json.loads((run / "train" / "report.json").read_text())
+    assert (report["packed_length"], report["gradient_accumulation_steps"]) == (expected, 1)
+    assert json.loads((run / "train" / "planned_rows.json").read_text()) == {
+        "packed_length": expected, "gradient_accumulation_steps": 1}
+    steps_per_epoch = report["global_steps"] / report["epochs"]
+    assert steps_per_epoch < len(lengths) / 3  # a handful of examples per step, not one or two
+
+
+def test_resume_refuses_rows_planned_differently(tmp_path):
+    """A resume on a card with less memory could plan other rows for packed_length=auto; the checkpoints'
+    step count would then point at other batches."""
+    from papertune.config import TrainConfig
+    from papertune.train.stage import _check_planned_rows
+
+    first = TrainConfig(packing=True, packed_length=14336, per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    _check_planned_rows(tmp_path, first, resume=False, force=False)
+    _check_planned_rows(tmp_path, first, resume=True, force=False)
+    other = TrainConfig(packing=True, packed_length=7168, per_device_train_batch_size=1, gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError, match="rows of 14336 tokens x gradient accumulation 1.*gives 7168 x 2"):
+        _check_planned_rows(tmp_path, other, resume=True, force=False)
+    _check_planned_rows(tmp_path, other, resume=True, force=True)
 
 
 def test_packing_settings_are_validated():
@@ -450,6 +548,13 @@ def test_packing_settings_are_validated():
         load_config(None, ["train.packing=true", "train.packed_length=100", "train.max_seq_length=2048"])
     with pytest.raises(ConfigError, match="train.packing=true needs train.backend=hf"):
         load_config(None, ["train.packing=true", "train.backend=unsloth"])
+    with pytest.raises(ConfigError, match="train.packed_length must be an integer or 'auto'; got 'long'"):
+        load_config(None, ["train.packing=true", "train.packed_length=long"])
+    with pytest.raises(ConfigError, match="train.packed_length=auto needs train.packing=true"):
+        load_config(None, ["train.packed_length=auto", "train.per_device_train_batch_size=1",
+                           "train.gradient_accumulation_steps=1"])
+    with pytest.raises(ConfigError, match="set train.per_device_train_batch_size=1 and train.gradient_accumulation_steps=1"):
+        load_config(None, ["train.packing=true", "train.packed_length=auto"])
     assert load_config(None, ["train.gradient_checkpointing=auto"]).train.gradient_checkpointing == "auto"
 
 
@@ -697,6 +802,38 @@ def test_plan_picks_settings_from_the_memory_cap(monkeypatch):
     assert (whole["dequantize_base"], whole["gradient_checkpointing"]) == (True, False)
     assert (capped["dequantize_base"], capped["gradient_checkpointing"]) == (False, True)
     assert capped["budget_gib"] < 16 < whole["budget_gib"]
+
+    # packed_length=auto: ~32 examples per optimizer step. The seed mix (253 tokens on average) and the build
+    # stage's (427) on a whole H200: one row per step, 8,192 and 14,336 tokens (13,664 rounded up to 1,024).
+    settings.update(packed_length="auto", packed_examples_per_step=32)
+    seed = fast.plan(TrainConfig(**settings), model, 253.2)
+    build = fast.plan(TrainConfig(**settings), model, 427.0)
+    assert (seed["packed_length"], seed["gradient_accumulation_steps"]) == (8192, 1)
+    assert (build["packed_length"], build["gradient_accumulation_steps"]) == (14336, 1)
+    assert build["dequantize_base"] and not build["gradient_checkpointing"] and build["examples_per_step"] == 33.6
+    # An 80 GiB card: the same step in two rows that fit without checkpointing.
+    card = 79.2 * 2**30
+    h100 = fast.plan(TrainConfig(**settings), model, 427.0)
+    assert (h100["packed_length"], h100["gradient_accumulation_steps"], h100["gradient_checkpointing"]) == (7168, 2, False)
+    # 16 GiB: NF4 kept, rows of the longest example's 2,048 tokens, 7 per step, still without checkpointing.
+    card = 139.8 * 2**30
+    small = fast.plan(TrainConfig(**settings, memory_cap_gib=16), model, 427.0)
+    assert (small["dequantize_base"], small["gradient_checkpointing"]) == (False, False)
+    assert (small["packed_length"], small["gradient_accumulation_steps"]) == (2048, 7)
+    with pytest.raises(ValueError, match="mean length"):
+        fast.plan(TrainConfig(**settings), model)
+
+
+def test_packed_rows_never_exceed_what_fits():
+    from papertune.train.fast import packed_rows
+
+    assert packed_rows(14336, 2048, None) == (14336, 1)
+    assert packed_rows(14336, 2048, 13400) == (7168, 2)
+    assert packed_rows(14336, 2048, 5000) == (4096, 4)  # 3 rows would round up to 5,120 tokens each
+    assert packed_rows(14336, 2048, 100) == (2048, 7)  # never shorter than the longest example
+    for fits in range(2048, 20000, 97):
+        row, accumulation = packed_rows(14336, 2048, fits)
+        assert row <= max(fits, 2048) and row * accumulation >= 14336 and row % 1024 == 0
 
 
 def test_fused_kernels_settings(monkeypatch):

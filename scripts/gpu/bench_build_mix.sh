@@ -10,7 +10,7 @@
 # of A, B, ... (comma-separated KEY=VALUE settings, e.g. train.packed_length=16384,train.torch_compile=true),
 # after gpu-fast as shipped and before the report's recipe.
 # CPU smoke: EXTRA="--set train.load_in_4bit=false ..." with MODEL set to a tiny local model.
-if [ -z "${SMOKE:-}" ]; then source scripts/gpu/env.sh; export CUDA_VISIBLE_DEVICES=0; fi
+if [ -z "${SMOKE:-}" ]; then source scripts/gpu/env.sh; export CUDA_VISIBLE_DEVICES=${BUILD_MIX_GPU:-0}; fi
 N=${N:-2000}
 W=${WORK:-/tmp}
 rm -rf $W/qa $W/qa_fast $W/qa_report $W/qa_v* "$OUT"/b_*.log

@@ -1,9 +1,13 @@
 # Sourced by the GPU scripts: unpack the package bundle (make-bundle.sh) and set up the environment.
 set -uo pipefail
-rm -rf /tmp/s && mkdir -p /tmp/s && tar xzf .gpu-bundle/site.tgz -C /tmp/s
-# Extra pure-Python wheels carried in .whl (e.g. liger-kernel), next to the bundle's packages.
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site .whl/*.whl
+# Once per machine: a script sourced by another one (bench_workload_ddp.sh BUILD_MIX_BESIDE=1) finds it done.
+if [ ! -f /tmp/s/.unpacked ]; then
+  rm -rf /tmp/s && mkdir -p /tmp/s && tar xzf .gpu-bundle/site.tgz -C /tmp/s
+  # Extra pure-Python wheels carried in .whl (e.g. liger-kernel), next to the bundle's packages.
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site .whl/*.whl
+  fi
+  touch /tmp/s/.unpacked
 fi
 export PYTHONPATH=/tmp/s/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export OUT=${OUT:-/tmp/out}

@@ -317,7 +317,10 @@ class TrainConfig:
     # per token as without packing while no compute goes to padding. per_device_train_batch_size then counts
     # packed rows.
     packing: bool = False
-    packed_length: int = 0
+    # auto: each optimizer step holds about packed_examples_per_step examples of the training split's mean
+    # length, in rows as long as fit in memory without checkpointing (more rows accumulated when they do not).
+    packed_length: int | Literal["auto"] = 0
+    packed_examples_per_step: int = 32  # the report's batch 2 x gradient accumulation 16
     # QLoRA multiplies by the NF4 weights dequantized to bf16 in every forward and backward. true: do that
     # once and keep the bf16 copy (same values, ~2 bytes per weight more memory); auto: when it fits.
     dequantize_base: bool | Literal["auto"] = False
@@ -357,9 +360,18 @@ class TrainConfig:
         _require(self.eval_strategy == "epoch" or self.eval_steps >= 1,
                  f"{p}.eval_steps must be >= 1 when {p}.eval_strategy is 'steps', got {self.eval_steps}")
         _require(self.save_total_limit >= 1, f"{p}.save_total_limit must be >= 1, got {self.save_total_limit}")
-        _require(self.packed_length == 0 or self.packed_length >= self.max_seq_length,
-                 f"{p}.packed_length must be 0 (= max_seq_length) or >= {p}.max_seq_length={self.max_seq_length} "
-                 f"(examples are never split), got {self.packed_length}")
+        _require(self.packed_length in (0, "auto") or self.packed_length >= self.max_seq_length,
+                 f"{p}.packed_length must be 0 (= max_seq_length), auto, or >= {p}.max_seq_length="
+                 f"{self.max_seq_length} (examples are never split), got {self.packed_length}")
+        if self.packed_length == "auto":
+            _require(self.packing, f"{p}.packed_length=auto needs {p}.packing=true")
+            _require(self.per_device_train_batch_size == 1 and self.gradient_accumulation_steps == 1,
+                     f"{p}.packed_length=auto plans the rows and the accumulation itself: set "
+                     f"{p}.per_device_train_batch_size=1 and {p}.gradient_accumulation_steps=1 (got "
+                     f"{self.per_device_train_batch_size} and {self.gradient_accumulation_steps}), or give "
+                     f"{p}.packed_length in tokens")
+        _require(self.packed_examples_per_step >= 1,
+                 f"{p}.packed_examples_per_step must be >= 1, got {self.packed_examples_per_step}")
         _require(self.memory_cap_gib >= 0, f"{p}.memory_cap_gib must be >= 0 (0 = the whole card), got {self.memory_cap_gib}")
         _require(not (self.packing and self.backend == "unsloth"),
                  f"{p}.packing=true needs {p}.backend=hf (Unsloth's attention does not keep packed examples apart)")
@@ -500,7 +512,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp))
+    return {bool: "true or false", int: "an integer", float: "a number"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -523,6 +535,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) > 1:  # e.g. int | Literal["auto"]: name every accepted kind
+            kinds = " or ".join(_type_name(arg) for arg in args if arg is not type(None))
+            raise ConfigError(f"{where} must be {kinds}; got {value!r}")
         raise ConfigError(errors[0] if errors else f"{where}: unsupported value {value!r}")
     if origin is list:
         (item_tp,) = get_args(tp) or (Any,)

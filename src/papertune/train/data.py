@@ -60,6 +60,9 @@ def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any
                             keep_in_memory=True)
         before = len(ds)
         ds = ds.filter(lambda ids: len(ids) <= max_len, input_columns="input_ids", keep_in_memory=True)
+        if len(ds) == 0:
+            raise InputError(f"{path}: all {before} {split} examples are longer than train.max_seq_length={max_len} "
+                             "tokens; raise train.max_seq_length or build shorter examples")
         counts[f"{split}_examples"] = len(ds)
         counts[f"{split}_over_max_seq_length"] = before - len(ds)
         tokenized[split] = ds

@@ -244,30 +244,76 @@ def tokens_per_micro_batch(cfg: Any) -> int:
     return length * cfg.per_device_train_batch_size
 
 
-def plan(cfg: Any, model: Any) -> dict[str, Any]:
+ROW_MULTIPLE = 1024  # planned rows are whole multiples of this many tokens: steady shapes for the kernels
+
+
+def _round_up(value: float, multiple: int) -> int:
+    return multiple * -(-int(value) // multiple)
+
+
+def packed_rows(tokens_per_step: int, longest: int, fitting_tokens: int | None) -> tuple[int, int]:
+    """(row length, gradient accumulation) for optimizer steps of about ``tokens_per_step`` tokens: as few rows
+    as possible, each at most ``fitting_tokens`` long (the most that fit without checkpointing; None: no limit)
+    and at least ``longest`` (the longest example allowed)."""
+    if fitting_tokens is None or fitting_tokens >= tokens_per_step:
+        return tokens_per_step, 1
+    accumulation = -(-tokens_per_step // max(fitting_tokens, longest))
+    while True:  # one more row when rounding up made them too long
+        row = max(longest, _round_up(tokens_per_step / accumulation, ROW_MULTIPLE))
+        if row <= fitting_tokens or row == longest:
+            return row, accumulation
+        accumulation += 1
+
+
+def plan(cfg: Any, model: Any, mean_example_tokens: float | None = None) -> dict[str, Any]:
     """Decide ``dequantize_base`` and ``gradient_checkpointing`` (when ``auto``) for the loaded 4-bit or
-    16-bit model from the memory budget; returns the decisions and the numbers behind them."""
+    16-bit model from the memory budget, and with ``packed_length: auto`` the packed rows' length and the
+    gradient accumulation: about ``packed_examples_per_step`` examples of ``mean_example_tokens`` tokens per
+    optimizer step, in rows as long as fit without checkpointing. Returns the decisions and the numbers
+    behind them."""
     import torch
 
     budget = memory_budget_bytes(cfg.memory_cap_gib)
-    tokens = tokens_per_micro_batch(cfg)
     margin = 2 * 2**30  # optimizer state, CUDA workspaces, fragmentation
-    logits = 0 if resolve_fused_cross_entropy(cfg.fused_cross_entropy) else tokens * model.config.vocab_size * 8
+    activations = activation_bytes_per_token(model.config)
+    # Without the fused loss, the logits in float32 and their gradient.
+    logits = 0 if resolve_fused_cross_entropy(cfg.fused_cross_entropy) else model.config.vocab_size * 8
     quantized_params = sum(p.numel() * 2 for p in model.parameters() if p.dtype == torch.uint8)  # 2 weights a byte
+    auto_rows = cfg.packing and cfg.packed_length == "auto"
+    if auto_rows:
+        if not mean_example_tokens:
+            raise ValueError("train.packed_length=auto needs the training examples' mean length")
+        smallest = cfg.max_seq_length  # a row must hold the longest example
+        tokens_per_step = max(smallest, _round_up(cfg.packed_examples_per_step * mean_example_tokens, ROW_MULTIPLE))
+    else:
+        smallest = tokens_per_micro_batch(cfg)
+
+    def room(extra: int) -> int | None:  # tokens whose activations fit beside ``extra`` bytes (None: no budget)
+        return None if budget is None else max(0, int((budget - extra - margin) // (activations + logits)))
+
     dequantize = cfg.dequantize_base
     if dequantize == "auto":
         # Worth it only where the bf16 copy leaves room for activations without checkpointing.
-        dequantize = bool(quantized_params) and budget is not None and (
-            budget - quantized_params * 2 - margin - logits
-            >= activation_bytes_per_token(model.config) * tokens)
+        dequantize = bool(quantized_params) and budget is not None and room(quantized_params * 2) >= smallest
     extra = quantized_params * 2 if dequantize else 0
-    left = None if budget is None else budget - extra - margin - logits
+    if auto_rows:
+        fits = room(extra)
+        row, accumulation = packed_rows(tokens_per_step, smallest, fits if fits is not None and fits >= smallest else None)
+        micro_batch = row
+    else:
+        micro_batch = smallest
     checkpointing = cfg.gradient_checkpointing
     if checkpointing == "auto":
-        checkpointing = choose_gradient_checkpointing("auto", model.config, tokens, left)
-    return {"dequantize_base": bool(dequantize), "gradient_checkpointing": bool(checkpointing),
-            "tokens_per_micro_batch": tokens, "budget_gib": None if budget is None else round(budget / 2**30, 1),
-            "activation_gib": round(activation_bytes_per_token(model.config) * tokens / 2**30, 1)}
+        checkpointing = choose_gradient_checkpointing(
+            "auto", model.config, micro_batch, None if budget is None else budget - extra - margin - logits * micro_batch)
+    decisions = {"dequantize_base": bool(dequantize), "gradient_checkpointing": bool(checkpointing),
+                 "tokens_per_micro_batch": micro_batch,
+                 "budget_gib": None if budget is None else round(budget / 2**30, 1),
+                 "activation_gib": round(activations * micro_batch / 2**30, 1)}
+    if auto_rows:
+        decisions.update(packed_length=row, gradient_accumulation_steps=accumulation,
+                         examples_per_step=round(row * accumulation / mean_example_tokens, 1))
+    return decisions
 
 
 def resolve_fused_cross_entropy(setting: bool | str) -> bool:

@@ -10,6 +10,7 @@ to EOS would teach the model to never stop, once pads are masked).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -65,8 +66,34 @@ def _local_rank_device() -> dict[str, int]:
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
+def load_tokenizer(cfg: TrainConfig) -> Any:
+    """``train.model``'s tokenizer as the ``hf`` backend trains with it."""
+    from transformers import AutoTokenizer
+
+    name = resolve_model(cfg.model, "train.model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(
+            f"train.model={cfg.model!r}: no tokenizer could be loaded ({exc}). Use a local model folder, or a Hub "
+            "id with network access"
+        ) from exc
+    fix_pad_token(tokenizer)
+    return tokenizer
+
+
 def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
     """(PEFT model ready to train, tokenizer) for ``backend``."""
+    model, tokenizer, _ = load_planned(cfg, backend)
+    return model, tokenizer
+
+
+def load_planned(cfg: TrainConfig, backend: str, tokenizer: Any = None,
+                 mean_example_tokens: float | None = None) -> tuple[Any, Any, TrainConfig]:
+    """(PEFT model ready to train, tokenizer, ``cfg`` as planned): with ``train.packed_length: auto`` the
+    memory plan (train/fast.py) sets the rows' length and the gradient accumulation from
+    ``mean_example_tokens``, the training split's mean length. ``tokenizer``: one already loaded with
+    ``load_tokenizer`` (hf backend)."""
     import torch
 
     name = resolve_model(cfg.model, "train.model")
@@ -122,15 +149,22 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
                 bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16,
             )
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         except OSError as exc:
             raise ConfigError(
                 f"train.model={cfg.model!r} could not be loaded ({exc}). Use a local model folder with "
                 "safetensors weights, or a Hub id with network access"
             ) from exc
-        decisions = fast.plan(cfg, model)
+        decisions = fast.plan(cfg, model, mean_example_tokens)
         log.info("train: attention %s; %s", attention, ", ".join(f"{k} {v}" for k, v in decisions.items()))
+        if "packed_length" in decisions:
+            cfg = dataclasses.replace(cfg, packed_length=decisions["packed_length"],
+                                      gradient_accumulation_steps=decisions["gradient_accumulation_steps"])
+            log.info("train: packed rows of %d tokens x gradient accumulation %d: about %s examples per optimizer "
+                     "step (train.packed_length=auto, train.packed_examples_per_step=%d)", cfg.packed_length,
+                     cfg.gradient_accumulation_steps, decisions["examples_per_step"], cfg.packed_examples_per_step)
         checkpointing = decisions["gradient_checkpointing"]
         if cfg.load_in_4bit and decisions["dequantize_base"]:
             replaced, added = fast.dequantize_4bit_base(model)
@@ -164,4 +198,4 @@ def load_for_training(cfg: TrainConfig, backend: str) -> tuple[Any, Any]:
             log.info("train: %d decoder layers compiled with torch.compile (train.torch_compile)",
                      fast.compile_decoder_layers(model))
     fix_pad_token(tokenizer)
-    return model, tokenizer
+    return model, tokenizer, cfg

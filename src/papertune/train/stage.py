@@ -78,6 +78,10 @@ def _sft_config(cfg: TrainConfig, out: Path, has_cuda: bool, bf16: bool) -> Any:
         # Python thread, and collating in it leaves the GPU idle meanwhile.
         dataloader_num_workers=cfg.dataloader_workers,
         dataloader_persistent_workers=cfg.dataloader_workers > 0,
+        # Batches copied to the GPU from pinned memory without blocking: a blocking copy waits for the GPU
+        # to finish the previous step first, and the CPU then starts the next step's kernels late.
+        dataloader_pin_memory=has_cuda,
+        accelerator_config={"non_blocking": has_cuda},
     )
     if cfg.packing:
         kwargs["packing_strategy"] = "bfd"  # best-fit decreasing: whole examples, few half-empty rows
@@ -138,6 +142,23 @@ def _check_fingerprint(out: Path, fingerprint: dict[str, str], resume: bool, for
     write_json_atomic(path, fingerprint)
 
 
+def _check_planned_rows(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
+    """packed_length=auto is planned from the GPU's memory: a resume on another card could plan other rows,
+    and the checkpoints' step count would then point at other batches."""
+    path = out / "planned_rows.json"
+    planned = {"packed_length": cfg.packed_length, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        if old != planned and not force:
+            raise ConfigError(
+                f"cannot resume: the checkpoints in {out} were trained in packed rows of {old['packed_length']} tokens "
+                f"x gradient accumulation {old['gradient_accumulation_steps']}, and this GPU's memory plan gives "
+                f"{planned['packed_length']} x {planned['gradient_accumulation_steps']} (train.packed_length=auto). "
+                "Resume on a GPU like the first one, or pass --force to resume anyway"
+            )
+    write_json_atomic(path, planned)
+
+
 def _loss_outputs(out: Path, metrics: list[dict]) -> None:
     """loss_curve.png and loss_table.md (step, training loss, validation loss) like the report's table."""
     import matplotlib
@@ -183,7 +204,7 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
     from transformers import EarlyStoppingCallback
 
     from papertune.train.data import load_training_data, run_fingerprint
-    from papertune.train.model import load_for_training
+    from papertune.train.model import load_planned, load_tokenizer
     from papertune.train.trainer import MetricsCallback, PreemptionCallback, complete_checkpoints
 
     if not (run_dir / "dataset" / "dataset_dict.json").is_file():
@@ -212,8 +233,16 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
     from transformers import set_seed
 
     set_seed(cfg.seed)  # the LoRA initialisation too: two runs of one config start from the same weights
-    model, tokenizer = load_for_training(cfg, backend)
-    data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
+    if backend == "hf":
+        # The data first: packed_length=auto plans the rows from the examples' mean length.
+        tokenizer = load_tokenizer(cfg)
+        data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
+        lengths = [len(ids) for ids in data["train"]["input_ids"]]
+        model, tokenizer, cfg = load_planned(cfg, backend, tokenizer, mean_example_tokens=sum(lengths) / len(lengths))
+        _check_planned_rows(out, cfg, resume, force)
+    else:
+        model, tokenizer, cfg = load_planned(cfg, backend)
+        data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
     if counts["train_over_max_seq_length"] or counts["test_over_max_seq_length"]:
         log.warning("train: %d/%d examples longer than train.max_seq_length=%d were left out",
                     counts["train_over_max_seq_length"], counts["test_over_max_seq_length"], cfg.max_seq_length)
@@ -279,6 +308,8 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
             "tokens_seen": tokens,
             "tokens_per_s": round(tokens / wall, 1) if wall else None,
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if has_cuda else None,
+            "packed_length": cfg.packed_length if cfg.packing else None,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
             **counts,
         }
         write_json_atomic(out / "report.json", report)

@@ -2,8 +2,12 @@
 
 - Checkpoints are written to a staging folder and renamed into place, then marked complete; a resume
   only ever picks a complete checkpoint.
-- A NaN or infinite loss stops the run at that micro-batch, before the optimizer step, so the weights
-  and the last checkpoint stay good.
+- A NaN or infinite loss stops the run, and nothing trained after it is saved: on the CPU at that
+  micro-batch; on a GPU as soon as the GPU has computed it (usually one micro-batch later: asking at once
+  would make the CPU wait for the GPU every micro-batch), and always before the next checkpoint, log line
+  or the end of training. So the last checkpoint stays good.
+- Neither that check nor the count of tokens seen makes the CPU wait for the GPU between micro-batches
+  (transformers' own count does, with a collective across ranks): the CPU stays ahead of the GPU.
 - SIGTERM (preemption) saves a checkpoint at the end of the current step and stops.
 - Every log and evaluation goes to ``metrics.jsonl`` and TensorBoard; the progress bar shows loss,
   learning rate, tokens/s and time left.
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
@@ -59,6 +64,48 @@ def set_trainable_dtype(model: Any, dtype: Any) -> int:
     return changed
 
 
+class NonFiniteLossWatch:
+    """Which micro-batch's loss, if any, was NaN or infinite, found without making the CPU wait for the GPU.
+
+    On a GPU each loss is copied to pinned host memory without blocking, behind an event; ``poll`` reads the
+    copies whose event has passed, ``drain`` waits for all of them. On the CPU the loss is checked at once."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, Any, Any]] = []  # (optimizer step, host copy of the loss, CUDA event)
+
+    def record(self, loss: Any, step: int) -> None:
+        loss = loss.detach()
+        if loss.device.type != "cuda":
+            self._check(step, loss.float().reshape(-1))
+            return
+        host = torch.empty(loss.numel(), dtype=torch.float32, pin_memory=True)
+        host.copy_(loss.float().reshape(-1), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((step, host, event))
+        self.poll()
+
+    def poll(self) -> None:
+        while self.pending and self.pending[0][2].query():
+            step, host, _ = self.pending.pop(0)
+            self._check(step, host)
+
+    def drain(self) -> None:
+        while self.pending:
+            step, host, event = self.pending.pop(0)
+            event.synchronize()
+            self._check(step, host)
+
+    @staticmethod
+    def _check(step: int, values: Any) -> None:
+        bad = [v for v in values.tolist() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"the training loss became {bad[0]} at step {step}; stopped before anything trained since was saved, "
+                "so the last checkpoint is intact. Lower train.learning_rate, check the data, or use train.dtype=float32"
+            )
+
+
 class PapertuneSFTTrainer(SFTTrainer):
     # True for Unsloth: the model's own loss (Unsloth's fused cross-entropy) instead of TRL's fused-head
     # path, which bypasses Unsloth's kernels and measured about 1.7x slower per step on the seed shape.
@@ -90,7 +137,6 @@ class PapertuneSFTTrainer(SFTTrainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
-        import torch
 
         record = os.environ.get(RECORD_BATCHES)
         if record and self.is_world_process_zero():
@@ -101,14 +147,54 @@ class PapertuneSFTTrainer(SFTTrainer):
         step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
         if os.environ.get(FAULT_NAN_AT_STEP) == str(step):
             loss = loss * float("nan")
-        if not torch.isfinite(loss).all():
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()} at step {step}; stopped before the optimizer step, so the "
-                "last checkpoint is intact. Lower train.learning_rate, check the data, or use train.dtype=float32"
-            )
+        self._loss_watch.record(loss, step)
         return loss
 
+    @property
+    def _loss_watch(self) -> NonFiniteLossWatch:
+        if "_papertune_loss_watch" not in self.__dict__:
+            self._papertune_loss_watch = NonFiniteLossWatch()
+        return self._papertune_loss_watch
+
+    def _track_num_input_tokens(self, inputs: Any) -> None:
+        """The tokens of this micro-batch, counted as transformers counts them but added up on the device;
+        ``_flush_tokens_seen`` brings the sum over all ranks to ``state.num_input_tokens_seen`` when it is read."""
+        mode = self.args.include_num_input_tokens_seen
+        ids = inputs.get("input_ids") if mode in ("all", "non_padding") else None
+        if ids is None:
+            return super()._track_num_input_tokens(inputs)
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        if mode == "all":
+            count = ids.new_tensor(ids.numel())
+        elif "attention_mask" in inputs:
+            count = inputs["attention_mask"].sum()
+        elif pad is not None:
+            count = (ids != pad).sum()
+        else:
+            count = ids.new_tensor(ids.numel())
+        pending = self.__dict__.get("_papertune_tokens")
+        self._papertune_tokens = count.to(torch.int64) if pending is None else pending + count
+
+    def _flush_tokens_seen(self) -> None:
+        pending = self.__dict__.pop("_papertune_tokens", None)
+        if pending is not None:
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(pending.reshape(1)).sum().item())
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        # Every rank logs (transformers gathers the loss here too), so the collective in the flush is safe.
+        self._loss_watch.drain()
+        self._flush_tokens_seen()
+        super().log(logs, *args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().train(*args, **kwargs)
+        self._loss_watch.drain()  # the last micro-batches: nothing is saved before this returns
+        self._flush_tokens_seen()
+        return result
+
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        self._loss_watch.drain()  # never a checkpoint of weights a non-finite loss has touched
+        self._flush_tokens_seen()
         real_output = self.args.output_dir
         final = Path(real_output) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         staging_root = Path(real_output) / ".staging"
