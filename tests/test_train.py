@@ -822,6 +822,10 @@ def test_plan_picks_settings_from_the_memory_cap(monkeypatch):
     assert (small["packed_length"], small["gradient_accumulation_steps"]) == (2048, 7)
     with pytest.raises(ValueError, match="mean length"):
         fast.plan(TrainConfig(**settings), model)
+    # torchrun on 2 GPUs: each rank plans half the step, so a step still holds ~32 examples.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    per_rank = fast.plan(TrainConfig(**settings), model, 427.0)
+    assert (per_rank["packed_length"], per_rank["gradient_accumulation_steps"]) == (7168, 1)
 
 
 def test_packed_rows_never_exceed_what_fits():

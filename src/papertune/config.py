@@ -333,7 +333,8 @@ class TrainConfig:
     memory_cap_gib: float = 0.0  # GPU memory papertune may plan with; 0: the whole card
     dataloader_workers: int = 0  # processes collating batches ahead of the GPU (0: in the training process)
     # torch.compile each decoder layer (attention stays eager: packed rows vary in their sequence bounds).
-    # Fuses the norms, activations and LoRA's small ops; compiling costs ~10-20 s at the start (H200).
+    # Fuses the norms, activations and LoRA's small ops; compiling costs ~10-20 s at the start (H200), and
+    # with varlen attention eager the packed fast path measured slower compiled (docs/benchmarks.md).
     torch_compile: bool = False
     # LoRA weights (the trained ones) are kept in float32 and cast for each matmul under autocast. TRL
     # converts them to bf16 for quantized models; at the report's lr 2e-5 many bf16 updates round to nothing.

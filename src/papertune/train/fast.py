@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def plan(cfg: Any, model: Any, mean_example_tokens: float | None = None) -> dict
     """Decide ``dequantize_base`` and ``gradient_checkpointing`` (when ``auto``) for the loaded 4-bit or
     16-bit model from the memory budget, and with ``packed_length: auto`` the packed rows' length and the
     gradient accumulation: about ``packed_examples_per_step`` examples of ``mean_example_tokens`` tokens per
-    optimizer step, in rows as long as fit without checkpointing. Returns the decisions and the numbers
+    optimizer step (over all data-parallel ranks), in rows as long as fit without checkpointing. Returns the decisions and the numbers
     behind them."""
     import torch
 
@@ -284,7 +285,9 @@ def plan(cfg: Any, model: Any, mean_example_tokens: float | None = None) -> dict
         if not mean_example_tokens:
             raise ValueError("train.packed_length=auto needs the training examples' mean length")
         smallest = cfg.max_seq_length  # a row must hold the longest example
-        tokens_per_step = max(smallest, _round_up(cfg.packed_examples_per_step * mean_example_tokens, ROW_MULTIPLE))
+        ranks = int(os.environ.get("WORLD_SIZE", "1"))  # data parallel: each rank trains its share of the step
+        tokens_per_step = max(smallest, _round_up(cfg.packed_examples_per_step * mean_example_tokens / ranks,
+                                                  ROW_MULTIPLE))
     else:
         smallest = tokens_per_micro_batch(cfg)
 

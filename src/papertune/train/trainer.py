@@ -136,8 +136,12 @@ class PapertuneSFTTrainer(SFTTrainer):
                                         num_items_in_batch=num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
-    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.loss_watch = NonFiniteLossWatch()
+        self.tokens_on_device: Any = None  # tokens seen since the count was last read back (a tensor)
+        super().__init__(*args, **kwargs)
 
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         record = os.environ.get(RECORD_BATCHES)
         if record and self.is_world_process_zero():
             ids = inputs["input_ids"].detach().cpu().numpy().tobytes()
@@ -147,14 +151,8 @@ class PapertuneSFTTrainer(SFTTrainer):
         step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
         if os.environ.get(FAULT_NAN_AT_STEP) == str(step):
             loss = loss * float("nan")
-        self._loss_watch.record(loss, step)
+        self.loss_watch.record(loss, step)
         return loss
-
-    @property
-    def _loss_watch(self) -> NonFiniteLossWatch:
-        if "_papertune_loss_watch" not in self.__dict__:
-            self._papertune_loss_watch = NonFiniteLossWatch()
-        return self._papertune_loss_watch
 
     def _track_num_input_tokens(self, inputs: Any) -> None:
         """The tokens of this micro-batch, counted as transformers counts them but added up on the device;
@@ -172,28 +170,28 @@ class PapertuneSFTTrainer(SFTTrainer):
             count = (ids != pad).sum()
         else:
             count = ids.new_tensor(ids.numel())
-        pending = self.__dict__.get("_papertune_tokens")
-        self._papertune_tokens = count.to(torch.int64) if pending is None else pending + count
+        count = count.to(torch.int64)
+        self.tokens_on_device = count if self.tokens_on_device is None else self.tokens_on_device + count
 
     def _flush_tokens_seen(self) -> None:
-        pending = self.__dict__.pop("_papertune_tokens", None)
-        if pending is not None:
-            self.state.num_input_tokens_seen += int(self.accelerator.gather(pending.reshape(1)).sum().item())
+        if self.tokens_on_device is not None:
+            counted, self.tokens_on_device = self.tokens_on_device, None
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(counted.reshape(1)).sum().item())
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         # Every rank logs (transformers gathers the loss here too), so the collective in the flush is safe.
-        self._loss_watch.drain()
+        self.loss_watch.drain()
         self._flush_tokens_seen()
         super().log(logs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         result = super().train(*args, **kwargs)
-        self._loss_watch.drain()  # the last micro-batches: nothing is saved before this returns
+        self.loss_watch.drain()  # the last micro-batches: nothing is saved before this returns
         self._flush_tokens_seen()
         return result
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        self._loss_watch.drain()  # never a checkpoint of weights a non-finite loss has touched
+        self.loss_watch.drain()  # never a checkpoint of weights a non-finite loss has touched
         self._flush_tokens_seen()
         real_output = self.args.output_dir
         final = Path(real_output) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
