@@ -522,6 +522,7 @@ def test_packed_rows_planned_from_the_data_hold_the_asked_examples_per_step(tmp_
     expected = max(512, 1024 * -(-int(6 * sum(lengths) / len(lengths)) // 1024))  # no GPU: no memory limit
     report = json.loads((run / "train" / "report.json").read_text())
     assert (report["packed_length"], report["gradient_accumulation_steps"]) == (expected, 1)
+    assert (report["train_tokens"], report["train_examples"]) == (sum(lengths), len(lengths))
     assert json.loads((run / "train" / "planned_rows.json").read_text()) == {
         "packed_length": expected, "gradient_accumulation_steps": 1}
     steps_per_epoch = report["global_steps"] / report["epochs"]

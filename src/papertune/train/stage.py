@@ -237,8 +237,8 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
         # The data first: packed_length=auto plans the rows from the examples' mean length.
         tokenizer = load_tokenizer(cfg)
         data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
-        lengths = [len(ids) for ids in data["train"]["input_ids"]]
-        model, tokenizer, cfg = load_planned(cfg, backend, tokenizer, mean_example_tokens=sum(lengths) / len(lengths))
+        mean_tokens = counts["train_tokens"] / counts["train_examples"]
+        model, tokenizer, cfg = load_planned(cfg, backend, tokenizer, mean_example_tokens=mean_tokens)
         _check_planned_rows(out, cfg, resume, force)
     else:
         model, tokenizer, cfg = load_planned(cfg, backend)

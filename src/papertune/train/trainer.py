@@ -114,6 +114,11 @@ class PapertuneSFTTrainer(SFTTrainer):
     # True: the loss through Liger's fused linear cross-entropy (train.fused_cross_entropy; no full logits).
     fused_loss: bool = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.loss_watch = NonFiniteLossWatch()
+        self.tokens_on_device: Any = None  # tokens seen since the count was last read back (a tensor)
+        super().__init__(*args, **kwargs)
+
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         if self.fused_loss:
             from papertune.train.fast import fused_causal_lm_loss
@@ -135,11 +140,6 @@ class PapertuneSFTTrainer(SFTTrainer):
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.loss_watch = NonFiniteLossWatch()
-        self.tokens_on_device: Any = None  # tokens seen since the count was last read back (a tensor)
-        super().__init__(*args, **kwargs)
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         record = os.environ.get(RECORD_BATCHES)
