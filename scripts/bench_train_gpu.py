@@ -204,8 +204,8 @@ def trl_recipe(run_dir: str, model_dir: str, packed: bool) -> None:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
                                LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
-    train = load_training_data(Path(run_dir), tokenizer, 2048)[0]["train"]
-    tokens = sum(len(ids) for ids in train["input_ids"])
+    data, counts = load_training_data(Path(run_dir), tokenizer, 2048)
+    train, tokens = data["train"], counts["train_tokens"]
     args = SFTConfig(output_dir=str(Path(run_dir) / "trl_recipe_out"), per_device_train_batch_size=2,
                      gradient_accumulation_steps=16, learning_rate=2e-5, num_train_epochs=1, max_length=2048,
                      packing=packed, bf16=cuda, logging_steps=10, report_to="none", save_strategy="no",

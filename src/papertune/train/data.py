@@ -33,6 +33,7 @@ def tokenize_example(tokenizer: Any, prompt: str, completion: str) -> dict[str, 
 def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any, dict[str, int]]:
     """``RUN/dataset`` tokenized: a DatasetDict with ``input_ids`` and ``labels``, and counts (examples and
     tokens per split, and how many examples were longer than ``max_len``)."""
+    import numpy as np
     import pyarrow.compute as pc
     from datasets import DatasetDict, load_from_disk
 
@@ -62,7 +63,7 @@ def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any
                             keep_in_memory=True)
         before = len(ds)
         lengths = pc.list_value_length(ds.data.column("input_ids")).to_numpy()  # from Arrow, no Python lists
-        ds = ds.filter(lambda ids: len(ids) <= max_len, input_columns="input_ids", keep_in_memory=True)
+        ds = ds.select(np.flatnonzero(lengths <= max_len), keep_in_memory=True)
         if len(ds) == 0:
             raise InputError(f"{path}: all {before} {split} examples are longer than train.max_seq_length={max_len} "
                              "tokens; raise train.max_seq_length or build shorter examples")

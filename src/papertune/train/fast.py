@@ -270,8 +270,8 @@ def plan(cfg: Any, model: Any, mean_example_tokens: float | None = None) -> dict
     """Decide ``dequantize_base`` and ``gradient_checkpointing`` (when ``auto``) for the loaded 4-bit or
     16-bit model from the memory budget, and with ``packed_length: auto`` the packed rows' length and the
     gradient accumulation: about ``packed_examples_per_step`` examples of ``mean_example_tokens`` tokens per
-    optimizer step (over all data-parallel ranks), in rows as long as fit without checkpointing. Returns the decisions and the numbers
-    behind them."""
+    optimizer step (over all data-parallel ranks), in rows as long as fit without checkpointing. Returns
+    the decisions and the numbers behind them."""
     import torch
 
     budget = memory_budget_bytes(cfg.memory_cap_gib)

@@ -75,7 +75,7 @@ def load_tokenizer(cfg: TrainConfig) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except OSError as exc:
         raise ConfigError(
-            f"train.model={cfg.model!r}: no tokenizer could be loaded ({exc}). Use a local model folder, or a Hub "
+            f"train.model={cfg.model!r}: its tokenizer could not be loaded ({exc}). Use a local model folder, or a Hub "
             "id with network access"
         ) from exc
     fix_pad_token(tokenizer)
@@ -125,7 +125,7 @@ def load_planned(cfg: TrainConfig, backend: str, tokenizer: Any = None,
         )
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         from papertune.train import fast
 
@@ -148,9 +148,9 @@ def load_planned(cfg: TrainConfig, backend: str, tokenizer: Any = None,
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16,
             )
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg)
         try:
-            if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         except OSError as exc:
             raise ConfigError(

@@ -156,7 +156,7 @@ class PapertuneSFTTrainer(SFTTrainer):
 
     def _track_num_input_tokens(self, inputs: Any) -> None:
         """The tokens of this micro-batch, counted as transformers counts them but added up on the device;
-        ``_flush_tokens_seen`` brings the sum over all ranks to ``state.num_input_tokens_seen`` when it is read."""
+        ``_read_back`` brings the sum over all ranks to ``state.num_input_tokens_seen`` when it is read."""
         mode = self.args.include_num_input_tokens_seen
         ids = inputs.get("input_ids") if mode in ("all", "non_padding") else None
         if ids is None:
@@ -173,26 +173,25 @@ class PapertuneSFTTrainer(SFTTrainer):
         count = count.to(torch.int64)
         self.tokens_on_device = count if self.tokens_on_device is None else self.tokens_on_device + count
 
-    def _flush_tokens_seen(self) -> None:
+    def _read_back(self) -> None:
+        """Wait for the GPU: raise on a non-finite loss so far, and add the tokens counted on the device to
+        ``state.num_input_tokens_seen`` (summed over the ranks: every rank calls this at the same points)."""
+        self.loss_watch.drain()
         if self.tokens_on_device is not None:
             counted, self.tokens_on_device = self.tokens_on_device, None
             self.state.num_input_tokens_seen += int(self.accelerator.gather(counted.reshape(1)).sum().item())
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        # Every rank logs (transformers gathers the loss here too), so the collective in the flush is safe.
-        self.loss_watch.drain()
-        self._flush_tokens_seen()
+        self._read_back()  # every rank logs (transformers gathers the loss here too)
         super().log(logs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         result = super().train(*args, **kwargs)
-        self.loss_watch.drain()  # the last micro-batches: nothing is saved before this returns
-        self._flush_tokens_seen()
+        self._read_back()  # the last micro-batches: nothing is saved before this returns
         return result
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        self.loss_watch.drain()  # never a checkpoint of weights a non-finite loss has touched
-        self._flush_tokens_seen()
+        self._read_back()  # never a checkpoint of weights a non-finite loss has touched
         real_output = self.args.output_dir
         final = Path(real_output) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         staging_root = Path(real_output) / ".staging"
