@@ -1,68 +1,78 @@
-"""Shared fixtures: small documents built in the test, so each test says exactly what it feeds in."""
+"""Shared fixtures: the sample corpus's config, tiny real models (tied, and untied to answer in words) and a run
+trained on one, and the ``gpu`` marker's rule (skipped, with the reason, where CUDA is not available). Plain
+helpers and constants are in helpers.py, the fake OpenAI-compatible servers in helpers_openai.py."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import pymupdf
 import pytest
 
-from papertune.config import PapertuneConfig, load_config
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_CORPUS = REPO / "samples" / "corpus"
-
-HAS_TESSERACT = shutil.which("tesseract") is not None
-needs_tesseract = pytest.mark.skipif(
-    not HAS_TESSERACT and not __import__("os").environ.get("CI"),
-    reason="Tesseract not installed (apt-get install tesseract-ocr tesseract-ocr-eng); CI installs it",
-)
+from helpers import SAMPLE_CORPUS, built_run, make_config, tiny_overrides
+from papertune.config import SMOLLM2_PACKAGED, PapertuneConfig, load_config
 
 
-def make_config(run_dir: Path, docs_dir: Path | None = None, **ingest: object) -> PapertuneConfig:
-    overrides = [f"run_dir={run_dir}"]
-    if docs_dir is not None:
-        overrides.append(f"ingest.docs_dir={docs_dir}")
-    overrides += [f"ingest.{k}={v}" for k, v in ingest.items()]
-    return load_config(None, overrides)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: skip them, saying so, where torch sees no CUDA device."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
 
-
-def write_pdf(path: Path, pages: list[list[tuple]], *, fontsize: float = 10, title: str = "") -> Path:
-    """A born-digital PDF: each page is a list of (rect, text[, fontname]) boxes, written in that order.
-
-    Font names are PDF base-14 ones: "helv" (regular), "hebo" (bold), "cour" (monospaced).
-    """
-    doc = pymupdf.open()
-    for boxes in pages:
-        page = doc.new_page(width=612, height=792)
-        for rect, text, *font in boxes:
-            rc = page.insert_textbox(pymupdf.Rect(*rect), text, fontsize=fontsize, fontname=font[0] if font else "helv")
-            assert rc >= 0, f"text did not fit in {rect}: {text[:40]!r}"
-    if title:
-        doc.set_metadata({"title": title})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc.save(path)
-    doc.close()
-    return path
-
-
-def write_scanned_pdf(path: Path, lines_per_page: list[str], dpi: int = 200) -> Path:
-    """An image-only PDF: text is drawn, rendered to a bitmap, and only the bitmap is kept."""
-    src = pymupdf.open()
-    for text in lines_per_page:
-        page = src.new_page(width=612, height=792)
-        assert page.insert_textbox(pymupdf.Rect(72, 72, 540, 720), text, fontsize=13, fontname="helv") >= 0
-    out = pymupdf.open()
-    for page in src:
-        pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
-        new = out.new_page(width=page.rect.width, height=page.rect.height)
-        new.insert_image(new.rect, stream=pix.tobytes("png"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path)
-    return path
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); run `pytest -m gpu` "
+                                   "on a GPU machine")
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture
 def sample_config(tmp_path: Path) -> PapertuneConfig:
     return make_config(tmp_path / "run", SAMPLE_CORPUS)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer Llama with SmolLM2's real tokenizer and chat template, random weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from papertune.models import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2_PACKAGED))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=512, tie_word_embeddings=True))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def talking_model(tmp_path_factory, tiny_model) -> Path:
+    """tiny_model with untied output embeddings. A random tied model repeats its last prompt token (the newline
+    after "assistant"), so every answer would strip to "" and equal every other; this one answers each
+    question with its own visible words."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("talking-llama")
+    config = LlamaConfig.from_pretrained(tiny_model)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model) -> Path:
+    """A built dataset (chunk-grouped) and a LoRA adapter trained for a few steps on the tiny model."""
+    from papertune import train
+
+    run = built_run(tmp_path_factory.mktemp("trained"), tiny_model, n_chunks=10)
+    train.run(load_config(None, tiny_overrides(run, tiny_model, max_steps=4)))
+    return run

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import CHUNKS, FAST_EVAL, bag_of_words, tiny_overrides, write_chunks
 from papertune import ask, cli
 from papertune.config import load_config
 from papertune.errors import InputError
-from test_evaluate import FAST_EVAL, trained_run  # noqa: F401  (fixtures)
-from test_train import tiny_model, tiny_overrides  # noqa: F401
-
-CHUNKS = [
-    {"id": "lora.pdf#0000", "source": "lora.pdf", "section": "Method", "page_start": 3, "page_end": 3,
-     "text": "Low-rank adaptation freezes the pretrained weights and trains two small matrices per layer."},
-    {"id": "lora.pdf#0001", "source": "lora.pdf", "section": "Results", "page_start": 7, "page_end": 8,
-     "text": "On GLUE the adapted RoBERTa matches full fine-tuning with far fewer trainable parameters."},
-    {"id": "qlora.md#0000", "source": "qlora.md", "section": "NF4", "page_start": None, "page_end": None,
-     "text": "NormalFloat4 is an information-theoretically optimal data type for normally distributed weights."},
-    {"id": "moe.pdf#0002", "source": "moe.pdf", "section": "Routing", "page_start": 12, "page_end": 12,
-     "text": "A gating network routes every token to the top two experts and adds a load-balancing loss."},
-]
-
-
-def write_chunks(run: Path, chunks=CHUNKS) -> None:
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "chunks.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chunks))
+from papertune.index import ChunkIndex, format_citations
 
 
 def config_for(run: Path, model: Path, *extra: str):
@@ -45,13 +28,9 @@ def word_embedder(monkeypatch):
 
     def embed(texts, spec, setting="evaluate.embedding_model"):
         calls.append(len(texts))
-        out = np.zeros((len(texts), 512), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                out[row, hash(word) % 512] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+        return bag_of_words(texts, spec, setting)
 
-    monkeypatch.setattr(ask, "embed_texts", embed)
+    monkeypatch.setattr("papertune.index.embed_texts", embed)
     return calls
 
 
@@ -68,7 +47,7 @@ class Recorder(io.StringIO):
         return super().write(text)
 
 
-def test_ask_streams_the_answer_with_the_training_prompt(trained_run, tiny_model, monkeypatch):  # noqa: F811
+def test_ask_streams_the_answer_with_the_training_prompt(trained_run, tiny_model, monkeypatch):
     from datasets import load_from_disk
 
     row = load_from_disk(str(trained_run / "dataset"))["test"][0]
@@ -79,7 +58,7 @@ def test_ask_streams_the_answer_with_the_training_prompt(trained_run, tiny_model
 
     def spy(self, *args, **kwargs):
         seen["input_ids"] = kwargs["input_ids"][0].tolist()
-        seen["streamer"] = kwargs.get("streamer")
+        seen["stopping_criteria"] = kwargs.get("stopping_criteria")  # streams the text as it comes
         seen["do_sample"] = kwargs["do_sample"]
         return original(self, *args, **kwargs)
 
@@ -88,12 +67,12 @@ def test_ask_streams_the_answer_with_the_training_prompt(trained_run, tiny_model
     result = assistant.answer(row["question"], stream)
     # Exactly the ids the model was trained on for this question: the dataset's prompt, no added specials.
     assert seen["input_ids"] == assistant.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-    assert seen["streamer"] is not None and seen["do_sample"] is False
+    assert seen["stopping_criteria"] is not None and seen["do_sample"] is False
     assert stream.writes and "".join(stream.writes).strip() == result["answer"]
     assert result["sources"] == []
 
 
-def test_cli_ask_prints_the_answer_and_base_only_differs(trained_run, tiny_model, capsys):  # noqa: F811
+def test_cli_ask_prints_the_answer_and_is_deterministic(trained_run, tiny_model, capsys):
     sets = [x for o in tiny_overrides(trained_run, tiny_model) + FAST_EVAL for x in ("--set", o)]
     assert cli.main(["ask", "-q", "What is the role of attention heads?", "--max-new-tokens", "6", *sets]) == 0
     tuned = capsys.readouterr().out
@@ -101,31 +80,67 @@ def test_cli_ask_prints_the_answer_and_base_only_differs(trained_run, tiny_model
     # Greedy: the same question gives the same answer again.
     assert cli.main(["ask", "-q", "What is the role of attention heads?", "--max-new-tokens", "6", *sets]) == 0
     assert capsys.readouterr().out == tuned
-    assert cli.main(["ask", "-q", "What is LoRA?", "--base-only", "--max-new-tokens", "6", *sets]) == 0
     assert cli.main(["ask", "-q", "Hi", "--merged", str(trained_run / "nothing"), *sets]) == 2
 
 
-def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model):  # noqa: F811
+def test_cli_ask_base_only_prints_the_base_models_greedy_answer(tmp_path, talking_model, capsys):
+    config = config_for(tmp_path / "run", talking_model)
+    sets = [x for o in tiny_overrides(tmp_path / "run", talking_model) + FAST_EVAL + ["evaluate.max_new_tokens=8"]
+            for x in ("--set", o)]
+    assert cli.main(["ask", "-q", "What is LoRA?", "--base-only", *sets]) == 0
+    expected = transformers_greedy_answer(talking_model, "What is LoRA?", config)
+    assert expected and capsys.readouterr().out == expected + "\n"
+
+
+def transformers_greedy_answer(model_dir: Path, question: str, config) -> str:
+    """The greedy answer computed with transformers alone: the training prompt's ids, ``generate``, the new
+    tokens decoded without special tokens and stripped."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from papertune.chat import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = tokenizer(render_prompt(tokenizer, question, config.build.system_prompt), add_special_tokens=False,
+                    return_tensors="pt")["input_ids"]
+    out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), do_sample=False,
+                         max_new_tokens=config.evaluate.max_new_tokens, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model, talking_model):
     from papertune.errors import InputError as Err
 
     with pytest.raises(Err, match="run `papertune train"):
         ask.ask(config_for(tmp_path / "run", tiny_model), "What is LoRA?", stream=io.StringIO())
-    # --base-only needs no adapter.
-    result = ask.ask(config_for(tmp_path / "run", tiny_model), "What is LoRA?", stream=io.StringIO(), base_only=True)
-    assert isinstance(result["answer"], str)
+    # --base-only needs no adapter: the streamed text is the answer, the base model's greedy answer (talking_model
+    # answers in visible words, where tiny_model's answers strip to "").
+    config = config_for(tmp_path / "run", talking_model)
+    stream = io.StringIO()
+    result = ask.ask(config, "What is LoRA?", stream=stream, base_only=True)
+    assert isinstance(result["answer"], str) and result["answer"].strip()
+    assert stream.getvalue() == result["answer"] + "\n"
+    assert result["answer"] == transformers_greedy_answer(talking_model, "What is LoRA?", config)
 
 
-def test_chat_answers_each_line_until_exit(trained_run, tiny_model):  # noqa: F811
+def test_chat_answers_each_line_until_exit(tmp_path, talking_model):
+    config = config_for(tmp_path / "run", talking_model)
     stream = io.StringIO()
     lines = ["What is LoRA?\n", "\n", "Why quantize?\n", "exit\n", "never asked\n"]
-    assert ask.chat(config_for(trained_run, tiny_model), lines, stream=stream) == 2
+    assert ask.chat(config, lines, stream=stream, base_only=True) == 2
+    # One streamed answer per question, each the greedy answer `papertune ask` gives; blank lines skipped.
+    expected = [transformers_greedy_answer(talking_model, q, config) for q in ("What is LoRA?", "Why quantize?")]
+    assert all(expected) and stream.getvalue() == "".join(f"{a}\n" for a in expected)
 
 
-def test_cli_chat_reads_stdin(trained_run, tiny_model, monkeypatch, capsys):  # noqa: F811
+def test_cli_chat_reads_stdin(tmp_path, talking_model, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("What is LoRA?\nWhy quantize?\n"))
-    sets = [x for o in tiny_overrides(trained_run, tiny_model) + FAST_EVAL for x in ("--set", o)]
-    assert cli.main(["chat", "-q", "--max-new-tokens", "4", *sets]) == 0
-    assert capsys.readouterr().out.count("\n") >= 2  # one streamed answer per line, EOF ends the loop
+    config = config_for(tmp_path / "run", talking_model)
+    sets = [x for o in tiny_overrides(tmp_path / "run", talking_model) + FAST_EVAL + ["evaluate.max_new_tokens=8"]
+            for x in ("--set", o)]
+    assert cli.main(["chat", "-q", "--base-only", *sets]) == 0
+    expected = [transformers_greedy_answer(talking_model, q, config) for q in ("What is LoRA?", "Why quantize?")]
+    assert capsys.readouterr().out == "".join(f"{a}\n" for a in expected)  # one answer per line, EOF ends
 
 
 # --- --cite ------------------------------------------------------------------------------------------
@@ -134,11 +149,11 @@ def test_cli_chat_reads_stdin(trained_run, tiny_model, monkeypatch, capsys):  # 
 def test_index_is_built_once_reused_and_rebuilt_when_chunks_change(tmp_path, word_embedder):
     run = tmp_path / "run"
     write_chunks(run)
-    first = ask.ChunkIndex.load_or_build(run, "fake-model")
+    first = ChunkIndex.load_or_build(run, "fake-model")
     assert first.built and word_embedder == [4]
     assert (run / "index" / "embeddings.npy").is_file() and json.loads((run / "index" / "ids.json").read_text()) == [
         c["id"] for c in CHUNKS]
-    second = ask.ChunkIndex.load_or_build(run, "fake-model")
+    second = ChunkIndex.load_or_build(run, "fake-model")
     assert not second.built and word_embedder == [4]  # loaded, nothing embedded
     np.testing.assert_array_equal(first.embeddings, second.embeddings)
     hits = second.search(CHUNKS[3]["text"], 2)
@@ -148,14 +163,14 @@ def test_index_is_built_once_reused_and_rebuilt_when_chunks_change(tmp_path, wor
     extra = {"id": "dpo.md#0000", "source": "dpo.md", "section": "Loss", "page_start": None, "page_end": None,
              "text": "Direct preference optimization turns a reward model objective into a classification loss."}
     write_chunks(run, CHUNKS + [extra])
-    third = ask.ChunkIndex.load_or_build(run, "fake-model")
+    third = ChunkIndex.load_or_build(run, "fake-model")
     assert third.built and word_embedder[-1] == 5
     assert third.search("direct preference optimization classification loss", 1)[0][0]["id"] == "dpo.md#0000"
     # Another embedding model: rebuilt as well.
-    assert ask.ChunkIndex.load_or_build(run, "other-model").built
+    assert ChunkIndex.load_or_build(run, "other-model").built
 
 
-def test_ask_cite_lists_documents_and_pages(trained_run, tiny_model, word_embedder):  # noqa: F811
+def test_ask_cite_lists_documents_and_pages(trained_run, tiny_model, word_embedder):
     write_chunks(trained_run)
     stream = io.StringIO()
     result = ask.ask(config_for(trained_run, tiny_model, "evaluate.cite_top_k=2", "evaluate.embedding_model=fake"),
@@ -165,20 +180,20 @@ def test_ask_cite_lists_documents_and_pages(trained_run, tiny_model, word_embedd
     assert "Sources" in text and "[1] moe.pdf, page 12 [Routing] (score " in text
     assert text.index(result["answer"]) < text.index("Sources")
     # Pages of a range, and Markdown without pages.
-    assert "lora.pdf, page 7-8" in ask.format_citations([(CHUNKS[1], 0.5)])
-    assert "qlora.md [NF4]" in ask.format_citations([(CHUNKS[2], 0.5)])
+    assert "lora.pdf, page 7-8" in format_citations([(CHUNKS[1], 0.5)])
+    assert "qlora.md [NF4]" in format_citations([(CHUNKS[2], 0.5)])
 
 
 def test_cite_without_chunks_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="run `papertune ingest"):
-        ask.ChunkIndex.load_or_build(tmp_path / "nothing", "fake-model")
+        ChunkIndex.load_or_build(tmp_path / "nothing", "fake-model")
 
 
 @pytest.mark.slow
 def test_cite_with_all_minilm_finds_the_chunk_a_question_comes_from(tmp_path):
     run = tmp_path / "run"
     write_chunks(run)
-    index = ask.ChunkIndex.load_or_build(run, load_config().evaluate.embedding_model)
+    index = ChunkIndex.load_or_build(run, load_config().evaluate.embedding_model)
     assert index.built and index.embeddings.shape == (4, 384)
     for chunk in CHUNKS:
         # A question made of a piece of the chunk's sentence.
@@ -186,5 +201,5 @@ def test_cite_with_all_minilm_finds_the_chunk_a_question_comes_from(tmp_path):
         hits = index.search(question, 3)
         assert hits[0][0]["id"] == chunk["id"], (question, hits)
         assert hits[0][1] > hits[1][1]
-    again = ask.ChunkIndex.load_or_build(run, load_config().evaluate.embedding_model)
+    again = ChunkIndex.load_or_build(run, load_config().evaluate.embedding_model)
     assert not again.built

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from papertune import augment
-from papertune.augment import Adversary, Grammar, Lexicon, Paraphraser, TermGroup
+from papertune.augment import Adversary, Grammar, Lexicon, Paraphraser, TermGroup, wordnet_data
 from papertune.cli import main
 from papertune.config import load_config
 from papertune.errors import ConfigError, InputError
 from papertune.rundir import read_jsonl
+from papertune.text import normalize
 
 CHUNK_FIELDS = ("chunk_id", "source", "title", "section", "page_start", "page_end", "generator", "model")
 
@@ -155,6 +156,18 @@ def test_malformed_lines_are_reported_and_skipped(tmp_path: Path, caplog):
     assert report["malformed"][1] == f"{source}:4: empty or missing answer; line skipped"
     assert "occurs more than once" in report["malformed"][2]
     assert f"{source}:3:" in caplog.text
+
+
+def test_rows_with_fields_of_the_wrong_type_are_skipped_naming_file_and_line(tmp_path: Path):
+    write_curated(tmp_path, ROWS[:2], extra_lines=[json.dumps({**ROWS[2], "question": 3.5}),
+                                                   json.dumps({**ROWS[3], "answer": ["a", "list"]}),
+                                                   json.dumps({**ROWS[4], "id": 5})])
+    assert main(["augment", "--run-dir", str(tmp_path), "-q", *(f"--set=augment.{k}={v}" for k, v in OFF.items())]) == 0
+    rows, report = output(tmp_path)
+    assert rows == ROWS[:2] + [{**ROWS[4], "id": "5"}]  # an integer id is read as a string
+    source = tmp_path / "qa_curated.jsonl"
+    assert report["malformed"] == [f"{source}:3: question must be a string, got a number; line skipped",
+                                   f"{source}:4: answer must be a string, got a list; line skipped"]
 
 
 def test_missing_input_says_to_run_curate(tmp_path: Path):
@@ -313,7 +326,7 @@ def test_wordnet_folder_is_set_up_once(tmp_path: Path, monkeypatch):
 
 def test_missing_wordnet_is_a_clear_error(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("PAPERTUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(augment, "WORDNET_SYSTEM_DIR", tmp_path / "no-wordnet")
+    monkeypatch.setattr(wordnet_data, "WORDNET_SYSTEM_DIR", tmp_path / "no-wordnet")
     with pytest.raises(ConfigError, match="apt-get install wordnet-base wordnet-sense-index"):
         augment.wordnet_data_dir()
     write_curated(tmp_path, ROWS)
@@ -340,7 +353,7 @@ def test_wordnet_paraphrase_is_different_readable_and_keeps_terms(wn):
             made += 1
             text, done = result
             assert done and set(done) <= {"synonyms", "rewrite"}
-            assert augment._normalized(text) != augment._normalized(question)
+            assert normalize(text) != normalize(question)
             assert text[0].isupper() and text[-1] in "?." and "  " not in text
             assert abs(len(text.split()) - len(question.split())) <= 6
             for term in protected_terms(question):  # AI terms, acronyms and numbers survive unchanged

@@ -5,36 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import qa_rows, write_rows
 from papertune import build
 from papertune.config import load_config
 from papertune.errors import InputError
 from papertune.models import QWEN2_5_TOKENIZER
-
-TOPICS = ["attention heads", "low-rank adapters", "NF4 quantization", "reward models", "perplexity",
-          "byte-pair encoding", "expert routing", "KV caches", "paged optimizers", "DPO losses"]
-
-
-def qa_rows(n_chunks: int = 10, per_chunk: int = 3, variants: bool = True) -> list[dict]:
-    rows = []
-    for c in range(n_chunks):
-        topic = TOPICS[c % len(TOPICS)]
-        for k in range(per_chunk):
-            rid = f"doc{c % 3}.md#{c:04d}::rules::{k}"
-            question = [f"What is the role of {topic} in chapter {c}?", f"How many {topic} are used in setup {c}?",
-                        f"Why do {topic} matter for experiment {c} and its results?"][k]
-            rows.append({"id": rid, "question": question, "answer": f"Answer {k} about {topic} for chunk {c}.",
-                         "chunk_id": f"doc{c % 3}.md#{c:04d}", "source": f"doc{c % 3}.md", "title": "T",
-                         "section": "S", "page_start": None, "page_end": None, "generator": "rules",
-                         "model": None, "parent_id": None, "augmentation": None})
-            if variants and k == 0:
-                rows.append({**rows[-1], "id": rid + "::noise", "question": question.replace("role", "rlole"),
-                             "parent_id": rid, "augmentation": "noise"})
-    return rows
-
-
-def write_rows(run_dir: Path, rows: list[dict], name: str = "qa_augmented.jsonl") -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def cfg_for(run_dir: Path, **build_settings):
@@ -153,6 +128,26 @@ def test_malformed_rows_reported_and_skipped(tmp_path: Path, caplog):
     assert "qa_augmented.jsonl not found, building from qa_curated.jsonl" in caplog.text
     report = json.loads((run / "build" / "report.json").read_text())
     assert report["malformed_lines"] == 2 and report["train"] + report["test"] == len(rows)
+
+
+def test_rows_with_fields_of_the_wrong_type_are_skipped_naming_file_and_line(tmp_path: Path, caplog):
+    """augment passes rows through as they are: a number for a question or an object for an answer reaches
+    build, which skips them like any bad line."""
+    from papertune.cli import main
+
+    run = tmp_path / "run"
+    rows = qa_rows(n_chunks=4, variants=False)
+    bad = [{**rows[0], "id": "n", "question": 42}, {**rows[1], "id": "o", "answer": {"text": "An object."}},
+           {**rows[2], "id": 7, "chunk_id": ["not", "an", "id"]}]
+    write_rows(run, rows + bad)
+    assert main(["build", "--run-dir", str(run), "-q", "--set", f"build.model={QWEN2_5_TOKENIZER}",
+                 "--set", "build.num_proc=1"]) == 0
+    source = run / "qa_augmented.jsonl"
+    assert f"{source}:13: question must be a string, got an integer; line skipped" in caplog.text
+    assert f"{source}:14: answer must be a string, got an object; line skipped" in caplog.text
+    assert f"{source}:15: chunk_id must be a string or an integer, got a list; line skipped" in caplog.text
+    report = json.loads((run / "build" / "report.json").read_text())
+    assert report["malformed_lines"] == 3 and report["train"] + report["test"] == len(rows)
 
 
 def test_no_input_is_a_clear_error(tmp_path: Path):

@@ -4,6 +4,7 @@ import pytest
 
 from papertune.ingest.clean import (
     clean_paragraph,
+    document_vocabulary,
     drop_citations,
     fix_diacritics,
     is_references_heading,
@@ -43,6 +44,31 @@ def test_footnote_marks_removed_but_exponents_kept():
 def test_hyphenated_line_breaks_are_joined():
     assert join_hyphenated("trans-\nformer and state-\nof-the-art") == "transformer and state-of-the-art"
     assert join_hyphenated("GPT-\n4 stays") == "GPT-\n4 stays"  # next line is not a lower-case word
+
+
+@pytest.mark.parametrize(
+    ("split", "mended"),
+    [
+        # Words split at a line end in real papers, none of them used elsewhere in the paragraph.
+        ("lay-\ners", "layers"), ("accu-\nracy", "accuracy"), ("overcapac-\nity", "overcapacity"),
+        ("pro-\ngressively", "progressively"), ("per-\nformance", "performance"), ("compres-\nsion", "compression"),
+        ("in-\ntroducing", "introducing"), ("sys-\ntems", "systems"), ("en-\ntities", "entities"),
+        ("an-\nother", "another"), ("token-\nizer", "tokenizer"),
+        # Real compounds keep their hyphen; a suspended hyphen keeps its space too.
+        ("held-\nout", "held-out"), ("fine-\ntuning", "fine-tuning"), ("encoder-\ndecoder", "encoder-decoder"),
+        ("global-\nand local-level", "global- and local-level"), ("3-\nlayer", "3-layer"),
+    ],
+)
+def test_line_end_hyphens_told_apart_with_word_frequencies(split: str, mended: str):
+    assert join_hyphenated(split) == mended
+
+
+def test_the_documents_own_words_come_before_word_frequencies():
+    # "fine-tuning" is a compound in English at large, but this document writes "finetuning".
+    assert join_hyphenated("fine-\ntuning", {"finetuning"}) == "finetuning"
+    assert join_hyphenated("lay-\ners", {"lay-ers"}) == "lay-ers"
+    assert document_vocabulary(["The lay-\ners of a fine-tuning run", "LAYERS"]) >= {"layers", "fine-tuning", "fine"}
+    assert "lay" not in document_vocabulary(["The lay-\ners"])  # a split word does not vouch for its halves
 
 
 @pytest.mark.parametrize(

@@ -3,25 +3,42 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from helpers import REPO
 from papertune.config import IngestConfig, PapertuneConfig, load_config
 from papertune.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILES = sorted((REPO / "configs").glob("*.yaml"))
 
 
-def test_defaults_are_valid():
+def test_defaults_are_the_reports_recipe_as_the_gpu_profile_writes_it():
+    """No config file: valid settings, and training's are the report's table (TrainConfig's docstring), which
+    configs/gpu.yaml writes out setting by setting."""
     cfg = load_config()
+    cfg.validate()
     assert isinstance(cfg, PapertuneConfig)
     assert cfg.ingest == IngestConfig()
+    train = cfg.train
+    # Qwen2.5-3B-Instruct in 4-bit, LoRA r=16 on all linear layers, seq 2048, batch 2 (train and eval), gradient
+    # accumulation 16, lr 2e-5, 3 epochs, AdamW, evaluation every epoch; an 80/20 split with seed 3407.
+    assert (train.model, train.load_in_4bit, train.lora_r, train.max_seq_length, train.per_device_train_batch_size,
+            train.per_device_eval_batch_size, train.gradient_accumulation_steps, train.learning_rate,
+            train.num_train_epochs, train.optim, train.eval_strategy) == (
+        "Qwen/Qwen2.5-3B-Instruct", True, 16, 2048, 2, 2, 16, 2e-5, 3.0, "adamw_torch", "epoch")
+    assert set(train.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (cfg.build.model, cfg.build.max_seq_length) == (train.model, train.max_seq_length)
+    assert (cfg.build.test_size, cfg.build.seed) == (0.2, 3407)
+    assert train.packed_examples_per_step == train.per_device_train_batch_size * train.gradient_accumulation_steps
+    written = yaml.safe_load((REPO / "configs" / "gpu.yaml").read_text(encoding="utf-8"))["train"]
+    assert {key: getattr(train, key) for key in written} == written
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 def test_every_profile_loads_and_validates(profile: Path):
     cfg = load_config(profile)
     cfg.validate()
-    assert cfg.run_dir
+    assert cfg.run_dir == f"runs/{profile.stem}"  # each profile's runs apart from the others'
 
 
 def test_profiles_exist():
@@ -96,7 +113,7 @@ def test_missing_and_malformed_files(tmp_path: Path):
 
 def test_packaged_profiles_are_the_configs():
     """``papertune run`` reads the profiles from the package (found in any install); they must stay copies of configs/."""
-    from papertune.pipeline import available_profiles, profile_path
+    from papertune.profiles import available_profiles, profile_path
 
     assert available_profiles() == sorted(p.stem for p in PROFILES)
     for profile in PROFILES:
@@ -107,7 +124,7 @@ def test_packaged_profiles_are_the_configs():
 
 @pytest.mark.parametrize("name", ["cpu", "gpu", "gpu-fast"])
 def test_every_packaged_profile_loads_and_validates(name: str):
-    from papertune.pipeline import profile_path, resolve_config_file
+    from papertune.profiles import profile_path, resolve_config_file
 
     assert resolve_config_file(name) == profile_path(name)
     cfg = load_config(profile_path(name))
@@ -121,7 +138,7 @@ def test_run_without_config_picks_the_profile_from_the_hardware(monkeypatch, cap
 
     import torch
 
-    from papertune.pipeline import profile_path, resolve_config_file
+    from papertune.profiles import profile_path, resolve_config_file
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
@@ -131,10 +148,106 @@ def test_run_without_config_picks_the_profile_from_the_hardware(monkeypatch, cap
 
 
 def test_a_config_argument_is_a_file_or_a_profile_name(tmp_path: Path):
-    from papertune.pipeline import resolve_config_file
+    from papertune.profiles import resolve_config_file
 
     own = tmp_path / "mine.yaml"
     own.write_text("run_dir: runs/mine\n")
     assert resolve_config_file(str(own)) == own
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(resolve_config_file(str(tmp_path / "cpu-typo.yaml")))
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", "1e400", ".nan", "inf"])
+def test_non_finite_numbers_are_rejected_naming_the_setting(value: str):
+    with pytest.raises(ConfigError, match=r"train\.learning_rate must be a finite number; got"):
+        load_config(None, [f"train.learning_rate={value}"])
+
+
+def test_every_command_takes_a_profile_name(tmp_path: Path, monkeypatch):
+    """``papertune train --config cpu``: a profile name works for every command, not only ``papertune run``."""
+    from papertune.cli import main
+    from papertune.profiles import profile_path
+    from papertune.train import stage as train_stage
+
+    seen: dict = {}
+    monkeypatch.setattr(train_stage, "run", lambda config, **options: seen.update(config=config, options=options) or tmp_path)
+    assert main(["train", "--config", "cpu", "--run-dir", str(tmp_path), "--resume"]) == 0
+    assert seen["config"] == load_config(profile_path("cpu"), [f"run_dir={tmp_path}"])
+    assert seen["config"] != load_config(None, [f"run_dir={tmp_path}"])
+    assert seen["options"] == {"resume": True, "force": False}
+    # A file of that name still wins over the profile.
+    own = tmp_path / "cpu"
+    own.write_text("train:\n  lora_r: 4\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "cpu", "--run-dir", str(tmp_path)]) == 0
+    assert seen["config"].train.lora_r == 4 and seen["options"] == {"resume": False, "force": False}
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "gpu-fast"])
+def test_the_config_recorded_in_a_run_directory_loads_back_as_it_was(tmp_path: Path, name: str):
+    from papertune.profiles import profile_path
+    from papertune.rundir import record_run_config
+
+    cfg = load_config(profile_path(name), [f"run_dir={tmp_path}"])
+    path = record_run_config(tmp_path, cfg)
+    assert path == tmp_path / "config.yaml" and load_config(path, [f"run_dir={tmp_path}"]) == cfg
+    assert "run_dir" not in yaml.safe_load(path.read_text())  # the folder it is in, wherever that is moved
+    mtime = path.stat().st_mtime_ns
+    record_run_config(tmp_path, cfg)  # the same config again: the file is left as it was
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_a_command_on_a_run_directory_uses_the_config_the_run_was_made_with(tmp_path: Path, monkeypatch, caplog):
+    """``papertune train --run-dir RUN`` (and ask, serve, run ...) without --config: RUN/config.yaml, then --set;
+    --config replaces it."""
+    import logging
+    import shutil
+
+    from papertune import pipeline
+    from papertune.cli import main
+    from papertune.profiles import profile_path
+    from papertune.rundir import record_run_config
+    from papertune.train import stage as train_stage
+
+    run = tmp_path / "run"
+    made_with = load_config(profile_path("cpu"), [f"run_dir={run}", "train.lora_r=4"])
+    record_run_config(run, made_with)
+    seen: dict = {}
+    monkeypatch.setattr(train_stage, "run", lambda config, **options: seen.update(config=config) or run)
+    caplog.set_level(logging.INFO, logger="papertune")
+    assert main(["train", "--run-dir", str(run)]) == 0
+    assert seen["config"] == made_with
+    assert f"config: {run / 'config.yaml'}, the config this run directory was made with" in caplog.text
+    assert main(["train", "--run-dir", str(run), "--set", "train.lora_r=8"]) == 0
+    assert seen["config"] == load_config(profile_path("cpu"), [f"run_dir={run}", "train.lora_r=8"])
+    assert main(["train", "--run-dir", str(run), "--config", "gpu"]) == 0
+    assert seen["config"] == load_config(profile_path("gpu"), [f"run_dir={run}"])
+    # A run directory moved elsewhere: its config, in its new place.
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    assert main(["train", "--run-dir", str(moved)]) == 0
+    assert seen["config"] == load_config(profile_path("cpu"), [f"run_dir={moved}", "train.lora_r=4"])
+    # papertune run: the run's config rather than the profile for this machine.
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda config, **options: seen.update(config=config, options=options)
+                        or pipeline.PipelineResult(run / "summary.json", 0, {}))
+    assert main(["run", "--run-dir", str(run)]) == 0
+    assert seen["config"] == made_with and seen["options"]["config_file"] == run / "config.yaml"
+    # No recorded config: the defaults, and the log says so.
+    assert main(["train", "--run-dir", str(tmp_path / "new")]) == 0
+    assert seen["config"] == load_config(None, [f"run_dir={tmp_path / 'new'}"])
+    assert "config: the defaults (no --config given, and no config.yaml in" in caplog.text
+
+
+def test_what_a_setting_is_is_declared_on_the_field():
+    from papertune.config import INPUT_SELECTION, RESUME_SAFE, SPEED_ONLY, TrainConfig, marked_settings, settings_without
+
+    speed = marked_settings(SPEED_ONLY)
+    assert {"ingest.workers", "build.num_proc", "train.dataloader_workers", "generate.llm.concurrency",
+            "augment.llm.timeout_s", "evaluate.judge.max_retries", "generate.seq2seq_batch_size"} <= speed
+    assert not {"ingest.chunk_tokens", "train.learning_rate", "generate.llm.model"} & speed
+    assert marked_settings(INPUT_SELECTION) == {"ingest.docs_dir", "ingest.extensions", "ingest.max_pages",
+                                                "ingest.max_file_mb", "ingest.doc_timeout_s", "generate.max_chunks"}
+    assert "train.early_stopping_patience" in marked_settings(RESUME_SAFE)
+    assert not marked_settings(RESUME_SAFE) & speed
+    kept = settings_without(TrainConfig(), SPEED_ONLY, RESUME_SAFE)
+    assert "dataloader_workers" not in kept and "save_total_limit" not in kept and "learning_rate" in kept

@@ -10,25 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import FAST_EVAL, REPO, built_run, qa_rows, tiny_overrides, write_rows
 from papertune import build, evaluate, train
 from papertune.config import SMOLLM2_PACKAGED, load_config
 from papertune.errors import ConfigError, InputError
-from test_build import qa_rows, write_rows
-from test_train import REPO, built_run, tiny_model, tiny_overrides  # noqa: F401  (tiny_model is a fixture)
-
-FAST_EVAL = ["evaluate.embedding_model=", "evaluate.max_new_tokens=4", "evaluate.batch_size=4"]
+from papertune.inference import attach_adapter, load_base
 
 
 def eval_config(run: Path, model: Path, *extra: str):
     return load_config(None, tiny_overrides(run, model, max_steps=4) + FAST_EVAL + list(extra))
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, tiny_model) -> Path:  # noqa: F811
-    """A built dataset (chunk-grouped) and a LoRA adapter trained for a few steps on the tiny model."""
-    run = built_run(tmp_path_factory.mktemp("trained"), tiny_model, n_chunks=10)
-    train.run(load_config(None, tiny_overrides(run, tiny_model, max_steps=4)))
-    return run
 
 
 # --- scoring ---------------------------------------------------------------------------------------
@@ -85,7 +75,7 @@ def _independent_loss(model, tokenizer, rows) -> float:
     return total / tokens
 
 
-def test_evaluate_writes_metrics_answers_report_and_charts(trained_run, tiny_model):  # noqa: F811
+def test_evaluate_writes_metrics_answers_report_and_charts(trained_run, tiny_model):
     from datasets import load_from_disk
 
     out = evaluate.run(eval_config(trained_run, tiny_model, "evaluate.max_questions=3"))
@@ -103,9 +93,9 @@ def test_evaluate_writes_metrics_answers_report_and_charts(trained_run, tiny_mod
     assert metrics["loss"]["base"]["loss"] != metrics["loss"]["tuned"]["loss"]  # the adapter changed something
 
     # The losses are the same numbers the model's own loss gives, token-weighted over the split.
-    base, tokenizer = evaluate.load_base(eval_config(trained_run, tiny_model))
+    base, tokenizer = load_base(eval_config(trained_run, tiny_model))
     assert metrics["loss"]["base"]["loss"] == pytest.approx(_independent_loss(base, tokenizer, test), rel=1e-4)
-    tuned = evaluate.attach_adapter(base, trained_run / "train" / "adapter")
+    tuned = attach_adapter(base, trained_run / "train" / "adapter")
     assert metrics["loss"]["tuned"]["loss"] == pytest.approx(_independent_loss(tuned, tokenizer, test), rel=1e-4)
 
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
@@ -130,12 +120,12 @@ def test_evaluate_writes_metrics_answers_report_and_charts(trained_run, tiny_mod
     assert (out / "config.yaml").is_file() and (out / "versions.json").is_file()
 
 
-def test_greedy_answers_match_unbatched_generation(trained_run, tiny_model):  # noqa: F811
+def test_greedy_answers_match_unbatched_generation(trained_run, tiny_model):
     """Batched, left-padded generation gives each question the answer it gets alone."""
     from papertune.ask import generate_answer
 
     cfg = eval_config(trained_run, tiny_model)
-    model, tokenizer = evaluate.load_base(cfg)
+    model, tokenizer = load_base(cfg)
     # The tiny model's tied embeddings make it repeat the prompt's last token (a newline): every answer would
     # strip to "", and the comparison would prove nothing. A random untied head gives real, distinct answers.
     torch.manual_seed(0)
@@ -149,7 +139,7 @@ def test_greedy_answers_match_unbatched_generation(trained_run, tiny_model):  # 
     assert batched == alone
 
 
-def test_judge_scores_and_counts_unparseable(trained_run, tiny_model, monkeypatch):  # noqa: F811
+def test_judge_scores_and_counts_unparseable(trained_run, tiny_model, monkeypatch):
     import papertune.llm
     from datasets import load_from_disk
 
@@ -162,7 +152,9 @@ def test_judge_scores_and_counts_unparseable(trained_run, tiny_model, monkeypatc
     class FakeJudge:
         name = "fake"
 
-        def chat(self, conversations, *, max_new_tokens=None, temperature=None):
+        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+            # Backends that can constrain the reply are asked for the two integer scores.
+            assert json_schema["required"] == ["correctness", "groundedness"]
             seen.extend(conversations)
             replies = ['{"correctness": 4, "groundedness": 5}', "```json\n{\"correctness\": 2, \"groundedness\": 3}\n```",
                        "no idea"]
@@ -184,7 +176,7 @@ def test_judge_scores_and_counts_unparseable(trained_run, tiny_model, monkeypatc
     assert "judge correctness (1-5)" in (out / "report.md").read_text()
 
 
-def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model):  # noqa: F811
+def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model):
     # Chunk-grouped (the trained run): every test document also feeds training.
     metrics = json.loads((evaluate.run(eval_config(trained_run, tiny_model, "evaluate.tuned=false",
                                                    "evaluate.max_questions=2")) / "metrics.json").read_text())
@@ -225,7 +217,7 @@ def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model
     assert metrics["per_document"]["unseen.pdf"]["group"] == "held_out_document"
 
 
-def test_missing_inputs_are_clear_errors(tmp_path, tiny_model):  # noqa: F811
+def test_missing_inputs_are_clear_errors(tmp_path, tiny_model):
     with pytest.raises(InputError, match="run `papertune build"):
         evaluate.run(eval_config(tmp_path / "empty", tiny_model))
     run = built_run(tmp_path, tiny_model, n_chunks=4)
@@ -233,7 +225,7 @@ def test_missing_inputs_are_clear_errors(tmp_path, tiny_model):  # noqa: F811
         evaluate.run(eval_config(run, tiny_model))
 
 
-def test_adapter_of_another_base_model_is_refused(tmp_path, trained_run, tiny_model):  # noqa: F811
+def test_adapter_of_another_base_model_is_refused(tmp_path, trained_run, tiny_model):
     from papertune import cli
 
     other = tmp_path / "adapter"

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import built_run, tiny_overrides
 from papertune import export, gguf_export, train
 from papertune.config import SMOLLM2_PACKAGED, load_config
 from papertune.errors import ConfigError, PapertuneError
+from papertune.inference.llamacpp import LlamaCppServer
 from papertune.models import QWEN2_5_TOKENIZER, resolve_model
-from test_train import built_run, tiny_model, tiny_overrides  # noqa: F401  (fixture)
 
 needs_llama_cpp = pytest.mark.skipif(
     importlib.util.find_spec("xllamacpp") is None and not os.environ.get("CI"),
@@ -62,7 +63,7 @@ def _fields(path: Path) -> dict:
 # --- adapter and merged ------------------------------------------------------------------------------------
 
 
-def test_export_adapter_and_merged_give_the_same_greedy_answers(tmp_path, tiny_model):  # noqa: F811
+def test_export_adapter_and_merged_give_the_same_greedy_answers(tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM
 
     run = built_run(tmp_path, tiny_model)
@@ -82,7 +83,7 @@ def test_export_adapter_and_merged_give_the_same_greedy_answers(tmp_path, tiny_m
     assert "greedy answers identical to base + adapter" in card
 
 
-def test_export_needs_an_adapter_and_known_formats(tmp_path, tiny_model):  # noqa: F811
+def test_export_needs_an_adapter_and_known_formats(tmp_path, tiny_model):
     run = built_run(tmp_path, tiny_model)
     with pytest.raises(Exception, match="papertune train"):
         export.run(load_config(None, tiny_overrides(run, tiny_model)))
@@ -98,7 +99,7 @@ def test_export_needs_an_adapter_and_known_formats(tmp_path, tiny_model):  # noq
 
 @needs_llama_cpp
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_gguf_f32_round_trip_is_exact(tmp_path, arch, tiny_model, tiny_qwen2):  # noqa: F811
+def test_gguf_f32_round_trip_is_exact(tmp_path, arch, tiny_model, tiny_qwen2):
     """An f32 GGUF holds exactly the model's weights: transformers (which undoes llama.cpp's Q/K permutation)
     gives the same logits, llama.cpp (which needs it) the same greedy tokens and the same tokenization of the
     chat prompts."""
@@ -123,7 +124,7 @@ def test_gguf_f32_round_trip_is_exact(tmp_path, arch, tiny_model, tiny_qwen2):  
     assert fields["tokenizer.ggml.eos_token_id"] == ref.config.eos_token_id
     assert "tokenizer.chat_template" in fields
 
-    prompts, ids, _ = _prompt_ids(src, ["What is LoRA in 2024?", "Why quantize a model's weights?"])
+    prompts, ids, tokenizer = _prompt_ids(src, ["What is LoRA in 2024?", "Why quantize a model's weights?"])
     if arch == "llama":  # (transformers parses Qwen's 151k-token vocabulary from the file in pure Python, ~40 s;
         # the slow export test below loads the Qwen2 file in transformers)
         loaded = AutoModelForCausalLM.from_pretrained(dest.parent, gguf_file=dest.name, dtype=torch.float32).eval()
@@ -132,13 +133,13 @@ def test_gguf_f32_round_trip_is_exact(tmp_path, arch, tiny_model, tiny_qwen2):  
                 x = torch.tensor([prompt])
                 torch.testing.assert_close(loaded(x).logits, ref(x).logits, rtol=0, atol=1e-5)
 
-    reference = [export._hf_greedy(ref, p, 8, None, None) for p in ids]
-    runtime = gguf_export.LlamaCpp(dest, n_ctx=256)
+    reference = [export.greedy_token_ids(ref, tokenizer, p, 8) for p in ids]
+    runtime = LlamaCppServer(dest, n_ctx=256)
     assert [runtime.greedy(p, 8) for p in ids] == reference
     assert [runtime.tokenize(p) for p in prompts] == ids
 
 
-def test_gguf_refuses_what_it_cannot_convert(tmp_path, tiny_model):  # noqa: F811
+def test_gguf_refuses_what_it_cannot_convert(tmp_path, tiny_model):
     def folder(name: str, **config) -> Path:
         path = tmp_path / name
         path.mkdir()
@@ -184,7 +185,7 @@ def test_gguf_names_the_pre_tokenizer_llama_cpp_uses(tmp_path):
 
 @needs_llama_cpp
 @pytest.mark.parametrize("arch", ["llama", pytest.param("qwen2", marks=pytest.mark.slow)])
-def test_export_gguf_f16_is_identical_and_q8_0_within_tolerance(tmp_path, arch, tiny_model, tiny_qwen2):  # noqa: F811
+def test_export_gguf_f16_is_identical_and_q8_0_within_tolerance(tmp_path, arch, tiny_model, tiny_qwen2):
     model = tiny_model if arch == "llama" else tiny_qwen2
     run = built_run(tmp_path, model)
     base = tiny_overrides(run, model, max_steps=2) + ["export.verify_questions=2", "export.max_new_tokens=8"]
@@ -285,14 +286,14 @@ def test_smollm2_q8_0_gguf_gives_the_same_greedy_answers(tmp_path):
                                                 "Why does quantization reduce memory use?"])
     ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     eos = ref.generation_config.eos_token_id
-    reference = [export._hf_greedy(ref, p, 24, tokenizer.pad_token_id, eos) for p in ids]
+    reference = [export.greedy_token_ids(ref, tokenizer, p, 24, eos) for p in ids]
 
-    runtime = gguf_export.LlamaCpp(dest, n_ctx=256)
+    runtime = LlamaCppServer(dest, n_ctx=256)
     assert [runtime.greedy(p, 24) for p in ids] == reference
     assert [runtime.tokenize(p) for p in prompts] == ids
     runtime.close()
     loaded = AutoModelForCausalLM.from_pretrained(dest.parent, gguf_file=dest.name, dtype=torch.float32).eval()
-    agreement = export._agreement(lambda p, n: export._hf_greedy(loaded, p, n, tokenizer.pad_token_id, eos),
+    agreement = export._agreement(lambda p, n: export.greedy_token_ids(loaded, tokenizer, p, n, eos),
                                   ids, reference)
     export._reference_margins(ref, ids, reference, agreement["disagreements"])
     assert export._gguf_verdict(agreement, "q8_0") and agreement["identical"] >= 1

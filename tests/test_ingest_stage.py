@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE_CORPUS, make_config, needs_tesseract, write_pdf, write_scanned_pdf
+from helpers import SAMPLE_CORPUS, make_config, needs_tesseract, write_pdf
 from papertune import ingest
 from papertune.cli import main
 from papertune.errors import InputError
@@ -113,7 +112,7 @@ def test_exact_duplicate_chunks_across_documents_dropped(tmp_path: Path):
 def test_bad_documents_reported_and_the_rest_processed(tmp_path: Path):
     docs = small_corpus(tmp_path)
     (docs / "fake.pdf").write_text("not a pdf at all")
-    (docs / "latin.md").write_bytes("Caf\xe9".encode("latin-1"))
+    (docs / "latin.md").write_bytes("Привет".encode("cp1251"))  # too short to tell its encoding: refused
     write_pdf(docs / "big.pdf", [[((56, 100, 556, 300), "page")]] * 4)
     cfg = make_config(tmp_path / "run", docs, max_pages=3)
     rows = list(read_jsonl(ingest.run(cfg)))

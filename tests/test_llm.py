@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from openai_server import ChatServer, FaultServer, Reply, ok
+from helpers_openai import ChatServer, FaultServer, Reply, ok
 from papertune.config import SMOLLM2_PACKAGED, LLMConfig, load_config
 from papertune.errors import ConfigError, ExitCode, PapertuneError
 from papertune.llm import HFChatModel, LLMRequestError, LLMUnreachableError, OpenAIChatModel, make_chat_model
@@ -55,6 +55,26 @@ def test_replies_come_back_in_order_with_the_request_fields(monkeypatch):
         model.chat(convs("x"), max_new_tokens=5, temperature=0.7)
         assert server.received[-1][1]["max_tokens"] == 5 and server.received[-1][1]["temperature"] == 0.7
         model.close()
+
+
+def test_json_schema_is_sent_as_a_strict_response_format():
+    schema = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
+    with FaultServer(echo=True) as server:
+        model = client(server.url)
+        assert model.chat(convs("a", "b"), json_schema=schema) == ["a", "b"]
+        for _headers, body in server.received:
+            assert body["response_format"] == {
+                "type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+        model.chat(convs("c"))
+        assert "response_format" not in server.received[-1][1]
+
+
+def test_a_reply_cut_at_max_new_tokens_is_warned_about(caplog):
+    body = ok("{\"question\": \"unfinished").body
+    body["choices"][0]["finish_reason"] = "length"
+    with FaultServer([Reply(200, body)]) as server, caplog.at_level("WARNING", logger="papertune.llm"):
+        assert client(server.url, max_new_tokens=7).chat(convs("a")) == ['{"question": "unfinished']
+    assert "generate.llm: a reply stopped at max_new_tokens=7 before it was complete" in caplog.text
 
 
 def test_no_authorization_header_without_a_key(monkeypatch):

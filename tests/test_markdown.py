@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,48 @@ def test_title_falls_back_to_h1_then_file_name(tmp_path: Path):
     assert title == "plain-note"
 
 
-def test_non_utf8_markdown_is_refused_with_advice(tmp_path: Path):
+def test_latin1_markdown_is_decoded_and_its_encoding_reported(tmp_path: Path):
     path = tmp_path / "latin.md"
-    path.write_bytes("Caf\xe9 au lait".encode("latin-1"))
-    with pytest.raises(DocumentError, match=r"latin.md: not valid UTF-8 \(byte 0xe9 at offset 3\).*iconv"):
-        read_markdown(path, "latin.md", IngestConfig())
+    path.write_bytes("# Caf\xe9 notes\n\nThe model was trained in Z\xfcrich on a na\xefve baseline.\n".encode("latin-1"))
+    doc = read_markdown(path, "latin.md", IngestConfig())
+    assert doc.title == "Caf\xe9 notes"
+    assert doc.paragraphs[0].text == "The model was trained in Z\xfcrich on a na\xefve baseline."
+    assert doc.encoding == "cp1252" and doc.warnings == ["not UTF-8: decoded as cp1252"]
+
+
+def test_utf8_markdown_reports_utf8_without_a_warning(tmp_path: Path):
+    path = tmp_path / "u.md"
+    path.write_text("Caf\xe9 au lait.\n", encoding="utf-8")
+    doc = read_markdown(path, "u.md", IngestConfig())
+    assert doc.encoding == "utf-8" and doc.warnings == []
+
+
+def test_markdown_of_unsure_encoding_is_refused_with_advice(tmp_path: Path):
+    path = tmp_path / "noise.md"
+    path.write_bytes(bytes(b or 1 for b in random.Random(0).randbytes(400)))  # no NUL: not "binary"
+    with pytest.raises(DocumentError, match=r"noise.md: not valid UTF-8 \(byte 0x.. at offset \d+\) and no known "
+                                            r"text encoding reads it cleanly; convert it to UTF-8, e.g. iconv"):
+        read_markdown(path, "noise.md", IngestConfig())
+
+
+def test_markdown_inside_html_blocks_is_cleaned_like_the_rest(tmp_path: Path):
+    text = (
+        "# Post\n\n"
+        "<a name='qa' />\n"
+        "We evaluate on [SQuAD](https://rajpurkar.github.io/SQuAD-explorer/) with **exact match**.\n\n"
+        "<div class=\"note\">\n"
+        "A note citing [the paper](https://arxiv.org/abs/1606.05250) &amp; more.<sup>2</sup>\n"
+        "<script>var tracking = 1;</script>\n"
+        "</div>\n\n"
+        "<div\nwith a [broken](https://example.org) tag.\n\n"
+        "<!-- never closed, hides the rest\n\nNot shown.\n"
+    )
+    _, paragraphs = read(tmp_path, text)
+    assert [p.text for p in paragraphs] == [
+        "We evaluate on SQuAD with exact match.",
+        "A note citing the paper & more.",
+        "<div with a broken tag.",
+    ]
 
 
 def test_binary_file_named_md_is_refused(tmp_path: Path):
@@ -132,3 +170,11 @@ def test_utf8_bom_is_accepted(tmp_path: Path):
     path.write_bytes("\ufeff# T\n\nHello there.\n".encode("utf-8"))
     doc = read_markdown(path, "bom.md", IngestConfig())
     assert doc.title == "T" and doc.paragraphs[0].text == "Hello there."
+
+
+def test_markdown_read_equally_well_by_several_encodings_is_refused(tmp_path: Path):
+    path = tmp_path / "tiny.md"
+    path.write_bytes("Привет".encode("cp1251"))  # six bytes: many East Asian encodings read them as well
+    with pytest.raises(DocumentError, match=r"tiny.md: not valid UTF-8 \(byte 0xcf at offset 0\), and its encoding is "
+                                            r"unsure: .* read it equally well into different text; convert it"):
+        read_markdown(path, "tiny.md", IngestConfig())

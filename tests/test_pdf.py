@@ -5,7 +5,7 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from conftest import needs_tesseract, write_pdf, write_scanned_pdf
+from helpers import needs_tesseract, write_pdf, write_scanned_pdf
 from papertune.config import IngestConfig
 from papertune.errors import DocumentError
 from papertune.ingest.pdf import read_pdf
@@ -189,3 +189,43 @@ def test_too_many_pages(tmp_path: Path):
     path = write_pdf(tmp_path / "long.pdf", [[((56, 100, 556, 300), "Page text.")]] * 5)
     with pytest.raises(DocumentError, match="long.pdf: 5 pages, over ingest.max_pages=3"):
         read_pdf(path, "long.pdf", IngestConfig(max_pages=3))
+
+
+def test_word_split_across_a_column_break_is_mended(tmp_path: Path):
+    # "correspond-" ends the left column, "ing" starts the right one: two blocks, one word.
+    pages = [[(RIGHT, "ing observations are in the node. The held-"), (LEFT, "Weights are non-zero where the correspond-"),
+              ((316, 710, 556, 740), "out data stays apart.")]]
+    doc = read_pdf(write_pdf(tmp_path / "w.pdf", pages), "w.pdf", IngestConfig())
+    assert [p.text for p in doc.paragraphs] == [
+        "Weights are non-zero where the corresponding observations are in the node. The held-out data stays apart."
+    ]
+
+
+def test_blank_pages_are_not_ocred(tmp_path: Path):
+    doc = pymupdf.open()
+    for _ in range(300):
+        doc.new_page()
+    page = doc[1]
+    page.insert_textbox(pymupdf.Rect(56, 100, 556, 300), "The only text of the document.", fontsize=10)
+    doc.save(tmp_path / "blank.pdf")
+    # No Tesseract at all: a page that would be OCRed fails the document.
+    cfg = IngestConfig(tesseract_cmd=str(tmp_path / "no-tesseract-here"))
+    read = read_pdf(tmp_path / "blank.pdf", "blank.pdf", cfg)
+    assert [p.text for p in read.paragraphs] == ["The only text of the document."]
+    assert read.ocr_pages == [] and read.ocr_skipped_pages == []
+    assert read.blank_pages == [1, *range(3, 301)]
+
+
+def test_short_text_without_images_or_drawings_is_read_not_ocred(tmp_path: Path):
+    path = write_pdf(tmp_path / "short.pdf", [[((56, 100, 556, 300), "Short page.")]])
+    read = read_pdf(path, "short.pdf", IngestConfig(tesseract_cmd=str(tmp_path / "no-tesseract-here")))
+    assert [p.text for p in read.paragraphs] == ["Short page."] and read.blank_pages == []
+
+
+@needs_tesseract
+def test_ocr_work_is_bounded_per_document(tmp_path: Path):
+    scanned = write_scanned_pdf(tmp_path / "s.pdf", ["Page one words here."] * 4, dpi=100)
+    doc = read_pdf(scanned, "s.pdf", IngestConfig(ocr_dpi=100, max_ocr_pages=1))
+    assert doc.ocr_pages == [1] and doc.ocr_skipped_pages == [2, 3, 4]
+    assert "3 more pages need OCR than ingest.max_ocr_pages=1 allows (pages 2-4): not read" in doc.warnings[0]
+    assert "page one words" in " ".join(p.text for p in doc.paragraphs).lower()

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_pdf
-from papertune import pipeline
+from helpers import tiny_overrides, write_pdf
+import papertune
+from papertune import fingerprint, pipeline
 from papertune.cli import main
 from papertune.config import load_config
 from papertune.errors import ExitCode
-from papertune.rundir import read_jsonl
-from test_train import tiny_model, tiny_overrides  # noqa: F401  (tiny_model is a fixture)
+from papertune.profiles import profile_path
+from papertune.rundir import STAGE_FINGERPRINT, read_jsonl
 
 # --- a tiny corpus: sentences the rules generator turns into pairs -------------------------------------
 
@@ -101,7 +102,7 @@ def overrides(run: Path, docs: Path, model: Path, *extra: str) -> list[str]:
 
 def run_pipeline(run: Path, docs: Path, model: Path, *extra: str, **options) -> pipeline.PipelineResult:
     """The pipeline with the cpu profile, as ``papertune run`` without a config picks it on this machine."""
-    config = load_config(pipeline.profile_path("cpu"), overrides(run, docs, model, *extra))
+    config = load_config(profile_path("cpu"), overrides(run, docs, model, *extra))
     return pipeline.run_pipeline(config, **options)
 
 
@@ -118,8 +119,8 @@ def stage_files(run: Path) -> dict[str, int]:
 # --- fingerprints (fast) ---------------------------------------------------------------------------
 
 
-def _fingerprint(stage: str, run: Path, *settings: str) -> pipeline.Fingerprint:
-    return pipeline.compute_fingerprint(pipeline._BY_NAME[stage], load_config(None, [f"run_dir={run}", *settings]))
+def _fingerprint(stage: str, run: Path, *settings: str) -> fingerprint.Fingerprint:
+    return fingerprint.compute_fingerprint(pipeline.STAGE_BY_NAME[stage], load_config(None, [f"run_dir={run}", *settings]))
 
 
 def test_fingerprint_follows_input_content_and_the_stage_settings(tmp_path):
@@ -186,31 +187,101 @@ def test_why_a_stage_runs(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "qa_curated.jsonl").write_text("{}\n")
-    stage = pipeline._BY_NAME["augment"]
+    stage = pipeline.STAGE_BY_NAME["augment"]
     fp = _fingerprint("augment", run)
-    done = {"state": "done", "fingerprint": fp.value, "papertune": pipeline.papertune.__version__,
-            "settings": fp.settings, "inputs": fp.inputs, "extra": {}, "outputs": ["qa_augmented.jsonl"]}
-    assert pipeline.why_stale(run, stage, fp, None) == "no earlier run"
-    assert pipeline.why_stale(run, stage, fp, {**done, "state": "running"}) == "the last run stopped before it finished"
-    assert pipeline.why_stale(run, stage, fp, done) == "outputs missing: qa_augmented.jsonl"
     (run / "qa_augmented.jsonl").write_text("{}\n")
-    assert pipeline.why_stale(run, stage, fp, done) is None
+    done = {"state": "done", "fingerprint": fp.value, "papertune": papertune.__version__,
+            "settings": fp.settings, "inputs": fp.inputs, "extra": {},
+            "outputs": fingerprint.output_hashes(run, stage)}
+    (run / "qa_augmented.jsonl").unlink()
+    assert fingerprint.why_stale(run, stage, fp, None) == "no earlier run"
+    assert fingerprint.why_stale(run, stage, fp, {**done, "state": "running"}) == "the last run stopped before it finished"
+    assert fingerprint.why_stale(run, stage, fp, done) == "outputs missing: qa_augmented.jsonl"
+    (run / "qa_augmented.jsonl").write_text("{}\n")
+    assert fingerprint.why_stale(run, stage, fp, done) is None
+    (run / "qa_augmented.jsonl").write_text('{"edited": "by hand"}\n')
+    assert fingerprint.why_stale(run, stage, fp, done) == "outputs changed since the stage wrote them: qa_augmented.jsonl"
+    (run / "qa_augmented.jsonl").write_text("{}\n")
     changed = _fingerprint("augment", run, "augment.seed=1")
-    assert pipeline.why_stale(run, stage, changed, done) == "settings changed: augment.seed"
+    assert fingerprint.why_stale(run, stage, changed, done) == "settings changed: augment.seed"
     (run / "qa_curated.jsonl").write_text("{}\n{}\n")
-    assert pipeline.why_stale(run, stage, _fingerprint("augment", run), done) == "inputs changed: qa_curated.jsonl"
+    assert fingerprint.why_stale(run, stage, _fingerprint("augment", run), done) == "inputs changed: qa_curated.jsonl"
+
+
+def test_an_output_edited_by_hand_reruns_its_stage_and_each_file_is_hashed_once(tmp_path, tiny_model, monkeypatch):
+    docs, run = write_corpus(tmp_path / "docs"), tmp_path / "run"
+    assert statuses(run_pipeline(run, docs, tiny_model, to_stage="generate"))["generate"] == "ran"
+    qa = run / "qa.jsonl"
+    written = qa.read_bytes()
+    qa.write_bytes(written.splitlines(keepends=True)[0])  # a hand edit: one pair kept
+    result = run_pipeline(run, docs, tiny_model, to_stage="generate")
+    assert statuses(result)["ingest"] == "skipped" and statuses(result)["generate"] == "ran"
+    assert result.summary["stages"][1]["reason"] == "outputs changed since the stage wrote them: qa.jsonl"
+    assert qa.read_bytes() == written
+    hashed: list[str] = []
+    sha256_file = fingerprint.sha256_file
+    monkeypatch.setattr(fingerprint, "sha256_file", lambda path: hashed.append(str(path)) or sha256_file(path))
+    result = run_pipeline(run, docs, tiny_model, to_stage="generate")
+    assert set(statuses(result).values()) == {"skipped", "not run"}
+    assert str(run / "chunks.jsonl") in hashed and len(hashed) == len(set(hashed))  # ingest's output, generate's input
 
 
 def test_stage_selection():
     names = list(pipeline.STAGE_NAMES)
-    assert pipeline._selection(None, None, None) == (names, set())
-    assert pipeline._selection("augment", None, None) == (names, {"augment", "build", "train", "evaluate"})
-    assert pipeline._selection(None, "build", None) == (names[:5], set())
-    assert pipeline._selection(None, None, "train") == (["train"], {"train"})
+    assert pipeline.select_stages(None, None, None) == (names, set())
+    assert pipeline.select_stages("augment", None, None) == (names, {"augment", "build", "train", "evaluate"})
+    assert pipeline.select_stages(None, "build", None) == (names[:5], set())
+    assert pipeline.select_stages(None, None, "train") == (["train"], {"train"})
     with pytest.raises(Exception, match="not a stage; use one of ingest, generate"):
-        pipeline._selection("tune", None, None)
+        pipeline.select_stages("tune", None, None)
     with pytest.raises(Exception, match="comes after"):
-        pipeline._selection("train", "build", None)
+        pipeline.select_stages("train", "build", None)
+
+
+def test_every_stage_is_known_through_its_spec():
+    from papertune.cli import build_parser
+
+    assert pipeline.STAGE_NAMES == ("ingest", "generate", "curate", "augment", "build", "train", "evaluate")
+    parser = build_parser()
+    for stage in pipeline.STAGES:
+        assert stage.outputs and all(not Path(name).is_absolute() for name in stage.outputs)
+        assert parser.parse_args([stage.name]).command == stage.name  # a command of its own, from its spec
+    assert parser.parse_args(["export"]).command == "export"
+
+
+def test_the_loss_table_is_the_same_in_train_and_the_summary_after_a_resume(tmp_path):
+    from papertune.summary import collect_summary
+    from papertune.train.losses import render_loss_table
+
+    metrics = tmp_path / "train" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    rows = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, {"step": 2, "eval_loss": 2.6},
+            {"step": 3, "loss": 9.0},  # the run died here; it resumes from step 2's checkpoint
+            {"step": 3, "loss": 2.0}, {"step": 4, "loss": 1.5}, {"step": 4, "eval_loss": 1.75}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = collect_summary(tmp_path)["loss_table"]
+    assert table == [{"step": 2, "train_loss": 2.5, "val_loss": 2.6}, {"step": 4, "train_loss": 1.5, "val_loss": 1.75}]
+    assert render_loss_table(table).splitlines() == [
+        "| Step | Training Loss | Validation Loss |", "|------|---------------|-----------------|",
+        "| 2 | 2.500000 | 2.600000 |", "| 4 | 1.500000 | 1.750000 |"]
+
+
+def test_a_folder_is_replaced_only_when_its_new_content_is_complete(tmp_path):
+    from papertune.rundir import atomic_dir, data_files
+
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+        assert not target.exists() and tmp.parent == tmp_path and tmp.name.startswith(".")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("save failed")
+    assert (target / "a.txt").read_text() == "one"
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert [p.name for p in data_files(target)] == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary or old folder left
 
 
 def test_a_failing_stage_is_named_with_its_exit_code(tmp_path, caplog):
@@ -228,7 +299,7 @@ def test_a_failing_stage_is_named_with_its_exit_code(tmp_path, caplog):
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory, tiny_model):  # noqa: F811
+def first_run(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("pipeline")
     docs = write_corpus(root / "docs")
     run = root / "run"
@@ -244,7 +315,7 @@ def copy_of(first_run, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_every_artifact_of_a_full_run(first_run, tiny_model):  # noqa: F811
+def test_every_artifact_of_a_full_run(first_run, tiny_model):
     from datasets import load_from_disk
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -324,13 +395,13 @@ def test_every_artifact_of_a_full_run(first_run, tiny_model):  # noqa: F811
     assert "| Step | Training Loss | Validation Loss |" in text and f"| chunks | {len(chunks)} |" in text
     # Each stage recorded what it was run from.
     for stage in pipeline.STAGES:
-        record = json.loads((run / stage.directory / pipeline.FINGERPRINT_FILE).read_text())
+        record = json.loads((run / stage.directory / STAGE_FINGERPRINT).read_text())
         assert record["state"] == "done" and record["outputs"]
         assert record["fingerprint"] == next(s for s in summary["stages"] if s["stage"] == stage.name)["fingerprint"]
 
 
 @pytest.mark.slow
-def test_a_second_run_skips_every_stage(first_run, tiny_model, tmp_path, caplog):  # noqa: F811
+def test_a_second_run_skips_every_stage(first_run, tiny_model, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="papertune")
     run = copy_of(first_run, tmp_path)  # a copy: fingerprints hash content, so they hold in another folder too
     before = stage_files(run)
@@ -344,7 +415,7 @@ def test_a_second_run_skips_every_stage(first_run, tiny_model, tmp_path, caplog)
 
 
 @pytest.mark.slow
-def test_a_changed_setting_reruns_its_stage_and_everything_downstream(first_run, tiny_model, tmp_path):  # noqa: F811
+def test_a_changed_setting_reruns_its_stage_and_everything_downstream(first_run, tiny_model, tmp_path):
     run = copy_of(first_run, tmp_path)
     before = stage_files(run)
     result = run_pipeline(run, first_run[1], tiny_model, "augment.noise_rate=0.9")
@@ -363,7 +434,7 @@ def test_a_changed_setting_reruns_its_stage_and_everything_downstream(first_run,
 
 
 @pytest.mark.slow
-def test_a_deleted_adapter_is_rebuilt_from_the_last_checkpoint(first_run, tiny_model, tmp_path):  # noqa: F811
+def test_a_deleted_adapter_is_rebuilt_from_the_last_checkpoint(first_run, tiny_model, tmp_path):
     run = copy_of(first_run, tmp_path)
     shutil.rmtree(run / "train" / "adapter")
     result = run_pipeline(run, first_run[1], tiny_model)
@@ -375,11 +446,11 @@ def test_a_deleted_adapter_is_rebuilt_from_the_last_checkpoint(first_run, tiny_m
     # learning rate 0 past max_steps, so global_steps is not asserted here).
     assert report["resumed_from"].endswith("checkpoint-6")
     assert (run / "train" / "adapter" / "adapter_model.safetensors").is_file()
-    assert json.loads((run / "train" / pipeline.FINGERPRINT_FILE).read_text())["state"] == "done"
+    assert json.loads((run / "train" / STAGE_FINGERPRINT).read_text())["state"] == "done"
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_from_its_last_checkpoint(first_run, tiny_model, tmp_path, monkeypatch):  # noqa: F811
+def test_interrupted_training_resumes_from_its_last_checkpoint(first_run, tiny_model, tmp_path, monkeypatch):
     run = copy_of(first_run, tmp_path)
     # Train again from scratch and stop at step 5 (after the checkpoint of step 4), as a crash would.
     monkeypatch.setenv("PAPERTUNE_FAULT_NAN_AT_STEP", "5")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,12 +27,10 @@ import numpy as np
 import pytest
 import requests
 
+from helpers import FAST_EVAL, bag_of_words, built_run, tiny_overrides, write_chunks
 from papertune import ask, cli, serve, train
 from papertune.config import load_config
 from papertune.errors import ConfigError, InputError
-from test_ask import write_chunks
-from test_evaluate import FAST_EVAL
-from test_train import built_run, tiny_model, tiny_overrides  # noqa: F401  (tiny_model is a fixture)
 
 MAX_REQUEST_BYTES = 16384
 QUESTIONS = [
@@ -52,32 +51,6 @@ def serve_config(run: Path, model: Path, *extra: str):
         f"serve.max_request_bytes={MAX_REQUEST_BYTES}", *extra])
 
 
-def bag_of_words(texts, spec, setting="evaluate.embedding_model"):
-    """A deterministic stand-in for all-MiniLM (as in test_ask): hashed word counts, unit length."""
-    out = np.zeros((len(texts), 512), dtype=np.float32)
-    for row, text in enumerate(texts):
-        for word in re.findall(r"\w+", text.lower()):
-            out[row, hash(word) % 512] += 1.0
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-
-
-@pytest.fixture(scope="module")
-def talking_model(tmp_path_factory, tiny_model) -> Path:  # noqa: F811
-    """tiny_model with untied output embeddings. A random tied model repeats its last prompt token (the newline
-    after "assistant"), so every answer would strip to "" and equal every other; this one answers each
-    question with its own visible words."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("talking-llama")
-    config = LlamaConfig.from_pretrained(tiny_model)
-    config.tie_word_embeddings = False
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def cited_run(tmp_path_factory, talking_model) -> Path:
     """A built dataset, an adapter trained a few steps on talking_model, and the chunks to cite."""
@@ -96,7 +69,7 @@ def config(cited_run, talking_model):
 def server(config):
     """(base URL, Service) of a server over base + adapter, citing from the bag-of-words index."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ask, "embed_texts", bag_of_words)
+        patch.setattr("papertune.index.embed_texts", bag_of_words)
         app = serve.create_app(config)
         with serve.serve_in_background(app) as url:
             yield url, app.state.service
@@ -138,8 +111,16 @@ def streamed_text(events: list) -> str:
                    if isinstance(e, dict) and e.get("choices"))
 
 
-def assert_still_serving(url: str) -> None:
-    assert answer(url, "What is LoRA?", max_tokens=2) is not None
+@pytest.fixture(scope="module")
+def assert_still_serving(config):
+    """A check that the server still answers, and answers right: "What is LoRA?" in two tokens gets the answer
+    `papertune ask` gives with the same settings."""
+    expected = ask.Assistant(config, max_new_tokens=2).answer("What is LoRA?", io.StringIO())["answer"]
+
+    def check(url: str) -> None:
+        assert answer(url, "What is LoRA?", max_tokens=2) == expected
+
+    return check
 
 
 # --- the API -----------------------------------------------------------------------------------------
@@ -305,7 +286,8 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("request_id,body,status,param", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
-def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, request_id, body, status, param):
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, assert_still_serving, request_id, body,
+                                                                     status, param):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = requests.post(f"{url}/v1/chat/completions", data=data, timeout=60,
                              headers={"Content-Type": "application/json"})
@@ -318,7 +300,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(url, reques
     assert_still_serving(url)
 
 
-def test_unknown_endpoints_and_methods_are_openai_errors(url):
+def test_unknown_endpoints_and_methods_are_openai_errors(url, assert_still_serving):
     missing = requests.post(f"{url}/v1/completions", json=GOOD, timeout=10)
     assert missing.status_code == 404 and "no such endpoint" in missing.json()["error"]["message"]
     wrong = requests.get(f"{url}/v1/chat/completions", timeout=10)
@@ -327,9 +309,10 @@ def test_unknown_endpoints_and_methods_are_openai_errors(url):
     assert_still_serving(url)
 
 
-def test_an_oversized_chunked_body_is_refused_while_it_arrives(url):
+def test_an_oversized_chunked_body_is_refused_while_it_arrives(url, assert_still_serving):
     pieces = iter([b'{"messages": [{"role": "user", "content": "'] + [b"x" * 4096] * 8 + [b'"}]}'])
-    response = requests.post(f"{url}/v1/chat/completions", data=pieces, timeout=30)  # no Content-Length
+    response = requests.post(f"{url}/v1/chat/completions", data=pieces, timeout=30,  # no Content-Length
+                             headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
     assert_still_serving(url)
 
@@ -338,8 +321,8 @@ def _send_raw(url: str, body: dict) -> socket.socket:
     parsed = urlparse(url)
     data = json.dumps(body).encode()
     sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parsed.netloc}\r\n".encode()
+                 + b"Content-Type: application/json\r\n" + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return sock
 
 
@@ -353,7 +336,7 @@ def _wait_idle(service, timeout: float = 30.0) -> dict:
     raise AssertionError(f"the worker is still busy: {service.worker.status()}")
 
 
-def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_works(server):
+def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_works(server, assert_still_serving):
     url, service = server
     question = "Tell me everything about attention heads, in detail."
     sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "stream": True, "max_tokens": 400})
@@ -371,10 +354,14 @@ def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_work
     assert_still_serving(url)
     assert time.monotonic() - started < 10
 
-    # A non-streaming client that hangs up is cancelled too.
-    cancelled = status["cancelled"]
+    # A non-streaming client that hangs up once the worker has its request is cancelled too.
+    before = service.worker.status()
+    cancelled, submitted = before["cancelled"], before["submitted"]
     sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "max_tokens": 400})
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while service.worker.status()["submitted"] == submitted:
+        assert time.monotonic() < deadline, "the worker never got the request"
+        time.sleep(0.01)
     sock.close()
     status = _wait_idle(service)
     assert status["cancelled"] == cancelled + 1 and status["recent"][-1]["completion_tokens"] < 400
@@ -425,10 +412,171 @@ def test_conversations_and_content_parts(url, config):
     assert other_system["usage"]["prompt_tokens"] != talk["usage"]["prompt_tokens"]
 
 
+# --- who may use the server --------------------------------------------------------------------------
+
+KEY_ENV = "PAPERTUNE_TEST_API_KEY"
+API_KEY = "test-key-0123456789abcdef"
+APP_ORIGIN = "http://app.example:8443"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(config):
+    """A server (without citations) that needs API_KEY, from the environment variable KEY_ENV, and serves the
+    web app at APP_ORIGIN besides its own page."""
+    settings = serve_config(Path(config.run_dir), Path(config.train.model), "serve.cite=false",
+                            f"serve.api_key_env={KEY_ENV}", f'serve.allowed_origins=["{APP_ORIGIN}"]')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_ENV, API_KEY)
+        app = serve.create_app(settings)
+    with serve.serve_in_background(app) as url:
+        yield url
+
+
+def _post_chat(url: str, headers: dict[str, str], body: dict = GOOD) -> requests.Response:
+    return requests.post(f"{url}/v1/chat/completions", data=json.dumps(body).encode(), timeout=60,
+                         headers={"Content-Type": "application/json", **headers})
+
+
+def test_a_body_not_sent_as_application_json_is_a_415(url, assert_still_serving):
+    # A web page can POST text/plain (or a form) to any address without asking the browser first.
+    body = json.dumps(GOOD).encode()
+    for content_type in ("text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", None):
+        response = requests.post(f"{url}/v1/chat/completions", data=body, timeout=30,
+                                 headers={"Content-Type": content_type} if content_type else {})
+        assert response.status_code == 415, (content_type, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_media_type" and "application/json" in error["message"]
+    cited = requests.post(f"{url}/v1/citations", data=b'{"query": "LoRA"}', headers={"Content-Type": "text/plain"},
+                          timeout=30)
+    assert cited.status_code == 415
+    assert _post_chat(url, {"Content-Type": "application/json; charset=utf-8"}).status_code == 200
+    assert_still_serving(url)
+
+
+def test_other_origins_and_host_names_are_refused(url, assert_still_serving):
+    port = urlparse(url).port
+    for origin in ("http://evil.example", "null", f"http://localhost:{port}"):  # not the page's own origin
+        refused = _post_chat(url, {"Origin": origin})
+        assert refused.status_code == 403, (origin, refused.text)
+        assert refused.json()["error"]["code"] == "origin_not_allowed" and "serve.allowed_origins" in refused.text
+    assert requests.get(f"{url}/v1/models", headers={"Origin": "http://evil.example"}, timeout=10).status_code == 403
+    assert _post_chat(url, {"Origin": url}).status_code == 200  # the chat page's own requests
+    # DNS rebinding: evil.example resolving to 127.0.0.1 makes the browser send Host: evil.example.
+    for path in ("/", "/v1/models"):
+        rebound = requests.get(f"{url}{path}", headers={"Host": f"evil.example:{port}"}, timeout=10)
+        assert rebound.status_code == 421 and rebound.json()["error"]["code"] == "host_not_allowed", rebound.text
+    rebound = _post_chat(url, {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"})
+    assert rebound.status_code == 421
+    assert _post_chat(url, {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}).status_code == 200
+    assert_still_serving(url)
+
+
+def test_an_api_key_is_required_when_configured(keyed_url):
+    url = keyed_url
+    for headers in ({}, {"Authorization": "Bearer not-the-key"}, {"Authorization": f"Basic {API_KEY}"},
+                    {"Authorization": f"Bearer {API_KEY}x"}):
+        refused = _post_chat(url, headers)
+        assert refused.status_code == 401, (headers, refused.text)
+        error = refused.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == "invalid_api_key"
+        assert refused.headers["www-authenticate"] == "Bearer"
+    assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401
+    assert requests.post(f"{url}/v1/citations", json={"query": "LoRA"}, timeout=10).status_code == 401
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    answered = _post_chat(url, key)
+    assert answered.status_code == 200 and answered.json()["choices"][0]["message"]["content"]
+    assert requests.get(f"{url}/v1/models", headers=key, timeout=10).json()["data"][0]["id"] == "papertune"
+    # The chat page (which asks for the key) and /health stay open, and show no secret.
+    for path in ("/", "/health"):
+        page = requests.get(f"{url}{path}", timeout=10)
+        assert page.status_code == 200 and API_KEY not in page.text and KEY_ENV not in page.text
+    # A configured web app may call the API from the browser (CORS), with the key; other origins may not.
+    allowed = _post_chat(url, {**key, "Origin": APP_ORIGIN})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    preflight = requests.options(f"{url}/v1/chat/completions", timeout=10, headers={
+        "Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert _post_chat(url, {**key, "Origin": "http://evil.example"}).status_code == 403
+
+
+def test_a_server_off_loopback_refuses_to_start_without_a_key(cited_run, talking_model, tmp_path, monkeypatch,
+                                                              caplog):
+    assert all(serve.is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
+    assert not any(serve.is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.20", "example.com"))
+    exposed = "serve.host='0.0.0.0' is not a loopback address.*set serve.api_key_env"
+    with pytest.raises(ConfigError, match=exposed):
+        serve.create_app(serve_config(cited_run, talking_model, "serve.host=0.0.0.0"))
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    keyed = serve_config(cited_run, talking_model, "serve.host=0.0.0.0", f"serve.api_key_env={KEY_ENV}")
+    with pytest.raises(ConfigError, match=f"serve.api_key_env names {KEY_ENV}, but that environment variable is not"):
+        serve.run(keyed)
+    monkeypatch.setenv(KEY_ENV, "short")
+    with pytest.raises(ConfigError, match="holds a key of 5 characters.*at least 16"):
+        serve.run(keyed)
+    sets = [x for o in tiny_overrides(cited_run, talking_model) + FAST_EVAL for x in ("--set", o)]
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0", *sets]) == 2
+    assert "serve.api_key_env" in caplog.text
+
+
+def test_the_host_check_follows_the_bound_address_and_serve_allowed_hosts():
+    key = {"authorization": f"Bearer {API_KEY}"}
+
+    def refused(guard, host: str) -> int | None:
+        error = guard.refusal("GET", "/v1/models", {"host": host, **key})
+        return error.status if error else None
+
+    everywhere = serve.AccessGuard(None, bound_host="0.0.0.0", allowed_hosts=[], allowed_origins=[], api_key=API_KEY)
+    assert refused(everywhere, "box.lan:8000") is None and refused(everywhere, "203.0.113.7") is None
+    listed = serve.AccessGuard(None, bound_host="0.0.0.0", allowed_hosts=["box.lan"], allowed_origins=[],
+                               api_key=API_KEY)
+    assert refused(listed, "box.lan:8000") is None and refused(listed, "localhost:8000") is None
+    assert refused(listed, "evil.example:8000") == 421
+    one_address = serve.AccessGuard(None, bound_host="::1", allowed_hosts=[], allowed_origins=[], api_key=None)
+    assert refused(one_address, "[::1]:8000") is None and refused(one_address, "[::2]:8000") == 421
+    assert one_address.refusal("GET", "/v1/models", {"host": "[::1]:8000", "origin": "http://[::1]:8000"}) is None
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_models_and_health_name_the_model_without_paths(url, config):
+    run_dir, model = Path(config.run_dir).resolve(), Path(config.train.model).resolve()
+    card = requests.get(f"{url}/v1/models", timeout=10).json()["data"][0]
+    assert card["papertune_description"] == f"{model.name} + adapter of run {run_dir.name}"
+    for path in ("/v1/models", "/v1/models/papertune", "/health"):
+        shown = _strings(requests.get(f"{url}{path}", timeout=10).json())
+        assert shown and not [s for s in shown if s.startswith("/") or str(run_dir) in s or str(model) in s], shown
+
+
+def test_a_client_hanging_up_mid_body_is_one_log_line(url, caplog, assert_still_serving):
+    caplog.set_level(logging.INFO, logger="papertune.serve")
+    parsed = urlparse(url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parsed.netloc}\r\n".encode()
+                     + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"messages": [')
+        time.sleep(0.2)  # the server starts reading the body
+    deadline = time.monotonic() + 30
+    while not [r for r in caplog.records if "hung up" in r.getMessage() or r.exc_info]:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    time.sleep(0.5)  # whatever else the server logs about it
+    assert not [r for r in caplog.records if r.exc_info or "Exception" in r.getMessage()], caplog.text
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1 and re.fullmatch(r"POST /v1/chat/completions -> 499: the client hung up after sending "
+                                            r"(0|14) bytes of the request body", lines[0]), lines
+    assert_still_serving(url)
+
+
 # --- start-up errors ---------------------------------------------------------------------------------
 
 
-def test_missing_or_foreign_adapter_and_missing_chunks_are_clear_errors(tmp_path, cited_run, talking_model, tiny_model):  # noqa: F811
+def test_missing_or_foreign_adapter_and_missing_chunks_are_clear_errors(tmp_path, cited_run, talking_model, tiny_model):
     with pytest.raises(InputError, match="no LoRA adapter .* run `papertune train"):
         serve.create_app(serve_config(tmp_path / "empty", tiny_model, "serve.cite=false"))
     with pytest.raises(InputError, match="no chunks .*--no-cite"):
@@ -452,7 +600,7 @@ def test_a_taken_port_is_a_clear_error(url):
         serve.bind_socket("127.0.0.1", port)
 
 
-def test_cli_serve_exit_codes_for_startup_errors(tmp_path, tiny_model, url, caplog):  # noqa: F811
+def test_cli_serve_exit_codes_for_startup_errors(tmp_path, tiny_model, url, caplog):
     sets = [x for o in tiny_overrides(tmp_path / "empty", tiny_model) + FAST_EVAL for x in ("--set", o)]
     assert cli.main(["serve", "--no-cite", "--port", "0", *sets]) == 2  # no adapter
     assert "no LoRA adapter" in caplog.text
@@ -515,6 +663,17 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def headless_chromium(profile: Path, *args: str) -> str:
+    """What Chromium prints (``--dump-dom``: the page's DOM once a 20 s virtual-time budget has run)."""
+    browser = _chromium()
+    assert browser, "chromium is not installed, but CI needs it for this test (apt-get install chromium)"
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                           "--hide-scrollbars", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 def _answer_html(html: str) -> str:
     shown = re.search(r'<div class="answer">(.*?)</div>', html, flags=re.DOTALL)
     assert shown, html[-3000:]
@@ -528,18 +687,12 @@ def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
     from PIL import Image
 
     url, _ = server
-    browser = _chromium()
-    assert browser, "chromium is not installed, but CI needs it for this test (apt-get install chromium)"
     question = "How does a gating network route every token to the top two experts?"
     expected = answer(url, question)
     assert expected.strip()
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--hide-scrollbars"]
 
     def chromium(*args: str) -> str:
-        done = subprocess.run([*flags, *args], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
+        return headless_chromium(tmp_path / "profile", *args)
 
     # Whole answers (&stream=0): the virtual-time budget waits for the request, so the page is complete.
     page = f"{url}/?q={quote(question)}&stream=0"
@@ -566,3 +719,25 @@ def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
     area = pixels[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     dark = int((area.sum(axis=-1) < 200).sum())
     assert dark > 30, f"no text in the answer box ({dark} dark pixels)"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
+                    reason="Chromium not installed (apt-get install chromium); CI installs it")
+def test_headless_browser_asks_for_the_api_key_and_then_answers(keyed_url, tmp_path):
+    url = keyed_url
+    question = "What is LoRA?"
+    expected = _post_chat(url, {"Authorization": f"Bearer {API_KEY}"},
+                          {"messages": [{"role": "user", "content": question}]}).json()["choices"][0]["message"]
+    page = f"{url}/?q={quote(question)}&stream=0"
+    # Without the key the page shows the key form and asks nothing yet.
+    html = headless_chromium(tmp_path / "profile", "--dump-dom", page)
+    assert 'data-state="key"' in html and '<form id="key-form">' in html, html[-3000:]
+    assert "Enter the API key" in html and '<div id="log"></div>' in html
+    # With the key handed over in the address, the page sends it and shows the answer.
+    html = headless_chromium(tmp_path / "profile", "--dump-dom", f"{page}#key={API_KEY}")
+    assert 'data-state="done"' in html and '<form id="key-form" hidden="">' in html, html[-3000:]
+    assert _answer_html(html) == expected["content"] and API_KEY not in html
+    # A wrong key is refused, and the form comes back.
+    html = headless_chromium(tmp_path / "profile2", "--dump-dom", f"{page}#key=not-the-key-0123456789")
+    assert 'data-state="key"' in html and "not accepted" in html, html[-3000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO, built_run, qa_rows, tiny_overrides, write_rows
 from papertune import build, train
 from papertune.chat import render_example, render_prompt
 from papertune.config import SMOLLM2_PACKAGED, load_config
@@ -21,9 +22,6 @@ from papertune.models import QWEN2_5_TOKENIZER, resolve_model
 from papertune.train.data import tokenize_example
 from papertune.train.model import fix_pad_token
 from papertune.train.trainer import COMPLETE_MARKER, NonFiniteLossWatch, complete_checkpoints
-from test_build import qa_rows, write_rows
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _tokenizer(spec: str):
@@ -96,38 +94,6 @@ def test_pad_token_without_a_distinct_candidate_is_an_error():
 
 
 # --- a tiny real training run ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer Llama with SmolLM2's real tokenizer and chat template, random weights."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2_PACKAGED))
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=512, tie_word_embeddings=True))
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def tiny_overrides(run: Path, model: Path, **train_settings) -> list[str]:
-    settings = {"model": model, "load_in_4bit": "false", "per_device_train_batch_size": 2,
-                "gradient_accumulation_steps": 2, "num_train_epochs": 2, "learning_rate": 1e-3, "logging_steps": 1,
-                "gradient_checkpointing": "false", "eval_strategy": "steps", "eval_steps": 2, "save_total_limit": 10,
-                **train_settings}
-    return ([f"run_dir={run}", f"build.model={model}", "build.num_proc=1"]
-            + [f"train.{k}={v}" for k, v in settings.items()])
-
-
-def built_run(tmp_path: Path, model: Path, name: str = "run", n_chunks: int = 5) -> Path:
-    run = tmp_path / name
-    write_rows(run, qa_rows(n_chunks=n_chunks))
-    build.run(load_config(None, tiny_overrides(run, model)))
-    return run
 
 
 def test_train_writes_adapter_metrics_plot_and_table(tmp_path, tiny_model):
@@ -432,7 +398,7 @@ def test_sequence_bounds_match_trl_and_reach_every_packed_batch(tmp_path, tiny_m
     from papertune.config import TrainConfig
     from papertune.train.fast import SequenceBoundsCollator, add_sequence_bounds
     from papertune.train.model import load_for_training
-    from papertune.train.stage import _sft_config, build_trainer
+    from papertune.train.stage import sft_config, build_trainer
 
     bound_keys = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
     examples = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (7, 3, 11)]
@@ -456,7 +422,7 @@ def test_sequence_bounds_match_trl_and_reach_every_packed_batch(tmp_path, tiny_m
     cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False, packing=True, max_seq_length=64,
                       packed_length=64, per_device_train_batch_size=1)
     model = load_for_training(cfg, "hf")[0]
-    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, _sft_config(cfg, tmp_path, False, True))
+    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, sft_config(cfg, tmp_path, False, True))
     assert isinstance(trainer.data_collator, SequenceBoundsCollator)
     trainer.data_collator.inner = old_trl(trainer.data_collator.inner)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -473,7 +439,7 @@ def test_tokens_seen_are_counted_as_transformers_counts_them_but_read_back_only_
 
     from papertune.config import TrainConfig
     from papertune.train.model import load_for_training
-    from papertune.train.stage import _sft_config, build_trainer
+    from papertune.train.stage import sft_config, build_trainer
 
     lengths = (7, 3, 11, 20, 5)
     examples = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in lengths]
@@ -481,7 +447,7 @@ def test_tokens_seen_are_counted_as_transformers_counts_them_but_read_back_only_
     cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False, packing=True, max_seq_length=32,
                       packed_length=32, per_device_train_batch_size=1)
     model, tokenizer = load_for_training(cfg, "hf")
-    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, _sft_config(cfg, tmp_path, False, True))
+    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, sft_config(cfg, tmp_path, False, True))
     batches = list(trainer.get_train_dataloader())
     assert sum(b["input_ids"].numel() for b in batches) > sum(lengths)  # the rows are padded
     for batch in batches:
@@ -708,7 +674,7 @@ def test_lora_input_casts_skipped_under_autocast_give_bitwise_the_same_step(tmp_
 
     from papertune.config import TrainConfig
     from papertune.train.fast import skip_lora_input_casts
-    from papertune.train.stage import _sft_config, build_trainer
+    from papertune.train.stage import sft_config, build_trainer
 
     def lora_model():
         torch.manual_seed(0)
@@ -739,7 +705,7 @@ def test_lora_input_casts_skipped_under_autocast_give_bitwise_the_same_step(tmp_
     data = Dataset.from_list([{"input_ids": ids[0].tolist(), "labels": ids[0].tolist()}])
     cfg = TrainConfig(model=str(tiny_model), backend="hf", load_in_4bit=False)
     for mixed_precision in (False, True):
-        args = _sft_config(cfg, tmp_path / str(mixed_precision), False, True)
+        args = sft_config(cfg, tmp_path / str(mixed_precision), False, True)
         args.bf16 = mixed_precision
         trainer = build_trainer(cfg, "hf", lora_model(), tokenizer, data, data, args)
         flags = {m.cast_input_dtype_enabled for m in trainer.model.modules() if isinstance(m, BaseTunerLayer)}
@@ -756,7 +722,7 @@ def test_fused_loss_is_scaled_for_data_parallel_like_transformers_loss(tmp_path,
     from papertune.config import TrainConfig
     from papertune.train import fast
     from papertune.train.model import load_for_training
-    from papertune.train.stage import _sft_config, build_trainer
+    from papertune.train.stage import sft_config, build_trainer
 
     def summed_loss(model, inputs, num_items_in_batch=None):  # Liger's kernel needs CUDA; the same contract
         labels = inputs.pop("labels")
@@ -769,7 +735,7 @@ def test_fused_loss_is_scaled_for_data_parallel_like_transformers_loss(tmp_path,
     model, tokenizer = load_for_training(cfg, "hf")
     ids = list(range(5, 40))
     data = Dataset.from_list([{"input_ids": ids, "labels": ids}])
-    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, _sft_config(cfg, tmp_path, False, True))
+    trainer = build_trainer(cfg, "hf", model, tokenizer, data, data, sft_config(cfg, tmp_path, False, True))
     trainer.fused_loss = True
     batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([ids])}
     one = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(68))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,17 @@ from papertune.chat import render_example, to_messages
 from papertune.config import BuildConfig, PapertuneConfig
 from papertune.errors import InputError
 from papertune.rundir import (
+    BUILD_DIR,
+    BUILD_LENGTHS_PLOT,
+    BUILD_REPORT,
+    CHUNKS,
+    DATASET,
+    DATASET_CARD,
+    OUTPUT_JSON,
+    QA,
+    QA_AUGMENTED,
+    QA_CURATED,
+    atomic_dir,
     atomic_path,
     read_pairs,
     record_stage,
@@ -32,29 +41,17 @@ from papertune.rundir import (
     write_jsonl_atomic,
     write_text_atomic,
 )
+from papertune.stage import StageSpec, run_files
+from papertune.text import jaccard, shingles
 
 log = logging.getLogger(__name__)
 
 # Newest first: the build uses the furthest stage that has run.
-INPUT_FILES = ("qa_augmented.jsonl", "qa_curated.jsonl", "qa.jsonl")
-OUTPUT_FILE = "output.json"
-DATASET_DIR = "dataset"
-CARD_FILE = "dataset_card.md"
-_WORD = re.compile(r"\w+")
+INPUT_FILES = (QA_AUGMENTED, QA_CURATED, QA)
+_SHINGLE_WORDS = 3
 
 
 # --- near-duplicate questions ----------------------------------------------------------------------
-
-
-def _shingles(text: str, n: int = 3) -> set[str]:
-    words = _WORD.findall(text.lower())
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-def _jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
 
 
 class _NearDuplicates:
@@ -64,7 +61,7 @@ class _NearDuplicates:
         from datasketch import MinHash, MinHashLSH
 
         self.threshold = threshold
-        self.shingles = [_shingles(t) for t in texts]
+        self.shingles = [shingles(t, _SHINGLE_WORDS) for t in texts]
         self.lsh = MinHashLSH(threshold=threshold, num_perm=128)
         self.hashes = []
         for i, sh in enumerate(self.shingles):
@@ -79,7 +76,7 @@ class _NearDuplicates:
             return []
         return [
             j for j in self.lsh.query(self.hashes[i])
-            if j != i and _jaccard(self.shingles[i], self.shingles[j]) >= self.threshold
+            if j != i and jaccard(self.shingles[i], self.shingles[j]) >= self.threshold
         ]
 
 
@@ -215,8 +212,8 @@ def _line_count(path: Path) -> int | None:
 
 
 def _card(run_dir: Path, report: dict, splits: dict[str, list[dict]]) -> str:
-    stages = [("chunks", "chunks.jsonl"), ("generated pairs", "qa.jsonl"), ("curated pairs", "qa_curated.jsonl"),
-              ("after augmentation", "qa_augmented.jsonl")]
+    stages = [("chunks", CHUNKS), ("generated pairs", QA), ("curated pairs", QA_CURATED),
+              ("after augmentation", QA_AUGMENTED)]
     lines = ["# Dataset card", "", f"Built from `{report['input']}` for `{report['model']}` "
              f"(max {report['max_seq_length']} tokens).", "", "## Counts per stage", "", "| stage | rows |", "|---|---|"]
     for name, file in stages:
@@ -241,7 +238,7 @@ def _card(run_dir: Path, report: dict, splits: dict[str, list[dict]]) -> str:
               f"| plain random rows (the report's split) | {leak['random']['test_rows_with_near_duplicate_in_train']} | "
               f"{leak['random']['test_rows_sharing_a_chunk_with_train']} |",
               "", f"Over {report['max_seq_length']} tokens: {report['overlength']} ({report['overlength_action']}).",
-              "", "## Lengths", "", "![question and answer lengths](build/lengths.png)", "", "## Examples", ""]
+              "", "## Lengths", "", f"![question and answer lengths]({BUILD_LENGTHS_PLOT})", "", "## Examples", ""]
     for row in splits["train"][:3] + splits["test"][:2]:
         page = f", page {row['page_start']}" if row.get("page_start") else ""
         lines += [f"- **Q:** {row['question']}", f"  **A:** {row['answer']}",
@@ -251,6 +248,19 @@ def _card(run_dir: Path, report: dict, splits: dict[str, list[dict]]) -> str:
 
 
 # --- the stage -------------------------------------------------------------------------------------
+
+
+SPEC = StageSpec(
+    name="build",
+    directory=BUILD_DIR,
+    help="the SFT dataset: RUN/output.json and RUN/dataset/ (train/test)",
+    description="Split the pairs 80/20 (seed 3407) grouped by source chunk, check for leakage, format them with "
+    "the target model's chat template and save a datasets DatasetDict and a dataset card.",
+    # build formats with build.model's chat template (train warns when train.model differs).
+    settings=("build",),
+    outputs=(DATASET, OUTPUT_JSON, DATASET_CARD, BUILD_REPORT, BUILD_LENGTHS_PLOT),
+    inputs=run_files(QA_AUGMENTED),
+)
 
 
 def run(config: PapertuneConfig) -> Path:
@@ -269,7 +279,7 @@ def run(config: PapertuneConfig) -> Path:
     if len(rows) < 2:
         raise InputError(f"{source} has {len(rows)} usable pairs; at least 2 are needed to make a train/test split")
     tokenizer = _load_tokenizer(cfg)
-    record_stage(run_dir, "build", config)
+    record_stage(run_dir, BUILD_DIR, config)
 
     dups = _NearDuplicates([r["question"] for r in rows], cfg.leakage_threshold)
     test_ids = grouped_split(rows, cfg, dups)
@@ -279,10 +289,10 @@ def run(config: PapertuneConfig) -> Path:
 
     for i, row in enumerate(rows):
         row["split"] = "test" if i in test_ids else "train"
-    write_jsonl_atomic(run_dir / OUTPUT_FILE, rows)
+    write_jsonl_atomic(run_dir / OUTPUT_JSON, rows)
 
     keep = ("id", "question", "answer", "chunk_id", "source", "title", "section", "page_start", "page_end",
-            "generator", "augmentation", "parent_id")
+            "generator", "kind", "augmentation", "parent_id")
     splits = {name: [{k: r.get(k) for k in keep} for r in rows if r["split"] == name] for name in ("train", "test")}
     dataset = DatasetDict({name: Dataset.from_list(split) for name, split in splits.items()})
     dataset = DatasetDict({
@@ -301,12 +311,9 @@ def run(config: PapertuneConfig) -> Path:
         dataset = DatasetDict({name: ds.filter(lambda n: n <= cfg.max_seq_length, input_columns="n_tokens")
                                for name, ds in dataset.items()})
 
-    out = run_dir / DATASET_DIR
-    tmp = run_dir / f".{DATASET_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    out = run_dir / DATASET
+    with atomic_dir(out) as tmp:
+        dataset.save_to_disk(str(tmp))
 
     report = {
         "input": source.name,
@@ -325,9 +332,9 @@ def run(config: PapertuneConfig) -> Path:
         "overlength": sum(over.values()),
         "overlength_action": "dropped" if cfg.overlength == "drop" else "truncated",
     }
-    write_json_atomic(run_dir / "build" / "report.json", report)
-    _histograms(splits, run_dir / "build" / "lengths.png")
-    write_text_atomic(run_dir / CARD_FILE, _card(run_dir, report, splits))
+    write_json_atomic(run_dir / BUILD_REPORT, report)
+    _histograms(splits, run_dir / BUILD_LENGTHS_PLOT)
+    write_text_atomic(run_dir / DATASET_CARD, _card(run_dir, report, splits))
     log.info(
         "build: %d train / %d test pairs (grouped by %s; a random split would leak %d near-duplicate test "
         "questions), %d over %d tokens %s -> %s",

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import papertune
+from papertune import pipeline
 from papertune.config import PapertuneConfig, load_config
-from papertune.errors import ConfigError, ExitCode, PapertuneError
+from papertune.errors import ConfigError, ExitCode, PapertuneError, PreemptedError
+from papertune.profiles import choose_config_file
+from papertune.rundir import REPORT, SUMMARY_MD
+from papertune.stage import StageSpec
 
 log = logging.getLogger("papertune")
 
@@ -20,7 +28,9 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config (e.g. configs/cpu.yaml)")
+    parser.add_argument("--config", "-c", metavar="CONFIG",
+                        help="YAML config (e.g. configs/cpu.yaml) or profile name (cpu, gpu, gpu-fast); default: the "
+                        "config --run-dir's run was made with (RUN/config.yaml), else the defaults")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -34,45 +44,55 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
-def _config(args: argparse.Namespace, extra: list[str] | None = None) -> PapertuneConfig:
+def _config(args: argparse.Namespace, extra: list[str] | None = None, *, config_file: str | None = None,
+            pick_for_machine: bool = False) -> tuple[PapertuneConfig, Path | None]:
+    """The config of a command and the file it came from: --config (a YAML file or a profile name), else the
+    config recorded in --run-dir's run directory, else the profile for this machine (papertune run) or the
+    defaults; then --set, then the command's own options."""
     overrides = list(args.overrides) + list(extra or [])
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
-    return load_config(args.config, overrides)
+    path = choose_config_file(args.config or config_file, args.run_dir, pick_for_machine=pick_for_machine)
+    return load_config(path, overrides), path
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from papertune import ingest
-
-    extra = []
-    if args.workers is not None:
-        extra.append(f"ingest.workers={args.workers}")
-    if args.docs_dir:
-        extra.append(f"ingest.docs_dir={args.docs_dir}")
-    cfg = _config(args, extra)
-    out = ingest.run(cfg)
-    failed = ingest.failed_documents(cfg.run_dir)
-    if failed:
-        log.error("%d document(s) failed; see %s/%s", len(failed), cfg.run_dir, ingest.REPORT_FILE)
-        for doc in failed:
-            log.error("  %s", doc["reason"])
-        return ExitCode.PARTIAL
-    log.info("wrote %s", out)
-    return ExitCode.OK
-
-
-def _run_stage(module_name: str):
-    """A command that loads the config and calls ``papertune.<module_name>.run(config)``."""
+def _stage_command(module: ModuleType) -> Callable[[argparse.Namespace], int]:
+    """``papertune <stage>``: the config with the stage's options applied, then ``module.run``."""
+    spec: StageSpec = module.SPEC
 
     def command(args: argparse.Namespace) -> int:
-        import importlib
-
-        stage = importlib.import_module(f"papertune.{module_name}")
-        out = stage.run(_config(args))
+        values = {option: getattr(args, option.dest) for option in spec.options}
+        extra = [f"{o.setting}={value}" for o, value in values.items() if o.setting and value is not None]
+        cfg, _ = _config(args, extra)
+        try:
+            out = module.run(cfg, **{o.dest: value for o, value in values.items() if o.switch})
+        except PreemptedError as exc:  # only a stage with --resume stops this way (train)
+            raise PreemptedError(f"{exc}; rerun with --resume to continue") from exc
+        failures = spec.failures(Path(cfg.run_dir)) if spec.failures else []
+        if failures:
+            report = Path(cfg.run_dir) / spec.directory / REPORT
+            log.error("%s: %d input(s) failed; see %s", spec.name, len(failures), report)
+            for message in failures:
+                log.error("  %s", message)
+            return ExitCode.PARTIAL
         log.info("wrote %s", out)
         return ExitCode.OK
 
     return command
+
+
+def _add_stage_parser(sub: Any, module: ModuleType) -> None:
+    spec: StageSpec = module.SPEC
+    p = sub.add_parser(spec.name, help=spec.help, description=spec.description)
+    for option in spec.options:
+        if option.switch:
+            p.add_argument(*option.flags, action="store_true", help=option.help)
+        elif option.flags[0].startswith("-"):
+            p.add_argument(*option.flags, type=option.type, metavar=option.metavar, help=option.help)
+        else:
+            p.add_argument(*option.flags, nargs="?", type=option.type, metavar=option.metavar, help=option.help)
+    _common(p)
+    p.set_defaults(func=_stage_command(module))
 
 
 def _ask_options(args: argparse.Namespace) -> dict:
@@ -83,24 +103,25 @@ def _ask_options(args: argparse.Namespace) -> dict:
 def cmd_ask(args: argparse.Namespace) -> int:
     from papertune import ask
 
-    ask.ask(_config(args), args.question, **_ask_options(args))
+    ask.ask(_config(args)[0], args.question, **_ask_options(args))
     return ExitCode.OK
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from papertune import ask
 
-    ask.chat(_config(args), sys.stdin, prompt="> " if sys.stdin.isatty() else None, **_ask_options(args))
+    ask.chat(_config(args)[0], sys.stdin, prompt="> " if sys.stdin.isatty() else None, **_ask_options(args))
     return ExitCode.OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from papertune import serve
 
-    extra = [f"serve.{name}={value}" for name, value in (("host", args.host), ("port", args.port)) if value is not None]
+    extra = [f"serve.{name}={value}" for name, value in
+             (("host", args.host), ("port", args.port), ("api_key_env", args.api_key_env)) if value is not None]
     if args.cite is not None:
         extra.append(f"serve.cite={str(args.cite).lower()}")
-    serve.run(_config(args, extra), merged=args.merged, base_only=args.base_only)
+    serve.run(_config(args, extra)[0], merged=args.merged, base_only=args.base_only)
     return ExitCode.OK
 
 
@@ -117,80 +138,20 @@ def _ask_arguments(parser: argparse.ArgumentParser) -> None:
     _common(parser)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from papertune import train
-
-    out = train.run(_config(args), resume=args.resume, force=args.force)
-    log.info("wrote %s", out)
-    return ExitCode.OK
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from papertune import pipeline
-
     if args.config and args.config_file:
         raise ConfigError(f"give the config once: {args.config_file!r} or --config {args.config!r}")
     extra = [f"ingest.docs_dir={args.docs}"] if args.docs else []
-    overrides = list(args.overrides) + extra + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
-    cfg, path = pipeline.load_run_config(args.config or args.config_file, overrides)
+    cfg, path = _config(args, extra, config_file=args.config_file, pick_for_machine=True)
     result = pipeline.run_pipeline(cfg, from_stage=args.from_stage, to_stage=args.to_stage, only=args.only,
                                    force=args.force, config_file=path)
     if result.exit_code == ExitCode.PARTIAL:
-        log.error("finished, but some documents failed (listed in %s/%s)", cfg.run_dir, pipeline.SUMMARY_MD)
+        log.error("finished, but some documents failed (listed in %s)", Path(cfg.run_dir) / SUMMARY_MD)
     return result.exit_code
 
 
-# (command, module, help, description) of the stages that only need the run directory and the config.
-_STAGES = [
-    (
-        "generate",
-        "generate",
-        "chunks -> synthetic question-answer pairs (RUN/qa.jsonl)",
-        "Write grounded question-answer pairs for every chunk in RUN/chunks.jsonl with the generators in "
-        "generate.generators (llm, seq2seq, rules). Interrupted generation resumes where it stopped.",
-    ),
-    (
-        "curate",
-        "curate",
-        "drop duplicate, unsupported or malformed pairs (RUN/qa_curated.jsonl)",
-        "Filter RUN/qa.jsonl: near-duplicate questions, answers not supported by their chunk, too short or "
-        "long pairs, questions that contain their answer. Dropped pairs go to RUN/qa_dropped.jsonl.",
-    ),
-    (
-        "augment",
-        "augment",
-        "paraphrases, noise, entity swaps, adversarial phrasings (RUN/qa_augmented.jsonl)",
-        "Add variants of the curated pairs, each switchable with a rate in the augment section; every "
-        "variant carries the id of its original.",
-    ),
-    (
-        "build",
-        "build",
-        "the SFT dataset: RUN/output.json and RUN/dataset/ (train/test)",
-        "Split the pairs 80/20 (seed 3407) grouped by source chunk, check for leakage, format them with "
-        "the target model's chat template and save a datasets DatasetDict and a dataset card.",
-    ),
-    (
-        "evaluate",
-        "evaluate",
-        "base vs tuned model on the test split: loss, perplexity, answer quality (RUN/eval)",
-        "Compute validation loss and perplexity of train.model with and without the adapter (RUN/train/adapter), "
-        "generate answers to the held-out questions and score them against the references (ROUGE-L, token F1, "
-        "exact match, embedding cosine, optional LLM judge); write RUN/eval/metrics.json, answers.jsonl, "
-        "report.md and charts. evaluate.tuned=false evaluates the base model alone.",
-    ),
-    (
-        "export",
-        "export",
-        "the tuned model as adapter, merged 16-bit safetensors and GGUF, with a model card (RUN/export)",
-        "Copy the LoRA adapter, merge it into a 16-bit copy of the base model (loadable by transformers and "
-        "vLLM), with export.formats including gguf also write it as one GGUF file for llama.cpp/Ollama "
-        "(export.gguf_type: f32, f16, bf16 or q8_0), write a model card, and check that each form gives the "
-        "same greedy answers as base + adapter on a few test questions (GGUF: in transformers and, with "
-        "xllamacpp installed, in llama.cpp, where tokens may differ only at near ties that the rounding tips) "
-        "(RUN/export/report.json).",
-    ),
-]
+# Every stage has a command; these are the stages papertune run does not run.
+COMMAND_ONLY_STAGES = ("papertune.export",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,35 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser(
-        "ingest",
-        help="PDFs and Markdown -> clean, sentence-aligned chunks (RUN/chunks.jsonl)",
-        description="Extract, clean, segment and chunk every PDF and Markdown file under DOCS_DIR. Pages "
-        "without a text layer are OCRed with Tesseract. Unchanged documents are reused from the last run. "
-        "Exit code 3 means some documents failed (listed in RUN/ingest/report.json); the rest were written.",
-    )
-    p.add_argument("docs_dir", nargs="?", metavar="DOCS_DIR", help="folder of documents (default: ingest.docs_dir)")
-    p.add_argument("--workers", "-j", type=int, help="documents processed in parallel (ingest.workers)")
-    _common(p)
-    p.set_defaults(func=cmd_ingest)
-
-    for command, module, help_text, description in _STAGES:
-        p = sub.add_parser(command, help=help_text, description=description)
-        _common(p)
-        p.set_defaults(func=_run_stage(module))
-
-    p = sub.add_parser(
-        "train",
-        help="LoRA/QLoRA fine-tuning on RUN/dataset (RUN/train/adapter)",
-        description="Fine-tune train.model on RUN/dataset with TRL's SFTTrainer (Unsloth or transformers+PEFT). "
-        "Exit code 4: the loss became NaN/inf; 5: stopped by SIGTERM after a checkpoint (rerun with --resume). "
-        "Multi-GPU: accelerate launch -m papertune train ... (or torchrun --nproc_per_node N -m papertune train ...).",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: resume even if config/data/model changed; without: discard old checkpoints")
-    _common(p)
-    p.set_defaults(func=cmd_train)
+    for module_name in (*pipeline.STAGE_MODULES, *COMMAND_ONLY_STAGES):
+        _add_stage_parser(sub, importlib.import_module(module_name))
 
     p = sub.add_parser(
         "run",
@@ -241,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN/summary.md and RUN/summary.json. Exit code 3: finished, but some documents failed.",
     )
     p.add_argument("config_file", nargs="?", metavar="CONFIG",
-                   help="YAML config or profile name (cpu, gpu); default: gpu when a CUDA GPU is present, else cpu")
+                   help="YAML config or profile name (cpu, gpu, gpu-fast); default: the config --run-dir's run was "
+                   "made with (RUN/config.yaml), else gpu-fast when a CUDA GPU is present, else cpu")
     p.add_argument("--docs", metavar="DOCS_DIR", help="folder of documents (ingest.docs_dir)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--from", dest="from_stage", metavar="STAGE",
@@ -282,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--merged", metavar="DIR", help="a merged model folder (e.g. RUN/train/merged) instead of base + adapter")
     which.add_argument("--base-only", action="store_true", help="the base model without the adapter")
-    p.add_argument("--host", help="address to bind (serve.host, default 127.0.0.1; the API has no authentication)")
+    p.add_argument("--host", help="address to bind (serve.host, default 127.0.0.1; any other needs --api-key-env)")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key clients send as "
+                   "`Authorization: Bearer KEY` (serve.api_key_env; required off loopback)")
     p.add_argument("--port", type=int, help="port (serve.port, default 8000; 0: any free port)")
     p.add_argument("--cite", action=argparse.BooleanOptionalAction, default=None,
                    help="add papertune_citations from the chunk index in RUN/index (serve.cite, default on)")

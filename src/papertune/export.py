@@ -31,7 +31,18 @@ from typing import Any
 import yaml
 
 from papertune.config import PapertuneConfig, config_to_dict
-from papertune.rundir import record_stage, write_json_atomic, write_text_atomic
+from papertune.evaluate import load_test_split
+from papertune.inference import (
+    Decoding,
+    GenerationRequest,
+    adapter_path,
+    attach_adapter,
+    check_adapter,
+    generate_batch,
+    load_for_answering,
+)
+from papertune.rundir import DATASET, EXPORT_REPORT, TRAIN_ADAPTER, record_stage, write_json_atomic, write_text_atomic
+from papertune.stage import StageSpec, run_files
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +71,13 @@ def _write_gguf(source: Path, dest_dir: Path, gguf_type: str, name: str) -> dict
     return info
 
 
-def _hf_greedy(model: Any, prompt_ids: list[int], max_new_tokens: int, pad_token_id: int | None,
-               eos_token_id: Any) -> list[int]:
-    """Greedy continuation with transformers; ends with the EOS token if it stopped on one."""
-    import torch
-
+def greedy_token_ids(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
+                     eos_token_id: Any = None) -> list[int]:
+    """The greedy continuation's token ids (papertune.inference); ends with the EOS token if it stopped on one."""
     if max_new_tokens < 1:
         return []
-    ids = torch.tensor([prompt_ids], device=model.device)
-    with torch.no_grad():
-        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id)
-    return generated[0, ids.shape[1]:].tolist()
+    request = GenerationRequest(list(prompt_ids), Decoding(max_new_tokens=max_new_tokens))
+    return generate_batch(model, tokenizer, [request], eos_token_id=eos_token_id)[0].token_ids
 
 
 def _agreement(generate: Callable[[list[int], int], list[int]], prompt_ids: list[list[int]],
@@ -137,12 +143,12 @@ def _gguf_verdict(result: dict[str, Any], gguf_type: str) -> bool:
 
 
 def _check_gguf(path: Path, gguf_type: str, prompts: list[str], prompt_ids: list[list[int]],
-                reference: list[list[int]], max_new_tokens: int, reference_model: Any, pad_token_id: int | None,
+                reference: list[list[int]], max_new_tokens: int, reference_model: Any, tokenizer: Any,
                 eos_token_id: Any) -> tuple[bool, dict[str, Any]]:
     """The GGUF file against the reference answers in transformers and (where installed) llama.cpp."""
     from transformers import AutoModelForCausalLM
 
-    from papertune.gguf_export import LlamaCpp, llama_cpp_version
+    from papertune.inference.llamacpp import LlamaCppServer, thread_count, xllamacpp_version
 
     param = next(reference_model.parameters())
     results: dict[str, Any] = {}
@@ -151,7 +157,7 @@ def _check_gguf(path: Path, gguf_type: str, prompts: list[str], prompt_ids: list
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=param.dtype)
         model = model.to(param.device).eval()
         results["transformers"] = _agreement(
-            lambda ids, n: _hf_greedy(model, ids, n, pad_token_id, eos_token_id), prompt_ids, reference)
+            lambda ids, n: greedy_token_ids(model, tokenizer, ids, n, eos_token_id), prompt_ids, reference)
     except Exception as exc:  # recorded in report.json and warned about: the other forms are still written
         log.warning("export: transformers could not run %s: %s", path, exc, exc_info=True)
         results["transformers"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -159,7 +165,7 @@ def _check_gguf(path: Path, gguf_type: str, prompts: list[str], prompt_ids: list
         del model
         gc.collect()
 
-    version = llama_cpp_version()
+    version = xllamacpp_version()
     if version is None:
         results["llama_cpp"] = {"skipped": "xllamacpp (llama.cpp's prebuilt Python wheel) is not installed: "
                                            "pip install xllamacpp"}
@@ -168,7 +174,8 @@ def _check_gguf(path: Path, gguf_type: str, prompts: list[str], prompt_ids: list
         runtime = None
         try:
             started = time.monotonic()
-            runtime = LlamaCpp(path, n_ctx=max(map(len, prompt_ids)) + max_new_tokens + 16)
+            runtime = LlamaCppServer(path, n_ctx=max(map(len, prompt_ids)) + max_new_tokens + 16,
+                                     threads=min(8, thread_count(0)))
             result = _agreement(runtime.greedy, prompt_ids, reference)
             result["tokenizer_identical"] = sum(runtime.tokenize(text) == ids for text, ids in zip(prompts, prompt_ids))
             result["runtime"] = f"llama.cpp (xllamacpp {version})"
@@ -251,10 +258,25 @@ def _model_card(config: PapertuneConfig, run_dir: Path, formats: list[str], chec
     return "\n".join(lines) + "\n"
 
 
+SPEC = StageSpec(
+    name="export",
+    directory=EXPORT_DIR,
+    help="the tuned model as adapter, merged 16-bit safetensors and GGUF, with a model card (RUN/export)",
+    description="Copy the LoRA adapter, merge it into a 16-bit copy of the base model (loadable by transformers "
+    "and vLLM), with export.formats including gguf also write it as one GGUF file for llama.cpp/Ollama "
+    "(export.gguf_type: f32, f16, bf16 or q8_0), write a model card, and check that each form gives the same "
+    "greedy answers as base + adapter on a few test questions (GGUF: in transformers and, with xllamacpp "
+    "installed, in llama.cpp, where tokens may differ only at near ties that the rounding tips) "
+    "(RUN/export/report.json).",
+    settings=("export", "train.model", "train.dtype", "train.trust_remote_code", "build.system_prompt"),
+    outputs=(EXPORT_REPORT,),
+    inputs=run_files(TRAIN_ADAPTER, DATASET),
+)
+
+
 def run(config: PapertuneConfig) -> Path:
     """Export the tuned model of ``RUN/train`` to ``RUN/export``; returns that folder."""
     from papertune.chat import render_prompt
-    from papertune.evaluate import _load_test, adapter_path, attach_adapter, check_adapter, load_base
 
     cfg = config.export
     run_dir = Path(config.run_dir)
@@ -283,22 +305,24 @@ def run(config: PapertuneConfig) -> Path:
     if cfg.verify_questions:
         from transformers import AutoModelForCausalLM
 
-        rows, _ = _load_test(run_dir)
-        base, tokenizer = load_base(config)
+        rows, _ = load_test_split(run_dir)
+        loaded = load_for_answering(config, base_only=True)
+        base, tokenizer = loaded.model, loaded.tokenizer
         prompts = [render_prompt(tokenizer, r["question"], config.build.system_prompt)
                    for r in rows[: cfg.verify_questions]]
         prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         tuned = attach_adapter(base, adapter)
-        eos, pad = tuned.generation_config.eos_token_id, tokenizer.pad_token_id
-        reference = [_hf_greedy(tuned, ids, cfg.max_new_tokens, pad, eos) for ids in prompt_ids]
+        eos = tuned.generation_config.eos_token_id
+        reference = [greedy_token_ids(tuned, tokenizer, ids, cfg.max_new_tokens, eos) for ids in prompt_ids]
         device = next(base.parameters()).device
 
         def greedy_all(model: Any) -> list[list[int]]:
-            return [_hf_greedy(model, ids, cfg.max_new_tokens, pad, eos) for ids in prompt_ids]
+            return [greedy_token_ids(model, tokenizer, ids, cfg.max_new_tokens, eos) for ids in prompt_ids]
 
         loaders: dict[str, Callable[[], Any]] = {}
         if "adapter" in cfg.formats:
-            loaders["adapter"] = lambda: attach_adapter(load_base(config)[0], out / "adapter")
+            loaders["adapter"] = lambda: attach_adapter(load_for_answering(config, base_only=True).model,
+                                                        out / "adapter")
         if "merged" in cfg.formats:
             loaders["merged"] = lambda: AutoModelForCausalLM.from_pretrained(
                 out / "merged", use_safetensors=True).to(device).eval()
@@ -314,7 +338,7 @@ def run(config: PapertuneConfig) -> Path:
                             name, len(prompts) - details[name]["identical"], len(prompts))
         if "gguf" in cfg.formats:
             checks["gguf"], results = _check_gguf(out / details["gguf"]["file"], cfg.gguf_type, prompts, prompt_ids,
-                                                  reference, cfg.max_new_tokens, tuned, pad, eos)
+                                                  reference, cfg.max_new_tokens, tuned, tokenizer, eos)
             details["gguf"].update(results)
         del tuned, base
         gc.collect()

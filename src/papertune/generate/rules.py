@@ -16,99 +16,44 @@ Patterns, best first:
 - actions of a subject: "X reduces Y" -> "What does X reduce?", "X maps ..." -> "What does X do?",
   "X does not change Y" -> "Does X change Y?", "X, which scores ..." -> "What is X?".
 
+Each pair is tagged with its kind of question (:data:`QUESTION_KINDS` maps each pattern to one of
+:data:`papertune.generate.questions.KINDS`).
+
 Sentences whose subject is a pronoun or points back to earlier text ("It is ...", "This is ...", "The
-paper ..."), fragments, table debris and sentences heavy with math are not used.
+paper ..."), fragments, table debris and sentences heavy with math are not used, nor are sentences that
+carry instructions planted for the model (see :mod:`papertune.injection`).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from papertune.generate.base import Chunk, ChunkResult, finish_question, take_pairs, tidy
+from papertune.generate.base import Chunk, ChunkResult, Grounding, drop_injected, finish_question, take_pairs, tidy
+from papertune.generate.phrases import (
+    BAD_SUBJECT_START,
+    MATH_CHARS,
+    OBJECT_VERBS,
+    SHORT_FORM,
+    SKIPPABLE_WORDS,
+    VERB_FORMS,
+    acronyms,
+    good_subject,
+    is_math_heavy,
+    is_table_debris,
+)
 from papertune.ingest.segment import split_sentences
+from papertune.text import upper_first
 
-# Words that make a sentence-initial phrase a poor question subject: pronouns, references to
-# earlier text, quantifiers, prepositions and connectives.
-BAD_SUBJECT_START = frozenset(
-    """it its it's this that these those they their them he she his her we our us you your i there here such
-    which what who whom whose one another other others both either neither some many most several all
-    none any few first second third finally however then thus therefore hence also instead in on at for
-    with without by from to as if when whenever while because since after before during unlike like
-    although though so and but or nor note see now only even still yet moreover furthermore similarly
-    overall again according given using following above below same former latter often usually sometimes
-    typically generally always never two three four five six seven eight nine ten""".split()
-)
-# A subject never contains these (it would be a clause, not a noun phrase).
-NOT_IN_SUBJECT = frozenset(
-    """is are was were be been being has have had do does did can could may might must should will would
-    that which who whom whose if when where while because than so but then not therefore thus also still
-    often only instead usually typically generally always never now however it this these those they them
-    gives takes makes shows says means seems becomes provides describes explains finds reports lets""".split()
-)
-# A subject that is only "the" and one of these says nothing on its own ("What is the loss?").
-VAGUE_WORDS = frozenset(
-    """paper papers author authors table figure section chapter example result results method methods approach
-    model models loss cache following above below latter former work study output outputs input inputs
-    number numbers value values first second idea answer question problem case reason way""".split()
-)
-VAGUE_MODIFIERS = frozenset("original above following previous proposed new first second third last final".split())
-BAD_SUBJECT_END = frozenset("of the a an and or to in on for with by from as at its their this that".split())
 PRONOUN_OBJECT = frozenset("it them this these that those him her us one itself themselves".split())
+_PREPOSITIONS = frozenset("of to in on for from with by into through across over under about at".split())
 
 # A single capitalised word with one of these endings is a common noun at a sentence start ("Precision").
 _COMMON_SUFFIXES = ("tion", "sion", "ity", "ment", "ness", "ing", "ance", "ence", "ism", "ure", "ogy", "ics")
-MATH_CHARS = set("$\\^_{}=<>⊤√∑∞≈×·∈∀∃∂∫≤≥±πσβθφ∼‖")
 MAX_ANSWER_WORDS = 60
 MIN_SENTENCE_WORDS = 4
-
-# Verbs whose object is worth asking about ("What does X reduce?"), and verbs describing what a
-# thing does ("What does X do?"). Base forms; the third person and past are derived.
-OBJECT_VERBS = (
-    "reduce improve increase decrease remove replace require need prevent avoid use introduce combine add "
-    "store penalize reward measure share cut lower raise shrink save follow simplify"
-).split()
-ACTION_VERBS = (
-    "map apply run treat send split divide score route quantize encode decode predict generate select "
-    "assign estimate approximate minimize maximize normalize restore skip break process solve turn build "
-    "train fit match outperform beat rely grow work perform compare keep make produce learn enable compute "
-    "allow count contain multiply scale return merge move update sample rank mask average project let "
-    "handle implement overfit tolerate converge generalize underfit dominate drop fall rise"
-).split()
-_IRREGULAR_PAST = {"map": "mapped", "skip": "skipped", "cut": "cut", "run": "ran", "beat": "beat", "build": "built",
-                   "keep": "kept", "make": "made", "send": "sent", "split": "split", "break": "broke", "grow": "grew",
-                   "fit": "fit", "let": "let", "shrink": "shrank",
-                   "fall": "fell", "rise": "rose", "drop": "dropped"}
-
-
-def _third_person(base: str) -> str:
-    if base.endswith("y") and base[-2:-1] not in "aeiou":
-        return base[:-1] + "ies"
-    if base.endswith(("s", "sh", "ch", "x", "z")):
-        return base + "es"
-    return base + "s"
-
-
-def _past(base: str) -> str:
-    if base in _IRREGULAR_PAST:
-        return _IRREGULAR_PAST[base]
-    if base.endswith("e"):
-        return base + "d"
-    if base.endswith("y") and base[-2:-1] not in "aeiou":
-        return base[:-1] + "ied"
-    return base + "ed"
-
-
-# surface form -> (base form, tense): "s" (does), "base" (do), "past" (did)
-VERB_FORMS: dict[str, tuple[str, str]] = {}
-for _base in OBJECT_VERBS + ACTION_VERBS:
-    VERB_FORMS.setdefault(_third_person(_base), (_base, "s"))
-    VERB_FORMS.setdefault(_past(_base), (_base, "past"))
-for _base in OBJECT_VERBS + ACTION_VERBS:
-    VERB_FORMS.setdefault(_base, (_base, "base"))
 AUX = {"s": "does", "base": "do", "past": "did"}
 
 NUMBER_WORDS = "two three four five six seven eight nine ten eleven twelve sixteen twenty hundred thousand".split()
@@ -128,6 +73,11 @@ _LEAD_IN = re.compile(
 )
 
 
+# Each pattern's pairs as one of the kinds every generator tags its pairs with (papertune.generate.questions).
+QUESTION_KINDS = {"acronym": "definition", "definition": "definition", "called": "definition", "which": "definition",
+                  "comparison": "comparison", "number": "quantitative", "table": "quantitative", "action": "mechanism"}
+
+
 @dataclass
 class Candidate:
     kind: str
@@ -143,19 +93,6 @@ class Candidate:
 # helpers
 
 
-def _math_heavy(text: str) -> bool:
-    return "$$" in text or sum(ch in MATH_CHARS for ch in text) > 6
-
-
-def _table_debris(text: str) -> bool:
-    """Flattened table cells or code: many numbers, few ordinary words."""
-    words = text.split()
-    if not words:
-        return True
-    numeric = sum(bool(re.search(r"\d", w)) for w in words)
-    return numeric / len(words) > 0.4 or sum(w[:1].isupper() for w in words) / len(words) > 0.5 and len(words) > 8
-
-
 def _strip_quotes(text: str) -> str:
     return text.strip().strip("\"'“”‘’`").strip()
 
@@ -168,39 +105,6 @@ def _strip_lead_in(text: str) -> str:
             break
         text = text[match.end():]
     return text
-
-
-def _upper_first(text: str) -> str:
-    return text[:1].upper() + text[1:] if text else text
-
-
-def _good_subject(subject: str) -> bool:
-    words = subject.split()
-    if not 1 <= len(words) <= 7:
-        return False
-    lowered = [w.lower().strip(",;:()\"'") for w in words]
-    if lowered[0] in BAD_SUBJECT_START or lowered[-1] in BAD_SUBJECT_END:
-        return False
-    if lowered[0] in ("a", "an") and len(lowered) > 1 and lowered[1] in ("few", "number", "lot", "couple", "handful"):
-        return False
-    if any(w in NOT_IN_SUBJECT for w in lowered):
-        return False
-    if any(VERB_FORMS.get(w, ("", ""))[1] in ("s", "past") for w in lowered[:-1]):
-        return False  # "The table below gives rough memory" is a clause
-    if lowered[0] in ("the", "a", "an") and (
-        (len(lowered) == 2 and words[1].islower())
-        or (lowered[-1] in VAGUE_WORDS and any(w in VAGUE_MODIFIERS for w in lowered[1:-1]))
-    ):
-        return False  # "the loss", "the original paper": which one?
-    if lowered[0] in ("each", "every") and len(lowered) < 2:
-        return False
-    if any(w in ("same", "other", "such", "former", "latter", "above", "below", "following") for w in lowered):
-        return False
-    if any(ch in MATH_CHARS for ch in subject) or any(ch in subject for ch in ",;:\"“”"):
-        return False
-    if not re.search(r"[A-Za-z]{2,}", subject) or not (words[0][0].isalpha() or words[0][0].isdigit()):
-        return False
-    return True
 
 
 def _subject_in_question(subject: str, chunk_text: str) -> str:
@@ -250,7 +154,7 @@ def _sentence_answer(sentence: str) -> str | None:
     sentence = re.sub(r"\s*[*•]+$", "", sentence)
     if len(sentence.split()) > MAX_ANSWER_WORDS or len(sentence.split()) < MIN_SENTENCE_WORDS:
         return None
-    if _math_heavy(sentence) or _table_debris(sentence) or sentence.endswith(":") or "as follows" in sentence:
+    if is_math_heavy(sentence) or is_table_debris(sentence) or sentence.endswith(":") or "as follows" in sentence:
         return None
     if re.search(r"\s\d{1,2}\.$", sentence):  # "... works as follows: 1." (a list starts)
         return None
@@ -258,79 +162,11 @@ def _sentence_answer(sentence: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# acronyms
-
-_SHORT_FORM = r"[A-Za-z][A-Za-z0-9-]{0,9}"
-_SKIPPABLE = frozenset("of and the for from to in on a an with by".split())
-_PREPOSITIONS = frozenset("of to in on for from with by into through across over under about at".split())
-
-
-def _is_short_form(text: str) -> bool:
-    return (
-        re.fullmatch(_SHORT_FORM, text) is not None
-        and sum(ch.isupper() for ch in text) >= 2
-        and sum(ch.isalpha() for ch in text) >= 2
-    )
-
-
-def long_form_for(short: str, before: str) -> str | None:
-    """The shortest end of ``before`` whose words spell ``short``: each word gives the next letters of
-    the short form from its own start ("Low-Rank Adaptation" -> Lo+R+A), small words may give none."""
-    letters = [ch.lower() for ch in short if ch.isalnum()]
-    tokens = [(m.start(), m.group(0).lower()) for m in re.finditer(r"[A-Za-z0-9]+", before)]
-    for first in range(len(tokens) - 1, max(-1, len(tokens) - len(letters) - 5), -1):
-        if not _spells_from(letters, [t[1] for t in tokens[first:]]):
-            continue
-        start = tokens[first][0]
-        while start > 0 and before[start - 1] not in " \t\n(\"“":  # the whole word: "Activation-aware"
-            start -= 1
-        long_form = before[start:].strip(" ,;:")
-        if short.lower() in long_form.lower() or len(long_form) <= len(short):
-            return None
-        return long_form
-    return None
-
-
-def _spells_from(letters: list[str], words: list[str]) -> bool:
-    """``words`` (all of them, first one contributing) spell ``letters`` exactly, in order."""
-
-    @functools.cache
-    def go(i: int, w: int, first: bool) -> bool:
-        if w == len(words):
-            return i == len(letters)
-        word = words[w]
-        for take in range(min(len(word), len(letters) - i), 0, -1):
-            if word[:take] == "".join(letters[i : i + take]) and go(i + take, w + 1, False):
-                return True
-        return not first and word in _SKIPPABLE and go(i, w + 1, False)
-
-    return go(0, 0, True)
-
-
-def _acronyms(sentence: str) -> Iterator[tuple[str, str]]:
-    """(short form, long form) pairs defined in the sentence."""
-    for match in re.finditer(r"\(([^()]{2,10})\)", sentence):
-        short = match.group(1).strip()
-        if not _is_short_form(short):
-            continue
-        before = re.split(r"[,;:()\[\]]", sentence[: match.start()])[-1]
-        long_form = long_form_for(short, before)
-        if long_form:
-            yield short, long_form
-    for match in re.finditer(rf"([A-Za-z][\w-]*(?:\s+[\w-]+){{0,6}}),\s+or\s+({_SHORT_FORM})\s*[,)]", sentence):
-        short = match.group(2)
-        if _is_short_form(short):
-            long_form = long_form_for(short, match.group(1))
-            if long_form:
-                yield short, long_form
-
-
-# ---------------------------------------------------------------------------------------------
 # patterns: each gives the candidates of one sentence
 
 
 def _p_acronym(i: int, sentence: str, text: str) -> Iterator[Candidate]:
-    for short, long_form in _acronyms(sentence):
+    for short, long_form in acronyms(sentence):
         yield Candidate("acronym", 0, i, f"What does {short} stand for?", long_form, subject=short.lower(),
                         uses_sentence=False)
 
@@ -342,7 +178,7 @@ _DEF_COMPLEMENT = re.compile(r"^(?:a|an|the|one of|defined as|a kind of|a type o
 def _p_definition(i: int, sentence: str, text: str) -> Iterator[Candidate]:
     body = _strip_lead_in(sentence.rstrip("."))
     # "Low-Rank Adaptation, or LoRA, is ..." -> the subject is LoRA
-    alias = re.match(rf"^(?P<long>[^,]+),\s+or\s+(?P<short>{_SHORT_FORM}),\s+(?P<cop>is|are)\s+(?P<comp>.+)$", body)
+    alias = re.match(rf"^(?P<long>[^,]+),\s+or\s+(?P<short>{SHORT_FORM}),\s+(?P<cop>is|are)\s+(?P<comp>.+)$", body)
     if alias:
         subject, cop, comp = alias.group("short"), alias.group("cop"), alias.group("comp")
     else:
@@ -350,7 +186,7 @@ def _p_definition(i: int, sentence: str, text: str) -> Iterator[Candidate]:
         if not match:
             return
         subject, cop, comp = match.group("subj"), match.group("cop"), match.group("comp")
-    if not _good_subject(subject):
+    if not good_subject(subject):
         return
     answer = _sentence_answer(sentence)
     if answer is None:
@@ -443,7 +279,7 @@ def _p_comparison(i: int, sentence: str, text: str) -> Iterator[Candidate]:
                                                          "roughly", "about", "substantially", "generally", "often",
                                                          "usually", "typically", "also", "still", "even", "therefore"):
                 cmp_words = cmp_words[1:]
-            if _good_subject(subject) and 1 <= len(cmp_words) <= 5 and _is_comparative(cmp_words[:2]):
+            if good_subject(subject) and 1 <= len(cmp_words) <= 5 and _is_comparative(cmp_words[:2]):
                 which = "Which are" if head[k] == "are" else "Which is"
                 yield Candidate("comparison", 3, i,
                                 f"{which} {' '.join(cmp_words)}, {_subject_in_question(subject, text)} or {other}?",
@@ -456,7 +292,7 @@ def _p_comparison(i: int, sentence: str, text: str) -> Iterator[Candidate]:
             continue
         plural = _plural(subject)
         third = verb.endswith("s") and not verb.endswith("ss")
-        if not _good_subject(subject) or plural == third or len(middle) > 5 or not _is_comparative(middle[-3:]):
+        if not good_subject(subject) or plural == third or len(middle) > 5 or not _is_comparative(middle[-3:]):
             continue
         yield Candidate("comparison", 3, i,
                         f"Which {verb} {' '.join(middle)}, {_subject_in_question(subject, text)} or {other}?",
@@ -470,7 +306,7 @@ def _p_number(i: int, sentence: str, text: str) -> Iterator[Candidate]:
     clauses = re.split(r";\s+", sentence.rstrip("."))
     for clause in clauses:
         clause = _strip_lead_in(clause.strip())
-        answer = _sentence_answer(sentence if len(clauses) == 1 else _upper_first(clause) + ".")
+        answer = _sentence_answer(sentence if len(clauses) == 1 else upper_first(clause) + ".")
         if answer is None:
             continue
         # "Each layer has 8 experts" -> "How many experts does each layer have?"
@@ -479,7 +315,7 @@ def _p_number(i: int, sentence: str, text: str) -> Iterator[Candidate]:
             rf"(?:about |over |around |roughly )?(?P<num>\d[\d,.]*|{'|'.join(NUMBER_WORDS)})\s+(?P<noun>[a-z][\w-]*(?:\s+[a-z][\w-]*){{0,2}})",
             clause,
         )
-        if m and _good_subject(m.group("subj")):
+        if m and good_subject(m.group("subj")):
             noun_words = []
             for word in m.group("noun").split():
                 if word in ("of", "in", "per", "and", "with", "that", "which", "for", "to", "at", "on", "each", "or",
@@ -505,7 +341,7 @@ def _p_number(i: int, sentence: str, text: str) -> Iterator[Candidate]:
                 base, tense = VERB_FORMS[words[k]]
                 subj_text, obj = " ".join(words[:k]), " ".join(words[k + 1 :])
                 gerund = words[0].lower().endswith("ing") and len(words[0]) > 4
-                ok = (gerund and not any(w.lower() in PRONOUN_OBJECT for w in words[:k])) or _good_subject(subj_text)
+                ok = (gerund and not any(w.lower() in PRONOUN_OBJECT for w in words[:k])) or good_subject(subj_text)
                 if ok and _object_ok(obj) and len(obj.split()) <= 10:
                     subj = subj_text[0].lower() + subj_text[1:] if gerund else _subject_in_question(subj_text, text)
                     yield Candidate("number", 4, i, f"By how much {AUX[tense]} {subj} {base} {obj}?", answer,
@@ -514,7 +350,7 @@ def _p_number(i: int, sentence: str, text: str) -> Iterator[Candidate]:
         # "The checkpoint shrank from 350 GB to about 35 MB" -> "How much did the checkpoint shrink?"
         m = re.match(r"^(?P<subj>.+?)\s+(?P<verb>[a-z]+)\s+from\s+(?:about |more than |less than |over |under )?\d[^,;]*?"
                      r"\s+to\s+(?:about |more than |less than |over |under )?\d", clause)
-        if m and m.group("verb") in VERB_FORMS and _good_subject(m.group("subj")):
+        if m and m.group("verb") in VERB_FORMS and good_subject(m.group("subj")):
             base, tense = VERB_FORMS[m.group("verb")]
             subj = _subject_in_question(m.group("subj"), text)
             yield Candidate("number", 4, i, f"How much {AUX[tense]} {subj} {base}?", answer,
@@ -524,7 +360,7 @@ def _p_number(i: int, sentence: str, text: str) -> Iterator[Candidate]:
         m = re.match(r"^(?P<subj>.+?)\s+(?:was |were )?(?P<verb>trained|ran|fine-tuned|pretrained)\s+for\s+"
                      r"(?:about |roughly |over )?\d[\d,.]*\s+(?P<unit>steps|epochs|hours|days|iterations|tokens|minutes|weeks)\b",
                      clause)
-        if m and _good_subject(m.group("subj")):
+        if m and good_subject(m.group("subj")):
             verb = {"trained": "train", "ran": "run", "fine-tuned": "fine-tune", "pretrained": "pretrain"}[m.group("verb")]
             subj = _subject_in_question(m.group("subj"), text)
             yield Candidate("number", 4, i, f"For how many {m.group('unit')} did {subj} {verb}?", answer,
@@ -532,7 +368,7 @@ def _p_number(i: int, sentence: str, text: str) -> Iterator[Candidate]:
             continue
         # "The coefficient was set to 0.01" -> "What was the coefficient set to?"
         m = re.match(r"^(?P<subj>.+?)\s+(?P<cop>was|is|were|are)\s+set\s+to\s+(?P<val>[^,;]+)", clause)
-        if m and _good_subject(m.group("subj")) and re.search(r"\d", m.group("val")):
+        if m and good_subject(m.group("subj")) and re.search(r"\d", m.group("val")):
             subj = _subject_in_question(m.group("subj"), text)
             yield Candidate("number", 4, i, f"What {m.group('cop')} {subj} set to?", answer,
                             subject=m.group("subj").lower())
@@ -559,7 +395,7 @@ def _p_table(i: int, sentence: str, text: str) -> Iterator[Candidate]:
     for key, value in parsed[1:]:
         if any(ch in MATH_CHARS for ch in key + value) or len(value.split()) > 8 or len(key.split()) > 5:
             continue
-        if value.lower() in ("n/a", "na", "-", "—", "none", "") or key.split()[-1].lower() in _SKIPPABLE:
+        if value.lower() in ("n/a", "na", "-", "—", "none", "") or key.split()[-1].lower() in SKIPPABLE_WORDS:
             continue  # "Based on: ..." is not a property name
         key = re.sub(r"^(?:Approx\.|Approximate|Approximately)\s+", "", key, flags=re.I)
         usable.append((key, value))
@@ -586,7 +422,7 @@ def _p_action(i: int, sentence: str, text: str) -> Iterator[Candidate]:
     body = _strip_lead_in(sentence.rstrip("."))
     # "X does not change Y" -> "Does X change Y?"
     m = re.match(r"^(?P<subj>.+?)\s+(?P<aux>does|do)\s+not\s+(?P<verb>[a-z]+)\s+(?P<obj>[^,;:]+)$", body)
-    if m and _good_subject(m.group("subj")) and _object_ok(m.group("obj")) and len(m.group("obj").split()) <= 10:
+    if m and good_subject(m.group("subj")) and _object_ok(m.group("obj")) and len(m.group("obj").split()) <= 10:
         subj = _subject_in_question(m.group("subj"), text)
         yield Candidate("action", 6, i, f"{m.group('aux').capitalize()} {subj} {m.group('verb')} {m.group('obj')}?",
                         answer, subject=m.group("subj").lower())
@@ -598,7 +434,7 @@ def _p_action(i: int, sentence: str, text: str) -> Iterator[Candidate]:
             continue
         base, tense = VERB_FORMS[form]
         subject = " ".join(words[:k])
-        if not _good_subject(subject):
+        if not good_subject(subject):
             return
         plural = _plural(subject)
         if (tense == "s" and plural) or (tense == "base" and not plural):
@@ -619,12 +455,12 @@ def _p_action(i: int, sentence: str, text: str) -> Iterator[Candidate]:
 def _p_which(i: int, sentence: str, text: str) -> Iterator[Candidate]:
     # "Additive attention, which scores a query ..., performs ..." -> "What is additive attention?"
     m = re.match(r"^(?P<x>[^,]{3,60}),\s+which\s+(?P<clause>[a-z][^,;:]{5,})[,;:]", sentence)
-    if not m or not _good_subject(m.group("x")):
+    if not m or not good_subject(m.group("x")):
         return
     if m.group("clause").split()[0] in ("the", "a", "an", "we", "it", "they", "is", "are", "was", "were"):
         return  # "X, which the model ..." is not about what X is; "X, which is ..." is a definition elsewhere
     answer = f"{m.group('x')}, which {m.group('clause')}."
-    if _math_heavy(answer):
+    if is_math_heavy(answer):
         return
     subject = m.group("x")
     yield Candidate("which", 7, i, f"What is {_subject_in_question(subject, text)}?", answer, subject=subject.lower())
@@ -705,11 +541,21 @@ class RulesGenerator:
         self.segmenter = segmenter
 
     def pairs_for(self, text: str) -> list[tuple[str, str]]:
+        return [(question, answer) for question, answer, _ in self.tagged_pairs_for(text)]
+
+    def tagged_pairs_for(self, text: str) -> list[tuple[str, str, str]]:
+        """``(question, answer, kind)`` for the chosen candidates, the kind one of the generate kinds."""
         chosen = select(candidates_for(text, self.segmenter), self.pairs_per_chunk)
-        return [(c.question, c.answer) for c in chosen]
+        return [(c.question, c.answer, QUESTION_KINDS[c.kind]) for c in chosen]
 
     def generate(self, chunks: list[Chunk]) -> Iterator[tuple[str, ChunkResult]]:
         for chunk in chunks:
             result = ChunkResult()
-            take_pairs(self.pairs_for(chunk["text"]), self.pairs_per_chunk, result)
+            grounding = Grounding(chunk["text"], self.segmenter)
+            # Injected sentences are skipped; each that a pattern would have asked about counts as a drop.
+            skipped = sum(bool(candidates_for(s, self.segmenter)) for s in grounding.injected_sentences)
+            if skipped:
+                result.dropped["injection"] += skipped
+            pairs = drop_injected(self.tagged_pairs_for(grounding.clean_text), grounding, result)
+            take_pairs(pairs, self.pairs_per_chunk, result)
             yield chunk["id"], result

@@ -8,7 +8,8 @@ format of valhalla/t5-base-qg-hl::
     generate question: ... <hl> 100,000 steps <hl> ... </s>
 
 and writes a question; the pair is (question, span), so the answer is always a span of the chunk.
-Spans come from different sentences, one per sentence, best kinds first.
+Spans come from different sentences, one per sentence, best kinds first. Sentences carrying instructions
+planted for the model (see :mod:`papertune.injection`) are cut from the chunk before anything else.
 """
 
 from __future__ import annotations
@@ -20,8 +21,17 @@ from dataclasses import dataclass
 
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError
-from papertune.generate.base import Chunk, ChunkResult, finish_question, normalise_question, take_pairs, tidy
-from papertune.generate.rules import _acronyms, _good_subject, _math_heavy, _table_debris
+from papertune.generate.base import (
+    Chunk,
+    ChunkResult,
+    Grounding,
+    drop_injected,
+    finish_question,
+    normalise_question,
+    take_pairs,
+    tidy,
+)
+from papertune.generate.phrases import acronyms, good_subject, is_math_heavy, is_table_debris
 from papertune.ingest.segment import get_splitter
 
 log = logging.getLogger(__name__)
@@ -56,15 +66,15 @@ def _sentence_spans(text: str, segmenter: str) -> list[tuple[int, int]]:
 def _best_span(text: str, s_start: int, s_end: int) -> Span | None:
     """The best answer span of one sentence, or None if it has none worth asking about."""
     sentence = text[s_start:s_end]
-    if len(sentence.split()) < 5 or _math_heavy(sentence) or _table_debris(sentence):
+    if len(sentence.split()) < 5 or is_math_heavy(sentence) or is_table_debris(sentence):
         return None
     found: list[Span] = []
     # "X is a/an/the ..." -> X
     m = re.match(r"^(?P<subj>[^,;:()]+?)\s+(?:is|are)\s+(?:a|an|the|one of)\s", sentence)
-    if m and _good_subject(m.group("subj")):
+    if m and good_subject(m.group("subj")):
         found.append(Span(s_start + m.start("subj"), s_start + m.end("subj"), 0))
     # "Low-Rank Adaptation (LoRA)" -> the long form
-    for short, long_form in _acronyms(sentence):
+    for short, long_form in acronyms(sentence):
         at = sentence.find(long_form)
         if at >= 0:
             found.append(Span(s_start + at, s_start + at + len(long_form), 1))
@@ -156,13 +166,19 @@ class Seq2SeqGenerator:
     def generate(self, chunks: list[Chunk]) -> Iterator[tuple[str, ChunkResult]]:
         jobs: list[tuple[int, str]] = []  # (chunk index, answer)
         inputs: list[str] = []
-        for index, chunk in enumerate(chunks):
-            for span in answer_spans(chunk["text"], self.cfg.pairs_per_chunk, self.segmenter):
-                jobs.append((index, tidy(span.text(chunk["text"]))))
-                inputs.append(highlight(chunk["text"], span))
+        results = {i: ChunkResult() for i in range(len(chunks))}
+        groundings = [Grounding(chunk["text"], self.segmenter) for chunk in chunks]
+        for index, grounding in enumerate(groundings):
+            # The model reads the chunk without its injected sentences; each with an answer span counts as a drop.
+            skipped = sum(bool(answer_spans(s, 1, self.segmenter)) for s in grounding.injected_sentences)
+            if skipped:
+                results[index].dropped["injection"] += skipped
+            text = grounding.clean_text
+            for span in answer_spans(text, self.cfg.pairs_per_chunk, self.segmenter):
+                jobs.append((index, tidy(span.text(text))))
+                inputs.append(highlight(text, span))
         generated = self.questions(inputs) if inputs else []
         per_chunk: dict[int, list[tuple[str, str]]] = {i: [] for i in range(len(chunks))}
-        results = {i: ChunkResult() for i in range(len(chunks))}
         for (index, answer), question in zip(jobs, generated):
             question = finish_question(question.replace(HIGHLIGHT, " "))
             if len(question.split()) < 3:
@@ -173,5 +189,6 @@ class Seq2SeqGenerator:
                 continue
             per_chunk[index].append((question, answer))
         for index, chunk in enumerate(chunks):
-            take_pairs(per_chunk[index], self.cfg.pairs_per_chunk, results[index])
+            pairs = drop_injected(per_chunk[index], groundings[index], results[index])
+            take_pairs(pairs, self.cfg.pairs_per_chunk, results[index])
             yield chunk["id"], results[index]

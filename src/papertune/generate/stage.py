@@ -6,8 +6,14 @@ seed and the chunk id, so reruns and resumes agree. Results are appended per bat
 
     {"kind": "header", "format": 1, "settings": "<hash of the generate settings>", "created": "..."}
     {"kind": "chunk", "chunk_id": "...", "chunk_hash": "...", "generator": "rules", "model": null,
-     "pairs": [{"question": "...", "answer": "..."}], "dropped": {"duplicate": 1}}
+     "pairs": [{"question": "...", "answer": "...", "kind": "definition"}], "dropped": {"duplicate": 1}}
+    {"kind": "chunk", "chunk_id": "...", ..., "pairs": [], "dropped": {}, "skipped": "references"}
     ...
+
+Chunks with no content worth asking about (reference lists, acknowledgments, author lists, front
+matter, tables of bare numbers: :mod:`papertune.generate.content`) are recorded as skipped before any
+generator sees them (``generate.skip_non_content``). Every pair carries its kind of question
+(:data:`papertune.generate.questions.KINDS`); the report shows the mix and the pairs per chunk.
 
 A rerun skips every chunk with a record whose text hash and generator still match, so a run that
 crashed, was interrupted or failed on a chunk (an LLM request error, say) continues where it stopped;
@@ -30,23 +36,38 @@ from typing import Any
 from tqdm import tqdm
 
 import papertune
-from papertune.config import GENERATORS, PapertuneConfig, config_to_dict
+from papertune.config import GENERATORS, INPUT_SELECTION, SPEED_ONLY, PapertuneConfig, settings_without
 from papertune.errors import InputError, PapertuneError
 from papertune.generate.base import ChunkResult, Generator
-from papertune.rundir import read_jsonl_lenient, record_stage, sha256_json, write_json_atomic, write_jsonl_atomic
+from papertune.generate.content import non_content_reason
+from papertune.generate.questions import guess_kind
+from papertune.rundir import (
+    CHUNKS,
+    GENERATE_DIR,
+    GENERATE_PROGRESS,
+    GENERATE_REPORT,
+    QA,
+    atomic_path,
+    read_chunks,
+    record_stage,
+    sha256_json,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from papertune.stage import StageSpec, run_files
 
 log = logging.getLogger(__name__)
 
-CHUNKS_FILE = "chunks.jsonl"
-QA_FILE = "qa.jsonl"
-PROGRESS_FILE = "generate/progress.jsonl"
-REPORT_FILE = "generate/report.json"
+# The layout's names, under the names papertune.generate exports.
+QA_FILE = QA
+PROGRESS_FILE = GENERATE_PROGRESS
+REPORT_FILE = GENERATE_REPORT
 PROGRESS_FORMAT = 1
 # Cheap generators first: a failing model does not hold back the pairs that need none.
 RUN_ORDER = ("rules", "seq2seq", "llm")
 assert set(RUN_ORDER) == set(GENERATORS)
 # Bumped when a generator's output for the same input changes, so old progress is not reused.
-GENERATOR_VERSIONS = {"rules": 1, "llm": 1, "seq2seq": 1}
+GENERATOR_VERSIONS = {"rules": 3, "llm": 3, "seq2seq": 3}
 
 
 def assign_generator(chunk_id: str, seed: int, shares: dict[str, float]) -> str:
@@ -63,27 +84,27 @@ def assign_generator(chunk_id: str, seed: int, shares: dict[str, float]) -> str:
 
 
 def settings_hash(config: PapertuneConfig) -> str:
-    """A hash of every setting that changes what a chunk's pairs are (not speed or limits)."""
-    gen = config_to_dict(config.generate)
+    """A hash of every setting that changes what a chunk's pairs are: the generate section less its SPEED_ONLY
+    and INPUT_SELECTION settings (max_chunks picks chunks, it changes none) and less the settings of
+    generators no chunk goes to, plus the segmenter the rules split sentences with."""
+    gen = settings_without(config.generate, SPEED_ONLY, INPUT_SELECTION)
     used = set(gen["generators"])
-    settings: dict[str, Any] = {
-        "generators": gen["generators"],
-        "pairs_per_chunk": gen["pairs_per_chunk"],
-        "seed": gen["seed"],
+    extra: dict[str, Any] = {}
+    if "llm" in used:
+        from papertune.generate import llm as llm_generator
+
+        extra["prompt"] = llm_generator.prompt_fingerprint()
+    else:
+        del gen["llm"], gen["llm_min_support"]
+    if "seq2seq" not in used:
+        gen = {k: v for k, v in gen.items() if not k.startswith("seq2seq_")}
+    settings = {
+        **gen,
+        **extra,
         "segmenter": config.ingest.segmenter,
         "versions": {name: GENERATOR_VERSIONS[name] for name in sorted(used)},
         "papertune": papertune.__version__,
     }
-    if "llm" in used:
-        from papertune.generate import llm as llm_generator
-
-        settings["llm"] = {k: gen["llm"][k] for k in ("backend", "model", "max_new_tokens", "temperature")}
-        settings["llm_min_support"] = gen["llm_min_support"]
-        settings["prompt"] = sha256_json(
-            [llm_generator.SYSTEM_PROMPT, llm_generator.EXAMPLE_DOCUMENT, llm_generator.EXAMPLE_REPLY]
-        )
-    if "seq2seq" in used:
-        settings["seq2seq"] = {k: gen[k] for k in ("seq2seq_model", "seq2seq_num_beams")}
     return sha256_json(settings)[:16]
 
 
@@ -140,15 +161,12 @@ class Progress:
                              "starting over", self.path, header.get("settings") if header else None, self.settings)
                 self.records = {}
                 header = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
+        with atomic_path(self.path) as tmp, tmp.open("w", encoding="utf-8") as fh:
             fh.write(json.dumps(header or self._header(), ensure_ascii=False) + "\n")
             for row in self.records.values():
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
         self._fh = self.path.open("a", encoding="utf-8")
 
     def append(self, rows: list[dict[str, Any]]) -> None:
@@ -185,9 +203,7 @@ def make_generator(name: str, config: PapertuneConfig, chat_model: Any = None) -
 
 def load_chunks(path: Path) -> tuple[list[dict[str, Any]], list[str], int]:
     """Usable chunks (unique ids, as strings), the file:line problems, and how many repeated ids were skipped."""
-    rows, problems = read_jsonl_lenient(path, required=("id", "text"))
-    for problem in problems:
-        log.warning(problem)
+    rows, problems = read_chunks(path)  # each skipped line is logged by the reader
     chunks, seen, repeated = [], set(), 0
     for row in rows:
         row["id"] = str(row["id"])
@@ -214,6 +230,7 @@ def _qa_rows(chunks: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -
                     "id": f"{chunk['id']}::{record['generator']}::{k}",
                     "question": pair["question"],
                     "answer": pair["answer"],
+                    "kind": pair.get("kind") or guess_kind(pair["question"]),
                     "chunk_id": chunk["id"],
                     "source": chunk.get("source"),
                     "title": chunk.get("title"),
@@ -247,6 +264,9 @@ def _report(
 ) -> dict[str, Any]:
     pairs: Counter[str] = Counter()
     dropped: dict[str, Counter[str]] = {}
+    kinds: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    per_chunk: Counter[int] = Counter()  # content chunks by number of pairs kept
     without = 0
     for chunk in chunks:
         record = progress.records.get(chunk["id"])
@@ -254,7 +274,12 @@ def _report(
             continue
         pairs[record["generator"]] += len(record["pairs"])
         dropped.setdefault(record["generator"], Counter()).update(record.get("dropped", {}))
+        kinds.update(p.get("kind") or guess_kind(p["question"]) for p in record["pairs"])
         without += not record["pairs"]
+        if record.get("skipped"):
+            skipped[record["skipped"]] += 1
+        else:
+            per_chunk[len(record["pairs"])] += 1
     total_dropped: Counter[str] = Counter()
     for counts in dropped.values():
         total_dropped.update(counts)
@@ -270,7 +295,12 @@ def _report(
         "max_chunks": config.generate.max_chunks,
         "chunks_processed": processed,
         "chunks_resumed": resumed,
-        "chunks_without_pairs": without,
+        "chunks_without_pairs": without,  # skipped ones included
+        "skipped_non_content": sum(skipped.values()),
+        "skipped_non_content_reasons": dict(sorted(skipped.items())),
+        "content_chunks_with_pairs": sum(n for k, n in per_chunk.items() if k),
+        "pairs_per_content_chunk": {str(k): n for k, n in sorted(per_chunk.items())},
+        "kinds": dict(kinds.most_common()),
         "chunks_per_generator": dict(sorted(Counter(assignment.values()).items())),
         "pairs": sum(pairs.values()),
         "pairs_per_generator": dict(sorted(pairs.items())),
@@ -283,6 +313,19 @@ def _report(
     }
 
 
+SPEC = StageSpec(
+    name="generate",
+    directory=GENERATE_DIR,
+    help="chunks -> synthetic question-answer pairs (RUN/qa.jsonl)",
+    description="Write grounded question-answer pairs for every chunk in RUN/chunks.jsonl with the generators in "
+    "generate.generators (llm, seq2seq, rules). Interrupted generation resumes where it stopped.",
+    # The rules generator splits sentences with the ingest segmenter.
+    settings=("generate", "ingest.segmenter"),
+    outputs=(QA, GENERATE_REPORT),
+    inputs=run_files(CHUNKS),
+)
+
+
 def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
     """Write ``RUN/qa.jsonl`` from ``RUN/chunks.jsonl``; returns its path.
 
@@ -291,7 +334,7 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
     """
     cfg = config.generate
     run_dir = Path(config.run_dir)
-    chunks_path = run_dir / CHUNKS_FILE
+    chunks_path = run_dir / CHUNKS
     if not chunks_path.is_file():
         raise InputError(
             f"{chunks_path} does not exist; run `papertune ingest DOCS_DIR --run-dir {run_dir}` first to write it"
@@ -302,11 +345,11 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
     if cfg.max_chunks:
         chunks = chunks[: cfg.max_chunks]
     if not chunks:
-        log.warning("generate: %s has no usable chunks; writing an empty %s", chunks_path, QA_FILE)
+        log.warning("generate: %s has no usable chunks; writing an empty %s", chunks_path, QA)
 
-    stage = record_stage(run_dir, "generate", config)
+    record_stage(run_dir, GENERATE_DIR, config)
     settings = settings_hash(config)
-    progress = Progress(stage / Path(PROGRESS_FILE).name, settings)
+    progress = Progress(run_dir / GENERATE_PROGRESS, settings)
     progress.open()
 
     assignment = {c["id"]: assign_generator(c["id"], cfg.seed, cfg.generators) for c in chunks}
@@ -322,17 +365,27 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
 
     todo = [c for c in chunks if not finished(c["id"])]
     resumed = len(chunks) - len(todo)
+    processed = 0
+    if cfg.skip_non_content:
+        # Chunks with nothing to ask about are recorded as skipped before any generator sees them.
+        reasons = {c["id"]: non_content_reason(c["text"], c.get("section"), config.ingest.segmenter) for c in todo}
+        skipped = [c for c in todo if reasons[c["id"]]]
+        progress.append([_record(c["id"], hashes[c["id"]], assignment[c["id"]], None, ChunkResult(),
+                                 skipped=reasons[c["id"]]) for c in skipped])
+        processed += len(skipped)
+        todo = [c for c in todo if not reasons[c["id"]]]
+        if skipped:
+            log.info("generate: %d chunk(s) skipped as non-content (%s)", len(skipped),
+                     ", ".join(f"{r} {n}" for r, n in sorted(Counter(reasons[c["id"]] for c in skipped).items())))
     by_generator = Counter(assignment[c["id"]] for c in todo)
     log.info("generate: %d chunks (%d finished earlier, %d to do: %s)", len(chunks), resumed, len(todo),
              ", ".join(f"{n} {name}" for name, n in sorted(by_generator.items())) or "none")
-
-    processed = 0
 
     def report(error: str | None) -> dict[str, Any]:
         data = _report(chunks_path=chunks_path, usable=usable, chunks=chunks, problems=problems, repeated=repeated, config=config,
                        settings=settings, progress=progress, assignment=assignment, processed=processed,
                        resumed=resumed, seconds=time.perf_counter() - started, error=error)
-        write_json_atomic(run_dir / REPORT_FILE, data)
+        write_json_atomic(run_dir / GENERATE_REPORT, data)
         return data
 
     try:
@@ -368,7 +421,7 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
         raise
     progress.close()
 
-    out = run_dir / QA_FILE
+    out = run_dir / QA
     rows = _qa_rows(chunks, progress.records)
     write_jsonl_atomic(out, rows)
     data = report(None)
@@ -382,8 +435,9 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
     return out
 
 
-def _record(chunk_id: str, chunk_hash: str, generator: str, model: str | None, result: ChunkResult) -> dict[str, Any]:
-    return {
+def _record(chunk_id: str, chunk_hash: str, generator: str, model: str | None, result: ChunkResult,
+            skipped: str | None = None) -> dict[str, Any]:
+    record = {
         "kind": "chunk",
         "chunk_id": chunk_id,
         "chunk_hash": chunk_hash,
@@ -392,3 +446,6 @@ def _record(chunk_id: str, chunk_hash: str, generator: str, model: str | None, r
         "pairs": result.pairs,
         "dropped": dict(result.dropped),
     }
+    if skipped:
+        record["skipped"] = skipped  # one of papertune.generate.content.SKIP_REASONS
+    return record

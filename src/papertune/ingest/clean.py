@@ -7,8 +7,12 @@ digits into ordinary ones ("model¹" would become "model1").
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from collections.abc import Collection, Iterable
+
+from wordfreq import zipf_frequency
 
 # pdfTeX and friends often emit an accent as a separate spacing character before its letter:
 # "Montr´eal", "G¨odel", "Universit`a". Map each spacing accent to its combining mark.
@@ -51,11 +55,20 @@ _ONE_AUTHOR_YEAR = rf"(?:(?:see|e\.g\.,?|cf\.)\s+)?{_AUTHOR},?\s+{_YEAR}(?:,\s*{
 _AUTHOR_YEAR_CITATION = re.compile(rf"\s?\({_ONE_AUTHOR_YEAR}(?:\s*;\s*{_ONE_AUTHOR_YEAR})*\)")
 
 _REFERENCES_HEADING = re.compile(
-    r"^\s*(?:[0-9]+\.?|[IVX]+\.)?\s*(references|bibliography|works cited|literature cited|reference list)\s*:?\s*$",
+    r"^\s*(?:[0-9]+\.?|[IVX]+\.)?\s*(references?|bibliography|works cited|literature cited|reference list)\s*:?\s*$",
     re.IGNORECASE,
 )
 _SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:!?)\]])")
-_HYPHEN_LINEBREAK = re.compile(r"(\w)-\n\s*([a-z]+)(-?)")
+# "word-" at a line end, then a lower-case continuation; a hyphen after the continuation marks a compound
+# ("state-\nof-the-art").
+_HYPHEN_LINEBREAK = re.compile(r"(\w+)-\n\s*([a-z]+)(-?)")
+# A joined word at least this common (Zipf scale: 3 = once per million words) is taken as one word
+# ("an-\nother" -> "another"), even where its halves are common words as well.
+_COMMON_WORD_ZIPF = 3.0
+# A continuation rarer than this is a word fragment ("token-\nizer"), not the second word of a compound.
+_FRAGMENT_ZIPF = 2.0
+# "global-\nand local-level": a suspended hyphen, which keeps its space ("global- and local-level").
+_CONJUNCTIONS = frozenset({"and", "or", "nor"})
 
 
 def fix_diacritics(text: str) -> str:
@@ -83,14 +96,67 @@ def normalize_unicode(text: str) -> str:
     return unicodedata.normalize("NFKC", text)
 
 
-def join_hyphenated(text: str) -> str:
-    """Join words split across a line break: "trans-\\nformer" -> "transformer".
+@functools.lru_cache(maxsize=65536)
+def _zipf(words: str) -> float:
+    return zipf_frequency(words, "en")
 
-    A continuation that is itself hyphenated ("state-\\nof-the-art") was a compound: its hyphen stays.
+
+def is_compound_break(head: str, tail: str, document_words: Collection[str] = ()) -> bool:
+    """Whether "head-" at a line end followed by "tail" is a compound ("held-out") rather than one word split.
+
+    The document's own words decide first (the joined word or the hyphenated form used elsewhere);
+    otherwise English word frequencies do: "lay|ers" -> "layers" is a common word, "held|out" is not
+    a word but "held out" is a common phrase, "token|izer" has a fragment for a second word. Heads
+    with digits ("3-\\nlayer") are always compounds.
+    """
+    if not head.isalpha():
+        return True
+    joined = (head + tail).lower()
+    if joined in document_words:
+        return False
+    if f"{head}-{tail}".lower() in document_words:
+        return True
+    joined_zipf = _zipf(joined)
+    return (
+        joined_zipf < _COMMON_WORD_ZIPF
+        and _zipf(tail) >= _FRAGMENT_ZIPF
+        and joined_zipf < _zipf(f"{head} {tail}")
+    )
+
+
+_WORD = re.compile(r"[a-z]+")
+_HYPHENATED_WORD = re.compile(r"[a-z]+(?:-[a-z]+)+")
+
+
+def document_vocabulary(texts: Iterable[str]) -> frozenset[str]:
+    """The lower-cased words and hyphenated compounds of a document, for :func:`join_hyphenated`.
+
+    Words broken at a line end are left out: they must not vouch for their own halves.
+    """
+    text = _HYPHEN_LINEBREAK.sub(" ", "\n".join(texts)).lower()
+    return frozenset(_WORD.findall(text)) | frozenset(_HYPHENATED_WORD.findall(text))
+
+
+def join_hyphenated(text: str, document_words: Collection[str] = ()) -> str:
+    """Mend words split across a line break: "trans-\\nformer" -> "transformer", "held-\\nout" -> "held-out".
+
+    See :func:`is_compound_break` for how a split word is told from a compound; ``document_words`` are
+    the lower-cased words (and hyphenated compounds) of the whole document. A continuation that is
+    itself hyphenated ("state-\\nof-the-art") was a compound: its hyphen stays; so does the space after
+    a suspended hyphen ("global-\\nand local-level" -> "global- and local-level").
     """
     if "-\n" not in text:
         return text
-    return _HYPHEN_LINEBREAK.sub(lambda m: m.group(1) + ("-" if m.group(3) else "") + m.group(2) + m.group(3), text)
+
+    def mend(m: re.Match[str]) -> str:
+        head, tail, more = m.group(1), m.group(2), m.group(3)
+        if more:
+            return f"{head}-{tail}{more}"
+        if is_compound_break(head, tail, document_words):
+            return f"{head}- {tail}" if tail in _CONJUNCTIONS else f"{head}-{tail}"
+        return head + tail
+
+    return _HYPHEN_LINEBREAK.sub(mend, text)
 
 
 def drop_citations(text: str) -> str:
@@ -107,9 +173,12 @@ def squash_whitespace(text: str) -> str:
     return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
 
 
-def clean_paragraph(text: str, *, citations: str = "drop") -> str:
-    """The cleaning every paragraph goes through, whatever its source."""
-    text = normalize_unicode(join_hyphenated(text))
+def clean_paragraph(text: str, *, citations: str = "drop", document_words: Collection[str] = ()) -> str:
+    """The cleaning every paragraph goes through, whatever its source.
+
+    ``document_words`` (see :func:`document_vocabulary`) help to mend words split at line ends.
+    """
+    text = normalize_unicode(join_hyphenated(text, document_words))
     if citations == "drop":
         text = drop_citations(text)
     return squash_whitespace(text)

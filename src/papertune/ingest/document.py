@@ -39,4 +39,7 @@ class ReadDocument:
     paragraphs: list[Paragraph]
     pages: int | None = None  # None for Markdown
     ocr_pages: list[int] = field(default_factory=list)
+    blank_pages: list[int] = field(default_factory=list)  # nothing drawn: no text, image or drawing
+    ocr_skipped_pages: list[int] = field(default_factory=list)  # needed OCR past ingest.max_ocr_pages
+    encoding: str | None = None  # Markdown: the text encoding the file was decoded from
     warnings: list[str] = field(default_factory=list)

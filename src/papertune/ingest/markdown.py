@@ -4,15 +4,17 @@ The text is parsed with markdown-it (CommonMark plus tables, front matter and do
 stripped with regular expressions, so code blocks, tables and math are whole tokens that are either
 kept as text or dropped, never half-mangled. Site-generator syntax that is not Markdown (Jekyll/Liquid
 ``{% ... %}`` and ``{{ ... }}``, kramdown ``{: ...}`` attribute lists) is removed before parsing.
+Text inside HTML blocks is Markdown again once the tags are gone, and is read as such. Files that are
+not UTF-8 are decoded with charset detection (charset-normalizer).
 """
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
 
 import yaml
+from charset_normalizer import from_bytes
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from mdit_py_plugins.dollarmath import dollarmath_plugin
@@ -28,7 +30,9 @@ _LIQUID_TAG = re.compile(r"\{%.*?%\}", re.DOTALL)
 _LIQUID_OUTPUT = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 _KRAMDOWN_IAL = re.compile(r"\{:[^}\n]*\}")
 _HTML_TAG = re.compile(r"<[^>]+>")
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)  # unclosed, it hides the rest of its block
+# Elements whose text is not prose: footnote marks, scripts, styles.
+_HIDDEN_ELEMENT = re.compile(r"<(sup|script|style)\b[^>]*>.*?</\1\s*>", re.DOTALL | re.IGNORECASE)
 _HIDDEN_OPEN = re.compile(r"<(sup|script|style)\b")
 _HIDDEN_CLOSE = re.compile(r"</(sup|script|style)\s*>")
 
@@ -46,17 +50,40 @@ def _parser() -> MarkdownIt:
 _MD = _parser()
 
 
-def decode_markdown(data: bytes, source: str) -> str:
-    """Bytes -> text, refusing binaries and non-UTF-8 files with a message that says what to do."""
+# Among encodings that read a file equally cleanly, the Western European one: Windows-1252, which is also
+# what browsers take "latin-1" to mean. (On short texts, charset detection's language guess is noise.)
+_TIE_BREAK_ENCODING = "cp1252"
+
+
+def decode_markdown(data: bytes, source: str) -> tuple[str, str]:
+    """Bytes -> (text, encoding): UTF-8, else the encoding that charset detection (charset-normalizer) finds.
+
+    Refuses binaries, and files whose encoding is unsure: no encoding reads them cleanly, or two read
+    them into different text equally well; the message says what to do.
+    """
     if b"\x00" in data[:8192]:
         raise DocumentError(f"{source}: looks like a binary file, not Markdown text (it contains NUL bytes)")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as exc:
+        where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+    matches = from_bytes(data)
+    best = matches.best()
+    advice = f"convert it to UTF-8, e.g. iconv -f ENCODING -t utf-8 {source} -o fixed.md"
+    if best is None:
+        raise DocumentError(f"{source}: not valid UTF-8 ({where}) and no known text encoding reads it cleanly; {advice}")
+    cleanest = [m for m in matches if m.chaos == best.chaos]
+    western = next((m for m in cleanest if _TIE_BREAK_ENCODING in m.could_be_from_charset), None)
+    if western is not None:
+        return str(western), _TIE_BREAK_ENCODING
+    rivals = [m for m in cleanest if m.coherence == best.coherence and str(m) != str(best)]
+    if rivals:
+        names = ", ".join([best.encoding, *(m.encoding for m in rivals)])
         raise DocumentError(
-            f"{source}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            f"convert it, e.g. iconv -f latin1 -t utf-8 {source} -o fixed.md"
-        ) from exc
+            f"{source}: not valid UTF-8 ({where}), and its encoding is unsure: {names} read it equally well "
+            f"into different text; {advice}"
+        )
+    return str(best), best.encoding
 
 
 def _strip_site_syntax(text: str) -> str:
@@ -95,15 +122,30 @@ def _inline_text(token: Token, cfg: IngestConfig) -> str:
     return "".join(parts)
 
 
-def _html_block_text(content: str) -> str:
+def _html_block_markdown(content: str) -> str:
+    """An HTML block without its tags, comments, scripts and footnote marks: the Markdown inside it.
+
+    A "<" left over (a tag never closed) is escaped, so the result never parses as HTML again.
+    """
     text = _HTML_COMMENT.sub("", content)
-    text = _HTML_TAG.sub(" ", text)
-    return html.unescape(text)
+    text = _HIDDEN_ELEMENT.sub("", text)
+    return _HTML_TAG.sub("", text).replace("<", "&lt;")
+
+
+def _without_html_blocks(tokens: list[Token]) -> list[Token]:
+    """Replace each HTML block by the Markdown inside it, parsed ("<a name='qa' />" then a paragraph)."""
+    out: list[Token] = []
+    for tok in tokens:
+        if tok.type != "html_block":
+            out.append(tok)
+            continue
+        out.extend(_MD.parse(_html_block_markdown(tok.content)))
+    return out
 
 
 def read_markdown(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
-    raw = decode_markdown(path.read_bytes(), source)
-    tokens = _MD.parse(_strip_site_syntax(raw))
+    raw, encoding = decode_markdown(path.read_bytes(), source)
+    tokens = _without_html_blocks(_MD.parse(_strip_site_syntax(raw)))
 
     title: str | None = None
     front = next((t for t in tokens if t.type == "front_matter"), None)
@@ -155,13 +197,12 @@ def read_markdown(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
         elif tok.type in ("math_block", "math_block_label"):
             if cfg.math == "keep":
                 emit(f"$${tok.content.strip()}$$", clean=False)
-        elif tok.type == "html_block":
-            emit(_html_block_text(tok.content))
         elif tok.type == "table_open":
             i = _read_table(tokens, i, cfg, emit)
             continue
         i += 1
-    return ReadDocument(title=title or path.stem, paragraphs=paragraphs)
+    warnings = [] if encoding == "utf-8" else [f"not UTF-8: decoded as {encoding}"]
+    return ReadDocument(title=title or path.stem, paragraphs=paragraphs, encoding=encoding, warnings=warnings)
 
 
 def _read_table(tokens: list[Token], i: int, cfg: IngestConfig, emit) -> int:

@@ -3,8 +3,9 @@
 PyMuPDF gives text blocks with their boxes and fonts. Blocks are put in reading order (column by
 column on two-column pages); running headers, footers and page numbers are removed; headings are
 recognised by font (larger or bold than the body), by the PDF outline, or by numbering; monospaced
-blocks are code; pages without a usable text layer go through Tesseract. Blocks cut by a column or
-page break mid-sentence are joined again.
+blocks are code; pages without a usable text layer go through Tesseract (blank pages do not, and at
+most ``ingest.max_ocr_pages`` per document do). Blocks cut by a column or page break mid-sentence are
+joined again, and words split at line ends are mended (see ``clean.join_hyphenated``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from papertune.config import IngestConfig
 from papertune.errors import DocumentError
 from papertune.ingest.clean import (
     clean_paragraph,
+    document_vocabulary,
     is_references_heading,
+    join_hyphenated,
     normalize_unicode,
     printable_ratio,
     squash_whitespace,
@@ -33,7 +36,7 @@ from papertune.ingest.document import Paragraph, ReadDocument
 log = logging.getLogger(__name__)
 
 # No TEXT_DEHYPHENATE: MuPDF would turn "encoder-\ndecoder" into "encoderdecoder". Line-end hyphens are
-# resolved per document instead (see _Dehyphenator).
+# resolved per document instead (see clean.join_hyphenated).
 _TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s*)?(?:\d{1,4}|[ivxlc]{1,6})(?:\s*(?:of|/)\s*\d{1,4})?\s*$", re.IGNORECASE)
@@ -45,13 +48,13 @@ _KNOWN_HEADINGS = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[.!?:;)\]\"'\u201d]$")
+_SPLIT_WORD_END = re.compile(r"[A-Za-z]-$")  # "func-" at a block's end, "tion" at the next one's start
 _DIGITS = re.compile(r"\d+")
 _MARGIN = 0.12  # running headers and footers sit in the top or bottom 12% of a page
 _SPAN_BOLD, _SPAN_MONO, _SPAN_SUPERSCRIPT = 16, 8, 1
 _FOOTNOTE_MARK = re.compile(r"^[\d*†‡§¶,]{1,4}$")
-_HYPHEN_BREAK = re.compile(r"([A-Za-z]+)-\n\s*([a-z][A-Za-z]*)")
-_LETTERS = re.compile(r"[a-z]+")
-_COMPOUND = re.compile(r"[a-z]+(?:-[a-z]+)+")
+# What a page's content stream can draw besides text (PyMuPDF's bbox log kinds).
+_TEXT_ONLY = {"fill-text", "stroke-text", "ignore-text", "clip-text", "clip-stroke-text"}
 
 
 @dataclass
@@ -156,6 +159,11 @@ def _page_blocks(page: pymupdf.Page) -> list[_Block]:
             x0, y0, x1, y1 = raw["bbox"]
             blocks.append(_Block(lines, x0, y0, x1, y1, page_no, table=tabular))
     return blocks
+
+
+def _draws_more_than_text(page: pymupdf.Page) -> bool:
+    """Whether the page paints images or vector graphics: what OCR could read that the text layer lacks."""
+    return any(kind not in _TEXT_ONLY for kind, _ in page.get_bboxlog())
 
 
 def _ocr_page(page: pymupdf.Page, cfg: IngestConfig, source: str) -> list[_Block]:
@@ -273,34 +281,6 @@ def _remove_page_furniture(pages: list[list[_Block]], heights: list[float], min_
     return cleaned
 
 
-class _Dehyphenator:
-    """Resolve "word-\\npart" at line ends using the document's own vocabulary.
-
-    The joined word seen elsewhere ("transformer") -> join; the hyphenated form seen elsewhere, or both
-    halves being words of the document ("encoder", "decoder") -> keep the hyphen; otherwise the break
-    is taken as a syllable break and joined.
-    """
-
-    def __init__(self, texts: list[str]) -> None:
-        # The broken words themselves must not vouch for their own halves.
-        text = _HYPHEN_BREAK.sub(" ", "\n".join(texts)).lower()
-        self.words: set[str] = set(_LETTERS.findall(text)) | set(_COMPOUND.findall(text))
-
-    def __call__(self, text: str) -> str:
-        def resolve(m: re.Match[str]) -> str:
-            head, tail = m.group(1), m.group(2)
-            joined = (head + tail).lower()
-            if joined in self.words:
-                return head + tail
-            if f"{head}-{tail}".lower() in self.words or (
-                head.lower() in self.words and tail.lower() in self.words and len(head) > 2 and len(tail) > 2
-            ):
-                return f"{head}-{tail}"
-            return head + tail
-
-        return _HYPHEN_BREAK.sub(resolve, text)
-
-
 def _body_size(pages: list[list[_Block]], ocr: bool) -> float:
     """The most common text size (by characters) of born-digital or of OCRed blocks."""
     sizes: Counter[float] = Counter()
@@ -371,6 +351,15 @@ def _take_title(first_page: list[_Block], height: float, body: float) -> str | N
 # --- the reader ------------------------------------------------------------------------------
 
 
+@dataclass
+class _OcrPages:
+    """Pages (1-based) by what OCR did with them."""
+
+    done: list[int] = field(default_factory=list)
+    blank: list[int] = field(default_factory=list)  # nothing drawn at all: nothing to OCR
+    over_limit: list[int] = field(default_factory=list)  # needed OCR past ingest.max_ocr_pages
+
+
 def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
     doc = open_pdf(path, source)
     try:
@@ -383,7 +372,7 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
         toc_titles |= {re.sub(r"^[\d.]+\s+", "", t) for t in toc_titles}
         pages: list[list[_Block]] = []
         heights: list[float] = []
-        ocr_pages: list[int] = []
+        ocr = _OcrPages()
         warnings: list[str] = []
         if doc.is_repaired:
             warnings.append("the file is damaged (truncated?); MuPDF repaired it, so some text may be missing")
@@ -391,14 +380,22 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
             page_no = page.number + 1
             blocks = _page_blocks(page)
             text = "".join(b.text for b in blocks)
-            usable = len(text.strip()) >= cfg.min_page_chars and printable_ratio(text) >= cfg.min_printable_ratio
-            if not usable:
-                if cfg.ocr:
-                    blocks = _reading_order(_ocr_page(page, cfg, source), page.rect.width)
-                    ocr_pages.append(page_no)
-                else:
+            readable = printable_ratio(text) >= cfg.min_printable_ratio
+            usable = len(text.strip()) >= cfg.min_page_chars and readable
+            # A page that draws nothing but (readable) text has nothing more for OCR to find.
+            needs_ocr = not usable and ((bool(text.strip()) and not readable) or _draws_more_than_text(page))
+            if not usable and not needs_ocr and not text.strip():
+                ocr.blank.append(page_no)
+            if needs_ocr:
+                if not cfg.ocr:
                     warnings.append(f"page {page_no} has no usable text layer and ingest.ocr is false: skipped")
                     blocks = []
+                elif len(ocr.done) >= cfg.max_ocr_pages:
+                    ocr.over_limit.append(page_no)
+                    blocks = []
+                else:
+                    blocks = _reading_order(_ocr_page(page, cfg, source), page.rect.width)
+                    ocr.done.append(page_no)
             elif blocks:
                 _mark_table_cells(blocks, page.rect.width)
                 blocks = _reading_order(blocks, page.rect.width)
@@ -407,15 +404,20 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
         metadata_title = squash_whitespace(normalize_unicode((doc.metadata or {}).get("title") or ""))
     finally:
         doc.close()
+    if ocr.over_limit:
+        warnings.append(
+            f"{len(ocr.over_limit)} more pages need OCR than ingest.max_ocr_pages={cfg.max_ocr_pages} allows "
+            f"(pages {_page_ranges(ocr.over_limit)}): not read; raise it to OCR them"
+        )
 
     pages = _remove_page_furniture(pages, heights, cfg.header_footer_min_share)
     body = {False: _body_size(pages, ocr=False), True: _body_size(pages, ocr=True)}
-    font_title = _take_title(pages[0], heights[0], body[1 in ocr_pages]) if pages else None
+    font_title = _take_title(pages[0], heights[0], body[1 in ocr.done]) if pages else None
     if metadata_title.lower() in {"untitled"} or metadata_title.lower().startswith("microsoft word"):
         metadata_title = ""
     title = metadata_title or (squash_whitespace(normalize_unicode(font_title)) if font_title else None)
     texts = [b.text for blocks in pages for b in blocks]
-    dehyphenate = _Dehyphenator(texts) if any("-\n" in t for t in texts) else (lambda text: text)
+    vocabulary = document_vocabulary(texts) if any("-\n" in t for t in texts) else frozenset()
 
     paragraphs: list[Paragraph] = []
     section: str | None = None
@@ -426,11 +428,12 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
                 flat = squash_whitespace(raw)
                 if kind == "table":
                     if cfg.tables == "keep":
-                        # A cell stands alone: it is never glued to the prose around it.
-                        cell = Paragraph(clean_paragraph(raw, citations=cfg.citations), section, block.page,
-                                         block.page, ocr=block.ocr, table=True)
-                        if cell.text:
-                            paragraphs.append(cell)
+                        cell = clean_paragraph(raw, citations=cfg.citations, document_words=vocabulary)
+                        prev = paragraphs[-1] if paragraphs else None
+                        if cell and _continues(prev, cell, section, table=True):
+                            _extend(prev, cell, block, vocabulary)
+                        elif cell:
+                            paragraphs.append(Paragraph(cell, section, block.page, block.page, ocr=block.ocr, table=True))
                     continue
                 if kind != "code" and (
                     kind == "heading" and len(flat) <= 120
@@ -441,7 +444,7 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
                 ):
                     heading = squash_whitespace(normalize_unicode(flat))
                     if cfg.drop_references and is_references_heading(heading):
-                        return _result(title, path, paragraphs, pages, ocr_pages, warnings)
+                        return _result(title, path, paragraphs, pages, ocr, warnings)
                     section, seen_heading = heading, True
                     continue
                 if kind == "code" and cfg.code == "drop":
@@ -449,7 +452,7 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
                 if kind == "code":
                     paragraphs.append(Paragraph(raw.strip(), section, block.page, block.page, ocr=block.ocr))
                     continue
-                text = clean_paragraph(dehyphenate(raw), citations=cfg.citations)
+                text = clean_paragraph(raw, citations=cfg.citations, document_words=vocabulary)
                 if not text:
                     continue
                 # Author names, affiliations and dates between a title and the first heading.
@@ -457,20 +460,51 @@ def read_pdf(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
                         and not _SENTENCE_END.search(text)):
                     continue
                 prev = paragraphs[-1] if paragraphs else None
-                # A column or page break in mid-sentence: continue the previous paragraph.
-                if (prev is not None and prev.section == section and not prev.table and not _SENTENCE_END.search(prev.text)
-                        and text[0].islower()):
-                    if block.page != prev.page_end:
-                        prev.page_breaks.append((len(prev.text) + 1, block.page))
-                    prev.text = f"{prev.text} {text}"
-                    prev.page_end = block.page
-                    prev.ocr = prev.ocr or block.ocr
+                if _continues(prev, text, section, table=False):
+                    _extend(prev, text, block, vocabulary)
                 else:
                     paragraphs.append(Paragraph(text, section, block.page, block.page, ocr=block.ocr))
-    return _result(title, path, paragraphs, pages, ocr_pages, warnings)
+    return _result(title, path, paragraphs, pages, ocr, warnings)
 
 
-def _result(title, path, paragraphs, pages, ocr_pages, warnings) -> ReadDocument:
+def _continues(prev: Paragraph | None, text: str, section: str | None, *, table: bool) -> bool:
+    """Whether ``text`` goes on from ``prev``: a sentence or a word cut by a column, page or block break.
+
+    A table cell stands alone, never glued to the prose around it, unless a word was split across it.
+    """
+    if prev is None or prev.section != section or not text[:1].islower():
+        return False
+    if _SPLIT_WORD_END.search(prev.text):
+        return True
+    return not table and not prev.table and not _SENTENCE_END.search(prev.text)
+
+
+def _extend(prev: Paragraph, text: str, block: _Block, vocabulary: frozenset[str]) -> None:
+    """Append the next block's ``text`` to ``prev``, mending a word split across the two."""
+    if _SPLIT_WORD_END.search(prev.text):
+        merged = join_hyphenated(f"{prev.text}\n{text}", vocabulary).replace("\n", " ")
+    else:
+        merged = f"{prev.text} {text}"
+    if block.page != prev.page_end:
+        prev.page_breaks.append((len(merged) - len(text), block.page))
+    prev.text = merged
+    prev.page_end = block.page
+    prev.ocr = prev.ocr or block.ocr
+
+
+def _page_ranges(pages: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    ranges: list[list[int]] = []
+    for page in pages:
+        if ranges and page == ranges[-1][1] + 1:
+            ranges[-1][1] = page
+        else:
+            ranges.append([page, page])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def _result(title, path, paragraphs, pages, ocr: _OcrPages, warnings) -> ReadDocument:
     return ReadDocument(
-        title=title or path.stem, paragraphs=paragraphs, pages=len(pages), ocr_pages=ocr_pages, warnings=warnings
+        title=title or path.stem, paragraphs=paragraphs, pages=len(pages), ocr_pages=ocr.done,
+        blank_pages=ocr.blank, ocr_skipped_pages=ocr.over_limit, warnings=warnings,
     )

@@ -19,14 +19,16 @@ from typing import Any
 from tqdm import tqdm
 
 import papertune
-from papertune.config import IngestConfig, PapertuneConfig, config_to_dict
+from papertune.config import INPUT_SELECTION, SPEED_ONLY, IngestConfig, PapertuneConfig, settings_without
 from papertune.errors import DocumentError, InputError
 from papertune.ingest.chunk import BUILTIN_TOKENIZERS, chunk_sentences, get_token_counter, sentences_of, text_hash
 from papertune.ingest.document import ReadDocument
-# Imported here, not in the worker, so forked workers start with them loaded.
-from papertune.ingest.markdown import read_markdown
-from papertune.ingest.pdf import read_pdf
+from papertune.ingest.segment import get_splitter
 from papertune.rundir import (
+    CHUNKS,
+    INGEST_CACHE,
+    INGEST_DIR,
+    INGEST_REPORT,
     read_jsonl,
     record_stage,
     sha256_file,
@@ -34,28 +36,38 @@ from papertune.rundir import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from papertune.stage import CommandOption, StageSpec
 
 log = logging.getLogger(__name__)
 
-CHUNKS_FILE = "chunks.jsonl"
-REPORT_FILE = "ingest/report.json"
-
-# Settings that change no document's chunks; everything else is part of the cache key.
-_NOT_IN_CACHE_KEY = {"docs_dir", "extensions", "workers", "doc_timeout_s", "max_pages", "max_file_mb"}
+CHUNKS_FILE = CHUNKS  # the layout's names, under the names papertune.ingest exports
+REPORT_FILE = INGEST_REPORT
 
 
-def discover(docs_dir: Path, extensions: list[str]) -> tuple[list[Path], list[Path]]:
-    """Files to ingest (sorted, so output order never depends on the file system) and files ignored."""
+@dataclasses.dataclass(frozen=True)
+class IgnoredFile:
+    """A file under the documents folder that is not ingested, and why."""
+
+    path: Path
+    reason: str
+
+
+def discover(docs_dir: Path, extensions: list[str]) -> tuple[list[Path], list[IgnoredFile]]:
+    """Files to ingest (sorted, so output order never depends on the file system) and files ignored.
+
+    Symbolic links are followed, to files and to folders; one that points nowhere, or loops back to a
+    folder it sits in, is ignored with that reason. Hidden files and folders (.git, .DS_Store) are skipped.
+    """
     if not docs_dir.exists():
         raise InputError(f"documents folder {docs_dir} does not exist; pass the folder that holds your PDFs and Markdown")
     if not docs_dir.is_dir():
         raise InputError(f"{docs_dir} is a file, not a folder; pass the folder that holds your PDFs and Markdown")
     wanted = {e.lower() for e in extensions}
-    found, ignored = [], []
-    for path in sorted(p for p in docs_dir.rglob("*") if p.is_file()):
-        if any(part.startswith(".") for part in path.relative_to(docs_dir).parts):
-            continue  # hidden files and folders (.git, .DS_Store)
-        (found if path.suffix.lower() in wanted else ignored).append(path)
+    found: list[Path] = []
+    ignored: list[IgnoredFile] = []
+    _walk(docs_dir, frozenset({docs_dir.resolve()}), wanted, found, ignored)
+    found.sort()
+    ignored.sort(key=lambda f: f.path)
     if not found:
         raise InputError(
             f"no documents under {docs_dir}: looked for {', '.join(sorted(wanted))} files "
@@ -64,8 +76,40 @@ def discover(docs_dir: Path, extensions: list[str]) -> tuple[list[Path], list[Pa
     return found, ignored
 
 
+def _walk(folder: Path, ancestors: frozenset[Path], wanted: set[str], found: list[Path],
+          ignored: list[IgnoredFile]) -> None:
+    """Add the files under ``folder`` to ``found`` or ``ignored``; ``ancestors``: the real folders above."""
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_symlink():
+            try:
+                target = path.resolve(strict=True)
+            except FileNotFoundError:
+                ignored.append(IgnoredFile(path, f"dangling symbolic link: its target {os.readlink(path)} does not exist"))
+                continue
+            except (RuntimeError, OSError):  # a loop of links: RuntimeError before Python 3.13, OSError after
+                ignored.append(IgnoredFile(path, "symbolic link loop: the links point at each other"))
+                continue
+            if target in ancestors:
+                ignored.append(IgnoredFile(path, f"symbolic link loop: it points to {target}, a folder it is in"))
+                continue
+        if path.is_dir():
+            _walk(path, ancestors | {path.resolve()}, wanted, found, ignored)
+        elif not path.is_file():
+            ignored.append(IgnoredFile(path, "not a regular file"))
+        elif path.suffix.lower() in wanted:
+            found.append(path)
+        else:
+            ignored.append(IgnoredFile(path, f"not one of ingest.extensions ({', '.join(sorted(wanted))})"))
+
+
 def cache_key(file_hash: str, cfg: IngestConfig) -> str:
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_IN_CACHE_KEY}
+    """The key of one document's cached chunks: its content and every setting that changes its chunks. Left
+    out: SPEED_ONLY settings (workers) and INPUT_SELECTION ones -- docs_dir and extensions say which files
+    are read, and max_pages, max_file_mb and doc_timeout_s only refuse a document (a refused one is never
+    cached), so neither changes the chunks of a document that was read."""
+    settings = settings_without(cfg, SPEED_ONLY, INPUT_SELECTION)
     return sha256_json({"file": file_hash, "settings": settings, "papertune": papertune.__version__})[:32]
 
 
@@ -84,6 +128,11 @@ def process_document(path: str, source: str, cfg_dict: dict[str, Any]) -> dict[s
         raise DocumentError(
             f"{source}: {size_mb:.0f} MB, over ingest.max_file_mb={cfg.max_file_mb:g}; raise it to ingest this file"
         )
+    # Loaded by the parent before the workers fork (see _run_documents); imported here so that importing this
+    # module (the CLI, the pipeline) does not load PyMuPDF.
+    from papertune.ingest.markdown import read_markdown
+    from papertune.ingest.pdf import read_pdf
+
     if file_path.suffix.lower() == ".pdf":
         doc: ReadDocument = read_pdf(file_path, source, cfg)
         kind = "pdf"
@@ -105,6 +154,9 @@ def process_document(path: str, source: str, cfg_dict: dict[str, Any]) -> dict[s
         "title": doc.title,
         "pages": doc.pages,
         "ocr_pages": doc.ocr_pages,
+        "blank_pages": doc.blank_pages,
+        "ocr_skipped_pages": doc.ocr_skipped_pages,
+        "encoding": doc.encoding,
         "sentences": len(sentences),
         "warnings": doc.warnings,
         "chunks": [d.to_dict() for d in drafts],
@@ -125,6 +177,14 @@ def _run_documents(
 ) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
     """Process documents in worker processes; returns source -> (result, error message)."""
     from pebble import ProcessPool
+
+    # Forked workers start with the readers (and PyMuPDF), the tokenizer and the sentence splitter already
+    # loaded, instead of each loading them again before its first document.
+    import papertune.ingest.markdown  # noqa: F401
+    import papertune.ingest.pdf  # noqa: F401
+
+    get_token_counter(cfg.tokenizer)
+    get_splitter(cfg.segmenter)
 
     cfg_dict = dataclasses.asdict(cfg)
     results: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
@@ -150,6 +210,32 @@ def _run_documents(
     return results
 
 
+def _inputs(config: PapertuneConfig) -> list[tuple[str, Path]]:
+    docs = Path(config.ingest.docs_dir)
+    files, _ignored = discover(docs, config.ingest.extensions)
+    return [(f"docs/{path.relative_to(docs).as_posix()}", path) for path in files]
+
+
+SPEC = StageSpec(
+    name="ingest",
+    directory=INGEST_DIR,
+    help="PDFs and Markdown -> clean, sentence-aligned chunks (RUN/chunks.jsonl)",
+    description="Extract, clean, segment and chunk every PDF and Markdown file under DOCS_DIR. Pages without a "
+    "text layer are OCRed with Tesseract. Unchanged documents are reused from the last run. Exit code 3 means "
+    "some documents failed (listed in RUN/ingest/report.json); the rest were written.",
+    settings=("ingest",),
+    outputs=(CHUNKS, INGEST_REPORT),
+    inputs=_inputs,
+    options=(
+        CommandOption(("docs_dir",), "folder of documents (default: ingest.docs_dir)", setting="ingest.docs_dir",
+                      metavar="DOCS_DIR"),
+        CommandOption(("--workers", "-j"), "documents processed in parallel (ingest.workers)",
+                      setting="ingest.workers", type=int),
+    ),
+    failures=lambda run_dir: [doc["reason"] for doc in failed_documents(run_dir)],
+)
+
+
 def run(config: PapertuneConfig, docs_dir: str | Path | None = None) -> Path:
     """Ingest ``docs_dir`` (default ``config.ingest.docs_dir``) into ``RUN/chunks.jsonl``; returns its path.
 
@@ -165,8 +251,8 @@ def run(config: PapertuneConfig, docs_dir: str | Path | None = None) -> Path:
     files, ignored = discover(docs, cfg.extensions)
     if cfg.tokenizer.lower() not in BUILTIN_TOKENIZERS:
         get_token_counter(cfg.tokenizer)  # fail fast on a bad tokenizer setting, before any work
-    stage = record_stage(run_dir, "ingest", config)
-    cache_dir = stage / "cache"
+    record_stage(run_dir, INGEST_DIR, config)
+    cache_dir = run_dir / INGEST_CACHE
     cache_dir.mkdir(exist_ok=True)
     started = time.perf_counter()
 
@@ -228,6 +314,9 @@ def run(config: PapertuneConfig, docs_dir: str | Path | None = None) -> Path:
                 "reason": entry.get("reason"),
                 "pages": entry.get("pages"),
                 "ocr_pages": entry.get("ocr_pages", []),
+                "blank_pages": entry.get("blank_pages", []),
+                "ocr_skipped_pages": entry.get("ocr_skipped_pages", []),
+                "encoding": entry.get("encoding"),
                 "sentences": entry.get("sentences"),
                 "chunks": kept,
                 "seconds": entry.get("seconds"),
@@ -237,7 +326,7 @@ def run(config: PapertuneConfig, docs_dir: str | Path | None = None) -> Path:
         for warning in entry.get("warnings", []):
             log.warning("%s: %s", source, warning)
 
-    out = run_dir / CHUNKS_FILE
+    out = run_dir / CHUNKS
     write_jsonl_atomic(out, rows)
     failed = [d for d in report_docs if d["status"] == "failed"]
     report = {
@@ -246,15 +335,19 @@ def run(config: PapertuneConfig, docs_dir: str | Path | None = None) -> Path:
         "processed": len(todo),
         "cached": len(files) - len(todo),
         "failed": len(failed),
-        "ignored_files": [p.relative_to(docs).as_posix() for p in ignored],
+        "ignored_files": [f.path.relative_to(docs).as_posix() for f in ignored],
+        "ignored_reasons": {f.path.relative_to(docs).as_posix(): f.reason for f in ignored},
         "pages": sum(d["pages"] or 0 for d in report_docs),
         "ocr_pages": sum(len(d["ocr_pages"]) for d in report_docs),
+        "blank_pages": sum(len(d["blank_pages"]) for d in report_docs),
+        "ocr_skipped_pages": sum(len(d["ocr_skipped_pages"]) for d in report_docs),
+        "decoded_from": {d["source"]: d["encoding"] for d in report_docs if d["encoding"] not in (None, "utf-8")},
         "chunks": len(rows),
         "duplicate_chunks_dropped": duplicates,
         "seconds": round(time.perf_counter() - started, 3),
         "per_document": report_docs,
     }
-    write_json_atomic(run_dir / REPORT_FILE, report)
+    write_json_atomic(run_dir / INGEST_REPORT, report)
     log.info(
         "ingest: %d chunks from %d documents (%d pages, %d OCR), %d duplicate chunks dropped, %d failed -> %s",
         len(rows), len(files) - len(failed), report["pages"], report["ocr_pages"], duplicates, len(failed), out,
@@ -264,9 +357,9 @@ def run(config: PapertuneConfig, docs_dir: str | Path | None = None) -> Path:
 
 def failed_documents(run_dir: str | Path) -> list[dict[str, Any]]:
     """The report's failed documents (source and reason) of the last ingest in ``run_dir``."""
-    report = json.loads((Path(run_dir) / REPORT_FILE).read_text(encoding="utf-8"))
+    report = json.loads((Path(run_dir) / INGEST_REPORT).read_text(encoding="utf-8"))
     return [d for d in report["per_document"] if d["status"] == "failed"]
 
 
 def load_chunks(run_dir: str | Path) -> list[dict[str, Any]]:
-    return list(read_jsonl(Path(run_dir) / CHUNKS_FILE))
+    return list(read_jsonl(Path(run_dir) / CHUNKS))

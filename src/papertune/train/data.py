@@ -14,13 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from papertune.config import TrainConfig, config_to_dict
+from papertune.config import RESUME_SAFE, SPEED_ONLY, TrainConfig, settings_without
 from papertune.errors import InputError
-from papertune.rundir import data_files, sha256_file
-
-# Settings that may change between a run and its resume without changing what is learned.
-_RESUME_SAFE = {"early_stopping_patience", "early_stopping_threshold", "save_total_limit", "logging_steps",
-                "merge_16bit", "dataloader_workers"}
+from papertune.rundir import DATASET, data_files, sha256_file
 
 
 def tokenize_example(tokenizer: Any, prompt: str, completion: str) -> dict[str, list[int]]:
@@ -37,7 +33,7 @@ def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any
     import pyarrow.compute as pc
     from datasets import DatasetDict, load_from_disk
 
-    path = run_dir / "dataset"
+    path = run_dir / DATASET
     if not (path / "dataset_dict.json").is_file():
         raise InputError(f"no dataset in {path}: run `papertune build --run-dir {run_dir}` first")
     raw = load_from_disk(str(path))
@@ -77,14 +73,16 @@ def load_training_data(run_dir: Path, tokenizer: Any, max_len: int) -> tuple[Any
 def dataset_fingerprint(run_dir: Path) -> str:
     """A hash of the saved dataset's files: it changes when the data does."""
     digest = hashlib.sha256()
-    for path in data_files(run_dir / "dataset"):
+    for path in data_files(run_dir / DATASET):
         digest.update(path.relative_to(run_dir).as_posix().encode())
         digest.update(bytes.fromhex(sha256_file(path)))
     return digest.hexdigest()
 
 
 def run_fingerprint(cfg: TrainConfig, run_dir: Path, backend: str) -> dict[str, str]:
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_SAFE}
+    """What checkpoints must share with the run that resumes them: the train settings (less the SPEED_ONLY and
+    RESUME_SAFE ones), the data, the model and the backend."""
+    settings = settings_without(cfg, SPEED_ONLY, RESUME_SAFE)
     return {
         "config": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
         "data": dataset_fingerprint(run_dir),

@@ -52,7 +52,8 @@ def fix_pad_token(tokenizer: Any) -> None:
     )
 
 
-def _torch_dtype(cfg: TrainConfig) -> Any:
+def torch_dtype(cfg: TrainConfig) -> Any:
+    """The dtype the model is trained (and answers) in: ``train.dtype``, or bf16/fp16 on a GPU and fp32 on CPU."""
     import torch
 
     if cfg.dtype != "auto":
@@ -108,7 +109,7 @@ def load_planned(cfg: TrainConfig, backend: str, tokenizer: Any = None,
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=name,
             max_seq_length=cfg.max_seq_length,
-            dtype=None if cfg.dtype == "auto" else _torch_dtype(cfg),
+            dtype=None if cfg.dtype == "auto" else torch_dtype(cfg),
             load_in_4bit=cfg.load_in_4bit,
             trust_remote_code=cfg.trust_remote_code,
             **placement,
@@ -129,7 +130,7 @@ def load_planned(cfg: TrainConfig, backend: str, tokenizer: Any = None,
 
         from papertune.train import fast
 
-        dtype = _torch_dtype(cfg)
+        dtype = torch_dtype(cfg)
         attention = "sdpa"
         if cfg.packing and fast.varlen_attention_available():
             attention = fast.register_varlen_attention()

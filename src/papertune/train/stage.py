@@ -21,19 +21,39 @@ from typing import Any
 
 from papertune.config import PapertuneConfig, TrainConfig
 from papertune.errors import ConfigError, InputError, PreemptedError
-from papertune.rundir import read_jsonl, record_stage, write_json_atomic, write_text_atomic
+from papertune.rundir import (
+    BUILD_REPORT,
+    DATASET,
+    TRAIN_ADAPTER,
+    TRAIN_BEST_CHECKPOINT,
+    TRAIN_CHECKPOINTS,
+    TRAIN_DIR,
+    TRAIN_FINGERPRINT,
+    TRAIN_LOSS_CURVE,
+    TRAIN_LOSS_TABLE,
+    TRAIN_MERGED,
+    TRAIN_METRICS,
+    TRAIN_PLANNED_ROWS,
+    TRAIN_REPORT,
+    atomic_dir,
+    read_jsonl,
+    record_stage,
+    write_json_atomic,
+    write_text_atomic,
+)
+from papertune.stage import CommandOption, StageSpec, run_files
+from papertune.train.losses import loss_table, render_loss_table
 
 log = logging.getLogger(__name__)
 
-TRAIN_DIR = "train"
 
-
-def _sft_config(cfg: TrainConfig, out: Path, has_cuda: bool, bf16: bool) -> Any:
+def sft_config(cfg: TrainConfig, checkpoints_dir: Path, has_cuda: bool, bf16: bool) -> Any:
+    """TRL's ``SFTConfig`` for ``cfg``, checkpointing into ``checkpoints_dir`` (the benchmarks build theirs here too)."""
     from trl import SFTConfig
 
     strategy = cfg.eval_strategy
     kwargs: dict[str, Any] = dict(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(checkpoints_dir),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -127,8 +147,9 @@ def build_trainer(cfg: TrainConfig, backend: str, model: Any, tokenizer: Any, tr
     return trainer
 
 
-def _check_fingerprint(out: Path, fingerprint: dict[str, str], resume: bool, force: bool) -> None:
-    path = out / "fingerprint.json"
+def _check_fingerprint(run_dir: Path, fingerprint: dict[str, str], resume: bool, force: bool) -> None:
+    path = run_dir / TRAIN_FINGERPRINT
+    out = run_dir / TRAIN_DIR
     if resume and path.is_file():
         old = json.loads(path.read_text())
         changed = [k for k in fingerprint if old.get(k) != fingerprint[k]]
@@ -142,10 +163,11 @@ def _check_fingerprint(out: Path, fingerprint: dict[str, str], resume: bool, for
     write_json_atomic(path, fingerprint)
 
 
-def _check_planned_rows(out: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
+def _check_planned_rows(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> None:
     """packed_length=auto is planned from the GPU's memory: a resume on another card could plan other rows,
     and the checkpoints' step count would then point at other batches."""
-    path = out / "planned_rows.json"
+    path = run_dir / TRAIN_PLANNED_ROWS
+    out = run_dir / TRAIN_DIR
     planned = {"packed_length": cfg.packed_length, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
     if resume and path.is_file():
         old = json.loads(path.read_text())
@@ -159,13 +181,16 @@ def _check_planned_rows(out: Path, cfg: TrainConfig, resume: bool, force: bool) 
     write_json_atomic(path, planned)
 
 
-def _loss_outputs(out: Path, metrics: list[dict]) -> None:
-    """loss_curve.png and loss_table.md (step, training loss, validation loss) like the report's table."""
+def _loss_outputs(run_dir: Path) -> None:
+    """loss_curve.png (every logged loss) and loss_table.md (step, training loss, validation loss) like the
+    report's table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics_path = run_dir / TRAIN_METRICS
+    metrics = list(read_jsonl(metrics_path)) if metrics_path.is_file() else []
     train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -179,14 +204,62 @@ def _loss_outputs(out: Path, metrics: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "loss_curve.png", dpi=110)
+    fig.savefig(run_dir / TRAIN_LOSS_CURVE, dpi=110)
     plt.close(fig)
+    write_text_atomic(run_dir / TRAIN_LOSS_TABLE, render_loss_table(loss_table(metrics_path)) + "\n")
 
-    rows = ["| Step | Training Loss | Validation Loss |", "|------|---------------|-----------------|"]
-    for step, eval_loss in evals:
-        before = [loss for s, loss in train if s <= step]
-        rows.append(f"| {step} | {before[-1]:.6f} | {eval_loss:.6f} |" if before else f"| {step} | - | {eval_loss:.6f} |")
-    write_text_atomic(out / "loss_table.md", "\n".join(rows) + "\n")
+
+def _pipeline_run_options(config: PapertuneConfig, same_run: bool) -> dict[str, Any]:
+    """papertune run resumes from RUN/train's checkpoints only when they come from a run of this stage's
+    fingerprint that was not forced (same_run: a stricter test than train's own, which allows RESUME_SAFE
+    settings to change) and train's own record, RUN/train/fingerprint.json, says they survived (a run that
+    failed before train cleared them leaves a record of the new fingerprint beside old checkpoints); else it
+    starts over and deletes them."""
+    from papertune.train.data import run_fingerprint
+    from papertune.train.model import choose_backend
+    from papertune.train.trainer import complete_checkpoints
+
+    run_dir = Path(config.run_dir)
+    checkpoints = complete_checkpoints(run_dir / TRAIN_CHECKPOINTS)
+    if not checkpoints:
+        return {"force": True}
+    try:
+        recorded = json.loads((run_dir / TRAIN_FINGERPRINT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if same_run and recorded == run_fingerprint(config.train, run_dir, choose_backend(config.train)):
+        log.info("run: train resumes from %s (written with the same settings and data)", checkpoints[-1].name)
+        return {"resume": True}
+    log.info("run: train starts over; the %d checkpoint(s) in %s are from %s and are deleted", len(checkpoints),
+             run_dir / TRAIN_CHECKPOINTS, "other settings or data" if same_run else "another run or a forced rerun")
+    return {"force": True}
+
+
+def _backend(config: PapertuneConfig) -> dict[str, Any]:
+    # "auto" resolves per machine; checkpoints of one backend are not resumed by another.
+    from papertune.train.model import choose_backend
+
+    return {"backend": choose_backend(config.train)}
+
+
+SPEC = StageSpec(
+    name="train",
+    directory=TRAIN_DIR,
+    help="LoRA/QLoRA fine-tuning on RUN/dataset (RUN/train/adapter)",
+    description="Fine-tune train.model on RUN/dataset with TRL's SFTTrainer (Unsloth or transformers+PEFT). Exit "
+    "code 4: the loss became NaN/inf; 5: stopped by SIGTERM after a checkpoint (rerun with --resume). Multi-GPU: "
+    "accelerate launch -m papertune train ... (or torchrun --nproc_per_node N -m papertune train ...).",
+    settings=("train",),
+    outputs=(TRAIN_ADAPTER, TRAIN_REPORT, TRAIN_METRICS, TRAIN_BEST_CHECKPOINT, TRAIN_LOSS_TABLE, TRAIN_LOSS_CURVE),
+    inputs=run_files(DATASET),
+    options=(
+        CommandOption(("--resume",), "continue from the last complete checkpoint", switch=True),
+        CommandOption(("--force",), "with --resume: resume even if config/data/model changed; without: discard "
+                      "old checkpoints", switch=True),
+    ),
+    run_options=_pipeline_run_options,
+    environment=_backend,
+)
 
 
 def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -> Path:
@@ -207,9 +280,9 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
     from papertune.train.model import load_planned, load_tokenizer
     from papertune.train.trainer import MetricsCallback, PreemptionCallback, complete_checkpoints
 
-    if not (run_dir / "dataset" / "dataset_dict.json").is_file():
-        raise InputError(f"no dataset in {run_dir / 'dataset'}: run `papertune build --run-dir {run_dir}` first")
-    checkpoints_dir = out / "checkpoints"
+    if not (run_dir / DATASET / "dataset_dict.json").is_file():
+        raise InputError(f"no dataset in {run_dir / DATASET}: run `papertune build --run-dir {run_dir}` first")
+    checkpoints_dir = run_dir / TRAIN_CHECKPOINTS
     existing = complete_checkpoints(checkpoints_dir)
     if existing and not resume and not force:
         raise ConfigError(
@@ -218,10 +291,10 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
         )
     if force and not resume and out.exists():
         shutil.rmtree(checkpoints_dir, ignore_errors=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / TRAIN_METRICS).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = run_fingerprint(cfg, run_dir, backend)
-    _check_fingerprint(out, fingerprint, resume, force)
+    _check_fingerprint(run_dir, fingerprint, resume, force)
     built_for = _built_model(run_dir)
     if built_for and built_for != cfg.model:
         log.warning("the dataset was formatted for %s (build.model) but train.model is %s: its chat template may "
@@ -239,7 +312,7 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
         data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
         mean_tokens = counts["train_tokens"] / counts["train_examples"]
         model, tokenizer, cfg = load_planned(cfg, backend, tokenizer, mean_example_tokens=mean_tokens)
-        _check_planned_rows(out, cfg, resume, force)
+        _check_planned_rows(run_dir, cfg, resume, force)
     else:
         model, tokenizer, cfg = load_planned(cfg, backend)
         data, counts = load_training_data(run_dir, tokenizer, cfg.max_seq_length)
@@ -248,7 +321,7 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
                     counts["train_over_max_seq_length"], counts["test_over_max_seq_length"], cfg.max_seq_length)
     has_cuda = torch.cuda.is_available()
     bf16 = has_cuda and torch.cuda.is_bf16_supported()
-    args = _sft_config(cfg, out, has_cuda, bf16)
+    args = sft_config(cfg, checkpoints_dir, has_cuda, bf16)
 
     metrics_cb = MetricsCallback(out)
     preemption = PreemptionCallback()
@@ -274,24 +347,20 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
         preemption.restore()
     wall = time.time() - started
     if preemption.requested:
-        raise PreemptedError(f"training stopped on SIGTERM after saving {complete_checkpoints(checkpoints_dir)[-1]}; "
-                             "rerun with --resume to continue")
+        # No advice here: `papertune train` says to rerun with --resume, `papertune run` to rerun the same command.
+        raise PreemptedError(f"training stopped on SIGTERM after saving {complete_checkpoints(checkpoints_dir)[-1]}")
 
-    adapter_dir = out / "adapter"
+    adapter_dir = run_dir / TRAIN_ADAPTER
     if trainer.is_world_process_zero():
-        tmp = out / ".adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        tmp.rename(adapter_dir)
+        with atomic_dir(adapter_dir) as tmp:
+            trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
         best = trainer.state.best_model_checkpoint
-        write_json_atomic(out / "best_checkpoint.json", {
+        write_json_atomic(run_dir / TRAIN_BEST_CHECKPOINT, {
             "checkpoint": best, "eval_loss": trainer.state.best_metric, "step": trainer.state.best_global_step,
             "note": "the adapter in train/adapter is this checkpoint's (load_best_model_at_end)",
         })
-        metrics = list(read_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").is_file() else []
-        _loss_outputs(out, metrics)
+        _loss_outputs(run_dir)
         tokens = trainer.state.num_input_tokens_seen
         report = {
             "model": cfg.model,
@@ -312,9 +381,9 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
             **counts,
         }
-        write_json_atomic(out / "report.json", report)
+        write_json_atomic(run_dir / TRAIN_REPORT, report)
         if cfg.merge_16bit:
-            merge_adapter(cfg, adapter_dir, out / "merged")
+            merge_adapter(cfg, adapter_dir, run_dir / TRAIN_MERGED)
         log.info("train: %d steps in %.0f s (%.0f tokens/s), best validation loss %.4f -> %s",
                  trainer.state.global_step, wall, report["tokens_per_s"] or 0, trainer.state.best_metric or float("nan"),
                  adapter_dir)
@@ -323,7 +392,7 @@ def run(config: PapertuneConfig, *, resume: bool = False, force: bool = False) -
 
 
 def _built_model(run_dir: Path) -> str | None:
-    path = run_dir / "build" / "report.json"
+    path = run_dir / BUILD_REPORT
     return json.loads(path.read_text()).get("model") if path.is_file() else None
 
 
@@ -339,12 +408,9 @@ def merge_adapter(cfg: TrainConfig, adapter_dir: Path, dest: Path) -> Path:
     base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model, "train.model"), dtype=dtype,
                                                 use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(str(tmp), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    with atomic_dir(dest) as tmp:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
     return dest
 
 

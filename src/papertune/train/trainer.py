@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 
 from papertune.errors import NonFiniteLossError
+from papertune.rundir import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +218,7 @@ class PapertuneSFTTrainer(SFTTrainer):
             (staged / COMPLETE_MARKER).write_text(
                 json.dumps({"global_step": self.state.global_step, "saved_at": time.time()}) + "\n"
             )
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staged, final)
+            replace_dir(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)
             self._keep_newest_checkpoints(Path(real_output))
         self.accelerator.wait_for_everyone()

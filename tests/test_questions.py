@@ -1,0 +1,402 @@
+"""Question quality: self-contained questions, kinds, non-content chunks, LaTeX-safe reply parsing, answer
+checks, and how the generate stage reports them."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from papertune import generate
+from papertune.config import load_config
+from papertune.generate.base import Grounding, content_words
+from papertune.generate.content import SKIP_REASONS, non_content_reason
+from papertune.generate.llm import (
+    EXAMPLES,
+    build_conversation,
+    check_pair,
+    copies_example,
+    finish_answer,
+    is_fragment,
+    pairs_from_reply,
+    pairs_to_ask,
+    reply_schema,
+    unknown_names,
+)
+from papertune.generate.questions import KINDS, context_dependence, guess_kind, is_self_contained, normalise_kind
+from papertune.generate.replies import keep_latex_backslashes, parse_pairs
+from papertune.llm import LLMRequestError
+
+# ---------------------------------------------------------------------------------------------
+# self-contained questions
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What does Fig. 6 show?",
+        "What is reported in Table 2 for the base model?",
+        "What is described in Section 3.2?",
+        "What is the zero-shot accuracy reported in the table?",
+        "What does the passage say about dropout?",
+        "According to the text, why do GANs collapse?",
+        "What do the authors propose?",
+        "What is the main contribution of this paper?",
+        "How does this method handle long sequences?",
+        "What are the advantages of the proposed approach?",
+        "Which models are mentioned above?",
+        "What are the two losses described?",
+        "What does Equation (4) minimise?",
+        "What is the accuracy of our model on SQuAD?",
+        "What do we propose to fix exposure bias?",
+        "How does it compare to RNNs?",
+        "Why is this important?",
+        "What are their main advantages?",
+        "Is it faster than beam search?",
+        "In what way do they differ?",
+        "What is the training process?",
+        "What is the main idea?",
+    ],
+)
+def test_questions_that_need_their_source_are_caught(question):
+    assert context_dependence(question) is not None
+    assert not is_self_contained(question)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What is the zero-shot accuracy of GPT-3 on LAMBADA?",
+        "Why does dropout reduce overfitting in large networks?",
+        "How does LoRA reduce its memory footprint compared with full fine-tuning?",
+        "What is an autoencoder?",
+        "How can you choose the rank r when fine-tuning with LoRA?",
+        "Which is faster per step, QLoRA or LoRA?",
+        "How many experts does each MoE layer of Mixtral 8x7B have?",
+        "What limitation of the Wasserstein GAN does gradient penalty address?",
+        "What is the role of the discriminator in a GAN?",
+        "How does the algorithm in PPO clip the probability ratio?",
+        "What is the context window of GPT-3?",
+        "Are there limitations of dropout in recurrent networks?",
+        "When does the LSTM forget gate reset the cell state?",
+        "How is $D_\\text{KL}(p \\| q)$ used in the VAE objective?",
+    ],
+)
+def test_self_contained_questions_pass(question):
+    assert context_dependence(question) is None
+    assert is_self_contained(question)
+
+
+def test_kinds_are_normalised_or_guessed():
+    assert normalise_kind("how-to", "x") == "how_to"
+    assert normalise_kind("Quantitative result", "x") == "quantitative"
+    assert normalise_kind("Limitations", "x") == "limitation"
+    assert normalise_kind("definition", "How many?") == "definition"  # a valid tag wins over the wording
+    assert normalise_kind(None, "Why does dropout help?") == "mechanism"
+    assert normalise_kind("", "How many layers does BERT-base have?") == "quantitative"
+    assert normalise_kind("poem", "What is X?") is None
+    assert normalise_kind(3, "What is X?") is None
+    # "quantitative" needs a number in the answer; otherwise the question's wording decides.
+    question = "How do residual connections pass the input of one layer to a later layer?"
+    assert normalise_kind("quantitative", question, "A shortcut adds the input to the output.") == "mechanism"
+    assert normalise_kind("quantitative", "How deep is ResNet-152?", "ResNet-152 has 152 layers.") == "quantitative"
+    guesses = {
+        "What is an autoencoder?": "definition",
+        "Why do residual connections ease optimisation?": "mechanism",
+        "How can one choose the temperature in distillation?": "how_to",
+        "How does PPO compare with TRPO in sample efficiency?": "comparison",
+        "How many GPUs were used to train GPT-3?": "quantitative",
+        "What is a limitation of beam search?": "limitation",
+        "What is word2vec used for?": "application",
+    }
+    assert {q: guess_kind(q) for q in guesses} == guesses
+    assert set(guesses.values()) == set(KINDS)
+
+
+# ---------------------------------------------------------------------------------------------
+# non-content chunks
+
+REFERENCES = (
+    "Barrat, A., Barthélemy, M. & Vespignani, A. Dynamical Processes on Complex Networks (Cambridge University "
+    "Press, 2008). 8. Pastor-Satorras, R. & Vespignani, A. Epidemic spreading in scale-free networks. Phys. Rev. "
+    "Lett. 86, 3200–3203 (2001). 9. Centola, D. The spread of behavior in an online social network experiment. "
+    "Science 329, 1194–1197 (2010). 10. Weng, L., Flammini, A., Vespignani, A. & Menczer, F. Competition among "
+    "memes in a world with limited attention. Sci. Rep. 2, 335 (2012)."
+)
+REFERENCES_BLOG = (
+    'Ashish Vaswani, et al. "Attention is all you need." NIPS 2017. Rami Al-Rfou, et al. "Character-level '
+    'language modeling with deeper self-attention." AAAI 2019. Zihang Dai, et al. "Transformer-XL: Attentive '
+    'language models beyond a fixed-length context." ACL 2019. Nikita Kitaev, et al. "Reformer: The efficient '
+    'transformer." ICLR 2020.'
+)
+ACKNOWLEDGMENTS = (
+    "We thank Jane Doe and the anonymous reviewers for helpful discussions. This work was supported in part by "
+    "the National Science Foundation under grant IIS-1234567 and by a Google faculty award."
+)
+AUTHORS = (
+    "Tim Dettmers∗ Artidoro Pagnoni∗ Ari Holtzman Luke Zettlemoyer University of Washington "
+    "{dettmers,artidoro,ahai,lsz}@cs.washington.edu Allen Institute for AI"
+)
+FRONT_MATTER = "arXiv:2305.14314v1 [cs.LG] 23 May 2023 Preprint. Under review. Copyright 2023 by the author(s)."
+NUMBERS = "Model 7B 13B 33B 65B MMLU 35.1 46.9 57.8 63.4 GSM8K 11.0 17.8 35.6 50.9 HumanEval 10.5 15.8 21.7 23.7"
+LINKS = ("Google Scholar: http://scholar.google.com arXiv cs section: https://arxiv.org/list/cs/recent "
+         "Tensorflow Tutorials Data Science Weekly KDnuggets")
+FORMULAS = ("$$\\begin{aligned}\n\\mathcal{L}_\\text{VLB} &= \\mathbb{E}_q \\Big[ \\log\\frac{q(\\mathbf{x}_{1:T}"
+            "\\vert\\mathbf{x}_0)}{p_\\theta(\\mathbf{x}_{0:T})} \\Big] \\\\\n&= \\mathbb{E}_q \\Big[ -\\log "
+            "p_\\theta(\\mathbf{x}_T) \\Big]\n\\end{aligned}$$")
+PROSE_WITH_NUMBERS = (
+    "QLoRA reduces the memory needed to fine-tune a 65B model from more than 780 GB to under 48 GB of GPU "
+    "memory (Dettmers et al., 2023). Guanaco reaches 99.3% of the performance level of ChatGPT on the Vicuna "
+    "benchmark after 24 hours of fine-tuning on a single GPU. In 2014, Srivastava et al. showed that dropout "
+    "with p = 0.5 cuts the MNIST test error from 1.60% to 1.25%."
+)
+PROSE_WITH_MATH = (
+    "Langevin dynamics is a concept from physics, developed for statistically modeling molecular systems. "
+    "Combined with stochastic gradient descent, it can produce samples from a probability density $p(\\mathbf{x})$ "
+    "using only the gradients $\\nabla_\\mathbf{x} \\log p(\\mathbf{x})$ in a Markov chain of updates: "
+    "$$\\mathbf{x}_t = \\mathbf{x}_{t-1} + \\frac{\\epsilon}{2} \\nabla_\\mathbf{x} \\log p(\\mathbf{x}_{t-1}) "
+    "+ \\sqrt{\\epsilon} \\mathbf{z}_t$$ where $\\epsilon$ is the step size."
+)
+TABLE_WITH_LABELS = ("Model: Mixtral 8x7B; Year: 2024; Experts per MoE layer: 8; Routing: top-2. "
+                     "Model: Switch-C; Year: 2021; Experts per MoE layer: 2048; Routing: top-1.")
+
+
+@pytest.mark.parametrize(
+    ("text", "section", "reason"),
+    [
+        (REFERENCES, "OPEN", "references"),
+        (REFERENCES_BLOG, "Citation", "references"),
+        ("Some prose. It is long enough to look like a sentence of content.", "Paper > References", "references"),
+        (ACKNOWLEDGMENTS, "Conclusion", "acknowledgments"),
+        (AUTHORS, None, "authors"),
+        (FRONT_MATTER, None, "front_matter"),
+        (NUMBERS, "Results", "numbers_table"),
+        (LINKS, "How to Learn? > Useful resources", "links"),
+        (FORMULAS, "Reverse diffusion process", "formulas"),
+    ],
+)
+def test_non_content_chunks_are_named(text, section, reason):
+    assert reason in SKIP_REASONS
+    assert non_content_reason(text, section) == reason
+
+
+@pytest.mark.parametrize("text", [PROSE_WITH_NUMBERS, PROSE_WITH_MATH, TABLE_WITH_LABELS,
+                                  "Method0 is a technique that improves training stability number 0. It works well."])
+def test_prose_with_numbers_citations_or_formulas_is_content(text):
+    assert non_content_reason(text, "Method") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# replies: LaTeX backslashes survive, real escapes decode
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded"),
+    [
+        (r'"$D_\text{KL}(p \| q)$"', r"$D_\text{KL}(p \| q)$"),
+        (r'"$\frac{1}{N}\sum_i \nabla_\theta \log \pi_\theta$"', r"$\frac{1}{N}\sum_i \nabla_\theta \log \pi_\theta$"),
+        (r'"$\beta$, $\rho$, $\tau$, $\underline{x}$, $\alpha$, $\{a\}$, $\nu \neq \mu$"',
+         r"$\beta$, $\rho$, $\tau$, $\underline{x}$, $\alpha$, $\{a\}$, $\nu \neq \mu$"),
+        (r'"First sentence.\nSecond sentence."', "First sentence.\nSecond sentence."),
+        (r'"a \"quoted\" word, a\\b path, caf\u00e9, a\/b"', 'a "quoted" word, a\\b path, café, a/b'),
+        (r'"ends with a backslash \\"', "ends with a backslash \\"),
+    ],
+)
+def test_latex_backslashes_are_kept_and_json_escapes_decode(raw, decoded):
+    assert json.loads(keep_latex_backslashes(raw)) == decoded
+
+
+def test_real_looking_replies_parse_with_their_kinds_and_latex():
+    constrained = (  # what a schema-constrained llama.cpp reply looks like: "\t" of "\text" is a valid escape
+        '{"pairs": [{"kind": "definition", "question": "What does $D_\\text{KL}$ measure in a VAE?", '
+        '"answer": "$D_\\text{KL}(q_\\phi(\\mathbf{z}|\\mathbf{x}) \\| p(\\mathbf{z}))$ measures how far the '
+        'encoder distribution is from the prior.\\nIt acts as a regularizer."}, '
+        '{"kind": "mechanism", "question": "How is the gradient $\\nabla_\\theta J(\\theta)$ estimated in REINFORCE?", '
+        '"answer": "REINFORCE estimates $\\nabla_\\theta J(\\theta)$ as $\\mathbb{E}[G_t \\nabla_\\theta '
+        '\\ln \\pi_\\theta(a|s)]$ from sampled episodes."}]}'
+    )
+    pairs = parse_pairs(constrained)
+    assert [p.kind for p in pairs] == ["definition", "mechanism"]
+    assert pairs[0].question == r"What does $D_\text{KL}$ measure in a VAE?"
+    assert pairs[0].answer.startswith(r"$D_\text{KL}(q_\phi(\mathbf{z}|\mathbf{x}) \| p(\mathbf{z}))$ measures")
+    assert pairs[0].answer.endswith("prior. It acts as a regularizer.")  # the newline was a real one
+    assert r"\nabla_\theta J(\theta)" in pairs[1].question and r"\ln \pi_\theta(a|s)" in pairs[1].answer
+    # A lenient (unconstrained) reply in a code fence with invalid escapes and a kind synonym.
+    fenced = '```json\n[{"kind": "how-to", "question": "How is $\\alpha$ set?", "answer": "Set $\\alpha = 0.1$."}]\n```'
+    assert parse_pairs(fenced) == [("How is $\\alpha$ set?", "Set $\\alpha = 0.1$.", "how-to")]
+    # Cut off by the token limit inside the first object: fields are salvaged, LaTeX kept.
+    cut = '{"pairs": [{"kind": "quantitative", "question": "What is $\\beta$ in beta-VAE?", "answer": "$\\beta = 4$ works. It'
+    assert parse_pairs(cut) == [("What is $\\beta$ in beta-VAE?", "$\\beta = 4$ works.", "quantitative")]
+
+
+def test_worked_examples_show_different_kinds_and_question_forms():
+    pairs = [p for example in EXAMPLES for p in example[3]]
+    kinds = Counter(p["kind"] for p in pairs)
+    assert set(kinds) <= set(KINDS) and len(kinds) >= 6 and max(kinds.values()) <= 2
+    openers = Counter(" ".join(p["question"].split()[:2]) for p in pairs)
+    assert len(openers) >= 5 and openers["What does"] <= 2
+    for example in EXAMPLES:  # every example pair passes every check but the one against copying an example
+        for pair in example[3]:
+            assert check_pair(pair["question"], pair["answer"], Grounding(example[2]), 0.4) == "copies_example", pair
+    system = build_conversation("x", 1)[0]["content"]
+    assert 'Bad: "What does Fig. 6 show?" Good: "' in system  # a question that needs its source, rewritten
+    assert all(kind in system for kind in KINDS)
+
+
+def test_the_reply_schema_asks_for_kinds_from_the_enum():
+    schema = reply_schema(4)
+    items = schema["properties"]["pairs"]["items"]
+    assert schema["required"] == ["pairs"] and schema["properties"]["pairs"]["maxItems"] == 4
+    assert items["properties"]["kind"]["enum"] == list(KINDS)
+    assert set(items["required"]) == {"question", "answer", "kind"}
+
+
+# ---------------------------------------------------------------------------------------------
+# answers and pairs
+
+
+def test_answers_are_trimmed_to_three_sentences_and_fragments_are_caught():
+    long = "LoRA freezes the weights. It trains two matrices. It merges them. It adds no latency. It is cheap."
+    assert finish_answer(long) == "LoRA freezes the weights. It trains two matrices. It merges them."
+    assert finish_answer("LoRA freezes the weights") == "LoRA freezes the weights."
+    assert finish_answer("Ho et al. (2020) use 1,000 steps. Fewer steps hurt.") == (
+        "Ho et al. (2020) use 1,000 steps. Fewer steps hurt.")
+    for fragment in ("training a model on a dataset", "by adding noise to the input.", "to reduce overfitting.",
+                     "Yes.", "8"):
+        assert is_fragment(fragment), fragment
+    for sentence in ("word2vec learns embeddings from context.", "Two small low-rank matrices.",
+                     "$\\beta = 4$ gives disentangled factors."):
+        assert not is_fragment(sentence), sentence
+
+
+CHUNK = ("Dropout is a regularization technique for large neural networks. Dropout randomly sets a fraction of activations to zero during training, so units cannot co-adapt. "
+         "At test time the outputs are scaled by the keep probability. Dropout slows training by two to three times.")
+
+
+def test_reply_checks_count_each_drop_reason():
+    reply = json.dumps({"pairs": [
+        {"kind": "mechanism", "question": "Why does dropout stop units from co-adapting?",
+         "answer": "Dropout randomly sets a fraction of activations to zero during training, so units cannot "
+                   "co-adapt. At test time the outputs are scaled by the keep probability. Dropout slows training. "
+                   "Dropout is popular."},
+        {"kind": "limitation", "question": "What does the passage say dropout costs?",
+         "answer": "Dropout slows training by two to three times."},
+        {"kind": "poem", "question": "How are dropout outputs scaled at test time?",
+         "answer": "At test time the outputs are scaled by the keep probability."},
+        {"kind": "definition", "question": "What does dropout do during training?", "answer": "zeroing activations"},
+        {"question": "How much does dropout slow training?", "answer": "Dropout slows training by two to three times."},
+    ]})
+    result = pairs_from_reply(reply, Grounding(CHUNK), 5, 0.4)
+    assert result.pairs == [
+        {"question": "Why does dropout stop units from co-adapting?", "kind": "mechanism",
+         "answer": "Dropout randomly sets a fraction of activations to zero during training, so units cannot "
+                   "co-adapt. At test time the outputs are scaled by the keep probability. Dropout slows training."},
+        {"question": "How much does dropout slow training?", "kind": "quantitative",
+         "answer": "Dropout slows training by two to three times."},
+    ]
+    assert result.dropped == {"not_self_contained": 1, "bad_kind": 1, "answer_fragment": 1}
+
+
+def test_questions_naming_what_the_chunk_never_mentions_are_ungrounded():
+    # A small model copies its worked example: a LoRA question about a chunk on dropout.
+    reply = json.dumps({"pairs": [
+        {"kind": "comparison", "question": "How does LoRA differ from dropout in inference latency?",
+         "answer": "Dropout randomly sets a fraction of activations to zero during training."},
+        {"kind": "definition", "question": "What does Srivastava's dropout do during training?",
+         "answer": "Dropout randomly sets a fraction of activations to zero during training."},
+    ]})
+    assert pairs_from_reply(reply, Grounding(CHUNK), 5, 0.4).dropped == {"ungrounded": 2}
+    # A name from the document title is known.
+    title_words = frozenset(content_words("Dropout: A Simple Way to Prevent Overfitting (Srivastava)"))
+    result = pairs_from_reply(reply, Grounding(CHUNK), 5, 0.4, known_words=title_words)
+    assert [p["question"] for p in result.pairs] == ["What does Srivastava's dropout do during training?"]
+    assert unknown_names("Why does GPT-3 beat ResNet on ImageNet?", {"gpt", "3", "resnet"}) == ["ImageNet"]
+
+
+def test_questions_that_fill_a_worked_example_template_are_dropped():
+    copied = "What does a sequence model learn instead of updating a pretrained weight matrix?"
+    assert copies_example(copied)
+    assert not copies_example("How does LoRA differ from prefix tuning in the number of trainable parameters?")
+    text = "A sequence model transforms an input sequence into an output sequence with a pretrained weight matrix."
+    reply = json.dumps({"pairs": [{"kind": "definition", "question": copied, "answer": text}]})
+    assert pairs_from_reply(reply, Grounding(text), 5, 0.4).dropped == {"copies_example": 1}
+
+
+def test_richer_chunks_are_asked_for_more_pairs():
+    sentence = "The encoder maps each input token to a vector that the decoder attends to at every step. "
+    assert pairs_to_ask(sentence, 5) == 1
+    assert pairs_to_ask(sentence * 7, 5) == 3
+    assert pairs_to_ask(sentence * 30, 5) == 5
+    assert pairs_to_ask(sentence * 30, 2) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage: non-content chunks skipped before any generator, kinds and pairs per chunk reported
+
+
+class SchemaChat:
+    """A ChatModel that answers every chunk with one pair and records what it was asked."""
+
+    name = "schema-chat"
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.schemas: list[dict | None] = []
+
+    def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+        self.prompts.extend(c[-1]["content"] for c in conversations)
+        self.schemas.append(json_schema)
+        return [json.dumps({"pairs": [{"kind": "mechanism", "question": "Why does dropout stop units from co-adapting?",
+                                       "answer": "Dropout sets activations to zero during training, so units cannot "
+                                                 "co-adapt."}]}) for _ in conversations]
+
+
+def write_chunks(run_dir: Path, rows: list[tuple[str, str | None]]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "chunks.jsonl").open("w", encoding="utf-8") as fh:
+        for i, (text, section) in enumerate(rows):
+            fh.write(json.dumps({"id": f"paper.pdf#{i:04d}", "text": text, "source": "paper.pdf",
+                                 "title": "Dropout: A Simple Way to Prevent Overfitting", "section": section}) + "\n")
+
+
+@pytest.mark.parametrize("generator", ["llm", "rules"])
+def test_the_stage_skips_non_content_and_reports_kinds(tmp_path, generator):
+    run_dir = tmp_path / "run"
+    write_chunks(run_dir, [(CHUNK, "Method > Dropout"), (REFERENCES, "References"), (ACKNOWLEDGMENTS, "Thanks"),
+                           (CHUNK.replace("Dropout", "DropConnect"), "Method")])
+    chat = SchemaChat()
+    config = load_config(None, [f"run_dir={run_dir}", f"generate.generators={{{generator}: 1}}"])
+    generate.run(config, chat_model=chat)
+    data = json.loads((run_dir / "generate" / "report.json").read_text(encoding="utf-8"))
+    assert data["skipped_non_content"] == 2
+    assert data["skipped_non_content_reasons"] == {"acknowledgments": 1, "references": 1}
+    assert data["content_chunks_with_pairs"] == 2 and data["chunks_without_pairs"] == 2
+    assert sum(data["kinds"].values()) == data["pairs"] and set(data["kinds"]) <= set(KINDS)
+    assert sum(data["pairs_per_content_chunk"].values()) == 2
+    rows = [json.loads(line) for line in (run_dir / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["chunk_id"] for r in rows} == {"paper.pdf#0000", "paper.pdf#0003"}
+    assert all(r["kind"] in KINDS for r in rows)
+    if generator == "llm":
+        assert len(chat.prompts) == 2 and all("References" not in p for p in chat.prompts)  # never asked
+        assert chat.prompts[0].startswith("Title: Dropout: A Simple Way to Prevent Overfitting\nSection: Method > Dropout\n")
+        assert chat.schemas == [reply_schema(config.generate.pairs_per_chunk)] * len(chat.schemas)
+        assert data["kinds"] == {"mechanism": 2}
+    # Skipping can be turned off: then every chunk goes to the generator.
+    generate.run(load_config(None, [f"run_dir={run_dir}", f"generate.generators={{{generator}: 1}}",
+                                    "generate.skip_non_content=false"]), chat_model=SchemaChat())
+    assert json.loads((run_dir / "generate" / "report.json").read_text(encoding="utf-8"))["skipped_non_content"] == 0
+
+
+def test_a_failing_model_still_leaves_skipped_chunks_recorded(tmp_path):
+    class Failing(SchemaChat):
+        def chat(self, conversations, **kwargs):
+            raise LLMRequestError("generate.llm: HTTP 500", reason="HTTP 500")
+
+    run_dir = tmp_path / "run"
+    write_chunks(run_dir, [(REFERENCES, "References"), (CHUNK, "Method")])
+    with pytest.raises(LLMRequestError):
+        generate.run(load_config(None, [f"run_dir={run_dir}", "generate.generators={llm: 1}"]), chat_model=Failing())
+    progress = [json.loads(line) for line in (run_dir / "generate" / "progress.jsonl").read_text().splitlines()]
+    assert [r.get("skipped") for r in progress if r["kind"] == "chunk"] == ["references"]
