@@ -322,6 +322,9 @@ class OpenAIChatModel:
             reason=last.reason,
         )
 
+    def _ready(self) -> None:
+        """Called before the requests of each ``chat``: a backend that starts its server lazily does it here."""
+
     def _unreachable(self, reason: str) -> LLMUnreachableError:
         return LLMUnreachableError(
             f"{self.setting}.base_url={self.cfg.base_url!r}: no server answers at {self.url} ({reason}). Start an "
@@ -339,6 +342,7 @@ class OpenAIChatModel:
     ) -> list[str]:
         if not conversations:
             return []
+        self._ready()
         max_new_tokens = max_new_tokens or self.cfg.max_new_tokens
         temperature = self.cfg.temperature if temperature is None else temperature
         payloads = [
@@ -410,19 +414,8 @@ class LlamaCppChatModel(OpenAIChatModel):
             f"{self.setting}: llama.cpp's server in this process stopped answering at {self.url} ({reason})"
         )
 
-    def chat(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        json_schema: dict[str, Any] | None = None,
-    ) -> list[str]:
-        if not conversations:
-            return []
+    def _ready(self) -> None:
         self.start()
-        return super().chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature,
-                            json_schema=json_schema)
 
     def close(self) -> None:
         """Finish the requests in flight, then stop the server (a later ``chat`` starts it again)."""
