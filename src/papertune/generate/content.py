@@ -129,22 +129,3 @@ def non_content_reason(text: str, section: str | None = None, segmenter: str = "
     if sum(bool(_NUMBER.match(w)) for w in words) / len(words) >= 0.3:
         return "numbers_table"
     return "no_prose"
-    sentences = split_sentences(text, segmenter)
-    entries = len(_REFERENCE_ENTRY.findall(text))
-    venues = len(_VENUE.findall(text))
-    if entries >= 3 and venues >= 2 and (entries + venues) * 100 / len(words) >= 4:
-        return "references"
-    thanks = sum(bool(_THANKS.search(s)) for s in sentences)
-    if re.match(r"\s*acknowledge?ments?\b", text, re.I) or (thanks and thanks * 2 >= len(sentences)):
-        return "acknowledgments"
-    if prose_share(text, segmenter) >= MIN_PROSE_SHARE or len(_LABELLED_FIELD.findall(text)) >= 3:
-        return None  # prose, or a table with labelled fields ("Model: Mixtral 8x7B; Experts: 8; ...")
-    if len(_EMAIL.findall(text)) >= 1 or len(_AFFILIATION.findall(text)) >= 2:
-        return "authors"
-    if _FRONT_MATTER.search(text):
-        return "front_matter"
-    if len(_URL.findall(text)) >= 2:
-        return "links"
-    if sum(bool(_NUMBER.match(w)) for w in words) / len(words) >= 0.3:
-        return "numbers_table"
-    return "no_prose"
