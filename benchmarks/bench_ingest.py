@@ -92,7 +92,7 @@ def main() -> None:
         rows.append(("OCR: papertune ingest, 1 worker", ocr_pages, one, "1.00x"))
         rows.append(("OCR: papertune ingest, 2 workers", ocr_pages, two, f"{one / two:.2f}x speed-up (target >= 1.7x)"))
 
-    print(f"\n| measurement | pages | seconds | pages/s | ratio |\n|---|---|---|---|---|")
+    print("\n| measurement | pages | seconds | pages/s | ratio |\n|---|---|---|---|---|")
     for name, n, seconds, ratio in rows:
         print(f"| {name} | {n} | {seconds:.2f} | {n / seconds:.1f} | {ratio} |")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from papertune.config import LLMConfig, load_config
 from papertune.curate import overlap_support
-from papertune.curate.judge import PairJudge, parse_reply
+from papertune.curate.judge import PairJudge
 from papertune.ingest.chunk import get_token_counter
 from papertune.llm import make_chat_model
 from papertune.rundir import CHUNKS, QA_CURATED, read_jsonl

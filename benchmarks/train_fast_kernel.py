@@ -247,7 +247,6 @@ def gradcheck(model_dir: str) -> None:
                       lora_dropout=0.0, gradient_checkpointing=False, dequantize_base=True)
     set_seed(3407)
     model, _ = load_for_training(cfg, "hf")
-    inner = model.base_model.model
     with torch.no_grad():  # non-zero B, as after some training, so that A gets gradients too
         for name, p in model.named_parameters():
             if "lora_B" in name:
