@@ -6,7 +6,8 @@
 # wheels in .whl/ (e.g. liger-kernel, for gpu-fast's fused kernels; carry .whl), and the reference scripts of
 # ../shared/gpu/ that are not part of this repository, copied into $SHARED_GPU (default .gpu-ref/):
 # qlora_anchor.py (always: it builds the model) and seed_recipe.py (for the report's recipe on the seed mix).
-# Sets: PYTHONPATH, OUT (logs; default /tmp/out), MODEL (/tmp/q3b: Qwen2.5-3B's shape, random weights).
+# Sets: PYTHONPATH, OUT (logs; default /tmp/out), MODEL (/tmp/q3b: Qwen2.5-3B's shape, random weights; not built
+# with REFERENCE_MODEL=0).
 set -uo pipefail
 SHARED_GPU=${SHARED_GPU:-.gpu-ref}
 
@@ -36,7 +37,8 @@ export PYTHONPATH=/tmp/s/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKEN
 export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 MODEL=/tmp/q3b
-if [ ! -f $MODEL/config.json ]; then
+# REFERENCE_MODEL=0: an entry that works with real staged models skips building the random-weight one.
+if [ "${REFERENCE_MODEL:-1}" = 1 ] && [ ! -f $MODEL/config.json ]; then
   need_shared qlora_anchor.py
   python3 "$SHARED_GPU/qlora_anchor.py" build $MODEL > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
 fi

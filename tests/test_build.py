@@ -76,6 +76,7 @@ def test_chat_template_formatting_is_exact(tmp_path: Path):
                                {"role": "user", "content": row["question"]},
                                {"role": "assistant", "content": row["answer"]}]
     assert row["n_tokens"] > 10
+    assert row["passage_ids"] == [] and row["source_passage"] == 0
 
 
 def test_overlength_dropped_or_truncated(tmp_path: Path):
@@ -153,3 +154,224 @@ def test_rows_with_fields_of_the_wrong_type_are_skipped_naming_file_and_line(tmp
 def test_no_input_is_a_clear_error(tmp_path: Path):
     with pytest.raises(InputError, match="run `papertune generate"):
         build.run(cfg_for(tmp_path / "empty"))
+
+
+# --- documents kept out of training, and RAFT examples ---------------------------------------------
+
+VOCAB = ("gradient attention adapter quantile router expert token reward policy loss optimizer kernel cache "
+         "tensor batch layer norm embedding vocabulary decoder encoder softmax dropout warmup schedule rank "
+         "matrix precision memory throughput latency sample preference margin baseline benchmark metric").split()
+
+
+def corpus(n_docs: int = 10, chunks_per_doc: int = 3, twin: bool = True) -> tuple[list[dict], list[dict]]:
+    """Chunks of ``n_docs`` documents of random words (one unique term each), two pairs per chunk plus a noise
+    variant of the first; with ``twin``, doc0.pdf holds doc0.md's text again (the same paper in two files)."""
+    import random
+
+    chunks, rows = [], []
+    for d in range(n_docs):
+        for j in range(chunks_per_doc):
+            rng = random.Random(f"{d}-{j}")
+            term = f"term{d}x{j}"
+            words = rng.sample(VOCAB, 18)
+            chunks.append({"id": f"doc{d}.md#{j:04d}", "source": f"doc{d}.md", "section": f"Part {j}",
+                           "page_start": None, "page_end": None, "text": f"The {term} method combines "
+                           + " ".join(words) + "."})
+            for k in range(2):
+                rid = f"doc{d}.md#{j:04d}::rules::{k}"
+                rows.append({"id": rid, "question": f"How does {term} use {words[2 * k]} and {words[2 * k + 1]}?",
+                             "answer": f"It applies {words[4 + k]} to {words[6 + k]}.", "chunk_id": f"doc{d}.md#{j:04d}",
+                             "source": f"doc{d}.md", "generator": "rules", "parent_id": None, "augmentation": None})
+                if k == 0:
+                    rows.append({**rows[-1], "id": rid + "::noise", "question": rows[-1]["question"].replace("How", "Hwo"),
+                                 "parent_id": rid, "augmentation": "noise"})
+    if twin:
+        for chunk in [c for c in chunks if c["source"] == "doc0.md"]:
+            chunks.append({**chunk, "id": chunk["id"].replace(".md", ".pdf"), "source": "doc0.pdf", "page_start": 1,
+                           "page_end": 1, "text": chunk["text"] + " Page 1."})
+            rows.append({**rows[0], "id": chunk["id"].replace(".md", ".pdf") + "::rules::0",
+                         "question": f"Which method is {chunk['id'][-1]} in the PDF copy?", "chunk_id": chunk["id"].replace(".md", ".pdf"),
+                         "source": "doc0.pdf"})
+    return chunks, rows
+
+
+def write_corpus(run: Path, chunks: list[dict], rows: list[dict]) -> None:
+    write_rows(run, rows)
+    (run / "chunks.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chunks))
+
+
+@pytest.fixture(scope="module")
+def raft_run(tmp_path_factory) -> Path:
+    """One RAFT build with held-out and outside documents, retrieval on a bag-of-words embedder."""
+    from helpers import bag_of_words
+
+    run = tmp_path_factory.mktemp("raft") / "run"
+    write_corpus(run, *corpus())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("papertune.index.embed_texts", bag_of_words)
+        build.run(cfg_for(run, mode="raft", heldout_documents=0.2, outside_documents=0.1))
+    return run
+
+
+def test_documents_kept_out_are_seeded_disjoint_and_keep_their_twins_and_variants(tmp_path: Path):
+    from datasets import load_from_disk
+
+    chunks, rows = corpus()
+    documents = []
+    for name, seed in (("a", 3407), ("b", 3407), ("c", 7)):
+        write_corpus(tmp_path / name, chunks, rows)
+        build.run(cfg_for(tmp_path / name, seed=seed, heldout_documents=0.2, outside_documents=0.1))
+        documents.append(json.loads((tmp_path / name / "build" / "report.json").read_text())["documents"])
+    ds = load_from_disk(str(tmp_path / "a" / "dataset"))
+    assert documents[0] == documents[1] and documents[0] != documents[2]
+    docs = documents[0]
+    # 11 documents, the twins counted once: 10 groups -> 2 held out, 1 outside; each list disjoint from the others.
+    assert len(docs["heldout"]) >= 2 and len(docs["outside"]) >= 1
+    assert not set(docs["heldout"]) & set(docs["outside"])
+    assert not (set(docs["heldout"]) | set(docs["outside"])) & set(docs["train"])
+    assert sorted(docs["train"] + docs["heldout"] + docs["outside"]) == sorted({r["source"] for r in rows})
+    roles = {d: role for role, names in docs.items() for d in names}
+    assert roles["doc0.md"] == roles["doc0.pdf"]  # the same text in two files is drawn as one document
+    assert set(ds) == {"train", "test", "heldout", "outside"}
+    for split in ("heldout", "outside"):
+        assert set(ds[split]["source"]) == set(docs[split])
+        assert sorted(ds[split]["id"]) == sorted(r["id"] for r in rows if r["source"] in docs[split])  # variants too
+        assert all(not ids for ids in ds[split]["passage_ids"])
+    assert set(ds["train"]["source"]) | set(ds["test"]["source"]) <= set(docs["train"])
+    card = (tmp_path / "a" / "dataset_card.md").read_text()
+    assert all(f"`{d}`" in card for d in docs["heldout"] + docs["outside"])
+
+
+def test_keeping_every_document_out_is_a_clear_error(tmp_path: Path):
+    run = tmp_path / "run"
+    write_corpus(run, *corpus(n_docs=2, twin=False))
+    with pytest.raises(InputError, match="leaving nothing to train on"):
+        build.run(cfg_for(run, heldout_documents=0.5, outside_documents=0.4))
+    with pytest.raises(InputError, match="no chunks in"):
+        write_rows(tmp_path / "bare", corpus(n_docs=3)[1])
+        build.run(cfg_for(tmp_path / "bare", heldout_documents=0.3))
+
+
+def test_raft_rows_hold_their_source_at_the_recorded_position_among_distractors_of_other_documents(raft_run):
+    from datasets import load_from_disk
+
+    from papertune.chat import ABSTAIN, cited_answer, passage_label
+
+    ds = load_from_disk(str(raft_run / "dataset"))
+    chunks = {c["id"]: c for c in map(json.loads, (raft_run / "chunks.jsonl").read_text().splitlines())}
+    with_source = 0
+    for split in ("train", "test"):
+        for row in ds[split]:
+            ids, n = row["passage_ids"], row["source_passage"]
+            assert len(ids) == 4 and len(set(ids)) == 4
+            assert row["answer"] == next(r["answer"] for r in corpus()[1] if r["id"] == row["id"])  # plain reference
+            if n:
+                with_source += 1
+                assert ids[n - 1] == row["chunk_id"]
+                assert row["completion"] == cited_answer(row["answer"], n) + "<|im_end|>"
+            else:
+                assert row["chunk_id"] not in ids
+                assert row["completion"] == ABSTAIN + "<|im_end|>"
+            same_document = {row["source"], row["source"].replace(".pdf", ".md"), row["source"].replace(".md", ".pdf")}
+            for cid in ids:  # other documents only, and not the same paper in another file
+                assert cid == row["chunk_id"] or chunks[cid]["source"] not in same_document
+            # Never the same text twice (the source's twin file, or two twins as distractors).
+            assert len({chunks[cid]["text"].removesuffix(" Page 1.") for cid in ids + [row["chunk_id"]]}) == len(
+                set(ids + [row["chunk_id"]]))
+            blocks = [f"[{m}] {passage_label(chunks[cid])}\n{chunks[cid]['text']}" for m, cid in enumerate(ids, 1)]
+            assert all(block in row["prompt"] for block in blocks)
+    report = json.loads((raft_run / "build" / "report.json").read_text())
+    assert report["mode"] == "raft"
+    raft = report["raft"]
+    assert raft["with_source"] == with_source and raft["passages_per_row"] == 4
+    assert raft["with_source"] + raft["without_source"] == len(ds["train"]) + len(ds["test"])
+    assert raft["dropped_for_length"] == 0
+
+
+def test_raft_never_shows_a_test_chunk_or_a_kept_out_document_in_training(raft_run):
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(raft_run / "dataset"))
+    docs = json.loads((raft_run / "build" / "report.json").read_text())["documents"]
+    chunks = [json.loads(line) for line in (raft_run / "chunks.jsonl").read_text().splitlines()]
+    kept_out = {c["id"] for c in chunks if c["source"] in docs["heldout"] + docs["outside"]}
+    assert kept_out
+    test_chunks = set(ds["test"]["chunk_id"])
+    train_passages = {cid for ids in ds["train"]["passage_ids"] for cid in ids}
+    test_passages = {cid for ids in ds["test"]["passage_ids"] for cid in ids}
+    assert not train_passages & test_chunks
+    assert not train_passages & kept_out
+    assert not test_passages & kept_out
+    assert test_chunks <= test_passages | test_chunks  # test rows may show their own chunk
+    for split in ("heldout", "outside"):
+        for row in ds[split]:
+            assert row["passage_ids"] == [] and row["source_passage"] == 0
+            assert row["completion"] == row["answer"] + "<|im_end|>" and "passages" not in row["prompt"]
+
+
+def test_raft_rebuild_gives_identical_examples(raft_run, tmp_path: Path, monkeypatch):
+    from datasets import load_from_disk
+
+    from helpers import bag_of_words
+
+    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
+    run = tmp_path / "again"
+    write_corpus(run, *corpus())
+    again = load_from_disk(str(build.run(cfg_for(run, mode="raft", heldout_documents=0.2, outside_documents=0.1))))
+    first = load_from_disk(str(raft_run / "dataset"))
+    for split in first:
+        assert again[split]["text"] == first[split]["text"]
+        assert again[split]["passage_ids"] == first[split]["passage_ids"]
+
+
+class _NoHits:
+    """A retriever that finds nothing: every distractor comes from the seeded random fill."""
+
+    def __init__(self, chunks: dict[str, dict]) -> None:
+        self.ids, self.chunks = list(chunks), chunks
+
+    def search_many(self, queries, k=None, *, exclude_ids=None, exclude_sources=None):
+        return [[] for _ in queries]
+
+
+def test_raft_source_share_targets_and_random_fill():
+    from papertune.chat import ABSTAIN
+    from papertune.config import BuildConfig
+    from papertune.raft import assign_passages, raft_target
+    from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
+
+    chunks, _ = corpus(n_docs=20, twin=False)
+    by_id = {c["id"]: c for c in chunks}
+    rows = [{"id": f"q{i}", "question": f"question {i}", "chunk_id": chunks[i % len(chunks)]["id"],
+             "source": chunks[i % len(chunks)]["source"]} for i in range(1000)]
+    near = NearDuplicates([c["text"] for c in chunks], SAME_TEXT_THRESHOLD)
+    cfg = BuildConfig(raft_source_share=0.8)
+    assigned, stats = assign_passages(rows, ["train"] * len(rows), by_id, near, {}, _NoHits(by_id), cfg, 3)
+    assert 0.76 <= stats["with_source"] / len(rows) <= 0.84
+    assert stats["distractor_fallbacks"] == 2 * stats["with_source"] + 3 * stats["without_source"]
+    assert all(len(a.passage_ids) == 3 for a in assigned)
+    again, _ = assign_passages(rows, ["train"] * len(rows), by_id, near, {}, _NoHits(by_id), cfg, 3)
+    assert again == assigned  # seeded per row
+    twins = {"doc0.md": frozenset({"doc0.md", "doc1.md"}), "doc1.md": frozenset({"doc0.md", "doc1.md"})}
+    doc0 = [r for r in rows if r["source"] == "doc0.md"]
+    assigned, _ = assign_passages(doc0, ["train"] * len(doc0), by_id, near, twins, _NoHits(by_id), cfg, 3)
+    shown = {by_id[cid]["source"] for a, r in zip(assigned, doc0) for cid in a.passage_ids if cid != r["chunk_id"]}
+    assert shown and not shown & {"doc0.md", "doc1.md"}  # never a distractor from the same text in another file
+    assert raft_target("It is NF4.", 2, "abstain") == "It is NF4 [2]."
+    assert raft_target("It is NF4.", 0, "abstain") == ABSTAIN
+    assert raft_target("It is NF4.", 0, "answer") == "It is NF4."
+
+
+def test_raft_rows_over_the_length_limit_are_dropped_and_counted(tmp_path: Path, monkeypatch, caplog):
+    from helpers import bag_of_words
+
+    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
+    run = tmp_path / "run"
+    write_corpus(run, *corpus(n_docs=4, twin=False))
+    build.run(cfg_for(run, mode="raft", max_seq_length=249))
+    report = json.loads((run / "build" / "report.json").read_text())
+    dropped = report["raft"]["dropped_for_length"]
+    assert 0 < dropped < report["raft"]["with_source"] + report["raft"]["without_source"]
+    assert dropped == report["dropped_for_length"]["train"] + report["dropped_for_length"]["test"]
+    assert report["train"] + report["test"] + dropped == report["raft"]["with_source"] + report["raft"]["without_source"]
+    assert "RAFT examples" in caplog.text and "Raise build.max_seq_length and train.max_seq_length" in caplog.text

@@ -21,8 +21,8 @@ from papertune.train.trainer import PreemptionCallback
 def demo_advice() -> str:
     """The command line scripts/demo.sh prints after "Ask the tuned model:", as the shell will run it."""
     script = (REPO / "scripts" / "demo.sh").read_text(encoding="utf-8")
-    match = re.search(r'Ask the tuned model: (.*)" >&2', script)
-    assert match, "scripts/demo.sh no longer prints 'Ask the tuned model: ...'"
+    match = re.search(r'Ask the tuned model[^:]*: (.*)" >&2', script)
+    assert match, "scripts/demo.sh no longer prints 'Ask the tuned model ...: ...'"
     return match.group(1).replace('\\"', '"')
 
 
@@ -38,7 +38,7 @@ def test_the_demo_advice_answers_as_printed(trained_run, tmp_path):
     proc = subprocess.run(["bash", "-c", f"RUN_DIR=runs/cpu; {command}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Sources (chunks most similar to the question):" in proc.stdout
+    assert "Sources (* cited in the answer):" in proc.stdout and "grounded in 4 passages" in proc.stderr
     assert f"config: {Path('runs/cpu') / 'config.yaml'}" in proc.stderr  # the run's own config, said so
 
 

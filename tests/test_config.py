@@ -42,7 +42,27 @@ def test_every_profile_loads_and_validates(profile: Path):
 
 
 def test_profiles_exist():
-    assert {p.name for p in PROFILES} >= {"cpu.yaml", "gpu.yaml"}
+    assert {p.name for p in PROFILES} >= {"cpu.yaml", "cpu-quality.yaml", "gpu.yaml", "gpu-fast.yaml"}
+
+
+@pytest.mark.parametrize(("name", "backend", "teacher", "llm_share"), [
+    ("cpu", "llamacpp", "packaged:qwen2.5-coder-0.5b-instruct", None),  # a share of the chunks, to fit 2 cores
+    ("cpu-quality", "llamacpp", "packaged:qwen2.5-coder-1.5b-instruct", 1.0),  # every chunk
+    ("gpu", "hf", "Qwen/Qwen2.5-3B-Instruct", None),
+    ("gpu-fast", "hf", "Qwen/Qwen2.5-3B-Instruct", None),
+])
+def test_each_profile_generates_and_judges_with_a_real_teacher(name: str, backend: str, teacher: str,
+                                                               llm_share: float | None):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    shares = cfg.generate.generators
+    assert shares.get("llm", 0) > 0
+    if llm_share is not None:
+        assert shares == {"llm": llm_share}
+    assert cfg.curate.judge_enabled
+    for llm in (cfg.generate.llm, cfg.curate.judge):
+        assert (llm.backend, llm.model) == (backend, teacher)
+    if name.startswith("cpu"):
+        assert cfg.train == load_config(REPO / "configs" / "cpu.yaml").train  # the same student and training
 
 
 def test_yaml_then_overrides(tmp_path: Path):
@@ -122,7 +142,7 @@ def test_packaged_profiles_are_the_configs():
             f"{packaged} differs from {profile}; copy it: cp {profile} {packaged}")
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu", "gpu-fast"])
+@pytest.mark.parametrize("name", ["cpu", "cpu-quality", "gpu", "gpu-fast"])
 def test_every_packaged_profile_loads_and_validates(name: str):
     from papertune.profiles import profile_path, resolve_config_file
 
@@ -183,7 +203,7 @@ def test_every_command_takes_a_profile_name(tmp_path: Path, monkeypatch):
     assert seen["config"].train.lora_r == 4 and seen["options"] == {"resume": False, "force": False}
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu", "gpu-fast"])
+@pytest.mark.parametrize("name", ["cpu", "cpu-quality", "gpu", "gpu-fast"])
 def test_the_config_recorded_in_a_run_directory_loads_back_as_it_was(tmp_path: Path, name: str):
     from papertune.profiles import profile_path
     from papertune.rundir import record_run_config

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FAST_EVAL, REPO, built_run, qa_rows, tiny_overrides, write_rows
+from helpers import FAST_EVAL, REPO, bag_of_words, built_run, qa_rows, tiny_overrides, write_rows
 from papertune import build, evaluate, train
 from papertune.config import SMOLLM2_PACKAGED, load_config
 from papertune.errors import ConfigError, InputError
@@ -57,7 +57,73 @@ def test_judge_replies_are_parsed_robustly():
     assert parse("I cannot grade this.") is None and parse(None) is None and parse("") is None
 
 
-# --- the stage on a tiny model -----------------------------------------------------------------------
+def test_citation_markers_are_stripped_before_scoring():
+    assert evaluate.strip_citations("QLoRA quantizes to NF4 [2].") == "QLoRA quantizes to NF4."
+    assert evaluate.strip_citations("A [1] and B [3][4]") == "A and B"
+    assert evaluate.token_f1(evaluate.strip_citations("NF4 [2]."), "NF4") == 1.0
+
+
+def test_a_passage_contains_an_answer_with_most_of_its_content_words():
+    # content words of the reference: {quantizes, weights, nf4} ("it", "to" are function words)
+    assert evaluate.content_words("It quantizes the weights to NF4.") == {"quantizes", "weights", "nf4"}
+    assert evaluate.passage_contains("QLoRA quantizes frozen weights to 4-bit NF4.", "It quantizes weights to NF4")
+    assert evaluate.passage_contains("NF4 stores weights.", "It quantizes weights to NF4")  # 2/3 >= 0.6
+    assert not evaluate.passage_contains("NF4 is a data type.", "It quantizes weights to NF4")  # 1/3
+    assert not evaluate.passage_contains("anything", "the of to")  # no content words: contained nowhere
+
+
+def test_recall_at_k_counts_source_chunks_among_the_retrieved():
+    sources = ["a#1", "b#2", "c#3", None]
+    retrieved = [["x", "a#1"], ["b#1", "b#3"], ["c#3"], ["a#1"]]
+    assert evaluate.recall_at_k(sources, retrieved) == pytest.approx(2 / 4)
+    assert evaluate.recall_at_k([], []) is None
+    with pytest.raises(ValueError):
+        evaluate.recall_at_k(["a"], [])
+
+
+PASSAGES = [{"id": "lora#1", "text": "LoRA trains two low-rank matrices per layer."},
+            {"id": "qlora#4", "text": "QLoRA quantizes the frozen weights to NF4."},
+            {"id": "moe#2", "text": "A router sends each token to two experts."}]
+
+
+def test_citation_accuracy_on_hand_made_answers():
+    correct = evaluate.citation_correct
+    assert correct("It uses NF4 [2].", PASSAGES, "qlora#4", "NF4") is True  # cites the source chunk
+    assert correct("It uses NF4 [1].", PASSAGES, "qlora#4", "NF4") is False  # cites another passage
+    assert correct("Both [1][2].", PASSAGES, "qlora#4", "NF4") is True  # one of the cited is the source
+    # Not the source chunk, but a passage that contains the reference answer.
+    assert correct("Two experts [3].", PASSAGES, "moe#9", "each token goes to two experts") is True
+    assert correct("It uses NF4 [7].", PASSAGES, "qlora#4", "NF4") is False  # no passage 7
+    assert correct("It uses NF4.", PASSAGES, "qlora#4", "NF4") is None  # cites nothing
+
+
+def test_system_summary_counts_citations_and_declines():
+    from papertune.chat import ABSTAIN, abstains, cited_numbers
+    from papertune.evaluate.metrics import answer_summary
+
+    def row(answer, f1, correct):
+        return {"cited": cited_numbers(answer), "abstained": abstains(answer),
+                "scores": {"f1": f1, "citation_correct": correct}}
+
+    rows = [row("NF4 [2].", 1.0, True), row("NF4 [1].", 0.5, False), row("NF4 [2][3].", 1.0, True),
+            row(ABSTAIN, 0.0, None)]
+    grounded = answer_summary(rows, answerable=True, retrieval=True)
+    assert grounded["questions"] == 4 and grounded["f1"] == pytest.approx(0.625)
+    assert grounded["citation_rate"] == pytest.approx(3 / 4)
+    assert grounded["citation_accuracy"] == pytest.approx(2 / 3)  # of the answers that cite
+    assert grounded["abstention_rate"] == pytest.approx(1 / 4)
+    closed = answer_summary(rows, answerable=True, retrieval=False)
+    assert closed["citation_rate"] is None and closed["citation_accuracy"] is None
+    outside = answer_summary(rows, answerable=False, retrieval=True)  # declining is the right answer there
+    assert outside["f1"] is None and outside["citation_accuracy"] is None and outside["abstention_rate"] == 0.25
+
+
+def test_judge_prompt_shows_the_source_and_is_fair_to_citations_and_declines():
+    messages = evaluate.judge_conversation("Which data type?", "NF4", "NF4 [2].", "QLoRA quantizes to NF4.")
+    system, user = messages[0]["content"], messages[1]["content"]
+    assert "[1], [2]" in system and "ignore these markers" in system
+    assert "declines" in system and "correctness 1" in system
+    assert "QLoRA quantizes to NF4." in user and "Reference answer: NF4" in user and "Answer to grade: NF4 [2]." in user
 
 
 def _independent_loss(model, tokenizer, rows) -> float:
@@ -75,49 +141,234 @@ def _independent_loss(model, tokenizer, rows) -> float:
     return total / tokens
 
 
-def test_evaluate_writes_metrics_answers_report_and_charts(trained_run, tiny_model):
+# --- the stage on a tiny model -----------------------------------------------------------------------
+
+CLOSED_BOOK = "evaluate.modes=[closed_book]"
+FOUR = ["base closed-book", "tuned closed-book", "base + retrieval", "tuned + retrieval"]
+
+
+@pytest.fixture
+def word_embedder(monkeypatch):
+    """A deterministic bag-of-words embedder standing in for all-MiniLM wherever retrieval embeds."""
+    import papertune.retrieval
+
+    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
+    if hasattr(papertune.retrieval, "embed_texts"):
+        monkeypatch.setattr(papertune.retrieval, "embed_texts", bag_of_words)
+
+
+def _chunk_for(rows: list[dict]) -> dict:
+    first = rows[0]
+    return {"id": first["chunk_id"], "source": first["source"], "section": "S", "page_start": 2, "page_end": 2,
+            "text": first["question"] + " " + " ".join(dict.fromkeys(r["answer"] for r in rows))}
+
+
+def grounded_copy(tmp_path: Path, trained_run: Path, *, splits: bool = True) -> Path:
+    """trained_run's dataset and adapter with a chunks.jsonl holding every source chunk; with ``splits`` also a
+    ``heldout`` split (document held.md, in the index) and an ``outside`` split (away.md: its chunk is in
+    chunks.jsonl, and the build report lists it as outside the index)."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    run = tmp_path / "grounded"
+    shutil.copytree(trained_run / "dataset", run / "dataset")
+    shutil.copytree(trained_run / "train", run / "train")
+    ds = load_from_disk(str(trained_run / "dataset"))
+    by_chunk: dict[str, list[dict]] = {}
+    for row in ds["train"].to_list() + ds["test"].to_list():
+        by_chunk.setdefault(row["chunk_id"], []).append(row)
+    if splits:
+        test = ds["test"].to_list()
+        heldout = [{**r, "source": "held.md", "chunk_id": "held.md#0000", "id": f"held-{i}",
+                    "question": f"Which trick does the held-out paper use for task {i}?",
+                    "answer": f"The held-out paper uses gradient trick {i}."} for i, r in enumerate(test[:3])]
+        outside = [{**r, "source": "away.md", "chunk_id": "away.md#0000", "id": f"away-{i}",
+                    "question": f"What does the outside paper say about sparse routing {i}?",
+                    "answer": f"The outside paper routes sparsely {i}."} for i, r in enumerate(test[:2])]
+        by_chunk["held.md#0000"], by_chunk["away.md#0000"] = heldout, outside
+        shutil.rmtree(run / "dataset")
+        DatasetDict({"train": ds["train"], "test": ds["test"], "heldout": Dataset.from_list(heldout),
+                     "outside": Dataset.from_list(outside)}).save_to_disk(str(run / "dataset"))
+        (run / "build").mkdir()
+        (run / "build" / "report.json").write_text(json.dumps(
+            {"mode": "closed_book", "documents": {"train": sorted(set(ds["train"]["source"])),
+                                                  "heldout": ["held.md"], "outside": ["away.md"]}}))
+    (run / "chunks.jsonl").write_text("".join(json.dumps(_chunk_for(rows)) + "\n" for rows in by_chunk.values()))
+    return run
+
+
+def _read_answers(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+
+
+def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_model, word_embedder, monkeypatch):
+    """Scripted answers through the real prompts: retrieval answers cite passage [1] or [2] (or decline on
+    outside documents), closed-book answers do neither; every score follows from them."""
+    import papertune.evaluate.stage as stage
+    from papertune.chat import ABSTAIN, GROUNDED_INSTRUCTION, render_prompt
+    from papertune.inference import Completion
+    from papertune.retrieval import Retriever
+
+    run = grounded_copy(tmp_path, trained_run)
+    prompts: list[str] = []
+    reference_of = {}
+
+    def scripted(model, tokenizer, batch, decoding, *, batch_size=1, progress=None):
+        prompts.extend(batch)
+        replies = []
+        for prompt in batch:
+            # The question asked ends nearest the end of the prompt (passages before it may quote others).
+            question = max((q for q in reference_of if q in prompt), key=lambda q: (prompt.rfind(q) + len(q), len(q)))
+            reference, source = reference_of[question]
+            grounded = GROUNDED_INSTRUCTION in prompt
+            if source == "away.md":
+                replies.append(ABSTAIN if grounded else "Sparse routing, I believe.")
+            else:
+                cite = 1 + len(question) % 2  # [1] (mostly the source) or [2] (mostly not)
+                replies.append(f"{reference} [{cite}]" if grounded else "I believe so.")
+        return [Completion(r, [], "stop", 0, 0) for r in replies]
+
     from datasets import load_from_disk
 
-    out = evaluate.run(eval_config(trained_run, tiny_model, "evaluate.max_questions=3"))
+    ds = load_from_disk(str(run / "dataset"))
+    for split in ("test", "heldout", "outside"):
+        for r in ds[split]:
+            reference_of[r["question"]] = (r["answer"], r["source"])
+    monkeypatch.setattr(stage, "generate", scripted)
+    cfg = eval_config(run, tiny_model, "evaluate.max_questions=4", "retrieval.top_k=2")
+    out = evaluate.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
-    test = load_from_disk(str(trained_run / "dataset"))["test"].to_list()
+
+    assert [s["label"] for s in metrics["systems"]] == FOUR
+    assert list(metrics["sets"]) == ["test", "heldout", "outside"]
+    assert {k: v["questions"] for k, v in metrics["sets"].items()} == {"test": 4, "heldout": 3, "outside": 2}
+    answers = _read_answers(out)
+    assert len(answers) == 4 * (4 + 3 + 2)
+
+    # The outside document is in chunks.jsonl but not in the evaluation's index.
+    assert metrics["retrieval"]["outside_documents"] == ["away.md"]
+    retrieved = [p for a in answers if a["passages"] for p in a["passages"]]
+    assert retrieved and all(p["source"] != "away.md" for p in retrieved)
+    # Retrieval prompts are the ones ask and serve send: render_prompt with the retrieved chunks.
+    _, tokenizer = load_base(cfg)
+    chunks = {json.loads(line)["id"]: json.loads(line) for line in (run / "chunks.jsonl").read_text().splitlines()}
+    for a in answers:
+        passages = None if a["mode"] == "closed_book" else [chunks[p["chunk_id"]] for p in a["passages"]]
+        assert len(passages or []) == (0 if a["mode"] == "closed_book" else 2)
+        assert render_prompt(tokenizer, a["question"], cfg.build.system_prompt, passages) in prompts
+
+    # recall@k: the share of questions whose source chunk was retrieved (same hits as the retriever gives).
+    retriever = Retriever.for_run(run, cfg.retrieval, exclude_sources={"away.md"})
+    for set_name in ("test", "heldout"):
+        rows = [a for a in answers if a["set"] == set_name and a["system"] == "base_retrieval"]
+        hits = [[p.chunk_id for p in retriever.search(a["question"])] for a in rows]
+        assert [[p["chunk_id"] for p in a["passages"]] for a in rows] == hits
+        expected = sum(a["chunk_id"] in h for a, h in zip(rows, hits)) / len(rows)
+        assert metrics["retrieval"]["recall_at_k"][set_name] == pytest.approx(expected)
+    assert metrics["retrieval"]["recall_at_k"]["outside"] is None
+    # Left in, the outside document's chunk would be the first hit for its questions.
+    everything = Retriever.for_run(run, cfg.retrieval)
+    assert all(everything.search(a["question"])[0].chunk_id == "away.md#0000"
+               for a in answers if a["set"] == "outside")
+
+    for set_name in ("test", "heldout"):
+        results = metrics["results"][set_name]
+        for system in ("base_retrieval", "tuned_retrieval"):
+            rows = [a for a in answers if a["set"] == set_name and a["system"] == system]
+            assert all(a["cited"] == [1 + len(a["question"]) % 2] and not a["abstained"] for a in rows)
+            # F1 of "<reference> [1]" against the reference: the marker is left out.
+            assert results[system]["f1"] == pytest.approx(1.0) and results[system]["citation_rate"] == 1.0
+            cited = [chunks[a["passages"][a["cited"][0] - 1]["chunk_id"]] for a in rows]
+            expected = sum(c["id"] == a["chunk_id"] or evaluate.passage_contains(c["text"], a["reference"])
+                           for c, a in zip(cited, rows)) / len(rows)
+            assert results[system]["citation_accuracy"] == pytest.approx(expected)
+            assert results[system]["abstention_rate"] == 0.0
+        for system in ("base_closed_book", "tuned_closed_book"):
+            assert results[system]["citation_rate"] is None and results[system]["citation_accuracy"] is None
+            assert results[system]["f1"] == 0.0
+    outside = metrics["results"]["outside"]
+    assert outside["tuned_retrieval"]["abstention_rate"] == 1.0
+    assert outside["base_closed_book"]["abstention_rate"] == 0.0
+    assert all(outside[s]["f1"] is None and outside[s]["judge_correct"] is None for s in outside)
+    assert all(a["scores"] == {} for a in answers if a["set"] == "outside")
+
+    report = (out / "report.md").read_text()
+    table = report.split("## Four-way comparison")[1].split("\n\n")[2]
+    assert table.splitlines()[0] == "| question set | metric | " + " | ".join(FOUR) + " |"
+    for text in ("test split (4)", "held-out documents (3)", "documents outside the index (2)",
+                 "declines (declining is right)", "recall@2", "citation accuracy", "(four_way.png)"):
+        assert text in report, text
+    for png in ("four_way.png", "metrics.png", "per_document.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_evaluate_writes_metrics_answers_report_and_charts(tmp_path, trained_run, tiny_model, word_embedder):
+    """Real generation on an older dataset (train and test only): four systems on the test split."""
+    from datasets import load_from_disk
+
+    run = grounded_copy(tmp_path, trained_run, splits=False)
+    out = evaluate.run(eval_config(run, tiny_model, "evaluate.max_questions=3"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = load_from_disk(str(run / "dataset"))["test"].to_list()
     assert metrics["models"] == ["base", "tuned"] and metrics["test_rows"] == len(test)
+    assert list(metrics["sets"]) == ["test"] and metrics["retrieval"]["outside_documents"] == []
+    assert [s["label"] for s in metrics["systems"]] == FOUR
     assert metrics["questions"] == 3 and metrics["generation"]["greedy"] is True
     for name in ("base", "tuned"):
         loss = metrics["loss"][name]
         assert loss["examples"] == len(test) and loss["tokens"] > 0
         assert loss["perplexity"] == pytest.approx(math.exp(loss["loss"]), rel=1e-9)
-        for metric in ("rouge_l", "f1", "exact_match"):
-            assert 0.0 <= metrics["answers"][name][metric] <= 1.0
-        assert metrics["answers"][name]["embedding_cosine"] is None  # switched off
+    for system in metrics["results"]["test"].values():
+        for metric in ("rouge_l", "f1", "exact_match", "abstention_rate"):
+            assert 0.0 <= system[metric] <= 1.0
+        assert system["embedding_cosine"] is None  # switched off
     assert metrics["loss"]["base"]["loss"] != metrics["loss"]["tuned"]["loss"]  # the adapter changed something
 
     # The losses are the same numbers the model's own loss gives, token-weighted over the split.
-    base, tokenizer = load_base(eval_config(trained_run, tiny_model))
+    base, tokenizer = load_base(eval_config(run, tiny_model))
     assert metrics["loss"]["base"]["loss"] == pytest.approx(_independent_loss(base, tokenizer, test), rel=1e-4)
-    tuned = attach_adapter(base, trained_run / "train" / "adapter")
+    tuned = attach_adapter(base, run / "train" / "adapter")
     assert metrics["loss"]["tuned"]["loss"] == pytest.approx(_independent_loss(tuned, tokenizer, test), rel=1e-4)
 
-    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert len(answers) == 3
+    answers = _read_answers(out)
+    assert len(answers) == 4 * 3
     by_question = {r["question"]: r for r in test}
     for row in answers:
-        assert {"question", "reference", "base_answer", "tuned_answer", "scores", "source", "page", "group"} <= set(row)
+        assert {"system", "set", "question", "reference", "answer", "passages", "cited", "abstained", "scores",
+                "source", "page", "group"} <= set(row)
         assert row["reference"] == by_question[row["question"]]["answer"]
-        assert row["scores"]["tuned"]["f1"] == pytest.approx(evaluate.token_f1(row["tuned_answer"], row["reference"]))
-        assert row["scores"]["base"]["exact_match"] == evaluate.exact_match(row["base_answer"], row["reference"])
-    assert metrics["answers"]["tuned"]["rouge_l"] == pytest.approx(
-        sum(r["scores"]["tuned"]["rouge_l"] for r in answers) / 3)
+        assert row["scores"]["f1"] == pytest.approx(evaluate.token_f1(evaluate.strip_citations(row["answer"]),
+                                                                      row["reference"]))
+        assert (row["passages"] is None) == (row["mode"] == "closed_book")
+    tuned_rows = [a for a in answers if a["system"] == "tuned_retrieval"]
+    assert metrics["results"]["test"]["tuned_retrieval"]["rouge_l"] == pytest.approx(
+        sum(r["scores"]["rouge_l"] for r in tuned_rows) / 3)
 
     report = (out / "report.md").read_text()
-    for section in ("## Validation loss and perplexity", "## Answer quality", "## In-domain vs held-out documents",
-                    "## Per document", "## 5 best tuned answers", "## 5 worst tuned answers", "## Training",
-                    "../train/loss_curve.png", "(metrics.png)", "(per_document.png)"):
+    for section in ("## Four-way comparison", "## Validation loss and perplexity", "## In-domain vs held-out documents",
+                    "## Per document", "## 5 best tuned + retrieval answers", "## 5 worst tuned + retrieval answers",
+                    "## Training", "../train/loss_curve.png", "(metrics.png)", "(per_document.png)", "(four_way.png)"):
         assert section in report, section
-    for png in ("metrics.png", "per_document.png"):
-        data = (out / png).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert (out / "four_way.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "config.yaml").is_file() and (out / "versions.json").is_file()
+
+
+def test_closed_book_mode_alone_gives_two_systems_and_needs_no_chunks(trained_run, tiny_model):
+    assert not (trained_run / "chunks.jsonl").exists()
+    out = evaluate.run(eval_config(trained_run, tiny_model, CLOSED_BOOK, "evaluate.max_questions=2"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["label"] for s in metrics["systems"]] == ["base closed-book", "tuned closed-book"]
+    assert metrics["retrieval"] is None and list(metrics["results"]["test"]) == ["base_closed_book",
+                                                                                "tuned_closed_book"]
+    assert "recall@" not in (out / "report.md").read_text()
+    assert {a["system"] for a in _read_answers(out)} == {"base_closed_book", "tuned_closed_book"}
+
+
+def test_retrieval_without_chunks_is_a_clear_error(tmp_path, trained_run, tiny_model):
+    run = tmp_path / "nochunks"
+    shutil.copytree(trained_run / "dataset", run / "dataset")
+    with pytest.raises(InputError, match="no chunks in"):
+        evaluate.run(eval_config(run, tiny_model, "evaluate.tuned=false"))
 
 
 def test_greedy_answers_match_unbatched_generation(trained_run, tiny_model):
@@ -139,14 +390,10 @@ def test_greedy_answers_match_unbatched_generation(trained_run, tiny_model):
     assert batched == alone
 
 
-def test_judge_scores_and_counts_unparseable(trained_run, tiny_model, monkeypatch):
+def test_judge_scores_and_counts_unparseable(tmp_path, trained_run, tiny_model, word_embedder, monkeypatch):
     import papertune.llm
-    from datasets import load_from_disk
 
-    test = load_from_disk(str(trained_run / "dataset"))["test"].to_list()
-    chunks = {r["chunk_id"]: {"id": r["chunk_id"], "text": f"Passage of {r['chunk_id']}.", "source": r["source"]}
-              for r in test}
-    (trained_run / "chunks.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chunks.values()))
+    run = grounded_copy(tmp_path, trained_run)
     seen = []
 
     class FakeJudge:
@@ -155,30 +402,43 @@ def test_judge_scores_and_counts_unparseable(trained_run, tiny_model, monkeypatc
         def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
             # Backends that can constrain the reply are asked for the two integer scores.
             assert json_schema["required"] == ["correctness", "groundedness"]
+            replies = ['{"correctness": 4, "groundedness": 5}',
+                       "```json\n{\"correctness\": 2, \"groundedness\": 3}\n```", "no idea"]
+            start = len(seen)
             seen.extend(conversations)
-            replies = ['{"correctness": 4, "groundedness": 5}', "```json\n{\"correctness\": 2, \"groundedness\": 3}\n```",
-                       "no idea"]
-            return [replies[i % 3] for i in range(len(conversations))]
+            return [replies[(start + i) % 3] for i in range(len(conversations))]
 
     monkeypatch.setattr(papertune.llm, "make_chat_model", lambda cfg, setting: FakeJudge())
-    out = evaluate.run(eval_config(trained_run, tiny_model, "evaluate.max_questions=3", "evaluate.tuned=false",
+    out = evaluate.run(eval_config(run, tiny_model, "evaluate.max_questions=3", "evaluate.tuned=false",
                                    "evaluate.judge_enabled=true"))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["models"] == ["base"]
-    assert metrics["judge"]["unparseable"] == {"base": 1} and metrics["judge"]["passages_found"] == 3
-    assert metrics["answers"]["base"]["judge_correctness"] == pytest.approx(3.0)
-    assert metrics["answers"]["base"]["judge_groundedness"] == pytest.approx(4.0)
-    # The judge saw question, reference, answer and the source passage.
-    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    first = seen[0][1]["content"]
-    assert answers[0]["question"] in first and answers[0]["reference"] in first
-    assert f"Passage of {answers[0]['chunk_id']}." in first and "Answer to grade:" in first
-    assert "judge correctness (1-5)" in (out / "report.md").read_text()
+    answers = _read_answers(out)
+    judged = [a for a in answers if a["set"] != "outside"]
+    # Every answer to an answerable question is judged (test and held-out, both systems); outside ones are not.
+    assert len(seen) == len(judged) == 2 * (3 + 3)
+    assert metrics["judge"]["unparseable"] == {"base_closed_book": 2, "base_retrieval": 2}
+    assert metrics["judge"]["passages_found"] == len({a["chunk_id"] for a in judged})
+    for set_name in ("test", "heldout"):
+        for system in ("base_closed_book", "base_retrieval"):
+            rows = [a for a in judged if a["set"] == set_name and a["system"] == system]
+            scores = [a["scores"]["judge_correctness"] for a in rows if "judge_correctness" in a["scores"]]
+            assert metrics["results"][set_name][system]["judge_correctness"] == pytest.approx(sum(scores) / len(scores))
+            assert metrics["results"][set_name][system]["judge_correct"] == pytest.approx(
+                sum(c >= 4 for c in scores) / len(scores))
+    assert all("judge_correctness" not in a["scores"] for a in answers if a["set"] == "outside")
+    # The judge saw question, reference, the answer as given and the source chunk.
+    chunks = {json.loads(line)["id"]: json.loads(line) for line in (run / "chunks.jsonl").read_text().splitlines()}
+    for a, conversation in zip(judged, seen):
+        user = conversation[1]["content"]
+        assert a["question"] in user and f"Reference answer: {a['reference']}" in user
+        assert chunks[a["chunk_id"]]["text"] in user and f"Answer to grade: {a['answer']}" in user
+    report = (out / "report.md").read_text()
+    assert "judged correct" in report and "judge correctness (1-5)" in report
 
 
 def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model):
     # Chunk-grouped (the trained run): every test document also feeds training.
-    metrics = json.loads((evaluate.run(eval_config(trained_run, tiny_model, "evaluate.tuned=false",
+    metrics = json.loads((evaluate.run(eval_config(trained_run, tiny_model, "evaluate.tuned=false", CLOSED_BOOK,
                                                    "evaluate.max_questions=2")) / "metrics.json").read_text())
     assert metrics["split"].startswith("chunk-grouped")
     assert metrics["groups"]["in_domain"]["test_rows"] == metrics["test_rows"]
@@ -188,8 +448,8 @@ def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model
     # Document-grouped: everything is a held-out document.
     run = tmp_path / "bydoc"
     write_rows(run, qa_rows(n_chunks=9))
-    cfg = load_config(None, tiny_overrides(run, tiny_model) + ["build.group_by=document", "evaluate.tuned=false"]
-                      + FAST_EVAL)
+    cfg = load_config(None, tiny_overrides(run, tiny_model) + ["build.group_by=document", "evaluate.tuned=false",
+                                                               CLOSED_BOOK] + FAST_EVAL)
     build.run(cfg)
     metrics = json.loads((evaluate.run(cfg) / "metrics.json").read_text())
     assert metrics["split"].startswith("document-grouped")
@@ -210,7 +470,7 @@ def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model
 
     shutil.rmtree(mixed / "dataset")
     DatasetDict({"train": ds["train"], "test": Dataset.from_list(test)}).save_to_disk(str(mixed / "dataset"))
-    metrics = json.loads((evaluate.run(eval_config(mixed, tiny_model, "evaluate.tuned=false"))
+    metrics = json.loads((evaluate.run(eval_config(mixed, tiny_model, "evaluate.tuned=false", CLOSED_BOOK))
                           / "metrics.json").read_text())
     assert metrics["split"].startswith("mixed")
     assert metrics["groups"]["held_out_document"]["test_rows"] == 1
@@ -254,9 +514,15 @@ def test_evaluate_config_is_validated():
 
 @pytest.mark.slow
 def test_cpu_profile_evaluates_smollm2(tmp_path):
-    """The real 135M model, tuned a few steps, against itself untuned; answers scored with all-MiniLM."""
+    """The real 135M model, tuned a few steps, against itself untuned, closed-book and with retrieval (BM25
+    and all-MiniLM); answers scored with all-MiniLM."""
     run = tmp_path / "run"
-    write_rows(run, qa_rows(n_chunks=5))
+    rows = qa_rows(n_chunks=5)
+    write_rows(run, rows)
+    by_chunk: dict[str, list[dict]] = {}
+    for row in rows:
+        by_chunk.setdefault(row["chunk_id"], []).append(row)
+    (run / "chunks.jsonl").write_text("".join(json.dumps(_chunk_for(c)) + "\n" for c in by_chunk.values()))
     overrides = [f"run_dir={run}", f"build.model={SMOLLM2_PACKAGED}", "build.num_proc=1",
                  f"train.model={SMOLLM2_PACKAGED}", "train.max_steps=2", "train.eval_strategy=steps",
                  "train.eval_steps=2", "train.learning_rate=1e-3", "train.per_device_train_batch_size=2",
@@ -268,8 +534,36 @@ def test_cpu_profile_evaluates_smollm2(tmp_path):
     out = evaluate.run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["loss"]["tuned"]["loss"] < metrics["loss"]["base"]["loss"]
-    for name in ("base", "tuned"):
-        assert -1.0 <= metrics["answers"][name]["embedding_cosine"] <= 1.0
-    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert len(answers) == 2 and all(a["base_answer"] for a in answers)
+    assert [s["label"] for s in metrics["systems"]] == FOUR
+    for system in metrics["results"]["test"].values():
+        assert -1.0 <= system["embedding_cosine"] <= 1.0
+    assert 0.0 <= metrics["retrieval"]["recall_at_k"]["test"] <= 1.0
+    answers = _read_answers(out)
+    assert len(answers) == 4 * 2 and all(a["answer"] for a in answers)
     assert "embedding cosine" in (out / "report.md").read_text()
+
+
+def test_loss_batches_are_capped_by_tokens_and_give_the_same_losses(tiny_model, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from papertune.evaluate import metrics
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples = [{"input_ids": list(range(5, 5 + n)), "labels": [-100] * 2 + list(range(7, 5 + n))}
+                for n in (12, 30, 7, 19, 25)]
+    one_by_one = metrics.example_losses(model, tokenizer, examples, batch_size=1)
+    shapes = []
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(metrics, "LOSS_BATCH_TOKENS", 60)
+    capped = metrics.example_losses(model, tokenizer, examples, batch_size=64)
+    assert all(rows * width <= 60 for rows, width in shapes) and len(shapes) > 1
+    assert sum(rows for rows, _ in shapes) == len(examples)
+    for (loss_a, n_a), (loss_b, n_b) in zip(one_by_one, capped, strict=True):
+        assert n_a == n_b and loss_b == pytest.approx(loss_a, rel=1e-4)

@@ -474,6 +474,29 @@ def test_a_failure_mid_run_keeps_finished_chunks_and_a_rerun_continues(tmp_path)
     assert again.calls == [] and read_rows(run_dir / QA_FILE) == rows
 
 
+def test_the_report_counts_the_teachers_replies_of_this_run_only(tmp_path):
+    from papertune.ingest.chunk import get_token_counter
+
+    run_dir = tmp_path / "run"
+    write_chunks(run_dir, TEXTS)
+    cfg = config(run_dir, "generate.generators={llm: 1}", "generate.llm.batch_size=1")
+    with pytest.raises(LLMRequestError):
+        generate.run(cfg, chat_model=FakeChat(first_sentence_pairs, fail_on="Method2 "))
+    teacher = report(run_dir)["teacher"]
+    assert teacher["model"] == "fake-llm" and teacher["replies"] == 2  # the failed chunk brought no reply
+    assert teacher["reply_tokens"] == sum(get_token_counter("qwen2.5")([first_sentence_pairs(t) for t in TEXTS[:2]]))
+
+    generate.run(cfg, chat_model=FakeChat(first_sentence_pairs))  # the 4 chunks left; the 2 resumed are not counted
+    teacher = report(run_dir)["teacher"]
+    tokens = sum(get_token_counter("qwen2.5")([first_sentence_pairs(t) for t in TEXTS[2:]]))
+    assert teacher["replies"] == 4 and teacher["reply_tokens"] == tokens > 0
+    assert teacher["seconds"] >= 0
+    generate.run(cfg, chat_model=FakeChat(first_sentence_pairs))  # nothing left to ask
+    assert report(run_dir)["teacher"] is None
+    generate.run(config(run_dir))  # rules only: no teacher
+    assert report(run_dir)["teacher"] is None
+
+
 def test_a_partly_failed_batch_keeps_the_replies_that_came_back(tmp_path):
     run_dir = tmp_path / "run"
     write_chunks(run_dir, TEXTS[:4])

@@ -132,9 +132,12 @@ def test_slow_document_hits_the_time_limit(tmp_path: Path):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "ok.md").write_text("# Ok\n\nA fine document. Short.\n")
-    # A very large document: far more text than can be processed in the limit.
-    (docs / "huge.md").write_text("# Huge\n\n" + ("Attention is computed for every pair of tokens. " * 200 + "\n\n") * 400)
-    cfg = make_config(tmp_path / "run", docs, doc_timeout_s=0.5, workers=2)
+    # A very large document of distinct sentences (repeated ones are cheap): about 16 MB, some 2 s of work on
+    # an idle core (4 MB took 0.5 s), far more than the limit.
+    paragraphs = (" ".join(f"Attention weighs token {i * 40 + j} against every other token in layer {j}."
+                           for j in range(40)) for i in range(6000))
+    (docs / "huge.md").write_text("# Huge\n\n" + "\n\n".join(paragraphs))
+    cfg = make_config(tmp_path / "run", docs, doc_timeout_s=0.3, workers=2)
     rows = list(read_jsonl(ingest.run(cfg)))
     assert {r["source"] for r in rows} == {"ok.md"}
     (failed,) = ingest.failed_documents(tmp_path / "run")

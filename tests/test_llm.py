@@ -198,6 +198,96 @@ def test_config_validation_of_llm_settings():
 
 
 # ---------------------------------------------------------------------------------------------
+# several servers
+
+
+def test_base_url_takes_several_servers_as_a_list_or_comma_separated():
+    cfg = load_config(None, ["generate.llm.backend=openai",
+                             "generate.llm.base_url=http://a:1/v1, http://b:2/v1"]).generate.llm
+    assert cfg.base_urls == ["http://a:1/v1", "http://b:2/v1"]
+    cfg = load_config(None, ["generate.llm.backend=openai",
+                             "generate.llm.base_url=[http://a:1/v1, http://b:2/v1]"]).generate.llm
+    assert cfg.base_urls == ["http://a:1/v1", "http://b:2/v1"]
+    with pytest.raises(ConfigError, match=r"generate\.llm\.base_url must be an http\(s\) URL.*'b:2/v1'"):
+        load_config(None, ["generate.llm.backend=openai", "generate.llm.base_url=http://a:1/v1,b:2/v1"])
+
+
+def test_requests_are_spread_over_every_server():
+    with FaultServer(echo=True) as first, FaultServer(echo=True) as second:
+        model = client(f"{first.url},{second.url}", concurrency=2)
+        texts = [f"message {i}" for i in range(10)]
+        assert model.chat(convs(*texts)) == texts
+        assert len(first.received) == len(second.received) == 5
+        model.close()
+
+
+def test_a_server_that_is_down_is_skipped_and_set_aside():
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    with FaultServer(echo=True) as up:
+        # A long backoff would show: a failed request goes to the other server at once.
+        model = client([down, up.url], concurrency=1, retry_backoff_s=30.0)
+        start = time.monotonic()
+        texts = [f"message {i}" for i in range(8)]
+        assert model.chat(convs(*texts)) == texts
+        assert time.monotonic() - start < 10
+        assert len(up.received) == 8
+        # After failing twice in a row the down server is set aside: the next requests all go to the other.
+        assert model.servers.pick() == up.url and model.servers.pick() == up.url
+        model.close()
+
+
+def test_a_5xx_is_retried_on_the_other_server():
+    with FaultServer([Reply(503, {"error": {"message": "overloaded"}})]) as failing, \
+            FaultServer([ok("fine")]) as working:
+        model = client([failing.url, working.url], concurrency=1, retry_backoff_s=30.0, max_retries=1)
+        assert model.chat(convs("a", "b", "c")) == ["fine", "fine", "fine"]
+        assert len(failing.received) >= 1
+        model.close()
+
+
+def test_when_every_server_fails_the_error_names_each_url():
+    urls = [f"http://127.0.0.1:{free_port()}/v1", f"http://127.0.0.1:{free_port()}/v1"]
+    with pytest.raises(LLMUnreachableError) as info:
+        client(urls, max_retries=1).chat(convs("x"))
+    for url in urls:
+        assert url + "/chat/completions" in str(info.value)
+    with FaultServer([Reply(500, {"error": {"message": "broken one"}})]) as one, \
+            FaultServer([Reply(502, {"error": {"message": "broken two"}})]) as two:
+        with pytest.raises(LLMRequestError) as failed:
+            client([one.url, two.url], max_retries=1).chat(convs("x"))
+        message = str(failed.value)
+        assert f"{one.url}/chat/completions: HTTP 500: broken one" in message
+        assert f"{two.url}/chat/completions: HTTP 502: broken two" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# hf backend on a tiny model: JSON schema
+
+
+REPLY_SCHEMA = {
+    "type": "object",
+    "properties": {"question": {"type": "string", "maxLength": 20}, "kind": {"enum": ["definition", "how-to"]}},
+    "required": ["question", "kind"],
+    "additionalProperties": False,
+}
+
+
+def test_hf_backend_constrains_replies_to_the_json_schema(talking_model):
+    pytest.importorskip("xgrammar", reason="constrained replies need xgrammar (pip install xgrammar)")
+    import json
+
+    cfg = LLMConfig(model=str(talking_model), constrain_json=True, max_new_tokens=64, batch_size=2)
+    model = make_chat_model(cfg, SETTING)
+    replies = model.chat(convs("Ask a question.", "Ask another one.", "And a third."), json_schema=REPLY_SCHEMA)
+    for reply in replies:
+        data = json.loads(reply)
+        assert set(data) == {"question", "kind"} and data["kind"] in ("definition", "how-to")
+        assert isinstance(data["question"], str) and len(data["question"]) <= 20
+    free = make_chat_model(LLMConfig(model=str(talking_model), max_new_tokens=16), SETTING)
+    assert not free.chat(convs("Ask a question."), json_schema=REPLY_SCHEMA)[0].startswith("{")
+
+
+# ---------------------------------------------------------------------------------------------
 # the real small model (slow)
 
 
@@ -223,14 +313,17 @@ PROMPTS = [
 
 @pytest.mark.slow
 def test_hf_batched_generation_matches_one_at_a_time(smollm2):
-    batched = smollm2.chat(convs(*PROMPTS), max_new_tokens=10)
-    smollm2.cfg.batch_size = 1
+    continuous = smollm2.chat(convs(*PROMPTS), max_new_tokens=10)  # engine auto: continuous batching
+    smollm2.cfg.engine = "static"
     try:
+        batched = smollm2.chat(convs(*PROMPTS), max_new_tokens=10)
+        smollm2.cfg.batch_size = 1
         single = smollm2.chat(convs(*PROMPTS), max_new_tokens=10)
     finally:
-        smollm2.cfg.batch_size = 4
-    # Left padding and new-token decoding: batching changes nothing, and replies keep their order.
-    assert batched == single
+        smollm2.cfg.batch_size, smollm2.cfg.engine = 4, "auto"
+    # Left padding and new-token decoding: batching changes nothing, and replies keep their order; continuous
+    # batching gives the same greedy replies.
+    assert batched == single == continuous
     assert all(isinstance(r, str) and r for r in batched)
     assert "paris" in batched[0].lower()
 

@@ -92,8 +92,11 @@ def write_corpus(docs: Path) -> Path:
 
 
 def overrides(run: Path, docs: Path, model: Path, *extra: str) -> list[str]:
-    """Fast settings: small chunks (more of them), no OCR, the tiny model, few steps, 4-token answers."""
+    """Fast settings: small chunks (more of them), no OCR, the offline rules writing every chunk's pairs and no
+    judge (the llamacpp backend is tested in test_llamacpp.py), the tiny model, few steps, 4-token
+    answers."""
     return (tiny_overrides(run, model, max_steps=6, early_stopping_patience=0)
+            + ["generate.generators={rules: 1}", "generate.max_chunks=0", "curate.judge_enabled=false"]
             + [f"ingest.docs_dir={docs}", "ingest.workers=1", "ingest.ocr=false", "ingest.chunk_tokens=64",
                "ingest.min_chunk_tokens=8", "evaluate.embedding_model=", "evaluate.max_new_tokens=4",
                "evaluate.batch_size=4", "evaluate.max_questions=4"]
@@ -152,9 +155,12 @@ def test_fingerprint_of_cross_section_settings_and_folders(tmp_path):
     gen = _fingerprint("generate", run)
     assert gen.value != _fingerprint("generate", run, "ingest.segmenter=nltk").value  # rules split sentences with it
     assert gen.value == _fingerprint("generate", run, "ingest.chunk_tokens=100").value  # chunks.jsonl carries that
-    # evaluate: the dataset folder (not datasets' cache files), the adapter, train.model but not train.learning_rate.
+    # evaluate: the dataset folder (not datasets' cache files), the adapter, train.model but not train.learning_rate;
+    # with retrieval (the default), the chunks and build's report (which documents are outside the index).
     ev = _fingerprint("evaluate", run)
-    assert set(ev.inputs) == {"dataset/dataset_dict.json", "dataset/train/data.arrow", "train/adapter"}
+    assert set(ev.inputs) == {"dataset/dataset_dict.json", "dataset/train/data.arrow", "train/adapter",
+                              "chunks.jsonl", "build/report.json"}
+    assert "chunks.jsonl" not in _fingerprint("evaluate", run, "evaluate.modes=[closed_book]").inputs
     assert ev.inputs["train/adapter"] == "missing"
     assert ev.value == _fingerprint("evaluate", run, "train.learning_rate=0.1").value
     assert ev.value != _fingerprint("evaluate", run, "train.model=other/model").value
@@ -373,7 +379,8 @@ def test_every_artifact_of_a_full_run(first_run, tiny_model):
     eval_metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert eval_metrics["models"] == ["base", "tuned"] and eval_metrics["test_rows"] == len(dataset["test"])
     for name in ("base", "tuned"):
-        assert math.isfinite(eval_metrics["loss"][name]["loss"]) and eval_metrics["answers"][name]["questions"] == 4
+        assert math.isfinite(eval_metrics["loss"][name]["loss"])
+        assert eval_metrics["results"]["test"][f"{name}_closed_book"]["questions"] == 4
 
     # The summary's numbers are the files' numbers.
     ingest_report = json.loads((run / "ingest" / "report.json").read_text())
@@ -387,8 +394,9 @@ def test_every_artifact_of_a_full_run(first_run, tiny_model):
     assert summary["training"]["global_steps"] == 6 and summary["training"]["tokens_per_s"] == train_report["tokens_per_s"] > 0
     assert [r["step"] for r in summary["loss_table"]] == [2, 4, 6]
     assert [r["val_loss"] for r in summary["loss_table"]] == evals
-    assert summary["evaluation"]["models"]["tuned"]["loss"] == eval_metrics["loss"]["tuned"]["loss"]
-    assert summary["evaluation"]["models"]["base"]["f1"] == eval_metrics["answers"]["base"]["f1"]
+    assert summary["evaluation"]["loss"]["tuned"]["loss"] == eval_metrics["loss"]["tuned"]["loss"]
+    assert summary["evaluation"]["results"]["test"]["base_closed_book"]["f1"] == \
+        eval_metrics["results"]["test"]["base_closed_book"]["f1"]
     for name in ("chunks", "adapter", "dataset", "eval report", "loss curve"):
         assert Path(summary["artifacts"][name]).exists()
     text = (run / pipeline.SUMMARY_MD).read_text()

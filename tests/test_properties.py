@@ -105,8 +105,13 @@ def _lines(text: str) -> list[str]:
     return re.split(r"\r\n|\r|\n", text)
 
 
+# Hypothesis runs a test body many times, so the files go to fresh folders inside one folder that is removed
+# when the test process ends (a function-scoped tmp_path would be shared by every example).
+_EXAMPLES_ROOT = tempfile.TemporaryDirectory(prefix="papertune-properties-")
+
+
 def _write(data: bytes, name: str = "rows.jsonl") -> Path:
-    path = Path(tempfile.mkdtemp(prefix="papertune-properties-")) / name
+    path = Path(tempfile.mkdtemp(dir=_EXAMPLES_ROOT.name)) / name
     path.write_bytes(data)
     return path
 

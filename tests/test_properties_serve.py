@@ -65,12 +65,12 @@ def test_parse_chat_request_returns_a_request_or_an_openai_4xx(body):
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    """The base URL of a server over the tiny model (no adapter, no citations), from a thread."""
+    """The base URL of a closed-book server over the tiny model (no adapter, no citations), from a thread."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run = tmp_path_factory.mktemp("served")
     config = load_config(None, [f"run_dir={run}", f"train.model={tiny_model}", "evaluate.max_new_tokens=2",
-                                "serve.max_tokens=4", "serve.cite=false",
+                                "serve.max_tokens=4", "serve.cite=false", "retrieval.grounded=false",
                                 f"serve.max_request_bytes={MAX_REQUEST_BYTES}"])
     service = serve.Service(config, AutoModelForCausalLM.from_pretrained(tiny_model),
                             AutoTokenizer.from_pretrained(tiny_model), "tiny model")

@@ -6,7 +6,9 @@ import json
 import logging
 
 from helpers import CHUNKS, bag_of_words, write_chunks
+from papertune.config import RetrievalConfig
 from papertune.index import ChunkIndex
+from papertune.retrieval import Retriever
 from papertune.rundir import PAIR_OF_CHUNK, read_chunks, read_rows
 
 
@@ -31,7 +33,7 @@ def test_each_bad_row_is_skipped_with_its_file_line_and_problem(tmp_path, caplog
 
 
 def test_the_chunk_index_skips_a_truncated_last_line_and_says_so(tmp_path, monkeypatch, caplog):
-    """ask --cite and serve on a chunks.jsonl whose writer was cut off."""
+    """Retrieval (ask, serve, build, evaluate) on a chunks.jsonl whose writer was cut off."""
     monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
     run = tmp_path / "run"
     write_chunks(run)
@@ -41,6 +43,7 @@ def test_the_chunk_index_skips_a_truncated_last_line_and_says_so(tmp_path, monke
     with caplog.at_level(logging.WARNING):
         index = ChunkIndex.load_or_build(run, "fake-model")
     assert index.ids == [c["id"] for c in CHUNKS]
-    assert index.search(CHUNKS[3]["text"], 1)[0][0]["id"] == "moe.pdf#0002"
+    found = Retriever(index, RetrievalConfig(embedding_model="fake-model")).search(CHUNKS[3]["text"], 1)
+    assert [p.chunk_id for p in found] == ["moe.pdf#0002"]
     assert f"{chunks_file}:{len(CHUNKS) + 1}: not valid JSON" in caplog.text
     assert read_chunks(chunks_file)[0] == CHUNKS

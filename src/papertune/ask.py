@@ -6,38 +6,43 @@ file, or the base model alone). Questions go through the same chat template and 
 tokens), so the model sees exactly the prompt ids it was trained on. Greedy unless
 ``evaluate.temperature`` > 0.
 
-``--cite`` retrieves the chunks of ``RUN/chunks.jsonl`` closest to the question with a sentence-
-embedding index (``evaluate.embedding_model``, all-MiniLM by default) kept in ``RUN/index/``: built
-once, reused, and rebuilt when ``chunks.jsonl`` or the embedding model changes. The passages are not
-put into the prompt (the model was trained without them); they show the documents and pages the
-answer rests on.
+Grounded (``retrieval.grounded``, the default): the ``retrieval.top_k`` passages of ``RUN/chunks.jsonl``
+that :class:`papertune.retrieval.Retriever` ranks first go into the prompt, numbered from 1
+(``chat.render_prompt`` with ``passages``: the prompt of RAFT training examples). After the answer come the
+sources, numbered as in the prompt, each with its document, page and section, the ones the answer cites
+([n]) marked; an answer that says the passages do not hold the answer is reported as declined.
+
+Closed book (``--closed-book``, ``retrieval.grounded: false``): the question alone; ``--cite`` then lists
+the passages retrieval finds for the question below the answer (the model did not see them).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from papertune.chat import abstains, cited_numbers, render_prompt
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
-from papertune.index import ChunkIndex, format_citations
 from papertune.inference import Decoding, GenerationRequest, generate_batch, load_for_answering
+from papertune.retrieval import Passage, Retriever
 
 log = logging.getLogger(__name__)
 
 EXIT_WORDS = {"exit", "quit", ":q"}
+DECLINED = "(The model declined: the retrieved passages do not contain the answer.)"
 
 
 def generate_answer(model: Any, tokenizer: Any, question: str, system_prompt: str | None, *, max_new_tokens: int,
-                    temperature: float = 0.0, stream: TextIO | None = None) -> str:
-    """One answer to ``question`` asked with the training prompt, its text written to ``stream`` as it comes
-    (then a newline); returns the whole answer."""
-    from papertune.chat import render_prompt
-
-    ids = tokenizer(render_prompt(tokenizer, question, system_prompt), add_special_tokens=False)["input_ids"]
+                    temperature: float = 0.0, stream: TextIO | None = None,
+                    passages: Sequence[dict] | None = None) -> str:
+    """One answer to ``question`` asked with the training prompt (with ``passages``: grounded in them), its
+    text written to ``stream`` as it comes (then a newline); returns the whole answer."""
+    ids = tokenizer(render_prompt(tokenizer, question, system_prompt, passages),
+                    add_special_tokens=False)["input_ids"]
 
     def write(text: str) -> None:
         if stream is not None:
@@ -51,42 +56,60 @@ def generate_answer(model: Any, tokenizer: Any, question: str, system_prompt: st
     return answer
 
 
+def format_sources(passages: Sequence[Passage], cited: Sequence[int], *, grounded: bool) -> str:
+    """The passages as a numbered list (numbers as in the prompt) of documents, pages and sections; with
+    ``grounded`` the ones the answer cites are marked."""
+    if not passages:
+        return "Sources: none (no passage was retrieved for the question)"
+    if grounded:
+        lines = ["Sources (* cited in the answer):"]
+        lines += [f"{'*' if p.n in cited else ' '} [{p.n}] {p.label()}" for p in passages]
+    else:
+        lines = ["Sources (retrieved for the question; the closed-book answer did not use them):"]
+        lines += [f"  [{p.n}] {p.label()} (score {p.score:.3f})" for p in passages]
+    return "\n".join(lines)
+
+
 class Assistant:
-    """A loaded model (and, with ``cite``, the chunk index) answering one question after another."""
+    """A loaded model (and the retriever, when grounded or with ``cite``) answering one question after another."""
 
     def __init__(self, config: PapertuneConfig, *, merged: str | Path | None = None, base_only: bool = False,
-                 cite: bool = False, top_k: int | None = None, max_new_tokens: int | None = None,
-                 temperature: float | None = None) -> None:
+                 cite: bool = False, max_new_tokens: int | None = None, temperature: float | None = None) -> None:
         self.config = config
-        self.top_k = top_k or config.evaluate.cite_top_k
+        self.grounded = config.retrieval.grounded
         self.max_new_tokens = max_new_tokens or config.evaluate.max_new_tokens
         self.temperature = config.evaluate.temperature if temperature is None else temperature
-        if self.top_k < 1 or self.max_new_tokens < 1 or self.temperature < 0:
-            raise ConfigError("--top-k and --max-new-tokens must be >= 1 and --temperature >= 0")
-        # The index first: a missing chunks.jsonl fails before the model is loaded.
-        self.index = (ChunkIndex.load_or_build(Path(config.run_dir), config.evaluate.embedding_model)
-                      if cite else None)
+        if self.max_new_tokens < 1 or self.temperature < 0:
+            raise ConfigError("--max-new-tokens must be >= 1 and --temperature >= 0")
+        # The retriever first: a missing chunks.jsonl fails before the model is loaded.
+        self.retriever = (Retriever.for_run(Path(config.run_dir), config.retrieval)
+                          if self.grounded or cite else None)
         loaded = load_for_answering(config, merged=merged, base_only=base_only)
         self.model, self.tokenizer, self.description = loaded.model, loaded.tokenizer, loaded.description
-        log.info("answering with %s", self.description)
+        log.info("answering with %s (%s)", self.description,
+                 f"grounded in {config.retrieval.top_k} passages" if self.grounded else "closed book")
 
     def answer(self, question: str, stream: TextIO | None = None) -> dict[str, Any]:
+        """Answer ``question`` (streamed to ``stream``, then the sources); returns the answer, the passages
+        (``Passage.to_json``), the numbers the answer cites and whether it declined."""
         stream = sys.stdout if stream is None else stream
+        passages = self.retriever.search(question) if self.retriever is not None else []
         text = generate_answer(self.model, self.tokenizer, question, self.config.build.system_prompt,
-                               max_new_tokens=self.max_new_tokens, temperature=self.temperature, stream=stream)
-        result: dict[str, Any] = {"question": question, "answer": text, "sources": []}
-        if self.index is not None:
-            hits = self.index.search(question, self.top_k)
-            result["sources"] = [{"chunk_id": c["id"], "source": c.get("source"), "page_start": c.get("page_start"),
-                                  "page_end": c.get("page_end"), "section": c.get("section"), "score": s}
-                                 for c, s in hits]
-            stream.write(format_citations(hits) + "\n")
-            stream.flush()
-        return result
+                               max_new_tokens=self.max_new_tokens, temperature=self.temperature, stream=stream,
+                               passages=[p.chunk for p in passages] if self.grounded else None)
+        cited = [n for n in cited_numbers(text) if 1 <= n <= len(passages)] if self.grounded else []
+        abstained = self.grounded and abstains(text)
+        if abstained:
+            stream.write(DECLINED + "\n")
+        if self.retriever is not None:
+            stream.write(format_sources(passages, cited, grounded=self.grounded) + "\n")
+        stream.flush()
+        return {"question": question, "answer": text, "grounded": self.grounded,
+                "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
 
 
 def ask(config: PapertuneConfig, question: str, *, stream: TextIO | None = None, **options: Any) -> dict[str, Any]:
-    """Answer one question (streamed to ``stream``); returns the answer and, with ``cite``, its sources."""
+    """Answer one question (streamed to ``stream``); returns :meth:`Assistant.answer`'s record."""
     if not question.strip():
         raise InputError("the question is empty")
     return Assistant(config, **options).answer(question, stream)

@@ -2,40 +2,114 @@
 
 Training examples and inference prompts are both rendered here with the model's own chat template,
 so the prompt a tuned model sees when asked is byte-identical to the prompt it was trained on.
+
+A grounded question carries numbered passages (retrieved chunks) before it and asks for an answer that
+cites them as [n], or :data:`ABSTAIN` when they do not hold the answer; a closed-book question is the
+question alone. Build (RAFT examples), evaluate, ask and serve all render through these functions.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 Message = dict[str, str]
 
+# The reply a grounded answer gives when its passages do not contain the answer.
+ABSTAIN = "The passages do not contain the answer."
+GROUNDED_INSTRUCTION = (
+    "Answer the question from the numbered passages below and cite the passages you use as [1], [2], ... "
+    f'If the passages do not contain the answer, reply exactly: "{ABSTAIN}"'
+)
+_CITATION = re.compile(r"\[(\d{1,2})\]")
 
-def to_messages(question: str, answer: str | None, system_prompt: str | None) -> list[Message]:
+
+def passage_label(chunk: dict) -> str:
+    """Where a chunk comes from, for people: ``paper.pdf, page 7-8 [Section]``."""
+    pages = ""
+    if chunk.get("page_start") is not None:
+        end = chunk.get("page_end")
+        pages = f", page {chunk['page_start']}" + (f"-{end}" if end not in (None, chunk["page_start"]) else "")
+    section = f" [{chunk['section']}]" if chunk.get("section") else ""
+    return f"{chunk.get('source')}{pages}{section}"
+
+
+def grounded_question(question: str, passages: Sequence[dict]) -> str:
+    """The user turn of a grounded question: the instruction, the passages numbered from 1 (each with its
+    document, page and section), then the question. ``passages`` are chunk dicts (``text``, ``source``, ...)."""
+    blocks = [f"[{n}] {passage_label(chunk)}\n{chunk['text'].strip()}" for n, chunk in enumerate(passages, 1)]
+    return GROUNDED_INSTRUCTION + "\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+
+
+def user_turn(question: str, passages: Sequence[dict] | None) -> str:
+    """What the user turn says: the question alone (closed book) or :func:`grounded_question`."""
+    return question if passages is None else grounded_question(question, passages)
+
+
+def cited_answer(answer: str, n: int) -> str:
+    """``answer`` citing passage ``n``: the marker before the final full stop (``... NF4 [2].``) or at the end."""
+    answer = answer.rstrip()
+    if answer.endswith((".", "!", "?")):
+        return f"{answer[:-1]} [{n}]{answer[-1]}"
+    return f"{answer} [{n}]"
+
+
+def cited_numbers(answer: str) -> list[int]:
+    """The passage numbers an answer cites ([n]), in order of first mention."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(answer):
+        n = int(match.group(1))
+        if n not in seen:
+            seen.append(n)
+    return seen
+
+
+# Ways a small model says :data:`ABSTAIN` in its own words (matched on lower-case text without apostrophes):
+# the passages (context, documents, ...) "do not contain/mention/..." it, or it is "not mentioned", ... A
+# real answer that says what something does not do ("LoRA does not update the weights") is not one.
+_DECLINES = re.compile(
+    r"\b(?:(?:passages?|context|texts?|documents?|sources?|excerpts?)\b[^.;]*?\b(?:do|does|did)(?: not|nt) "
+    r"(?:contain|mention|say|provide|include|specify|state|give|answer|discuss|cover)"
+    r"|none of the (?:passages|documents|sources)|no information (?:about|on|in|regarding|is given|is provided)"
+    r"|not enough information|cannot be answered|(?:is|are|was|were) not mentioned)\b")
+
+
+def abstains(answer: str) -> bool:
+    """Whether an answer declines: it says the passages do not contain the answer (:data:`ABSTAIN`, or one of a
+    few common rewordings such as "the passages don't mention ...")."""
+    return bool(_DECLINES.search(re.sub(r"\s+", " ", answer.lower().replace("'", "").replace("’", ""))))
+
+
+def to_messages(question: str, answer: str | None, system_prompt: str | None,
+                passages: Sequence[dict] | None = None) -> list[Message]:
     messages: list[Message] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
-    messages.append({"role": "user", "content": question})
+    messages.append({"role": "user", "content": user_turn(question, passages)})
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
 
 
-def render_prompt(tokenizer: Any, question: str, system_prompt: str | None) -> str:
-    """The text a model is given when asked ``question``: everything up to the assistant's first token."""
+def render_prompt(tokenizer: Any, question: str, system_prompt: str | None,
+                  passages: Sequence[dict] | None = None) -> str:
+    """The text a model is given when asked ``question`` (with ``passages``: grounded): everything up to the
+    assistant's first token."""
     return tokenizer.apply_chat_template(
-        to_messages(question, None, system_prompt), tokenize=False, add_generation_prompt=True
+        to_messages(question, None, system_prompt, passages), tokenize=False, add_generation_prompt=True
     )
 
 
-def render_example(tokenizer: Any, question: str, answer: str, system_prompt: str | None) -> dict[str, str]:
+def render_example(tokenizer: Any, question: str, answer: str, system_prompt: str | None,
+                   passages: Sequence[dict] | None = None) -> dict[str, str]:
     """A training example as ``prompt`` + ``completion`` (= the full ``text``).
 
     The completion is the answer and the end-of-turn token; whatever the template puts after that
     (Qwen and ChatML add a newline) is left out, so no loss is spent on it.
     """
-    prompt = render_prompt(tokenizer, question, system_prompt)
-    text = tokenizer.apply_chat_template(to_messages(question, answer, system_prompt), tokenize=False)
+    prompt = render_prompt(tokenizer, question, system_prompt, passages)
+    text = tokenizer.apply_chat_template(to_messages(question, answer, system_prompt, passages), tokenize=False)
     if not text.startswith(prompt):
         raise ValueError(
             "the chat template renders the conversation differently from its prompt; cannot split prompt "

@@ -95,22 +95,31 @@ def _add_stage_parser(sub: Any, module: ModuleType) -> None:
     p.set_defaults(func=_stage_command(module))
 
 
+def _retrieval_settings(args: argparse.Namespace) -> list[str]:
+    """--closed-book and --top-k as settings (retrieval.grounded, retrieval.top_k)."""
+    extra = ["retrieval.grounded=false"] if args.closed_book else []
+    if getattr(args, "top_k", None) is not None:
+        extra.append(f"retrieval.top_k={args.top_k}")
+    return extra
+
+
 def _ask_options(args: argparse.Namespace) -> dict:
-    return {"merged": args.merged, "base_only": args.base_only, "cite": args.cite, "top_k": args.top_k,
+    return {"merged": args.merged, "base_only": args.base_only, "cite": args.cite,
             "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from papertune import ask
 
-    ask.ask(_config(args)[0], args.question, **_ask_options(args))
+    ask.ask(_config(args, _retrieval_settings(args))[0], args.question, **_ask_options(args))
     return ExitCode.OK
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from papertune import ask
 
-    ask.chat(_config(args)[0], sys.stdin, prompt="> " if sys.stdin.isatty() else None, **_ask_options(args))
+    ask.chat(_config(args, _retrieval_settings(args))[0], sys.stdin, prompt="> " if sys.stdin.isatty() else None,
+             **_ask_options(args))
     return ExitCode.OK
 
 
@@ -121,7 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              (("host", args.host), ("port", args.port), ("api_key_env", args.api_key_env)) if value is not None]
     if args.cite is not None:
         extra.append(f"serve.cite={str(args.cite).lower()}")
-    serve.run(_config(args, extra)[0], merged=args.merged, base_only=args.base_only)
+    serve.run(_config(args, extra + _retrieval_settings(args))[0], merged=args.merged, base_only=args.base_only)
     return ExitCode.OK
 
 
@@ -129,10 +138,12 @@ def _ask_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--merged", metavar="DIR", help="a merged model folder (e.g. RUN/train/merged) instead of base + adapter")
     which.add_argument("--base-only", action="store_true", help="the base model without the adapter (for comparison)")
+    parser.add_argument("--closed-book", action="store_true",
+                        help="answer from the model alone, without retrieved passages (retrieval.grounded: false)")
     parser.add_argument("--cite", action="store_true",
-                        help="also list the chunks (documents, pages) most similar to the question, from an "
-                        "embedding index kept in RUN/index")
-    parser.add_argument("--top-k", type=int, help="chunks listed with --cite (evaluate.cite_top_k)")
+                        help="with --closed-book: also list the passages (documents, pages) retrieval finds for the "
+                        "question (grounded answers always list their sources)")
+    parser.add_argument("--top-k", type=int, help="passages retrieved per question (retrieval.top_k, default 4)")
     parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (evaluate.max_new_tokens)")
     parser.add_argument("--temperature", type=float, help="0: greedy (default, evaluate.temperature)")
     _common(parser)
@@ -189,9 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "ask",
-        help="answer one question with the tuned model, streamed to the terminal",
+        help="answer one question with the tuned model from retrieved passages, streamed to the terminal",
         description="Answer QUESTION with train.model + RUN/train/adapter (or --merged / --base-only), with the "
-        "training chat template and system prompt; tokens are printed as they are generated (greedy by default).",
+        "training chat template and system prompt; tokens are printed as they are generated (greedy by default). "
+        "Grounded by default: the retrieval.top_k passages of RUN/chunks.jsonl that best match the question go "
+        "into the prompt, and the answer is followed by its sources (document, page, section), the cited ones "
+        "marked; --closed-book asks the model alone.",
     )
     p.add_argument("question", metavar="QUESTION", help="the question (quote it)")
     _ask_arguments(p)
@@ -210,8 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="an OpenAI-compatible HTTP API and a chat page over the tuned model",
         description="Serve train.model + RUN/train/adapter (or --merged / --base-only) over HTTP: GET /v1/models, "
-        "POST /v1/chat/completions (streaming too) with the training chat template and system prompt, answers "
-        "carrying papertune_citations (documents and pages from RUN/chunks.jsonl), and a chat page at / "
+        "POST /v1/chat/completions (streaming too) with the training chat template and system prompt, grounded "
+        "in the passages of RUN/chunks.jsonl retrieved for the last user message (--closed-book: the model "
+        "alone), answers carrying papertune_citations (those passages: documents, pages, cited or not), and a "
+        "chat page at / "
         "(/?q=QUESTION asks on load). Binds 127.0.0.1:8000 by default (the serve section of the config).",
     )
     which = p.add_mutually_exclusive_group()
@@ -221,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key clients send as "
                    "`Authorization: Bearer KEY` (serve.api_key_env; required off loopback)")
     p.add_argument("--port", type=int, help="port (serve.port, default 8000; 0: any free port)")
+    p.add_argument("--closed-book", action="store_true",
+                   help="answer from the model alone, without retrieved passages (retrieval.grounded: false)")
     p.add_argument("--cite", action=argparse.BooleanOptionalAction, default=None,
-                   help="add papertune_citations from the chunk index in RUN/index (serve.cite, default on)")
+                   help="with --closed-book: add papertune_citations, the passages retrieval finds for the question "
+                   "(serve.cite, default on; grounded answers always carry the passages they were given)")
     _common(p)
     p.set_defaults(func=cmd_serve)
     return parser

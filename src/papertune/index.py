@@ -1,10 +1,11 @@
-"""Sentence embeddings and the chunk index: which passages of ``RUN/chunks.jsonl`` are closest to a text.
+"""Sentence embeddings and the chunk index: the embeddings of ``RUN/chunks.jsonl``, kept between runs.
 
 - :func:`embed_texts`: unit-length embeddings with a sentence-transformers model (all-MiniLM by default),
   loaded once per process by :func:`load_embedder`; used by curate (near-duplicates, support), evaluate
-  (answer-reference cosine), ask and serve (citations).
+  (answer-reference cosine) and retrieval.
 - :class:`ChunkIndex`: the embeddings of every chunk, kept in ``RUN/index/``: built once, reused, and
-  rebuilt when ``chunks.jsonl`` or the embedding model changes. ``search`` gives the closest chunks.
+  rebuilt when ``chunks.jsonl`` or the embedding model changes. Searching it is
+  :class:`papertune.retrieval.Retriever`'s job (embeddings fused with BM25).
 """
 
 from __future__ import annotations
@@ -62,16 +63,18 @@ class ChunkIndex:
     built: bool  # True when this call (re)built it, False when it was loaded from RUN/index
 
     @classmethod
-    def load_or_build(cls, run_dir: Path, model: str) -> ChunkIndex:
+    def load_or_build(cls, run_dir: Path, model: str, setting: str = "retrieval.embedding_model") -> ChunkIndex:
+        """The index of ``run_dir/chunks.jsonl``; ``model`` "" gives the chunks without embeddings (BM25 only)."""
         import numpy as np
 
         chunks_file = run_dir / "chunks.jsonl"
         if not chunks_file.is_file():
             raise InputError(f"no chunks in {run_dir}: run `papertune ingest DOCS_DIR --run-dir {run_dir}` first "
-                             "(--cite looks up the passages there)")
-        if not model:
-            raise ConfigError("evaluate.embedding_model is empty; --cite needs a sentence-transformers model")
+                             "(answers are grounded in the passages there)")
         chunks = {c["id"]: c for c in read_chunks(chunks_file)[0]}  # skipped lines are logged
+        if not model:
+            return cls(run_dir / INDEX_DIR, np.zeros((len(chunks), 0), dtype=np.float32), list(chunks), chunks,
+                       model, built=False)
         path = run_dir / INDEX_DIR
         meta = {"chunks_sha256": sha256_file(chunks_file), "embedding_model": model, "chunks": len(chunks)}
         meta_file, emb_file, ids_file = path / "meta.json", path / "embeddings.npy", path / "ids.json"
@@ -88,7 +91,7 @@ class ChunkIndex:
                 log.warning("index in %s unreadable; rebuilding it", path)
         ids = list(chunks)
         log.info("index: embedding %d chunks with %s -> %s", len(ids), model, path)
-        embeddings = embed_texts([chunks[i]["text"] for i in ids], model)
+        embeddings = embed_texts([chunks[i]["text"] for i in ids], model, setting)
         path.mkdir(parents=True, exist_ok=True)
         with atomic_path(emb_file) as tmp:
             with tmp.open("wb") as fh:
@@ -97,26 +100,6 @@ class ChunkIndex:
         write_json_atomic(meta_file, meta)  # last: the index counts as complete only once this is written
         return cls(path, embeddings, ids, chunks, model, built=True)
 
-    def search(self, query: str, k: int) -> list[tuple[dict, float]]:
-        """The ``k`` chunks most similar to ``query`` (cosine), best first."""
-        import numpy as np
-
-        if not self.ids:
-            return []
-        q = embed_texts([query], self.model)[0]
-        scores = self.embeddings @ q
-        top = np.argsort(-scores)[:k]
-        return [(self.chunks[self.ids[i]], float(scores[i])) for i in top]
-
-
-def format_citations(hits: list[tuple[dict, float]]) -> str:
-    """The hits as a numbered list of documents, pages and sections, for the terminal."""
-    lines = ["Sources (chunks most similar to the question):"]
-    for n, (chunk, score) in enumerate(hits, start=1):
-        pages = ""
-        if chunk.get("page_start") is not None:
-            end = chunk.get("page_end")
-            pages = f", page {chunk['page_start']}" + (f"-{end}" if end not in (None, chunk["page_start"]) else "")
-        section = f" [{chunk['section']}]" if chunk.get("section") else ""
-        lines.append(f"  [{n}] {chunk.get('source')}{pages}{section} (score {score:.3f})")
-    return "\n".join(lines)
+    def embed(self, texts: list[str], setting: str = "retrieval.embedding_model") -> Any:
+        """``texts`` (queries) embedded with the model of the index, comparable with :attr:`embeddings`."""
+        return embed_texts(texts, self.model, setting)

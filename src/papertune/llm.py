@@ -7,7 +7,12 @@
   started on first use, asked exactly as the ``openai`` backend asks a server, with parallel slots.
 
 Replies can be constrained to a JSON schema (``chat(..., json_schema=SCHEMA)``): the server backends send
-it as an OpenAI ``response_format``, so every reply parses; ``hf`` cannot and says so once.
+it as an OpenAI ``response_format``, so every reply parses; ``hf`` constrains them with xgrammar when
+``constrain_json`` is set (static batches), and otherwise says once that it parses them leniently.
+
+``hf`` decodes with the engine ``engine`` names (static padded batches, or continuous batching on a GPU:
+papertune.inference), on ``replicas`` copies of the model (one per GPU, the conversations shared out).
+``openai`` spreads requests over every server of ``base_url`` and retries a failed one on another.
 
 Callers use ``make_chat_model(cfg, "generate.llm").chat(conversations)`` and get one reply per
 conversation, in order.
@@ -32,8 +37,9 @@ from typing import Any, Protocol
 
 from papertune.config import LLMConfig
 from papertune.errors import ConfigError, PapertuneError
-from papertune.inference import Decoding, generate
+from papertune.inference import ContinuousSettings, Decoding, generate
 from papertune.inference.llamacpp import LlamaCppServer
+from papertune.inference.structured import require_xgrammar
 from papertune.models import resolve_gguf
 
 log = logging.getLogger(__name__)
@@ -96,9 +102,9 @@ def make_chat_model(cfg: LLMConfig, setting: str) -> ChatModel:
 # hf: in-process generation
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)
 def _load_hf(spec: str, setting: str, device: str, trust_remote_code: bool) -> tuple[Any, Any]:
-    """Model and tokenizer, loaded once per process (generate and augment may share one model)."""
+    """Model and tokenizer, loaded once per process and device (generate and augment may share one model)."""
     from papertune.models import load_causal_lm
 
     return load_causal_lm(spec, setting=setting, device=device, trust_remote_code=trust_remote_code)
@@ -107,17 +113,43 @@ def _load_hf(spec: str, setting: str, device: str, trust_remote_code: bool) -> t
 @functools.cache
 def _warn_unconstrained(setting: str) -> None:
     """Said once per setting: the hf backend generates freely, so a reply may not match the schema."""
-    log.info("%s: backend hf cannot constrain replies to a JSON schema; replies are parsed leniently", setting)
+    log.info("%s: backend hf generates replies without their JSON schema and parses them leniently (set "
+             "%s.constrain_json: true to constrain them; static batches)", setting, setting)
+
+
+def replica_devices(cfg: LLMConfig, setting: str) -> list[str]:
+    """The devices the hf backend loads a copy of the model on: ``cfg.device`` alone, or one GPU each."""
+    if cfg.replicas == 1:
+        return [cfg.device]
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.replicas == 0 and gpus <= 1:
+        return [cfg.device]
+    if cfg.device not in ("auto", "cuda"):
+        raise ConfigError(f"{setting}.replicas={cfg.replicas} puts one copy of the model on each GPU; it needs "
+                          f"{setting}.device: auto (got {cfg.device!r}), or set {setting}.replicas: 1")
+    count = gpus if cfg.replicas == 0 else cfg.replicas
+    if count > gpus:
+        raise ConfigError(f"{setting}.replicas={cfg.replicas} needs as many GPUs, but torch sees {gpus}; set "
+                          f"{setting}.replicas to at most {gpus} (0: one per GPU)")
+    return [f"cuda:{i}" for i in range(count)]
 
 
 class HFChatModel:
-    """A local causal LM with a chat template; batched, greedy at temperature 0."""
+    """A local causal LM with a chat template; batched (static or continuous), greedy at temperature 0."""
 
     def __init__(self, cfg: LLMConfig, setting: str) -> None:
         self.cfg = cfg
         self.setting = setting
         self.name = cfg.model
-        self.model, self.tokenizer = _load_hf(cfg.model, f"{setting}.model", cfg.device, cfg.trust_remote_code)
+        if cfg.constrain_json:
+            require_xgrammar(f"{setting}.constrain_json")
+        devices = replica_devices(cfg, setting)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            self.replicas = list(pool.map(
+                lambda device: _load_hf(cfg.model, f"{setting}.model", device, cfg.trust_remote_code), devices))
+        self.model, self.tokenizer = self.replicas[0]
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
                 f"{setting}.model={cfg.model!r} has no chat template; use an instruct (chat) model such as "
@@ -138,13 +170,31 @@ class HFChatModel:
     ) -> list[str]:
         if not conversations:
             return []
-        if json_schema is not None:
+        if json_schema is not None and not self.cfg.constrain_json:
             _warn_unconstrained(self.setting)
+            json_schema = None
         decoding = Decoding(max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
                             temperature=self.cfg.temperature if temperature is None else temperature)
-        completions = generate(self.model, self.tokenizer, [self._prompt(c) for c in conversations], decoding,
-                               batch_size=self.cfg.batch_size, eos_token_id=self.model.generation_config.eos_token_id)
-        return [c.text for c in completions]
+        prompts = [self._prompt(c) for c in conversations]
+        settings = ContinuousSettings(max_batch_tokens=self.cfg.max_batch_tokens)
+
+        def answer(replica: tuple[Any, Any], share: list[str]) -> list[str]:
+            model, tokenizer = replica
+            completions = generate(model, tokenizer, share, decoding, batch_size=self.cfg.batch_size,
+                                   eos_token_id=model.generation_config.eos_token_id, engine=self.cfg.engine,
+                                   json_schema=json_schema, continuous=settings)
+            return [c.text for c in completions]
+
+        if len(self.replicas) == 1 or len(prompts) == 1:
+            return answer(self.replicas[0], prompts)
+        # Every replica takes every n-th conversation (similar mixes of lengths), on its own GPU at once.
+        n = len(self.replicas)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="papertune-replica") as pool:
+            shares = list(pool.map(answer, self.replicas, [prompts[k::n] for k in range(n)]))
+        replies: list[str] = [""] * len(prompts)
+        for k, share in enumerate(shares):
+            replies[k::n] = share
+        return replies
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +209,14 @@ class _Attempt(Exception):
         self.kind = kind
         self.reason = reason
         self.retry_after = retry_after
+
+
+def _latest_per_server(failures: list[tuple[str, _Attempt]]) -> list[tuple[str, _Attempt]]:
+    """Each server's last failure, in the order the servers were first tried."""
+    latest: dict[str, _Attempt] = {}
+    for base, exc in failures:
+        latest[base] = exc
+    return list(latest.items())
 
 
 def _excerpt(text: str, limit: int = 300) -> str:
@@ -200,8 +258,55 @@ def _warn_cut(setting: str, max_tokens: int | None) -> None:
                 "(or bound the reply, e.g. maxLength in its JSON schema)", setting, max_tokens, setting)
 
 
+SET_ASIDE_AFTER = 2  # failed attempts in a row after which a server is set aside
+SET_ASIDE_S = 30.0  # for this long; then it is tried again
+
+
+class ServerPool:
+    """The servers of ``base_url``: requests go round-robin to those not set aside; a server whose attempts
+    fail ``SET_ASIDE_AFTER`` times in a row is set aside for ``SET_ASIDE_S`` seconds."""
+
+    def __init__(self, base_urls: Sequence[str]) -> None:
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        self._turn = 0
+        self._failures = dict.fromkeys(self.base_urls, 0)
+        self._aside_until = dict.fromkeys(self.base_urls, 0.0)
+        self._lock = threading.Lock()
+
+    def pick(self, avoid: Sequence[str] = ()) -> str:
+        """The next server in turn, preferring ones not set aside and not in ``avoid`` (failed this request)."""
+        with self._lock:
+            now = time.monotonic()
+            n = len(self.base_urls)
+            ring = [self.base_urls[(self._turn + k) % n] for k in range(n)]
+            self._turn = (self._turn + 1) % n
+            usable = [u for u in ring if self._aside_until[u] <= now]
+            for candidates in ([u for u in usable if u not in avoid], usable):
+                if candidates:
+                    return candidates[0]
+            return min(ring, key=lambda u: self._aside_until[u])  # all set aside: the one back soonest
+
+    def failed(self, base_url: str, reason: str, setting: str) -> None:
+        with self._lock:
+            self._failures[base_url] += 1
+            if self._failures[base_url] >= SET_ASIDE_AFTER and len(self.base_urls) > 1:
+                self._aside_until[base_url] = time.monotonic() + SET_ASIDE_S
+                self._failures[base_url] = 0
+                log.warning("%s: %s set aside for %.0f s after failing %d times in a row (%s)", setting, base_url,
+                            SET_ASIDE_S, SET_ASIDE_AFTER, reason)
+
+    def succeeded(self, base_url: str) -> None:
+        with self._lock:
+            self._failures[base_url] = 0
+
+
+def endpoint(base_url: str) -> str:
+    return base_url.rstrip("/") + "/chat/completions"
+
+
 class OpenAIChatModel:
-    """``POST {base_url}/chat/completions``, ``cfg.concurrency`` requests at a time, with retries."""
+    """``POST {base_url}/chat/completions`` on each server of ``base_url``, ``cfg.concurrency`` requests at a
+    time per server, with retries (on another server when there is one)."""
 
     def __init__(self, cfg: LLMConfig, setting: str) -> None:
         import requests
@@ -210,16 +315,21 @@ class OpenAIChatModel:
         self.cfg = cfg
         self.setting = setting
         self.name = cfg.model
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.servers = ServerPool(cfg.base_urls)
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         if key:
             self.headers["Authorization"] = f"Bearer {key}"
-        self.max_in_flight = cfg.concurrency  # requests sent at once
+        self.max_in_flight = cfg.concurrency * len(cfg.base_urls)  # requests sent at once
         self.extra_body: dict[str, Any] = {}  # fields added to every request (server-specific options)
         self._local = threading.local()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The first server's chat endpoint (the only one of the llamacpp backend)."""
+        return endpoint(self.servers.base_urls[0])
 
     # Sessions keep connections alive; one per worker thread, as a Session is not meant to be shared.
     def _session(self) -> Any:
@@ -247,10 +357,10 @@ class OpenAIChatModel:
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 
-    def _attempt(self, payload: dict[str, Any]) -> str:
+    def _attempt(self, payload: dict[str, Any], url: str) -> str:
         requests = self._requests
         try:
-            response = self._session().post(self.url, json=payload, headers=self.headers, timeout=self.cfg.timeout_s)
+            response = self._session().post(url, json=payload, headers=self.headers, timeout=self.cfg.timeout_s)
         except requests.exceptions.ConnectTimeout as exc:
             raise _Attempt("connect", f"connection timed out ({type(exc).__name__})") from exc
         except requests.exceptions.Timeout as exc:
@@ -278,7 +388,7 @@ class OpenAIChatModel:
                 hint = (f" (check {self.setting}.base_url, usually ending in /v1, and that the server knows the "
                         f"model {self.cfg.model!r}, {self.setting}.model)")
             raise LLMRequestError(
-                f"{self.setting}: {self.url} refused the request with HTTP {status}: {_error_detail(response)}{hint}",
+                f"{self.setting}: {url} refused the request with HTTP {status}: {_error_detail(response)}{hint}",
                 reason=f"HTTP {status}",
             )
         try:
@@ -296,29 +406,45 @@ class OpenAIChatModel:
         return (content or "").strip()
 
     def _request(self, payload: dict[str, Any], abort: threading.Event | None = None) -> str | None:
-        """The reply to one request, with retries; None if ``abort`` was set (another request failed)."""
-        attempts = self.cfg.max_retries + 1
-        last: _Attempt | None = None
+        """The reply to one request, with retries; None if ``abort`` was set (another request failed).
+
+        A failed attempt is retried at once on a server this request has not failed on yet; once every
+        server has failed it, each retry waits (exponential backoff with jitter, or the server's Retry-After).
+        """
+        attempts = max(self.cfg.max_retries + 1, len(self.servers.base_urls))
+        failures: list[tuple[str, _Attempt]] = []
         for attempt in range(attempts):
             if abort is not None and abort.is_set():
                 return None
-            if last is not None:
-                delay = min(self.cfg.retry_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-                delay *= 1 + 0.25 * random.random()  # jitter: parallel retries do not arrive together
-                if last.retry_after is not None:
-                    delay = max(delay, last.retry_after)
-                log.info("%s: %s; retry %d/%d in %.2f s", self.setting, last.reason, attempt, attempts - 1, delay)
+            tried = [base for base, _ in failures]
+            base = self.servers.pick(avoid=tried)
+            if failures:
+                last = failures[-1][1]
+                if base in tried:
+                    delay = min(self.cfg.retry_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+                    delay *= 1 + 0.25 * random.random()  # jitter: parallel retries do not arrive together
+                    if last.retry_after is not None:
+                        delay = max(delay, last.retry_after)
+                else:
+                    delay = 0.0
+                log.info("%s: %s; retry %d/%d on %s in %.2f s", self.setting, last.reason, attempt, attempts - 1,
+                         base, delay)
                 time.sleep(delay)
             try:
-                return self._attempt(payload)
+                reply = self._attempt(payload, endpoint(base))
             except _Attempt as exc:
-                last = exc
-        assert last is not None
-        if last.kind == "connect":
+                failures.append((base, exc))
+                self.servers.failed(base, exc.reason, self.setting)
+                continue
+            self.servers.succeeded(base)
+            return reply
+        last = failures[-1][1]
+        if all(exc.kind == "connect" for _, exc in failures):
             raise self._unreachable(f"{last.reason}, {attempts} attempt(s)")
+        where = "; ".join(f"{endpoint(base)}: {exc.reason}" for base, exc in _latest_per_server(failures))
         raise LLMRequestError(
-            f"{self.setting}: request to {self.url} failed after {attempts} attempt(s) "
-            f"({self.setting}.max_retries={self.cfg.max_retries}): {last.reason}",
+            f"{self.setting}: request failed after {attempts} attempt(s) "
+            f"({self.setting}.max_retries={self.cfg.max_retries}): {where}",
             reason=last.reason,
         )
 
@@ -326,8 +452,9 @@ class OpenAIChatModel:
         """Called before the requests of each ``chat``: a backend that starts its server lazily does it here."""
 
     def _unreachable(self, reason: str) -> LLMUnreachableError:
+        urls = ", ".join(endpoint(base) for base in self.servers.base_urls)
         return LLMUnreachableError(
-            f"{self.setting}.base_url={self.cfg.base_url!r}: no server answers at {self.url} ({reason}). Start an "
+            f"{self.setting}.base_url={self.cfg.base_url!r}: no server answers at {urls} ({reason}). Start an "
             f"OpenAI-compatible server there (vLLM, Ollama, llama.cpp server), set {self.setting}.base_url to "
             f"where one runs, or use {self.setting}.backend=llamacpp or hf to run the model in this process"
         )
@@ -406,12 +533,13 @@ class LlamaCppChatModel(OpenAIChatModel):
                 path = resolve_gguf(self.cfg.model, f"{self.setting}.model")
                 self.server = LlamaCppServer(path, n_ctx=self.cfg.context_length, n_parallel=self.cfg.parallel,
                                              threads=self.cfg.threads, setting=f"{self.setting}.model")
-                self.url = self.server.openai_base_url + "/chat/completions"
+                self.servers = ServerPool([self.server.openai_base_url])
             return self.server
 
     def _unreachable(self, reason: str) -> LLMUnreachableError:
         return LLMUnreachableError(
-            f"{self.setting}: llama.cpp's server in this process stopped answering at {self.url} ({reason})"
+            f"{self.setting}: llama.cpp's server in this process stopped answering at "
+            f"{endpoint(self.servers.base_urls[0])} ({reason})"
         )
 
     def _ready(self) -> None:

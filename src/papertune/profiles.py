@@ -1,6 +1,6 @@
 """Config profiles shipped in the package (``papertune/profiles/NAME.yaml``, copies of ``configs/``).
 
-Every command's config argument is a YAML file or a profile name (cpu, gpu, gpu-fast). Without one, a
+Every command's config argument is a YAML file or a profile name (cpu, cpu-quality, gpu, gpu-fast). Without one, a
 command on an existing run directory loads the config that run was made with (``RUN/config.yaml``);
 otherwise ``papertune run`` picks the profile for this machine and the other commands use the defaults.
 """
@@ -50,7 +50,8 @@ def pick_profile() -> Path:
 
 
 def resolve_config_file(spec: str | None) -> Path:
-    """A config argument: a YAML file, a profile name (cpu, gpu, gpu-fast), or nothing (picked from the hardware)."""
+    """A config argument: a YAML file, a profile name (cpu, cpu-quality, gpu, gpu-fast), or nothing (picked from
+    the hardware)."""
     if not spec:
         return pick_profile()
     path = Path(spec)

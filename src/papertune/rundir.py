@@ -104,6 +104,7 @@ EVAL_ANSWERS = f"{EVAL_DIR}/answers.jsonl"
 EVAL_REPORT_MD = f"{EVAL_DIR}/report.md"
 EVAL_METRICS_PLOT = f"{EVAL_DIR}/metrics.png"
 EVAL_PER_DOCUMENT_PLOT = f"{EVAL_DIR}/per_document.png"
+EVAL_FOUR_WAY_PLOT = f"{EVAL_DIR}/four_way.png"
 EXPORT_REPORT = f"{EXPORT_DIR}/{REPORT}"
 
 

@@ -1,7 +1,9 @@
 """The run summary, ``RUN/summary.json`` and ``RUN/summary.md``: what the run directory holds after a run.
 
-Counts after each stage (read from the files themselves), training time and speed, the loss table, base
-vs tuned metrics, every artifact's path; :mod:`papertune.pipeline` adds what ran or was skipped.
+Counts after each stage (read from the files themselves), how the pairs were made (chunks covered, pairs per
+chunk, the kind mix, drop reasons, the teacher's and the judge's speed, the judge's verdicts), training time
+and speed, the loss table, base vs tuned metrics, every artifact's path; :mod:`papertune.pipeline` adds what
+ran or was skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from papertune import rundir as layout
+from papertune.evaluate.report import four_way_table
 from papertune.rundir import read_jsonl
 from papertune.train.losses import loss_table, render_loss_table
 
@@ -28,6 +31,7 @@ ARTIFACTS = {
     "tensorboard": layout.TRAIN_TENSORBOARD, "train report": layout.TRAIN_REPORT,
     "eval metrics": layout.EVAL_METRICS, "eval answers": layout.EVAL_ANSWERS, "eval report": layout.EVAL_REPORT_MD,
     "eval chart": layout.EVAL_METRICS_PLOT, "per-document chart": layout.EVAL_PER_DOCUMENT_PLOT,
+    "four-way chart": layout.EVAL_FOUR_WAY_PLOT,
 }
 
 
@@ -45,9 +49,48 @@ def _count_lines(path: Path) -> int | None:
         return sum(1 for line in fh if line.strip())
 
 
+def _nonzero(counts: dict[str, int] | None) -> dict[str, int]:
+    """The counts above zero, largest first."""
+    return dict(sorted(((k, n) for k, n in (counts or {}).items() if n), key=lambda kv: (-kv[1], kv[0])))
+
+
+def collect_pairs(generate_report: dict[str, Any] | None, curate_report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How the pairs were made, from the generate and curate reports (None when neither exists)."""
+    if not generate_report and not curate_report:
+        return None
+    pairs: dict[str, Any] = {"generate": None, "curate": None}
+    if generate_report:
+        per_chunk = generate_report.get("pairs_per_content_chunk") or {}
+        pairs["generate"] = {
+            "chunks": generate_report.get("chunks"),
+            "skipped_non_content": generate_report.get("skipped_non_content"),
+            "skipped_non_content_reasons": generate_report.get("skipped_non_content_reasons") or {},
+            "content_chunks": sum(per_chunk.values()),
+            "content_chunks_with_pairs": generate_report.get("content_chunks_with_pairs"),
+            "pairs_per_content_chunk": per_chunk,
+            "kinds": generate_report.get("kinds") or {},
+            "dropped": _nonzero(generate_report.get("dropped_total")),
+            "teacher": generate_report.get("teacher"),
+        }
+    if curate_report:
+        judge = curate_report.get("judge")
+        pairs["curate"] = {
+            "input": curate_report.get("input"),
+            "kept": curate_report.get("kept"),
+            "dropped": _nonzero(curate_report.get("dropped_by_reason")),
+            "judge": None if not judge else {
+                key: judge.get(key) for key in ("model", "pairs", "passed", "pass_rate", "failed_checks",
+                                                "score_distribution", "judged_now", "from_cache", "reply_tokens",
+                                                "reply_tokens_per_s")},
+        }
+    return pairs
+
+
 def collect_summary(run_dir: Path) -> dict[str, Any]:
     """What the run directory holds now: counts read from the files themselves, and the reports."""
     ingest_report = _load_json(run_dir / layout.INGEST_REPORT) or {}
+    generate_report = _load_json(run_dir / layout.GENERATE_REPORT)
+    curate_report = _load_json(run_dir / layout.CURATE_REPORT)
     augment_report = _load_json(run_dir / layout.AUGMENT_REPORT) or {}
     build_report = _load_json(run_dir / layout.BUILD_REPORT) or {}
     train_report = _load_json(run_dir / layout.TRAIN_REPORT)
@@ -80,14 +123,13 @@ def collect_summary(run_dir: Path) -> dict[str, Any]:
     evaluation = None
     if eval_metrics:
         evaluation = {"questions": eval_metrics.get("questions"), "test_rows": eval_metrics.get("test_rows"),
-                      "models": {}}
-        for name in eval_metrics.get("models", []):
-            loss = eval_metrics.get("loss", {}).get(name, {})
-            answers = eval_metrics.get("answers", {}).get(name, {})
-            evaluation["models"][name] = {"loss": loss.get("loss"), "perplexity": loss.get("perplexity"),
-                                          **{k: v for k, v in answers.items() if k != "questions"}}
+                      "loss": {name: {"loss": eval_metrics.get("loss", {}).get(name, {}).get("loss"),
+                                      "perplexity": eval_metrics.get("loss", {}).get(name, {}).get("perplexity")}
+                               for name in eval_metrics.get("models", [])},
+                      **{key: eval_metrics.get(key) for key in ("systems", "sets", "results", "retrieval")}}
     artifacts = {name: str(run_dir / rel) for name, rel in ARTIFACTS.items() if (run_dir / rel).exists()}
-    return {"documents": documents, "counts": counts, "training": training,
+    return {"documents": documents, "counts": counts,
+            "pairs": collect_pairs(generate_report, curate_report), "training": training,
             "loss_table": loss_table(run_dir / layout.TRAIN_METRICS), "evaluation": evaluation,
             "artifacts": artifacts}
 
@@ -124,6 +166,8 @@ def render_summary(summary: dict[str, Any]) -> str:
               f"| dataset train / test | {_fmt(counts['train'])} / {_fmt(counts['test'])} |"]
     if docs["failed"]:
         lines += ["", "Failed documents:", ""] + [f"- `{d['source']}`: {d['reason']}" for d in docs["failed"]]
+    if summary.get("pairs"):
+        lines += ["", "## Pairs", "", *render_pairs(summary["pairs"])]
     training = summary.get("training")
     if training:
         lines += ["", "## Training", "",
@@ -133,14 +177,68 @@ def render_summary(summary: dict[str, Any]) -> str:
     if summary.get("loss_table"):
         lines.append(render_loss_table(summary["loss_table"]))
     evaluation = summary.get("evaluation")
-    if evaluation and evaluation["models"]:
-        models = list(evaluation["models"])
-        metrics = [m for m in ("loss", "perplexity", "rouge_l", "f1", "exact_match", "embedding_cosine",
-                               "judge_correctness", "judge_groundedness")
-                   if any(evaluation["models"][n].get(m) is not None for n in models)]
-        lines += ["", "## Base vs tuned", "",
-                  f"{evaluation['test_rows']} test rows, {evaluation['questions']} questions answered.", "",
-                  "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-        lines += [f"| {m} | " + " | ".join(_fmt(evaluation["models"][n].get(m)) for n in models) + " |" for m in metrics]
+    if evaluation and evaluation["loss"]:
+        lines += ["", "## Evaluation", "",
+                  f"{evaluation['test_rows']} test rows, {evaluation['questions']} test questions answered; "
+                  "every system and question set in `eval/report.md`.", "",
+                  "| model | test loss | perplexity |", "|---|---|---|"]
+        lines += [f"| {name} | {_fmt(v['loss'])} | {_fmt(v['perplexity'], 2)} |" for name, v in evaluation["loss"].items()]
+        if evaluation.get("systems") and evaluation.get("results"):
+            lines += ["", *four_way_table(evaluation)]
     lines += ["", "## Artifacts", ""] + [f"- {name}: `{path}`" for name, path in summary["artifacts"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def _speed(stats: dict[str, Any]) -> str:
+    """``N reply tokens at T tokens/s`` (tokens/s only when the model answered in this run)."""
+    if not stats.get("reply_tokens_per_s"):
+        return ""
+    return f"; {stats['reply_tokens']:,} reply tokens at {stats['reply_tokens_per_s']:.1f} tokens/s"
+
+
+def render_pairs(pairs: dict[str, Any]) -> list[str]:
+    """The "Pairs" section of ``summary.md``: one line per fact, none for a report or part that is missing."""
+    lines = []
+    gen = pairs.get("generate")
+    if gen:
+        skipped = gen["skipped_non_content"] or 0
+        lines.append(f"- Chunks covered: {_fmt(gen['content_chunks_with_pairs'])} of {gen['content_chunks']} content "
+                     f"chunks have a pair"
+                     + (f" ({skipped} more skipped as non-content: {_counts(gen['skipped_non_content_reasons'])})"
+                        if skipped else "") + ".")
+        if gen["pairs_per_content_chunk"]:
+            lines.append("- Pairs per content chunk (pairs: chunks): "
+                         + ", ".join(f"{k}: {n}" for k, n in gen["pairs_per_content_chunk"].items()) + ".")
+        if gen["kinds"]:
+            total = sum(gen["kinds"].values())
+            lines.append("- Kinds: " + ", ".join(f"{k} {_percent(n, total)}" for k, n in gen["kinds"].items())
+                         + f" (of {total} pairs).")
+        if gen["dropped"]:
+            lines.append(f"- Dropped by generate: {_counts(gen['dropped'])}.")
+        teacher = gen.get("teacher")
+        if teacher:
+            lines.append(f"- Teacher: {teacher['model']}, {teacher['replies']} replies in this run{_speed(teacher)}.")
+    cur = pairs.get("curate")
+    if cur:
+        judge = cur.get("judge")
+        if judge:
+            failed = _nonzero(judge.get("failed_checks"))
+            scores = "; ".join(
+                f"{key} " + "/".join(str(dist.get(str(score), dist.get(score, 0))) for score in range(1, 6))
+                for key, dist in (judge.get("score_distribution") or {}).items())
+            rate = f"{100 * judge['pass_rate']:.1f}%" if judge.get("pass_rate") is not None else "-"
+            lines.append(f"- Judge: {judge['model']} passed {_fmt(judge['passed'])} of {_fmt(judge['pairs'])} pairs "
+                         f"({rate}); failed checks: {_counts(failed) or 'none'}"
+                         + (f"; scores 1/2/3/4/5: {scores}" if scores else "")
+                         + f"; {_fmt(judge['from_cache'])} from its cache{_speed(judge)}.")
+        lines.append(f"- Curate kept {_fmt(cur['kept'])} of {_fmt(cur['input'])} pairs; dropped: "
+                     f"{_counts(cur['dropped']) or 'none'}.")
+    return lines

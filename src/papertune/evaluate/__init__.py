@@ -1,21 +1,23 @@
-"""The evaluate stage: the base model against the tuned one on the held-out split (``RUN/eval``).
+"""The evaluate stage: up to four systems on every question set of ``RUN/dataset`` (``RUN/eval``).
 
-- Validation loss and perplexity of both models on every test row, computed exactly like training
-  (``papertune.train.data.tokenize_example``: loss only on the answer and the end-of-turn token), as
-  a token-weighted mean over the split.
-- Answers to held-out questions (``evaluate.max_questions`` of the test rows), generated in batches
-  (greedy unless ``evaluate.temperature`` > 0) from the prompt the model was trained on (same chat
-  template, same system prompt, same token ids), scored against the reference: ROUGE-L, SQuAD token F1
-  and exact match, embedding cosine (all-MiniLM), and optionally an LLM judge (correctness and
-  groundedness in the source chunk, 1-5).
-- Everything is also reported per group: test rows whose document also feeds training (``in_domain``:
-  a chunk-grouped split) and rows from documents training never saw (``held_out_document``; all of
-  them with ``build.group_by=document``), and per document.
+- Systems: the base and the tuned model (``evaluate.base`` / ``evaluate.tuned``), each closed-book (the
+  question alone) and with retrieval (the question after ``retrieval.top_k`` passages of
+  ``papertune.retrieval``, in the prompt ``papertune.chat.render_prompt`` gives ask and serve too), as
+  ``evaluate.modes`` lists: base closed-book, tuned closed-book, base + retrieval, tuned + retrieval.
+- Question sets: the test split (``evaluate.max_questions`` of its rows), the held-out documents (in the
+  index, never trained on) and the documents outside the index (the right answer is to decline), each when
+  the dataset has it. The outside documents are left out of the evaluation's index.
+- Scores per system and set: token F1, exact match, ROUGE-L and embedding cosine against the reference (on
+  the answer without "[n]" markers), an optional LLM judge (correctness and groundedness in the source
+  chunk, 1-5; judged correct at 4 or more), recall@k of the retrieval, citation rate and accuracy, and
+  the share of answers that decline; on the outside set only the declines and citations.
+- Validation loss and perplexity of each model on every test row, computed exactly like training, and
+  the test rows per group (``in_domain`` / ``held_out_document``) and per document.
 
-Layout of ``RUN/eval``: ``metrics.json``, ``answers.jsonl``, ``report.md``, ``metrics.png``,
-``per_document.png``, ``config.yaml``, ``versions.json``.
+Layout of ``RUN/eval``: ``metrics.json``, ``answers.jsonl``, ``report.md``, ``four_way.png``,
+``metrics.png``, ``per_document.png``, ``config.yaml``, ``versions.json``.
 
-Modules: :mod:`.stage` (``run``), :mod:`.metrics`, :mod:`.judge`, :mod:`.report`.
+Modules: :mod:`.stage` (``run``), :mod:`.sets`, :mod:`.metrics`, :mod:`.judge`, :mod:`.report`.
 """
 
 from papertune.evaluate.judge import judge_conversation, parse_judge_reply
@@ -24,15 +26,23 @@ from papertune.evaluate.metrics import (
     GROUPS,
     MODELS,
     aggregate_loss,
+    citation_correct,
+    content_words,
     embedding_cosines,
     exact_match,
     example_losses,
     normalize_answer,
+    passage_contains,
+    recall_at_k,
     rouge_l,
+    strip_citations,
     token_f1,
 )
-from papertune.evaluate.stage import EVAL_DIR, SPEC, generate_answers, load_test_split, run
+from papertune.evaluate.sets import QUESTION_SETS, System, load_question_sets, load_test_split, systems_for
+from papertune.evaluate.stage import EVAL_DIR, SPEC, generate_answers, run
 
-__all__ = ["ANSWER_METRICS", "EVAL_DIR", "GROUPS", "MODELS", "SPEC", "aggregate_loss", "embedding_cosines",
-           "exact_match", "example_losses", "generate_answers", "judge_conversation", "load_test_split",
-           "normalize_answer", "parse_judge_reply", "rouge_l", "run", "token_f1"]
+__all__ = ["ANSWER_METRICS", "EVAL_DIR", "GROUPS", "MODELS", "QUESTION_SETS", "SPEC", "System",
+           "aggregate_loss", "citation_correct", "content_words", "embedding_cosines", "exact_match",
+           "example_losses", "generate_answers", "judge_conversation", "load_question_sets", "load_test_split",
+           "normalize_answer", "parse_judge_reply", "passage_contains", "recall_at_k", "rouge_l", "run",
+           "strip_citations", "systems_for", "token_f1"]

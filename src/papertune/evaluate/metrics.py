@@ -1,7 +1,12 @@
-"""What evaluate measures: answer scores against the reference, and the validation loss of a model.
+"""What evaluate measures: answer scores against the reference, retrieval and citations, and the validation
+loss of a model.
 
 - Answer scores: SQuAD's exact match and token F1 (normalised answers), ROUGE-L (rouge-score, stemmed),
-  and the embedding cosine of answer and reference (``papertune.index``); per model, a mean over answers.
+  and the embedding cosine of answer and reference (``papertune.index``), all on the answer without its
+  "[n]" citation markers; per system, a mean over answers.
+- Retrieval and grounding: recall@k (the question's source chunk among the k retrieved passages), citation
+  accuracy (a citing answer cites the source chunk, or a passage that contains the reference answer:
+  :func:`passage_contains`), citation rate, and the share of answers that decline (``papertune.chat.abstains``).
 - Loss: the summed cross-entropy and loss-token count of each example, computed exactly like training
   (labels of -100 carry no loss), and their token-weighted mean with its perplexity.
 """
@@ -15,11 +20,19 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from papertune.chat import cited_numbers
 from papertune.index import embed_texts
+from papertune.text import STOPWORDS, words
 
 MODELS = ("base", "tuned")
 GROUPS = ("in_domain", "held_out_document")
-ANSWER_METRICS = ("rouge_l", "f1", "exact_match", "embedding_cosine", "judge_correctness", "judge_groundedness")
+# Scores of an answer to an answerable question (None where not measured).
+ANSWER_METRICS = ("rouge_l", "f1", "exact_match", "embedding_cosine", "judge_correctness", "judge_groundedness",
+                  "judge_correct")
+# A judge correctness (1-5) at or above this counts as a correct answer (judge_correct).
+JUDGE_CORRECT_AT = 4
+# A passage contains a reference answer when it holds at least this share of the answer's content words.
+CONTAINS_RECALL = 0.6
 
 
 _PUNCTUATION = set(string.punctuation)
@@ -51,6 +64,52 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+_MARKER = re.compile(r"\s*\[\d{1,2}\]")
+
+
+def strip_citations(answer: str) -> str:
+    """The answer without its "[n]" citation markers ("NF4 [2]." -> "NF4.")."""
+    return _MARKER.sub("", answer).strip()
+
+
+def content_words(text: str) -> set[str]:
+    """The lower-cased words of ``text`` that are not English function words (``papertune.text.STOPWORDS``)."""
+    return {w.lower() for w in words(text)} - STOPWORDS
+
+
+def passage_contains(passage_text: str, reference: str) -> bool:
+    """Whether a passage contains a reference answer: it holds at least :data:`CONTAINS_RECALL` of the
+    answer's content words (an answer without content words is contained nowhere)."""
+    wanted = content_words(reference)
+    if not wanted:
+        return False
+    return len(wanted & content_words(passage_text)) / len(wanted) >= CONTAINS_RECALL
+
+
+def recall_at_k(source_chunk_ids: Sequence[str | None], retrieved_ids: Sequence[Sequence[str]]) -> float | None:
+    """The share of questions whose source chunk is among its retrieved chunks (None without questions)."""
+    if not source_chunk_ids:
+        return None
+    hits = sum(1 for source, got in zip(source_chunk_ids, retrieved_ids, strict=True) if source and source in got)
+    return hits / len(source_chunk_ids)
+
+
+def citation_correct(answer: str, passages: Sequence[dict], source_chunk_id: str | None,
+                     reference: str) -> bool | None:
+    """Whether a citing answer cites right: one of the passages it cites ([n], numbered from 1 in
+    ``passages``, chunk dicts) is the source chunk or contains the reference answer. None when the answer
+    cites nothing; a number with no passage is a wrong citation."""
+    numbers = cited_numbers(answer)
+    if not numbers:
+        return None
+    for n in numbers:
+        if 1 <= n <= len(passages):
+            chunk = passages[n - 1]
+            if (source_chunk_id and chunk.get("id") == source_chunk_id) or passage_contains(chunk["text"], reference):
+                return True
+    return False
+
+
 _ROUGE = None
 
 
@@ -73,6 +132,9 @@ def embedding_cosines(predictions: Sequence[str], references: Sequence[str], spe
     return [float(x) for x in (a * b).sum(axis=1)]
 
 
+LOSS_BATCH_TOKENS = 16384
+
+
 def example_losses(model: Any, tokenizer: Any, examples: Sequence[dict[str, list[int]]], batch_size: int,
                    desc: str = "loss") -> list[tuple[float, int]]:
     """(summed cross-entropy, loss tokens) per example: labels -100 carry no loss, as in training."""
@@ -83,7 +145,15 @@ def example_losses(model: Any, tokenizer: Any, examples: Sequence[dict[str, list
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]), reverse=True)
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    # At most batch_size rows and LOSS_BATCH_TOKENS padded tokens a batch: the float logits of a batch take
+    # tokens x vocabulary x 4 bytes (64 grounded rows of 4,096 tokens with Qwen's 151k vocabulary: 150 GiB).
+    batches: list[list[int]] = []
+    for i in order:  # longest first, so a batch's first row sets its width
+        if batches and len(batches[-1]) < batch_size and \
+                len(examples[batches[-1][0]]["input_ids"]) * (len(batches[-1]) + 1) <= LOSS_BATCH_TOKENS:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
     for index in tqdm(batches, desc=desc, unit="batch", leave=False):
         width = max(len(examples[i]["input_ids"]) for i in index)
         ids = torch.full((len(index), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -122,9 +192,16 @@ def mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def answer_summary(rows: Sequence[dict], model: str) -> dict[str, Any]:
-    """The number of answers and the mean of each answer metric for ``model`` (None where none has it)."""
+def answer_summary(rows: Sequence[dict], *, answerable: bool, retrieval: bool) -> dict[str, Any]:
+    """The number of answers of one system, the mean of each answer metric (answerable questions only; None
+    where none has it), and its grounding shares: ``abstention_rate`` always; ``citation_rate`` and
+    ``citation_accuracy`` (over the answers that cite) when it answered from passages."""
     summary: dict[str, Any] = {"questions": len(rows)}
     for metric in ANSWER_METRICS:
-        summary[metric] = mean([r["scores"][model].get(metric) for r in rows]) if rows else None
+        summary[metric] = mean([r["scores"].get(metric) for r in rows]) if answerable else None
+    summary["abstention_rate"] = mean([float(r["abstained"]) for r in rows])
+    citing = [r for r in rows if r["cited"]]
+    summary["citation_rate"] = len(citing) / len(rows) if retrieval and rows else None
+    summary["citation_accuracy"] = (mean([float(r["scores"]["citation_correct"]) for r in citing])
+                                    if retrieval and answerable and citing else None)
     return summary

@@ -1,40 +1,54 @@
-"""The evaluate stage: base and tuned model on the held-out split, written to ``RUN/eval``.
+"""The evaluate stage: up to four systems (base and tuned model, closed-book and with retrieval) on each
+question set of ``RUN/dataset``, written to ``RUN/eval``.
 
-It reads ``RUN/dataset``, loads the models (``papertune.inference``), measures loss and answers
-(:mod:`.metrics`, :mod:`.judge`), aggregates them per model, group and document, and writes
-``metrics.json``, ``answers.jsonl`` and the report (:mod:`.report`).
+It reads the question sets (:mod:`.sets`), retrieves passages for them once (``papertune.retrieval``, the
+outside documents left out of the index), loads the model (``papertune.inference``), measures loss and
+answers (:mod:`.metrics`, :mod:`.judge`), aggregates them per system and question set, and writes
+``metrics.json``, ``answers.jsonl``, the report and the charts (:mod:`.report`).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import render_prompt
+from papertune.chat import abstains, cited_numbers, render_prompt
 from papertune.config import PapertuneConfig
-from papertune.errors import InputError
 from papertune.evaluate.judge import judge_answers
 from papertune.evaluate.metrics import (
     GROUPS,
     MODELS,
     aggregate_loss,
     answer_summary,
+    citation_correct,
     embedding_cosines,
     exact_match,
     example_losses,
+    recall_at_k,
     rouge_l,
+    strip_citations,
     token_f1,
 )
 from papertune.evaluate.report import log_summary, render_report, write_charts
+from papertune.evaluate.sets import (
+    ANSWERABLE_SETS,
+    System,
+    load_question_sets,
+    outside_documents,
+    pick_questions,
+    systems_for,
+)
 from papertune.inference import Decoding, adapter_path, attach_adapter, check_adapter, generate, load_for_answering
 from papertune.rundir import (
+    BUILD_REPORT,
     CHUNKS,
     DATASET,
     EVAL_ANSWERS,
+    EVAL_DIR,
+    EVAL_FOUR_WAY_PLOT,
     EVAL_METRICS,
     EVAL_METRICS_PLOT,
     EVAL_PER_DOCUMENT_PLOT,
@@ -49,39 +63,15 @@ from papertune.stage import StageSpec
 
 log = logging.getLogger(__name__)
 
-EVAL_DIR = "eval"
-
-
-def load_test_split(run_dir: Path) -> tuple[list[dict], set[str]]:
-    """The rows of ``RUN/dataset``'s test split, and the documents (``source``) its train split holds."""
-    from datasets import load_from_disk
-
-    path = run_dir / "dataset"
-    if not (path / "dataset_dict.json").is_file():
-        raise InputError(f"no dataset in {path}: run `papertune build --run-dir {run_dir}` first")
-    ds = load_from_disk(str(path))
-    for split in ("train", "test"):
-        if split not in ds or not {"question", "answer", "prompt", "completion"} <= set(ds[split].column_names):
-            raise InputError(f"{path} has no {split} split with question/answer/prompt/completion columns; "
-                             "rebuild it with papertune build")
-    test = ds["test"].to_list()
-    if not test:
-        raise InputError(f"{path}: the test split is empty; nothing to evaluate")
-    train_sources = {s for s in ds["train"]["source"] if s} if "source" in ds["train"].column_names else set()
-    return test, train_sources
-
-
-def _pick_questions(n: int, cap: int, seed: int) -> list[int]:
-    if cap == 0 or n <= cap:
-        return list(range(n))
-    return sorted(random.Random(seed).sample(range(n), cap))
 
 
 def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], system_prompt: str | None, *,
-                     batch_size: int, max_new_tokens: int, temperature: float = 0.0, seed: int = 3407,
-                     desc: str = "answers") -> list[str]:
-    """Batched answers, each from the training prompt (chat template, system prompt, no added specials)."""
-    prompts = [render_prompt(tokenizer, q, system_prompt) for q in questions]
+                     passages: Sequence[Sequence[dict]] | None = None, batch_size: int, max_new_tokens: int,
+                     temperature: float = 0.0, seed: int = 3407, desc: str = "answers") -> list[str]:
+    """Batched answers, each from the prompt ask and serve send (``papertune.chat.render_prompt``: chat
+    template, system prompt, no added specials); ``passages[i]`` (chunk dicts) make question ``i`` grounded."""
+    prompts = [render_prompt(tokenizer, q, system_prompt, None if passages is None else passages[i])
+               for i, q in enumerate(questions)]
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     return [c.text for c in generate(model, tokenizer, prompts, decoding, batch_size=batch_size, progress=desc)]
 
@@ -92,118 +82,174 @@ def _inputs(config: PapertuneConfig) -> list[tuple[str, Path]]:
     if config.evaluate.tuned:
         adapter = adapter_path(config)
         inputs.append((TRAIN_ADAPTER if not config.evaluate.adapter else str(adapter), adapter))
-    if config.evaluate.judge_enabled:  # the judge sees the source chunk
+    if config.evaluate.judge_enabled or "retrieval" in config.evaluate.modes:  # judge and retrieval read chunks
         inputs.append((CHUNKS, run_dir / CHUNKS))
+    if "retrieval" in config.evaluate.modes:  # its outside documents are left out of the index
+        inputs.append((BUILD_REPORT, run_dir / BUILD_REPORT))
     return inputs
 
 
 SPEC = StageSpec(
     name="evaluate",
     directory=EVAL_DIR,
-    help="base vs tuned model on the test split: loss, perplexity, answer quality (RUN/eval)",
+    help="base vs tuned model, closed-book and with retrieval, on the test split, held-out and outside "
+         "documents (RUN/eval)",
     description="Compute validation loss and perplexity of train.model with and without the adapter "
-    "(RUN/train/adapter), generate answers to the held-out questions and score them against the references "
-    "(ROUGE-L, token F1, exact match, embedding cosine, optional LLM judge); write RUN/eval/metrics.json, "
-    "answers.jsonl, report.md and charts. evaluate.tuned=false evaluates the base model alone.",
+    "(RUN/train/adapter); answer the questions of the test split, of held-out documents and of documents "
+    "outside the index with each model closed-book and with retrieval (evaluate.modes); score the answers "
+    "(token F1, ROUGE-L, exact match, embedding cosine, optional LLM judge), the retrieval (recall@k) and the "
+    "citations (citation rate and accuracy, declines); write RUN/eval/metrics.json, answers.jsonl, report.md "
+    "and charts. evaluate.tuned=false evaluates the base model alone.",
     # evaluate loads train.model with the training dtype and prompt, and skips rows over max_seq_length.
-    settings=("evaluate", "train.model", "train.dtype", "train.max_seq_length", "train.trust_remote_code",
-              "build.system_prompt"),
-    outputs=(EVAL_METRICS, EVAL_ANSWERS, EVAL_REPORT_MD, EVAL_METRICS_PLOT, EVAL_PER_DOCUMENT_PLOT),
+    # retrieval.grounded only picks ask's and serve's default mode; evaluate.modes picks evaluate's.
+    settings=("evaluate", "retrieval.method", "retrieval.top_k", "retrieval.embedding_model", "retrieval.rrf_k",
+              "retrieval.candidates", "train.model", "train.dtype", "train.max_seq_length",
+              "train.trust_remote_code", "build.system_prompt"),
+    outputs=(EVAL_METRICS, EVAL_ANSWERS, EVAL_REPORT_MD, EVAL_METRICS_PLOT, EVAL_PER_DOCUMENT_PLOT,
+             EVAL_FOUR_WAY_PLOT),
     inputs=_inputs,
 )
 
 
+def _retrieve(config: PapertuneConfig, run_dir: Path, questions: dict[str, list[dict]],
+              excluded: set[str]) -> dict[str, list[list[Any]]]:
+    """The passages retrieved for every question of every set (one batched search per set)."""
+    from papertune.retrieval import Retriever
+
+    retriever = Retriever.for_run(run_dir, config.retrieval, exclude_sources=excluded)
+    log.info("evaluate: retrieving the top %d of %d chunks (%s; %d outside documents left out)",
+             config.retrieval.top_k, len(retriever), config.retrieval.method, len(excluded))
+    return {name: retriever.search_many([r["question"] for r in rows]) for name, rows in questions.items()}
+
+
+def _answer_row(system: System, set_name: str, row: dict, answer: str, hits: list[Any] | None) -> dict[str, Any]:
+    """One answer of ``answers.jsonl`` with its scores (answerable sets: against the answer without "[n]")."""
+    scores: dict[str, Any] = {}
+    if set_name in ANSWERABLE_SETS:
+        plain = strip_citations(answer)
+        scores = {"rouge_l": rouge_l(plain, row["answer"]), "f1": token_f1(plain, row["answer"]),
+                  "exact_match": exact_match(plain, row["answer"])}
+        if hits is not None:
+            scores["citation_correct"] = citation_correct(answer, [p.chunk for p in hits], row.get("chunk_id"),
+                                                          row["answer"])
+    return {
+        "system": system.name, "model": system.model, "mode": system.mode, "set": set_name, "id": row.get("id"),
+        "question": row["question"], "reference": row["answer"], "answer": answer,
+        "passages": None if hits is None else [p.to_json() for p in hits],
+        "cited": cited_numbers(answer), "abstained": abstains(answer), "scores": scores,
+        "source": row.get("source"), "page": row.get("page_start"), "chunk_id": row.get("chunk_id"),
+        "group": row["group"], "augmentation": row.get("augmentation"),
+    }
+
+
 def run(config: PapertuneConfig) -> Path:
-    """Evaluate base and tuned model on ``RUN/dataset``'s test split; returns ``RUN/eval``."""
+    """Evaluate every system (``evaluate.base`` / ``tuned`` x ``evaluate.modes``) on every question set of
+    ``RUN/dataset``; returns ``RUN/eval``."""
     from papertune.train.data import tokenize_example
 
     cfg = config.evaluate
     run_dir = Path(config.run_dir)
     out = run_dir / EVAL_DIR
-    test, train_sources = load_test_split(run_dir)
+    sets, train_sources = load_question_sets(run_dir)
+    test = sets["test"]
     adapter = adapter_path(config)
     if cfg.tuned:
         check_adapter(adapter, config)
     models = [m for m in MODELS if (m == "base" and cfg.base) or (m == "tuned" and cfg.tuned)]
+    systems = systems_for(models, cfg.modes)
+    retrieval = "retrieval" in cfg.modes
+    excluded = outside_documents(run_dir, sets.get("outside", [])) if retrieval else set()
     record_stage(run_dir, EVAL_DIR, config)
 
-    # Groups: rows of documents training also saw, and rows of documents it never saw.
+    # Groups of the test split: rows of documents training also saw, and rows of documents it never saw.
     for row in test:
         row["group"] = "in_domain" if row.get("source") in train_sources else "held_out_document"
+    for name in ("heldout", "outside"):
+        for row in sets.get(name, []):
+            row["group"] = name
     group_rows = {g: [r for r in test if r["group"] == g] for g in GROUPS}
-
-    picked = _pick_questions(len(test), cfg.max_questions, cfg.seed)
-    questions = [test[i] for i in picked]
-    log.info("evaluate: %d test rows (%d in-domain, %d from held-out documents), %d questions answered by %s",
-             len(test), len(group_rows["in_domain"]), len(group_rows["held_out_document"]), len(questions),
-             " and ".join(models))
+    questions = {name: [rows[i] for i in pick_questions(len(rows), cfg.max_questions, cfg.seed)]
+                 for name, rows in sets.items()}
+    log.info("evaluate: %s answered by %s", ", ".join(f"{len(q)} {name} questions" for name, q in questions.items()),
+             ", ".join(s.label for s in systems))
+    hits = _retrieve(config, run_dir, questions, excluded) if retrieval else {}
 
     loaded = load_for_answering(config, base_only=True)
     model, tokenizer = loaded.model, loaded.tokenizer
     examples = [tokenize_example(tokenizer, r["prompt"], r["completion"]) for r in test]
     keep = [i for i, ex in enumerate(examples) if len(ex["input_ids"]) <= config.train.max_seq_length]
-    over_length = len(examples) - len(keep)
-    answers: dict[str, list[str]] = {}
     per_example_loss: dict[str, dict[int, tuple[float, int]]] = {}
+    # Every system answers all sets in one batched run: the questions of all sets, in set order.
+    flat = [(name, row) for name, rows in questions.items() for row in rows]
+    flat_hits = [h for name in questions for h in hits.get(name, [])]
+    answers: dict[str, list[str]] = {}
     for name in models:
         if name == "tuned":
             model = attach_adapter(model, adapter)
         losses = example_losses(model, tokenizer, [examples[i] for i in keep], cfg.batch_size, desc=f"loss ({name})")
         per_example_loss[name] = dict(zip(keep, losses))
-        answers[name] = generate_answers(model, tokenizer, [r["question"] for r in questions],
-                                         config.build.system_prompt, batch_size=cfg.batch_size,
-                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                         seed=cfg.seed, desc=f"answers ({name})")
+        for system in (s for s in systems if s.model == name):
+            grounded = [[p.chunk for p in h] for h in flat_hits] if system.mode == "retrieval" else None
+            answers[system.name] = generate_answers(
+                model, tokenizer, [r["question"] for _, r in flat], config.build.system_prompt, passages=grounded,
+                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                seed=cfg.seed, desc=f"answers ({system.label})")
     del model
 
-    # Scores per answer.
-    answer_rows = []
-    for k, row in enumerate(questions):
-        scores = {}
-        for name in models:
-            pred = answers[name][k]
-            scores[name] = {"rouge_l": rouge_l(pred, row["answer"]), "f1": token_f1(pred, row["answer"]),
-                            "exact_match": exact_match(pred, row["answer"])}
-        answer_rows.append({
-            "id": row.get("id"), "question": row["question"], "reference": row["answer"],
-            **{f"{name}_answer": answers[name][k] for name in models},
-            "scores": scores, "source": row.get("source"), "page": row.get("page_start"),
-            "chunk_id": row.get("chunk_id"), "group": row["group"], "augmentation": row.get("augmentation"),
-        })
-    if cfg.embedding_model:
-        for name in models:
-            cosines = embedding_cosines(answers[name], [r["answer"] for r in questions], cfg.embedding_model)
-            for ar, cos in zip(answer_rows, cosines):
-                ar["scores"][name]["embedding_cosine"] = cos
-    judge_info = judge_answers(config, run_dir, questions, answer_rows, models) if cfg.judge_enabled else None
+    answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None)
+                   for s in systems for k, (set_name, row) in enumerate(flat)]
+    answerable = [a for a in answer_rows if a["set"] in ANSWERABLE_SETS]
+    if cfg.embedding_model and answerable:
+        cosines = embedding_cosines([strip_citations(a["answer"]) for a in answerable],
+                                    [a["reference"] for a in answerable], cfg.embedding_model)
+        for a, cos in zip(answerable, cosines, strict=True):
+            a["scores"]["embedding_cosine"] = cos
+    judge_info = judge_answers(config, run_dir, answerable) if cfg.judge_enabled and answerable else None
 
-    # Aggregates.
     def loss_for(indices: Sequence[int], name: str) -> dict[str, Any]:
         return aggregate_loss([per_example_loss[name][i] for i in indices if i in per_example_loss[name]])
+
+    def summaries(rows: list[dict], set_name: str) -> dict[str, Any]:
+        return {s.name: answer_summary([a for a in rows if a["system"] == s.name],
+                                       answerable=set_name in ANSWERABLE_SETS, retrieval=s.mode == "retrieval")
+                for s in systems}
 
     index_of = {id(r): i for i, r in enumerate(test)}
     metrics: dict[str, Any] = {
         "model": config.train.model,
         "adapter": str(adapter) if cfg.tuned else None,
         "models": models,
+        "modes": [m for m in ("closed_book", "retrieval") if m in cfg.modes],
+        "systems": [{"name": s.name, "model": s.model, "mode": s.mode, "label": s.label} for s in systems],
         "test_rows": len(test),
-        "over_max_seq_length": over_length,
-        "questions": len(questions),
+        "over_max_seq_length": len(examples) - len(keep),
+        "questions": len(questions["test"]),
+        "sets": {name: {"rows": len(sets[name]), "questions": len(q), "answerable": name in ANSWERABLE_SETS}
+                 for name, q in questions.items()},
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
                        "greedy": cfg.temperature == 0, "batch_size": cfg.batch_size},
+        "retrieval": None,
         "loss": {name: loss_for(range(len(test)), name) for name in models},
-        "answers": {name: answer_summary(answer_rows, name) for name in models},
+        "results": {name: summaries([a for a in answer_rows if a["set"] == name], name) for name in questions},
         "groups": {},
         "per_document": {},
         "judge": judge_info,
     }
+    if retrieval:
+        metrics["retrieval"] = {
+            "method": config.retrieval.method, "top_k": config.retrieval.top_k,
+            "outside_documents": sorted(excluded),
+            # The source chunk among the top k; outside documents are in no index, so no recall there.
+            "recall_at_k": {name: recall_at_k([r.get("chunk_id") for r in rows],
+                                              [[p.chunk_id for p in h] for h in hits[name]])
+                            if name in ANSWERABLE_SETS else None for name, rows in questions.items()},
+        }
     for group in GROUPS:
         rows = group_rows[group]
         metrics["groups"][group] = {
             "test_rows": len(rows),
             "loss": {name: loss_for([index_of[id(r)] for r in rows], name) for name in models},
-            "answers": {name: answer_summary([a for a in answer_rows if a["group"] == group], name)
-                        for name in models},
+            "answers": summaries([a for a in answer_rows if a["set"] == "test" and a["group"] == group], "test"),
         }
     metrics["split"] = ("document-grouped: every test row comes from a document training never saw"
                         if not group_rows["in_domain"] else
@@ -211,15 +257,15 @@ def run(config: PapertuneConfig) -> Path:
                         if not group_rows["held_out_document"] else
                         "mixed: some test documents also feed training, some do not")
     by_doc: dict[str, list[dict]] = defaultdict(list)
-    for a in answer_rows:
+    for a in answerable:
         by_doc[a["source"] or "(unknown)"].append(a)
-    metrics["per_document"] = {doc: {"group": rows[0]["group"], **{name: answer_summary(rows, name) for name in models}}
+    metrics["per_document"] = {doc: {"group": rows[0]["group"], **summaries(rows, "test")}
                                for doc, rows in sorted(by_doc.items())}
 
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "answers.jsonl", answer_rows)
     write_json_atomic(out / "metrics.json", metrics)
-    write_charts(out, metrics, models)
-    write_text_atomic(out / "report.md", render_report(run_dir, metrics, answer_rows, models))
-    log_summary(metrics, models, out)
+    write_charts(out, metrics)
+    write_text_atomic(out / "report.md", render_report(run_dir, metrics, answer_rows))
+    log_summary(metrics, out)
     return out

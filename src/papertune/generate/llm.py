@@ -38,7 +38,9 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from papertune.config import PapertuneConfig
@@ -58,6 +60,7 @@ from papertune.generate.base import (
 from papertune.generate.content import prose_sentences
 from papertune.generate.questions import KINDS, context_dependence, normalise_kind, suggest_kinds
 from papertune.generate.replies import parse_pairs, without_repeats
+from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
@@ -330,6 +333,28 @@ def pairs_from_reply(
     return result
 
 
+@dataclass
+class TeacherStats:
+    """What the teacher model did in this run: its replies, their tokens and the time spent waiting for them."""
+
+    model: str  # backend:model, e.g. llamacpp:packaged:qwen2.5-coder-0.5b-instruct
+    replies: int = 0
+    reply_tokens: int = 0
+    seconds: float = 0.0  # time in the model's chat calls
+
+    def report(self) -> dict[str, Any]:
+        """The teacher's part of ``RUN/generate/report.json``."""
+        return {
+            "model": self.model,
+            "replies": self.replies,
+            "seconds": round(self.seconds, 3),
+            # Replies come back as text: their tokens are counted with the Qwen2.5 BPE, as the curate judge's
+            # are (exact for Qwen teachers).
+            "reply_tokens": self.reply_tokens,
+            "reply_tokens_per_s": round(self.reply_tokens / self.seconds, 1) if self.seconds else None,
+        }
+
+
 class LLMGenerator:
     """Pairs from an instruct model, ``generate.llm`` (in-process or an OpenAI-compatible server)."""
 
@@ -341,6 +366,7 @@ class LLMGenerator:
         self.chat_model = chat_model if chat_model is not None else make_chat_model(self.cfg.llm, "generate.llm")
         self.model = self.chat_model.name
         llm = self.cfg.llm
+        self.stats = TeacherStats(f"{llm.backend}:{llm.model}" if chat_model is None else self.model)
         # Chunks per call: what one call runs at once (a batch in-process, parallel requests to a server).
         self.batch_size = llm.batch_size if llm.backend == "hf" else max(llm.concurrency, 1)
 
@@ -351,6 +377,7 @@ class LLMGenerator:
 
     def generate(self, chunks: list[Chunk]) -> Iterator[tuple[str, ChunkResult]]:
         conversations = [self.conversation(c) for c in chunks]
+        started = time.perf_counter()
         try:
             replies: list[str | None] = list(
                 self.chat_model.chat(conversations, json_schema=reply_schema(self.cfg.pairs_per_chunk))
@@ -360,6 +387,11 @@ class LLMGenerator:
             # Keep what the other requests of this batch returned; raise once they are handed over.
             replies = list(exc.replies or [None] * len(chunks))
             failure = exc
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+        arrived = [r for r in replies if r is not None]
+        self.stats.replies += len(arrived)
+        self.stats.reply_tokens += sum(get_token_counter("qwen2.5")(arrived))
         if len(replies) != len(chunks):
             raise PapertuneError(
                 f"generate.llm: the model returned {len(replies)} replies for {len(chunks)} prompts"

@@ -40,6 +40,7 @@ from papertune.config import GENERATORS, INPUT_SELECTION, SPEED_ONLY, PapertuneC
 from papertune.errors import InputError, PapertuneError
 from papertune.generate.base import ChunkResult, Generator
 from papertune.generate.content import non_content_reason
+from papertune.generate.llm import LLMGenerator, TeacherStats, prompt_fingerprint
 from papertune.generate.questions import guess_kind
 from papertune.rundir import (
     CHUNKS,
@@ -91,9 +92,7 @@ def settings_hash(config: PapertuneConfig) -> str:
     used = set(gen["generators"])
     extra: dict[str, Any] = {}
     if "llm" in used:
-        from papertune.generate import llm as llm_generator
-
-        extra["prompt"] = llm_generator.prompt_fingerprint()
+        extra["prompt"] = prompt_fingerprint()
     else:
         del gen["llm"], gen["llm_min_support"]
     if "seq2seq" not in used:
@@ -191,8 +190,6 @@ def make_generator(name: str, config: PapertuneConfig, chat_model: Any = None) -
 
         return RulesGenerator(config.generate.pairs_per_chunk, config.ingest.segmenter)
     if name == "llm":
-        from papertune.generate.llm import LLMGenerator
-
         return LLMGenerator(config, chat_model=chat_model)
     if name == "seq2seq":
         from papertune.generate.seq2seq import Seq2SeqGenerator
@@ -261,6 +258,7 @@ def _report(
     resumed: int,
     seconds: float,
     error: str | None,
+    teacher: dict[str, Any] | None,
 ) -> dict[str, Any]:
     pairs: Counter[str] = Counter()
     dropped: dict[str, Counter[str]] = {}
@@ -301,6 +299,9 @@ def _report(
         "content_chunks_with_pairs": sum(n for k, n in per_chunk.items() if k),
         "pairs_per_content_chunk": {str(k): n for k, n in sorted(per_chunk.items())},
         "kinds": dict(kinds.most_common()),
+        # The llm generator's model, its replies in this run (not those of resumed chunks) and their tokens/s;
+        # None when no chunk went to it in this run.
+        "teacher": teacher,
         "chunks_per_generator": dict(sorted(Counter(assignment.values()).items())),
         "pairs": sum(pairs.values()),
         "pairs_per_generator": dict(sorted(pairs.items())),
@@ -381,10 +382,13 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
     log.info("generate: %d chunks (%d finished earlier, %d to do: %s)", len(chunks), resumed, len(todo),
              ", ".join(f"{n} {name}" for name, n in sorted(by_generator.items())) or "none")
 
+    teacher: TeacherStats | None = None  # the llm generator's, once it has run
+
     def report(error: str | None) -> dict[str, Any]:
         data = _report(chunks_path=chunks_path, usable=usable, chunks=chunks, problems=problems, repeated=repeated, config=config,
                        settings=settings, progress=progress, assignment=assignment, processed=processed,
-                       resumed=resumed, seconds=time.perf_counter() - started, error=error)
+                       resumed=resumed, seconds=time.perf_counter() - started, error=error,
+                       teacher=teacher.report() if teacher is not None else None)
         write_json_atomic(run_dir / GENERATE_REPORT, data)
         return data
 
@@ -395,6 +399,8 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
                 if not group:
                     continue
                 generator = make_generator(name, config, chat_model=chat_model)
+                if isinstance(generator, LLMGenerator):
+                    teacher = generator.stats
                 for start in range(0, len(group), generator.batch_size):
                     batch = group[start : start + generator.batch_size]
                     done: list[dict[str, Any]] = []
@@ -432,6 +438,9 @@ def run(config: PapertuneConfig, *, chat_model: Any = None) -> Path:
         ", ".join(f"{reason} {n}" for reason, n in data["dropped_total"].items()) or "none",
         out,
     )
+    if data["teacher"]:
+        log.info("generate: the teacher %s wrote %d replies, %d tokens at %s tokens/s", data["teacher"]["model"],
+                 data["teacher"]["replies"], data["teacher"]["reply_tokens"], data["teacher"]["reply_tokens_per_s"])
     return out
 
 

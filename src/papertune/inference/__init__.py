@@ -1,7 +1,11 @@
-"""Inference: loading the model that answers (:mod:`.loading`), generating with it (:mod:`.generation`),
-and llama.cpp's server in this process on a GGUF file (:mod:`.llamacpp`, imported where used)."""
+"""Inference: loading the model that answers (:mod:`.loading`), generating with it (:mod:`.generation`: static
+batches, or continuous batching in :mod:`.continuous`; requests and answers in :mod:`.completion`; JSON-schema
+constraints in :mod:`.structured`), and llama.cpp's server in this process on a GGUF file (:mod:`.llamacpp`,
+imported where used)."""
 
-from papertune.inference.generation import Completion, Decoding, GenerationRequest, generate, generate_batch
+from papertune.inference.completion import Completion, Decoding, GenerationRequest
+from papertune.inference.continuous import ContinuousSettings, generate_continuous
+from papertune.inference.generation import ENGINES, generate, generate_batch, resolve_engine
 from papertune.inference.loading import (
     LoadedModel,
     adapter_path,
@@ -12,5 +16,6 @@ from papertune.inference.loading import (
     load_merged,
 )
 
-__all__ = ["Completion", "Decoding", "GenerationRequest", "LoadedModel", "adapter_path", "attach_adapter",
-           "check_adapter", "generate", "generate_batch", "load_base", "load_for_answering", "load_merged"]
+__all__ = ["ENGINES", "Completion", "ContinuousSettings", "Decoding", "GenerationRequest", "LoadedModel", "adapter_path",
+           "attach_adapter", "check_adapter", "generate", "generate_batch", "generate_continuous", "load_base",
+           "load_for_answering", "load_merged", "resolve_engine"]

@@ -19,10 +19,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from papertune.chat import abstains, cited_numbers
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError, PapertuneError
-from papertune.index import ChunkIndex
 from papertune.inference import Completion, Decoding, GenerationRequest, load_for_answering
+from papertune.retrieval import Passage, Retriever
 from papertune.serve.protocol import (
     ApiError,
     ChatRequest,
@@ -68,24 +69,42 @@ def model_label(config: PapertuneConfig, *, merged: str | Path | None = None, ba
     return f"{base} + adapter of run {Path(config.run_dir).resolve().name}"
 
 
-def _citation(chunk: dict, score: float, rank: int) -> dict[str, Any]:
+def citation(passage: Passage, cited: bool | None = None) -> dict[str, Any]:
+    """A passage as ``papertune_citations`` lists it; ``cited``: whether the answer cites it ([n]), when known."""
+    chunk = passage.chunk
     text = " ".join(str(chunk.get("text", "")).split())
-    return {"index": rank, "chunk_id": chunk.get("id"), "source": chunk.get("source"), "title": chunk.get("title"),
-            "section": chunk.get("section"), "page_start": chunk.get("page_start"),
-            "page_end": chunk.get("page_end"), "score": round(float(score), 4),
-            "excerpt": text if len(text) <= 300 else text[:297] + "..."}
+    entry = {"index": passage.n, "chunk_id": chunk.get("id"), "source": chunk.get("source"),
+             "title": chunk.get("title"), "section": chunk.get("section"), "page_start": chunk.get("page_start"),
+             "page_end": chunk.get("page_end"), "score": round(passage.score, 4),
+             "excerpt": text if len(text) <= 300 else text[:297] + "..."}
+    return entry if cited is None else {**entry, "cited": cited}
+
+
+def grounding(passages: list[Passage], answer: str) -> dict[str, Any]:
+    """What a grounded answer adds to its response: its passages, each ``cited`` or not, and whether it
+    declined (``papertune_abstained``: the passages do not hold the answer)."""
+    cited = set(cited_numbers(answer))
+    return {"papertune_citations": [citation(p, p.n in cited) for p in passages],
+            "papertune_abstained": abstains(answer)}
 
 
 class Service:
-    """The loaded model, its tokenizer, the chunk index and the worker: what the HTTP handlers use."""
+    """The loaded model, its tokenizer, the retriever and the worker: what the HTTP handlers use.
+
+    ``grounded`` (``retrieval.grounded``): prompts hold the passages retrieved for the question; else the
+    retriever (when there is one) only lists them as ``papertune_citations``."""
 
     def __init__(self, config: PapertuneConfig, model: Any, tokenizer: Any, description: str,
-                 index: Any | None = None) -> None:
+                 retriever: Retriever | None = None) -> None:
+        if config.retrieval.grounded and retriever is None:
+            raise ConfigError("grounded answers need the retriever over RUN/chunks.jsonl; set retrieval.grounded: "
+                              "false (serve --closed-book) to serve without it")
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
         self.description = description
-        self.index = index
+        self.retriever = retriever
+        self.grounded = config.retrieval.grounded
         self.model_name = config.serve.model_name
         self.created = int(time.time())
         self.context_length = _context_length(model, tokenizer)
@@ -99,33 +118,35 @@ class Service:
     @classmethod
     def load(cls, config: PapertuneConfig, *, merged: str | Path | None = None, base_only: bool = False,
              cite: bool | None = None) -> Service:
-        """The model as ``papertune ask`` loads it (base + adapter, ``merged`` or ``base_only``), and with
-        ``cite`` (default ``serve.cite``) the chunk index; a ``PapertuneError`` when either cannot be had."""
+        """The model as ``papertune ask`` loads it (base + adapter, ``merged`` or ``base_only``) and, when
+        grounded or with ``cite`` (default ``serve.cite``), the retriever; a ``PapertuneError`` when either
+        cannot be had."""
         cite = config.serve.cite if cite is None else cite
-        index = None
-        if cite:  # the index first: missing chunks fail before a large model is loaded
+        retriever = None
+        if config.retrieval.grounded or cite:  # the retriever first: missing chunks fail before the model loads
             run_dir = Path(config.run_dir)
             if not (run_dir / "chunks.jsonl").is_file():
-                raise InputError(f"no chunks in {run_dir} for the citations: run `papertune ingest DOCS_DIR "
-                                 f"--run-dir {run_dir}` first, or serve without citations (--no-cite)")
-            if not config.evaluate.embedding_model:
-                raise ConfigError("evaluate.embedding_model is empty; the citations need a sentence-transformers "
-                                  "model (or serve with --no-cite)")
-            index = ChunkIndex.load_or_build(run_dir, config.evaluate.embedding_model)
+                way_out = ("serve closed-book (--closed-book)" if config.retrieval.grounded
+                           else "serve without citations (--no-cite)")
+                raise InputError(f"no chunks in {run_dir} to retrieve passages from: run `papertune ingest DOCS_DIR "
+                                 f"--run-dir {run_dir}` first, or {way_out}")
+            retriever = Retriever.for_run(run_dir, config.retrieval)
         loaded = load_for_answering(config, merged=merged, base_only=base_only)
         log.info("loaded %s", loaded.description)  # the paths, for the operator's log only
         return cls(config, loaded.model, loaded.tokenizer, model_label(config, merged=merged, base_only=base_only),
-                   index)
+                   retriever)
 
     def model_card(self) -> dict[str, Any]:
         """The ``/v1/models`` entry of the model served."""
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "papertune",
                 "papertune_description": self.description, "papertune_context_length": self.context_length,
-                "papertune_citations": self.index is not None}
+                "papertune_citations": self.retriever is not None, "papertune_grounded": self.grounded}
 
-    def encode(self, request: ChatRequest) -> list[int]:
-        """The prompt ids of a chat request (no added special tokens: the template holds them)."""
-        text = render_conversation(self.tokenizer, request, self.config.build.system_prompt)
+    def encode(self, request: ChatRequest, passages: list[Passage]) -> list[int]:
+        """The prompt ids of a chat request, grounded in ``passages`` when the service is (no added special
+        tokens: the template holds them)."""
+        text = render_conversation(self.tokenizer, request, self.config.build.system_prompt,
+                                   [p.chunk for p in passages] if self.grounded else None)
         with self.tokenizer_lock:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -146,13 +167,12 @@ class Service:
         budget = min(self.config.evaluate.max_new_tokens, self.config.serve.max_tokens)
         return budget if context is None else min(budget, context - prompt_tokens)
 
-    def citations(self, query: str, top_k: int | None = None) -> list[dict[str, Any]] | None:
-        """The chunks closest to ``query`` as the API lists them; None without the index."""
-        if self.index is None:
-            return None
+    def retrieve(self, query: str, top_k: int | None = None) -> list[Passage]:
+        """The passages retrieval ranks first for ``query`` (``retrieval.top_k``); [] without the retriever."""
+        if self.retriever is None:
+            return []
         with self._index_lock:  # the embedder's tokenizer, like the model's, is not thread-safe
-            hits = self.index.search(query, top_k or self.config.evaluate.cite_top_k)
-        return [_citation(chunk, score, rank) for rank, (chunk, score) in enumerate(hits, start=1)]
+            return self.retriever.search(query, top_k)
 
 
 def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, base_only: bool = False,
@@ -221,21 +241,23 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
             raise invalid_request("send {\"query\": \"...\"} with a non-empty query", "query")
         checked_text(body["query"], "query")
         top_k = integer_field(body, "top_k", 1, 100)
-        if service.index is None:
-            raise ApiError(404, "this server runs without citations (started with --no-cite)",
+        if service.retriever is None:
+            raise ApiError(404, "this server runs without citations (started with --closed-book --no-cite)",
                            code="citations_disabled")
-        data = await run_in_threadpool(service.citations, body["query"], top_k)
-        return JSONResponse({"object": "list", "data": data})
+        passages = await run_in_threadpool(service.retrieve, body["query"], top_k)
+        return JSONResponse({"object": "list", "data": [citation(p) for p in passages]})
 
     async def chat_completions(request: Request) -> Response:
         body = await read_json(request, settings.max_request_bytes)
         chat = parse_chat_request(body, model_name=service.model_name,
                                   default_temperature=config.evaluate.temperature, max_tokens_limit=settings.max_tokens)
-        prompt_ids = await run_in_threadpool(service.encode, chat)
+        passages = await run_in_threadpool(service.retrieve, chat.question)
+        prompt_ids = await run_in_threadpool(service.encode, chat, passages)
         decoding = Decoding(max_new_tokens=service.completion_budget(chat, len(prompt_ids)),
                             temperature=chat.temperature, top_p=chat.top_p, seed=chat.seed, stop=tuple(chat.stop))
-        sources = await run_in_threadpool(service.citations, chat.question)
-        extra = {} if sources is None else {"papertune_citations": sources}
+        # The passages come first (in the first streamed chunk); a grounded answer's last chunk, or its whole
+        # response, says which of them it cites and whether it declined.
+        extra = {"papertune_citations": [citation(p) for p in passages]} if service.retriever is not None else {}
         loop = asyncio.get_running_loop()
         created = int(time.time())
 
@@ -262,7 +284,9 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
                     if error is not None:
                         yield sse(error.body())
                     else:
-                        yield sse(completion_chunk(job.id, service.model_name, created, {}, result.finish_reason))
+                        final = grounding(passages, result.text) if service.grounded else {}
+                        yield sse(completion_chunk(job.id, service.model_name, created, {}, result.finish_reason,
+                                                   **final))
                         if chat.include_usage:
                             yield sse({"id": job.id, "object": "chat.completion.chunk", "created": created,
                                         "model": service.model_name, "choices": [], "usage": usage(result)})
@@ -300,7 +324,7 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
             "id": job.id, "object": "chat.completion", "created": created, "model": service.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                          "finish_reason": result.finish_reason}],
-            "usage": usage(result), **extra,
+            "usage": usage(result), **extra, **(grounding(passages, result.text) if service.grounded else {}),
         })
 
     async def api_error(request: Request, exc: ApiError) -> Response:

@@ -3,17 +3,18 @@
 - :class:`ApiError`: a request refused (4xx) or not answered (5xx), as an OpenAI-style error body.
 - :func:`parse_chat_request`: a ``/v1/chat/completions`` body checked field by field into a
   :class:`ChatRequest`; :func:`render_conversation` turns it into the prompt text (ask's prompt for a
-  single question, the chat template for a longer conversation).
+  single question, grounded or closed-book; the chat template for a longer conversation).
 - :func:`read_json`, :func:`sse`, :func:`completion_chunk`, :func:`usage`: reading bodies, writing responses.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from papertune.chat import render_prompt
+from papertune.chat import render_prompt, user_turn
 from papertune.inference import Completion
 
 MAX_MESSAGES = 256
@@ -189,12 +190,16 @@ def parse_chat_request(body: Any, *, model_name: str, default_temperature: float
                        stop=stops, stream=stream, include_usage=include_usage, seed=seed)
 
 
-def render_conversation(tokenizer: Any, request: ChatRequest, default_system: str | None) -> str:
-    """The prompt text: ask's (training's) prompt for a single question, the chat template for longer talks."""
+def render_conversation(tokenizer: Any, request: ChatRequest, default_system: str | None,
+                        passages: Sequence[dict] | None = None) -> str:
+    """The prompt text: ask's (training's) prompt for a single question, grounded in ``passages`` when given;
+    for a longer conversation the chat template over the turns as the client sent them, the last user turn
+    (the question) grounded like ask's (earlier turns keep their text and get no passages of their own)."""
     system = default_system if request.system is None else request.system
     if len(request.conversation) == 1:
-        return render_prompt(tokenizer, request.question, system)
-    messages = ([{"role": "system", "content": system}] if system else []) + request.conversation
+        return render_prompt(tokenizer, request.question, system, passages)
+    messages = (([{"role": "system", "content": system}] if system else []) + request.conversation[:-1]
+                + [{"role": "user", "content": user_turn(request.question, passages)}])
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

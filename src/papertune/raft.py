@@ -1,0 +1,137 @@
+"""RAFT examples (``build.mode: raft``): which passages each pair's prompt holds, and what its answer says.
+
+Every train and test pair is asked after ``retrieval.top_k`` passages. With probability
+``build.raft_source_share`` (drawn per pair, seeded by ``build.seed`` and the pair's id, so a rebuild draws
+the same) its source chunk is one of them, at a random position, and the target answer cites it
+(``chat.cited_answer``); otherwise every passage is a distractor and the target is ``chat.ABSTAIN``
+(``raft_without_source: abstain``) or the plain answer (``answer``).
+
+Distractors are hard negatives: the chunks :class:`papertune.retrieval.Retriever` ranks highest for the
+question, from other documents only (nor from a file holding the same text as the source's document),
+never near-duplicates of the source chunk or of each other, never a chunk of a held-out or outside
+document (the retriever leaves those out) and, for a train pair, never a chunk of a test pair nor a
+near-duplicate of one. When retrieval finds too few, seeded random eligible chunks fill the
+prompt and are counted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from papertune.split import NearDuplicates
+from papertune.chat import ABSTAIN, cited_answer
+from papertune.config import BuildConfig
+from papertune.errors import InputError
+
+_SEARCH_BATCH = 256  # questions scored at once (each holds a score per chunk and ranker)
+
+
+@dataclass
+class RaftPassages:
+    """The passages of one example: chunk ids in prompt order, and the source chunk's number among them."""
+
+    passage_ids: list[str]
+    source_passage: int  # 1-based; 0 when the source chunk is not among the passages
+
+
+def raft_target(answer: str, source_passage: int, without_source: str) -> str:
+    """What a RAFT example teaches the model to reply: the answer citing its source passage, or, when the
+    source is absent, :data:`papertune.chat.ABSTAIN` (``abstain``) or the answer uncited (``answer``)."""
+    if source_passage:
+        return cited_answer(answer, source_passage)
+    return ABSTAIN if without_source == "abstain" else answer
+
+
+def _near_ids(chunk_id: str, position: dict[str, int], ids: list[str], near: NearDuplicates) -> set[str]:
+    return {ids[j] for j in near.neighbours(position[chunk_id])} if chunk_id in position else set()
+
+
+def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict], near: NearDuplicates,
+                    twins: dict[str, frozenset[str]], retriever: Any, cfg: BuildConfig,
+                    top_k: int) -> tuple[list[RaftPassages], dict[str, Any]]:
+    """The passages of every row (``sides[i]`` is ``train`` or ``test``) and the counts the report gives.
+
+    ``chunks`` are all chunks of the run by id, in the order ``near`` indexed their texts; ``twins`` gives
+    the documents holding the same text as a document (no distractor comes from them);
+    ``retriever`` already leaves out the documents kept out of training.
+    """
+    missing = sorted({str(r.get("chunk_id")) for r in rows if r.get("chunk_id") not in chunks})
+    if missing:
+        raise InputError(
+            f"build.mode=raft: {len(missing)} source chunk(s) of the pairs are not in chunks.jsonl (e.g. "
+            f"{', '.join(missing[:3])}); RAFT puts each pair's source chunk in its prompt. Regenerate the pairs "
+            "from the current chunks (papertune run --from generate) or set build.mode=closed_book"
+        )
+    ids = list(chunks)
+    position = {cid: i for i, cid in enumerate(ids)}
+    test_chunks = {r["chunk_id"] for r, side in zip(rows, sides) if side == "test"}
+    banned_for_train = set(test_chunks)
+    for cid in test_chunks:
+        banned_for_train |= _near_ids(cid, position, ids, near)
+
+    rngs = [random.Random(f"{cfg.seed}:raft:{row['id']}") for row in rows]
+    with_source = [rng.random() < cfg.raft_source_share for rng in rngs]
+    exclude_ids: list[Collection[str]] = []
+    exclude_sources: list[Collection[str]] = []
+    for row, side in zip(rows, sides):
+        cid = row["chunk_id"]
+        banned = {cid} | _near_ids(cid, position, ids, near)
+        exclude_ids.append(banned | banned_for_train if side == "train" else banned)
+        source = chunks[cid].get("source")
+        exclude_sources.append({source} | twins.get(source, frozenset()))
+    hits: list[list[Any]] = []
+    for start in range(0, len(rows), _SEARCH_BATCH):
+        end = start + _SEARCH_BATCH
+        # Twice as many as needed: a hit repeating the text of one taken before (a twin file) is passed over.
+        hits += retriever.search_many([r["question"] for r in rows[start:end]], 2 * top_k,
+                                      exclude_ids=exclude_ids[start:end], exclude_sources=exclude_sources[start:end])
+
+    fallbacks = short_rows = 0
+    out: list[RaftPassages] = []
+    for i, row in enumerate(rows):
+        rng, need = rngs[i], top_k - 1 if with_source[i] else top_k
+        distractors: list[str] = []
+        repeats: set[str] = set()
+
+        def take(cid: str) -> None:
+            distractors.append(cid)
+            repeats.update(_near_ids(cid, position, ids, near))
+
+        for passage in hits[i]:
+            if len(distractors) < need and passage.chunk_id not in repeats:
+                take(passage.chunk_id)
+        if len(distractors) < need:
+            pool = [cid for cid in retriever.ids if cid not in exclude_ids[i] and cid not in distractors
+                    and retriever.chunks[cid].get("source") not in exclude_sources[i]]
+            rng.shuffle(pool)
+            for cid in pool:
+                if len(distractors) < need and cid not in repeats:
+                    take(cid)
+                    fallbacks += 1
+            short_rows += len(distractors) < need
+        if not distractors and not with_source[i]:
+            raise InputError(
+                f"build.mode=raft: no chunk of another document can be a distractor for pair {row['id']!r}; "
+                "RAFT needs chunks of at least two documents in the training documents (add documents, lower "
+                "build.heldout_documents / build.outside_documents, or set build.mode=closed_book)"
+            )
+        rng.shuffle(distractors)
+        if with_source[i]:
+            at = rng.randrange(len(distractors) + 1)
+            distractors.insert(at, row["chunk_id"])
+            out.append(RaftPassages(distractors, at + 1))
+        else:
+            out.append(RaftPassages(distractors, 0))
+    stats = {
+        "source_share": cfg.raft_source_share,
+        "without_source_target": cfg.raft_without_source,
+        "with_source": sum(with_source),
+        "without_source": len(rows) - sum(with_source),
+        "distractor_fallbacks": fallbacks,
+        "rows_with_fewer_passages": short_rows,
+        "passages_per_row": top_k,
+    }
+    return out, stats

@@ -1,0 +1,154 @@
+"""Hybrid retrieval over ``RUN/chunks.jsonl``: which passages answer a question.
+
+Two rankers over the same chunks, fused by reciprocal rank (RRF: a chunk scores ``sum 1 / (rrf_k + rank)``
+over the rankers that place it in their top ``candidates``):
+- lexical: BM25 (``bm25s``) over Snowball-stemmed words without English stopwords, indexed in memory when
+  the retriever is made (milliseconds per thousand chunks);
+- semantic: sentence embeddings (:class:`papertune.index.ChunkIndex`, cached in ``RUN/index/`` and rebuilt
+  when ``chunks.jsonl`` or the embedding model changes).
+``retrieval.method`` picks ``hybrid`` (both), ``bm25`` or ``embedding``. Ask, chat, serve, build (RAFT
+distractors) and evaluate all retrieve through :class:`Retriever`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from papertune.chat import passage_label
+from papertune.config import RetrievalConfig
+from papertune.index import ChunkIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk: ``n`` is its number in the prompt ([n] in answers), ``score`` the fused score."""
+
+    n: int
+    chunk: dict
+    score: float
+
+    @property
+    def chunk_id(self) -> str:
+        return self.chunk["id"]
+
+    def label(self) -> str:
+        return passage_label(self.chunk)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``ask``, ``serve`` and evaluation records say about the passage."""
+        c = self.chunk
+        return {"n": self.n, "chunk_id": c["id"], "source": c.get("source"), "section": c.get("section"),
+                "page_start": c.get("page_start"), "page_end": c.get("page_end"), "score": round(self.score, 6)}
+
+
+@functools.cache
+def _snowball() -> Any:
+    from nltk.stem.snowball import SnowballStemmer
+
+    return SnowballStemmer("english")
+
+
+def stem_words(words: list[str]) -> list[str]:
+    """Snowball stems of ``words`` (bm25s calls this with the vocabulary)."""
+    stemmer = _snowball()
+    return [stemmer.stem(w) for w in words]
+
+
+def bm25_tokens(texts: list[str], *, ids: bool) -> Any:
+    import bm25s
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=stem_words, return_ids=ids, show_progress=False)
+
+
+class Retriever:
+    """Ranks the chunks of one run for a query: BM25, embeddings, or both fused by reciprocal rank.
+
+    ``exclude_sources`` leaves whole documents out of the index (evaluation's outside documents);
+    :meth:`search` can further leave out chunks and documents per query (RAFT distractors).
+    """
+
+    def __init__(self, index: ChunkIndex, cfg: RetrievalConfig, exclude_sources: Collection[str] = ()) -> None:
+        import numpy as np
+
+        self.cfg = cfg
+        self.index = index
+        left_out = set(exclude_sources)
+        keep = [i for i, cid in enumerate(index.ids) if index.chunks[cid].get("source") not in left_out]
+        self.ids: list[str] = [index.ids[i] for i in keep]
+        self.chunks: dict[str, dict] = {cid: index.chunks[cid] for cid in self.ids}
+        self.embeddings = index.embeddings[keep] if len(keep) else np.zeros((0, 1), dtype=np.float32)
+        self.sources = np.array([self.chunks[cid].get("source") or "" for cid in self.ids], dtype=object)
+        self.bm25 = None
+        if cfg.method in ("hybrid", "bm25") and self.ids:
+            import bm25s
+
+            self.bm25 = bm25s.BM25()
+            self.bm25.index(bm25_tokens([self.chunks[cid]["text"] for cid in self.ids], ids=True), show_progress=False)
+
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg: RetrievalConfig, exclude_sources: Collection[str] = ()) -> Retriever:
+        """The retriever over ``run_dir/chunks.jsonl`` (embeddings loaded from, or built into, ``run_dir/index``)."""
+        model = cfg.embedding_model if cfg.method != "bm25" else ""
+        return cls(ChunkIndex.load_or_build(Path(run_dir), model, setting="retrieval.embedding_model"), cfg,
+                   exclude_sources)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _scores(self, queries: Sequence[str]) -> list[list[Any]]:
+        """Per query, each ranker's score for every chunk (higher is better; -inf: not ranked)."""
+        import numpy as np
+
+        per_query: list[list[Any]] = [[] for _ in queries]
+        if self.bm25 is not None:
+            for row, tokens in zip(per_query, bm25_tokens(list(queries), ids=False), strict=True):
+                scores = self.bm25.get_scores(tokens) if tokens else np.zeros(len(self.ids), dtype=np.float32)
+                row.append(np.where(scores > 0, scores, -np.inf))  # BM25 ranks only chunks sharing a word
+        if self.cfg.method in ("hybrid", "embedding"):
+            vectors = self.index.embed(list(queries))
+            for row, vec in zip(per_query, vectors, strict=True):
+                row.append(self.embeddings @ vec)
+        return per_query
+
+    def search_many(self, queries: Sequence[str], k: int | None = None, *,
+                    exclude_ids: Sequence[Collection[str]] | None = None,
+                    exclude_sources: Sequence[Collection[str]] | None = None) -> list[list[Passage]]:
+        """The top ``k`` passages (default ``retrieval.top_k``) for each query, best first, numbered from 1;
+        ``exclude_ids[i]`` / ``exclude_sources[i]`` are chunks / documents query ``i`` must not get."""
+        import numpy as np
+
+        k = k or self.cfg.top_k
+        if not self.ids or not queries:
+            return [[] for _ in queries]
+        results = []
+        for i, rankings in enumerate(self._scores(queries)):
+            allowed = np.ones(len(self.ids), dtype=bool)
+            if exclude_ids is not None and exclude_ids[i]:
+                banned = set(exclude_ids[i])
+                allowed &= np.array([cid not in banned for cid in self.ids])
+            if exclude_sources is not None and exclude_sources[i]:
+                allowed &= ~np.isin(self.sources, list(exclude_sources[i]))
+            fused = np.full(len(self.ids), -np.inf)
+            for scores in rankings:
+                masked = np.where(allowed, scores, -np.inf)
+                top = np.argsort(-masked, kind="stable")[: self.cfg.candidates]
+                top = top[np.isfinite(masked[top])]
+                if len(rankings) == 1:
+                    fused[top] = masked[top]
+                else:  # ranks from 1: a chunk ranked r adds 1 / (rrf_k + r)
+                    fused[top] = np.where(np.isfinite(fused[top]), fused[top], 0.0)
+                    fused[top] += 1.0 / (self.cfg.rrf_k + 1 + np.arange(len(top)))
+            order = [j for j in np.argsort(-fused, kind="stable")[:k] if np.isfinite(fused[j])]
+            results.append([Passage(n, self.chunks[self.ids[j]], float(fused[j])) for n, j in enumerate(order, 1)])
+        return results
+
+    def search(self, query: str, k: int | None = None) -> list[Passage]:
+        """The top ``k`` passages for ``query``, best first, numbered from 1."""
+        return self.search_many([query], k)[0]
