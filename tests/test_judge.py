@@ -233,3 +233,18 @@ def test_the_judge_is_off_by_default_and_its_settings_are_checked(tmp_path: Path
         load_config(None, ["curate.judge_min_agreement=1.5"])
     with pytest.raises(ConfigError, match="curate.judge.base_url"):
         load_config(None, ["curate.judge_enabled=true", "curate.judge.backend=openai", "curate.judge.base_url=localhost"])
+
+
+def test_the_judge_reads_only_the_generators_it_is_given(tmp_path: Path):
+    rows = [dict(p, generator="rules" if p["id"] in ("planted", "low-score") else "llm") for p in PAIRS]
+    write_run(tmp_path, rows)
+    scripted = ScriptedJudge()
+    with ChatServer(scripted, model_name="scripted-judge") as server:
+        curate.run(judged_config(tmp_path, server, "curate.judge_generators=[llm]"))
+    kept, dropped, report = outputs(tmp_path)
+    assert len(scripted.conversations) == 2 * (len(PAIRS) - 2)  # the rules' pairs were not sent
+    assert {"planted", "low-score"} <= {r["id"] for r in kept}  # the lexical checks alone kept them, unjudged
+    assert not any("judge" in r for r in kept if r["id"] in ("planted", "low-score"))
+    assert report["judge"]["pairs"] == len(PAIRS) - 2
+    with pytest.raises(ConfigError, match="curate.judge_generators: unknown generator 'teacher'"):
+        judged_config(tmp_path, server, "curate.judge_generators=[teacher]")

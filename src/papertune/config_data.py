@@ -250,8 +250,14 @@ class CurateConfig:
     judge_min_quote_match: float = 0.9  # share of the quote's words found, in runs of 3, in the chunk
     judge_min_quote_support: float = 0.5  # share of the answer's content words in the quote (and all its numbers)
     judge_min_agreement: float = 0.4  # blind answer vs the pair's answer (content-word F1, or blind quote support)
+    # The generators whose pairs the judge reads (empty: every pair). The rules copy chunk sentences as answers,
+    # so judging only the llm's pairs saves most of a slow judge's time; the lexical checks above read them all.
+    judge_generators: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        for name in self.judge_generators:
+            require(name in GENERATORS, f"curate.judge_generators: unknown generator {name!r}; use some of "
+                                        f"{', '.join(GENERATORS)} (or [] for every pair)")
         require(0 < self.near_duplicate_threshold <= 1,
                  f"curate.near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
         require(0 <= self.min_support <= 1, f"curate.min_support must be in [0, 1], got {self.min_support}")

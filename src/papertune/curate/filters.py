@@ -235,7 +235,8 @@ def curate_rows(
 
     records: dict[int, dict[str, Any]] = {}
     if judge is not None:
-        pending = [i for i, v in enumerate(verdicts) if v is None]
+        pending = [i for i, v in enumerate(verdicts)
+                   if v is None and (not cfg.judge_generators or rows[i].get("generator") in cfg.judge_generators)]
         for i, judged in zip(pending, judge([rows[i] for i in pending], chunks), strict=True):
             records[i] = judged.record
             if not judged.passed:
