@@ -40,7 +40,8 @@ case $step in
       cp $W/$mode/build/report.json "$OUT/build_$mode.json"
     done
     cp $W/teach/generate/report.json "$OUT/generate.json"; cp $W/teach/curate/report.json "$OUT/curate.json"
-    cp $W/teach/qa_curated.jsonl "$OUT/"
+    # One archive: the machine returns only a limited number of files from $OUT.
+    tar czf "$OUT/pairs.tgz" -C $W/teach qa.jsonl qa_curated.jsonl qa_dropped.jsonl generate/progress.jsonl
     ;;
   train)
     for mode in closed_book raft; do
