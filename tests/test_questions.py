@@ -400,3 +400,15 @@ def test_a_failing_model_still_leaves_skipped_chunks_recorded(tmp_path):
         generate.run(load_config(None, [f"run_dir={run_dir}", "generate.generators={llm: 1}"]), chat_model=Failing())
     progress = [json.loads(line) for line in (run_dir / "generate" / "progress.jsonl").read_text().splitlines()]
     assert [r.get("skipped") for r in progress if r["kind"] == "chunk"] == ["references"]
+
+
+def test_suggested_kinds_start_at_different_places_for_different_passages():
+    from papertune.generate.questions import KINDS, suggest_kinds
+
+    passages = [f"Method {i} routes each token to two experts, which is cheaper than a dense layer of {i * 7} "
+                f"units; however it is unstable without a balancing loss." for i in range(60)]
+    firsts = Counter(suggest_kinds(p, 1)[0] for p in passages)
+    assert len(firsts) >= 4 and max(firsts.values()) <= 0.4 * len(passages)  # not one kind first everywhere
+    kinds = suggest_kinds(passages[0], 3)
+    assert kinds == suggest_kinds(passages[0], 3) and len(set(kinds)) == 3 and set(kinds) <= set(KINDS)
+    assert set(suggest_kinds("Attention weighs tokens.", 7)) == {"mechanism", "definition"}  # no cue: no other kind

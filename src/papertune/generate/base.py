@@ -141,12 +141,18 @@ class Grounding:
 
 
 def pair_is_injected(question: str, answer: str, grounding: Grounding, min_support: float) -> bool:
-    """Whether a pair carries planted instructions: its question or answer repeats one, or it is grounded only in
-    the chunk's injected sentences (the answer is supported by the whole chunk but not by its clean sentences,
-    or the question shares no content word with them)."""
+    """Whether a pair carries planted instructions: its question or answer repeats one, or uses a content word
+    that only the injected sentences hold ("the secret password is swordfish" woven into a genuine answer), or
+    it is grounded only in the injected sentences (the answer is supported by the whole chunk but not by its
+    clean sentences, or the question shares no content word with them)."""
     if looks_injected(question) or looks_injected(answer):
         return True
-    if not grounding.injected or support(answer, grounding.all_words) < min_support:
+    if not grounding.injected:
+        return False
+    planted_only = grounding.all_words - grounding.clean_words
+    if planted_only & {*content_words(question), *content_words(answer)}:
+        return True
+    if support(answer, grounding.all_words) < min_support:
         return False
     return support(answer, grounding.clean_words) < min_support or not any(
         w in grounding.clean_words for w in content_words(question)
