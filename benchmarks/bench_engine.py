@@ -10,7 +10,10 @@ the one ``papertune generate``'s llm generator sends for that chunk (papertune.g
 chat template; greedy, at most --max-new-tokens new tokens. Rows, each timed from the first request to the
 last answer:
 
-- ``static-B``: today's hf path, prompts sorted by length in left-padded batches of B (--static-batch);
+- ``static-B``: today's hf path, prompts sorted by length in left-padded batches of B (--static-batch,
+  --also-static);
+- ``compiled-B``: the compiled engine: static batches of B over one static KV cache, the decoding step
+  compiled by torch.compile into CUDA graphs (--compiled-batch; compilation included in its time);
 - ``continuous``: transformers' continuous batching through papertune.inference (CUDA graph warm-up included);
 - ``continuous xK``: one model per GPU, the prompts shared out (--gpus, values above 1);
 - ``continuous [K=V,...]``: the same with other engine settings (--variant, repeatable: fields of
@@ -140,6 +143,18 @@ def run_static(model: Any, tokenizer: Any, prompts: list[list[int]], batch: int,
     return results, time.perf_counter() - started, first or 0.0
 
 
+def run_compiled(model: Any, tokenizer: Any, prompts: list[list[int]], batch: int, max_new_tokens: int,
+                 eos: Any) -> tuple[list[Any], float, None]:
+    """generate()'s compiled engine (static batches of ``batch`` over one static KV cache, compiled on a GPU),
+    compilation included."""
+    from papertune.inference import Decoding, generate
+
+    started = time.perf_counter()
+    results = generate(model, tokenizer, prompts, Decoding(max_new_tokens=max_new_tokens), batch_size=batch,
+                       eos_token_id=eos, engine="compiled")
+    return results, time.perf_counter() - started, None
+
+
 def run_continuous(models: list[tuple[Any, Any]], prompts: list[list[int]], max_new_tokens: int, eos: Any,
                    settings: Any) -> tuple[list[Any], float, float]:
     """Continuous batching on each model (one per GPU), prompts shared out round-robin, in parallel threads."""
@@ -206,7 +221,7 @@ def agreement(a: list[Any], b: list[Any], count: int | None = None) -> float:
     return same / max(len(pairs), 1)
 
 
-def row(name: str, results: list[Any], seconds: float, first: float, peak: float | None, n_chunks: int,
+def row(name: str, results: list[Any], seconds: float, first: float | None, peak: float | None, n_chunks: int,
         reference: list[Any] | None, subset: int) -> dict[str, Any]:
     tokens = sum(c.completion_tokens for c in results)
     return {"engine": name, "seconds": seconds, "chunks_per_s": n_chunks / seconds, "output_tokens": tokens,
@@ -223,7 +238,7 @@ def table(rows: list[dict[str, Any]], subset: int) -> str:
              f"(first {AGREEMENT_TOKENS} tokens), all | on the first {subset} |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['engine']} | {r['seconds']:.1f} | {r['chunks_per_s']:.2f} | {r['output_tokens_per_s']:,.0f} "
-                     f"| {fmt(r['peak_gib'], '.1f')} | {r['first_answer_s']:.1f} | {fmt(r['agree_all'], '.0%')} "
+                     f"| {fmt(r['peak_gib'], '.1f')} | {fmt(r['first_answer_s'], '.1f')} | {fmt(r['agree_all'], '.0%')} "
                      f"| {fmt(r['agree_subset'], '.0%')} |")
     return "\n".join(lines)
 
@@ -246,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cuda-graphs", action="store_true")
     parser.add_argument("--variant", action="append", default=[],
                         help="another continuous row with these ContinuousSettings, e.g. cuda_graphs=true,page_size=64")
+    parser.add_argument("--compiled-batch", type=int, action="append", default=[],
+                        help="a row for the compiled engine with batches of N (repeatable)")
+    parser.add_argument("--also-static", type=int, action="append", default=[],
+                        help="a row for static batches of N besides --static-batch (repeatable)")
+    parser.add_argument("--no-continuous", action="store_true", help="no continuous rows but the --variant ones")
     parser.add_argument("--dtype", default=None, help="torch dtype (default bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, synthetic chunks, CPU")
@@ -295,26 +315,41 @@ def main(argv: list[str] | None = None) -> int:
                    peak_gib(devices[:1]), subset, static, subset)
     base_row["agree_all"] = None
     rows.append(base_row)
-    for count in gpu_counts:
+
+    def done_row(new: dict[str, Any]) -> None:  # the table so far, after each row: a time limit keeps what ran
+        rows.append(new)
+        print(table(rows, subset), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+    print(table(rows, subset), flush=True)
+    for batch in args.compiled_batch:
+        reset_peak(devices[:1])
+        answers, seconds, first = run_compiled(model, tokenizer, prompts, batch, args.max_new_tokens, eos)
+        done_row(row(f"compiled-{batch}", answers, seconds, first, peak_gib(devices[:1]), len(prompts), static,
+                     subset))
+    for batch in args.also_static:
+        reset_peak(devices[:1])
+        answers, seconds, first = run_static(model, tokenizer, prompts, batch, args.max_new_tokens, eos)
+        done_row(row(f"static-{batch}", answers, seconds, first, peak_gib(devices[:1]), len(prompts), static,
+                     subset))
+    for count in ([] if args.no_continuous else gpu_counts):
         reset_peak(devices[:count])
         answers, seconds, first = run_continuous(models[:count], prompts, args.max_new_tokens, eos, settings)
         name = "continuous" if count == 1 else f"continuous x{count}"
-        rows.append(row(name, answers, seconds, first, peak_gib(devices[:count]), len(prompts), static, subset))
+        done_row(row(name, answers, seconds, first, peak_gib(devices[:count]), len(prompts), static, subset))
     for variant in args.variant:
         reset_peak(devices[:1])
         answers, seconds, first = run_continuous(models[:1], prompts, args.max_new_tokens, eos,
                                                  variant_settings(settings, variant))
-        rows.append(row(f"continuous {variant}", answers, seconds, first, peak_gib(devices[:1]), len(prompts),
-                        static, subset))
+        done_row(row(f"continuous {variant}", answers, seconds, first, peak_gib(devices[:1]), len(prompts),
+                     static, subset))
     if args.schema:
         reset_peak(devices[:1])
         constrained, seconds, first = run_static(model, tokenizer, prompts, args.static_batch, args.max_new_tokens,
                                                  eos, reply_schema(args.pairs_per_chunk))
-        rows.append(row(f"static-{args.static_batch} + schema", constrained, seconds, first, peak_gib(devices[:1]),
-                        len(prompts), None, subset))
-    print(table(rows, subset))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        done_row(row(f"static-{args.static_batch} + schema", constrained, seconds, first, peak_gib(devices[:1]),
+                     len(prompts), None, subset))
     return 0
 
 

@@ -212,7 +212,7 @@ def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_mode
     prompts: list[str] = []
     reference_of = {}
 
-    def scripted(model, tokenizer, batch, decoding, *, batch_size=1, progress=None):
+    def scripted(model, tokenizer, batch, decoding, *, batch_size=1, progress=None, engine="auto"):
         prompts.extend(batch)
         replies = []
         for prompt in batch:

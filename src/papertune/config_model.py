@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from papertune.config_data import LLMConfig
+from papertune.config_data import ENGINES, LLMConfig
 from papertune.config_fields import (
     RESUME_SAFE,
     SPEED_ONLY,
@@ -164,6 +164,8 @@ class EvaluateConfig:
 
     max_questions: int = 0  # answers generated for at most this many test rows (0: all); losses use every row
     batch_size: int = 8  # generation and loss batches
+    # How answers are decoded: auto, static, continuous or compiled (generate.llm.engine says what each is).
+    engine: Literal["auto", "static", "continuous", "compiled"] = marked(SPEED_ONLY, "auto")
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     seed: int = 3407  # which test rows are picked when max_questions caps them; sampling when temperature > 0
@@ -184,6 +186,7 @@ class EvaluateConfig:
         p = "evaluate"
         require(self.max_questions >= 0, f"{p}.max_questions must be >= 0 (0 = all), got {self.max_questions}")
         require(self.batch_size >= 1, f"{p}.batch_size must be >= 1, got {self.batch_size}")
+        require(self.engine in ENGINES, f"{p}.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         require(self.max_new_tokens >= 1, f"{p}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         require(self.temperature >= 0, f"{p}.temperature must be >= 0 (0 = greedy), got {self.temperature}")
         require(self.base or self.tuned, f"{p}.base and {p}.tuned are both false: nothing to evaluate")

@@ -254,12 +254,28 @@ def build_qwen2_5_tokenizer(dest: Path) -> Path:
     return dest
 
 
+def default_dtype(device: str) -> Any:
+    """The dtype a model computes in on ``device`` unless told otherwise: bf16 (fp16 where bf16 is missing) on
+    a GPU, fp32 on the CPU. A GGUF file converts to an fp32 folder; on a GPU that would read twice the bytes
+    per token and miss the tensor cores."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
 def load_causal_lm(spec: str, *, setting: str = "model", device: str = "auto", trust_remote_code: bool = False,
                    dtype: Any = "auto") -> tuple[Any, Any]:
-    """Model and tokenizer for generation, in eval mode; weights from safetensors only."""
+    """Model and tokenizer for generation, in eval mode; weights from safetensors only.
+    ``dtype`` "auto" is :func:`default_dtype` of the device."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = default_dtype(device)
     name = resolve_model(spec, setting)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -271,8 +287,6 @@ def load_causal_lm(spec: str, *, setting: str = "model", device: str = "auto", t
             f"{setting}={spec!r} could not be loaded ({exc}). Use a local model folder, a .gguf file, or a "
             f"Hub id with network access (set HF_HUB_OFFLINE=0)"
         ) from exc
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     model.eval()
     if tokenizer.pad_token is None:

@@ -67,13 +67,15 @@ log = logging.getLogger(__name__)
 
 def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], system_prompt: str | None, *,
                      passages: Sequence[Sequence[dict]] | None = None, batch_size: int, max_new_tokens: int,
-                     temperature: float = 0.0, seed: int = 3407, desc: str = "answers") -> list[str]:
+                     temperature: float = 0.0, seed: int = 3407, desc: str = "answers",
+                     engine: str = "auto") -> list[str]:
     """Batched answers, each from the prompt ask and serve send (``papertune.chat.render_prompt``: chat
     template, system prompt, no added specials); ``passages[i]`` (chunk dicts) make question ``i`` grounded."""
     prompts = [render_prompt(tokenizer, q, system_prompt, None if passages is None else passages[i])
                for i, q in enumerate(questions)]
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return [c.text for c in generate(model, tokenizer, prompts, decoding, batch_size=batch_size, progress=desc)]
+    return [c.text for c in generate(model, tokenizer, prompts, decoding, batch_size=batch_size, progress=desc,
+                                     engine=engine)]
 
 
 def _inputs(config: PapertuneConfig) -> list[tuple[str, Path]]:
@@ -193,7 +195,7 @@ def run(config: PapertuneConfig) -> Path:
             answers[system.name] = generate_answers(
                 model, tokenizer, [r["question"] for _, r in flat], config.build.system_prompt, passages=grounded,
                 batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                seed=cfg.seed, desc=f"answers ({system.label})")
+                seed=cfg.seed, desc=f"answers ({system.label})", engine=cfg.engine)
     del model
 
     answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None)

@@ -10,8 +10,12 @@ serve, export's checks) goes through this module. Two engines decode (``engine``
   (:mod:`.structured`).
 - ``continuous`` (:mod:`.continuous`): transformers' continuous batching with a paged KV cache: requests
   stream through the running batch, none padded to the longest, each leaving as soon as it ends.
-- ``auto``: continuous (faster on a GPU and on the CPU alike), but static for constrained requests and when
-  the model's generation config asks for what continuous batching cannot apply (a repetition penalty).
+- ``compiled``: static batches over a KV cache of one fixed size (transformers' static cache), every batch
+  filled to ``batch_size`` so that all share one shape; on a GPU transformers compiles the decoding step with
+  ``torch.compile`` into CUDA graphs, once, and replays it for every token (on the CPU nothing is compiled).
+- ``auto``: static on a GPU, continuous on the CPU (measured, docs/benchmarks.md), but static for constrained
+  requests and when the model's generation config asks for what continuous batching cannot apply (a
+  repetition penalty).
 
 Greedy (``temperature`` 0) drops the sampling defaults of the model's generation config; sampling requests
 decoded together share their settings (a ``seed`` seeds them all). The answer text is decoded without special
@@ -27,8 +31,9 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
+from papertune.config_data import ENGINES
 from papertune.inference.completion import (
     FINISH_REASONS,
     AnswerTracker,
@@ -47,8 +52,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ENGINES", "FINISH_REASONS", "Completion", "Decoding", "GenerationRequest", "generate", "generate_batch",
            "resolve_engine"]
 
-Engine = Literal["auto", "static", "continuous"]
-ENGINES = ("auto", "static", "continuous")
+CACHE_LEN_STEP = 256  # the compiled engine's KV cache length is rounded up to a multiple of this
 
 
 class _Watcher:
@@ -81,12 +85,14 @@ class _Watcher:
 
 def generate_batch(model: Any, tokenizer: Any, requests: Sequence[GenerationRequest], *,
                    eos_token_id: int | Sequence[int] | None = None,
-                   tokenizer_lock: threading.Lock | None = None) -> list[Completion]:
+                   tokenizer_lock: threading.Lock | None = None, cache_len: int | None = None) -> list[Completion]:
     """Continue every request's prompt in one left-padded batch; one completion per request, in order.
 
     The requests may differ in prompt, token limit, stop strings, streaming and JSON schema; a batch is either
     all greedy or all sampling with the same temperature, top_p and seed. ``eos_token_id`` ends a turn (default:
     the tokenizer's); ``tokenizer_lock`` is held while decoding, for a tokenizer other threads also use.
+    ``cache_len``: decode over a static KV cache of that many tokens (the prompt and the longest reply must fit),
+    which transformers compiles on a GPU (engine ``compiled``).
     """
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -118,6 +124,11 @@ def generate_batch(model: Any, tokenizer: Any, requests: Sequence[GenerationRequ
         kwargs["logits_processor"] = LogitsProcessorList(
             [json_schema_processor(model, tokenizer, [r.json_schema for r in requests], sorted(eos_ids))])
     kwargs.update(sampling_kwargs(first))
+    if cache_len is not None:
+        if cache_len < width + kwargs["max_new_tokens"]:
+            raise ValueError(f"cache_len {cache_len} is shorter than the prompt ({width}) and the longest reply "
+                             f"({kwargs['max_new_tokens']})")
+        kwargs.update(cache_implementation="static", max_cache_len=cache_len)
     if not first.greedy and first.seed is not None:
         torch.manual_seed(first.seed)
     with torch.inference_mode():
@@ -127,15 +138,16 @@ def generate_batch(model: Any, tokenizer: Any, requests: Sequence[GenerationRequ
 
 
 def resolve_engine(engine: str, model: Any, *, constrained: bool = False) -> str:
-    """``static`` or ``continuous`` for ``engine`` on this model: auto is continuous unless the model's generation
-    config asks for what continuous batching cannot apply. Constrained (JSON schema) requests always run static:
-    continuous batching cannot mask one request's logits."""
+    """``static``, ``continuous`` or ``compiled`` for ``engine`` on this model: auto is static on a GPU, else
+    continuous unless the model's generation config asks for what continuous batching cannot apply.
+    Constrained (JSON schema) requests never run continuous: continuous batching cannot mask one request's
+    logits."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if constrained:
         if engine == "continuous":
             _say_constrained_static()
-        return "static"
+        return "compiled" if engine == "compiled" else "static"
     if engine == "auto":
         if str(getattr(model, "device", "cpu")).startswith("cuda"):
             return "static"  # measured slower than static batches on CUDA without flash attention (docs/benchmarks.md)
@@ -166,9 +178,10 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str | list[int]], dec
              continuous: ContinuousSettings | None = None) -> list[Completion]:
     """Completions of many prompts (text, tokenized without added special tokens, or token ids), in order.
 
-    ``engine`` (auto, static, continuous: see the module's docstring). Static: longest prompts first, in
-    batches of ``batch_size`` (similar lengths waste less on padding, and the longest batch fails fast on
-    memory). Continuous: every prompt enters one continuous batch (``continuous`` sizes it; ``batch_size`` is
+    ``engine`` (auto, static, continuous, compiled: see the module's docstring). Static: longest prompts first,
+    in batches of ``batch_size`` (similar lengths waste less on padding, and the longest batch fails fast on
+    memory). Compiled: the same, every batch filled to ``batch_size`` (the fillers ask for one token and are
+    dropped) over one static KV cache sized for the longest prompt and reply. Continuous: every prompt enters one continuous batch (``continuous`` sizes it; ``batch_size`` is
     not used). ``json_schema`` constrains every reply (static batches). With sampling, ``decoding.seed`` seeds
     once, before the first batch. ``progress`` names a progress bar (none when None).
     """
@@ -179,7 +192,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str | list[int]], dec
                for p in prompts]
     if not encoded:
         return []
-    if resolve_engine(engine, model, constrained=json_schema is not None) == "continuous":
+    chosen = resolve_engine(engine, model, constrained=json_schema is not None)
+    if chosen == "continuous":
         requests = [GenerationRequest(ids, decoding) for ids in encoded]
         return generate_continuous(model, tokenizer, requests, eos_token_id=eos_token_id, settings=continuous,
                                    progress=progress)
@@ -188,12 +202,21 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str | list[int]], dec
         torch.manual_seed(decoding.seed)
     per_batch = replace(decoding, seed=None)
     size = max(1, batch_size)
+    cache_len = None
+    if chosen == "compiled":
+        longest = max(len(e) for e in encoded) + decoding.max_new_tokens
+        cache_len = -(-longest // CACHE_LEN_STEP) * CACHE_LEN_STEP
     results: list[Any] = [None] * len(encoded)
     with tqdm(total=len(order), desc=progress, unit="q", disable=progress is None) as bar:
         for start in range(0, len(order), size):
             index = order[start:start + size]
             batch = [GenerationRequest(encoded[i], per_batch, json_schema=json_schema) for i in index]
-            for i, completion in zip(index, generate_batch(model, tokenizer, batch, eos_token_id=eos_token_id)):
+            if cache_len is not None and len(batch) < size:  # one shape for every batch: nothing recompiles
+                filler = replace(per_batch, max_new_tokens=1, stop=())
+                batch += [GenerationRequest(encoded[index[-1]], filler, json_schema=json_schema)
+                          for _ in range(size - len(batch))]
+            answers = generate_batch(model, tokenizer, batch, eos_token_id=eos_token_id, cache_len=cache_len)
+            for i, completion in zip(index, answers):
                 results[i] = completion
             bar.update(len(index))
     return results

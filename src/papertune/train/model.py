@@ -18,7 +18,7 @@ from typing import Any
 
 from papertune.config import TrainConfig
 from papertune.errors import ConfigError
-from papertune.models import resolve_model
+from papertune.models import default_dtype, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,7 @@ def torch_dtype(cfg: TrainConfig) -> Any:
 
     if cfg.dtype != "auto":
         return getattr(torch, cfg.dtype)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return default_dtype("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _local_rank_device() -> dict[str, int]:
