@@ -200,6 +200,45 @@ def _read_answers(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
 
 
+def test_answers_are_kept_as_they_are_generated_and_not_generated_again(tmp_path, trained_run, tiny_model,
+                                                                       word_embedder, monkeypatch):
+    """A rerun (another metric, another judge, or a run stopped after answering) generates nothing again; a
+    run stopped by a missing scorer stops before answering anything."""
+    import importlib.util
+
+    import papertune.evaluate.stage as stage
+    from papertune.inference import Completion
+
+    run = grounded_copy(tmp_path, trained_run)
+    generated: list[str] = []
+
+    def counting(model, tokenizer, batch, decoding, *, batch_size=1, progress=None, engine="auto"):
+        generated.extend(batch)
+        return [Completion(f"answer {len(generated) - len(batch) + i}", [], "stop", 0, 0) for i in range(len(batch))]
+
+    monkeypatch.setattr(stage, "generate", counting)
+    cfg = eval_config(run, tiny_model, "evaluate.max_questions=3", "retrieval.top_k=2")
+    first = _read_answers(evaluate.run(cfg))
+    assert generated and len(generated) == len(first)
+
+    def failing(*args, **kwargs):
+        raise AssertionError("nothing should be generated again")
+
+    monkeypatch.setattr(stage, "generate", failing)
+    again = _read_answers(evaluate.run(cfg))
+    assert [a["answer"] for a in again] == [a["answer"] for a in first]
+    # Another decoding setting is another answer: generated anew.
+    with pytest.raises(AssertionError, match="nothing should be generated again"):
+        evaluate.run(eval_config(run, tiny_model, "evaluate.max_questions=3", "retrieval.top_k=2",
+                                 "evaluate.max_new_tokens=17"))
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "rouge_score" else real_find_spec(name, *a))
+    with pytest.raises(InputError, match="pip install rouge-score"):
+        evaluate.run(cfg)
+
+
 def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_model, word_embedder, monkeypatch):
     """Scripted answers through the real prompts: retrieval answers cite passage [1] or [2] (or decline on
     outside documents), closed-book answers do neither; every score follows from them."""

@@ -11,8 +11,9 @@ import pytest
 
 from helpers_openai import ChatServer
 from papertune import curate
-from papertune.config import load_config
+from papertune.config import CurateConfig, load_config
 from papertune.curate.judge import (
+    assess,
     BLIND_SCHEMA,
     GRADE_SCHEMA,
     GRADE_SYSTEM,
@@ -150,6 +151,24 @@ def test_replies_are_read_against_their_schema():
     assert parse_reply(grade(FREEZE, verdict="maybe"), GRADE_SCHEMA) is None
     assert parse_reply('{"quote": "x"}', BLIND_SCHEMA) is None  # a field missing
     assert parse_reply("yes", BLIND_SCHEMA) is None and parse_reply("", BLIND_SCHEMA) is None
+
+
+def test_unconstrained_replies_may_leave_out_the_verdict_and_keep_latex():
+    """What Qwen2.5-Coder-1.5B wrote through the hf backend (no schema): a fenced object without the closing
+    verdict, and a quote with LaTeX backslashes that are no JSON escapes. 606 of 679 such replies were
+    unreadable before."""
+    no_verdict = ('```json\n{\n  "quote": "' + FREEZE + '",\n  "answerable": 5,\n  "correct": 5,\n'
+                  '  "self_contained": 5,\n  "useful": 5\n}\n```')
+    parsed = parse_reply(no_verdict, GRADE_SCHEMA)
+    assert parsed is not None and parsed["verdict"] is None and parsed["correct"] == 5
+    latex = '{"quote": "$$D_{KL}(p \\| q) = \\int_x p(x) \\log \\frac{p(x)}{q(x)} dx$$", "answer": "KL."}'
+    assert parse_reply(latex, BLIND_SCHEMA)["quote"] == r"$$D_{KL}(p \| q) = \int_x p(x) \log \frac{p(x)}{q(x)} dx$$"
+    # Left out, the verdict does not drop the pair: the rubric's scores decide; a written "drop" still drops.
+    row = {"question": "What stays frozen during LoRA training?", "answer": "The pretrained weights."}
+    chunk = FREEZE + " Two small matrices are trained."
+    blind = json.dumps({"quote": FREEZE, "answer": "The pretrained weights."})
+    assert assess(row, chunk, no_verdict, blind, CurateConfig()).passed
+    assert not assess(row, chunk, grade(FREEZE, verdict="drop"), blind, CurateConfig()).passed
 
 
 def test_curate_drops_what_the_judge_cannot_back_up(tmp_path: Path):

@@ -26,7 +26,8 @@ from papertune.generate.llm import (
     unknown_names,
 )
 from papertune.generate.questions import KINDS, context_dependence, guess_kind, is_self_contained, normalise_kind
-from papertune.generate.replies import keep_latex_backslashes, parse_pairs
+from papertune.generate.replies import parse_pairs
+from papertune.jsonreply import keep_latex_backslashes
 from papertune.llm import LLMRequestError
 
 # ---------------------------------------------------------------------------------------------

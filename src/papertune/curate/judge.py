@@ -42,6 +42,7 @@ from papertune.config import CurateConfig, LLMConfig
 from papertune.curate.filters import content_stems
 from papertune.ingest.chunk import get_token_counter
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
+from papertune.jsonreply import first_object
 from papertune.rundir import CURATE_DIR, read_jsonl, write_jsonl_atomic
 from papertune.text import normalize, words
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 CACHE_FILE = f"{CURATE_DIR}/judge_cache.jsonl"
 PROMPT_VERSION = 3  # part of the cache key: change it when the prompts or schemas change
 RUBRIC = ("answerable", "correct", "self_contained", "useful")
+# Fields an unconstrained reply may leave out: the verdict only repeats what the rubric's scores say.
+MAY_BE_LEFT_OUT = frozenset({"verdict"})
 CHECKS = ("unparseable", "rubric", "quote_not_in_chunk", "quote_without_answer", "blind_disagrees")
 QUOTE_RUN_WORDS = 3
 
@@ -109,23 +112,21 @@ def blind_conversation(chunk: str, question: str) -> list[Message]:
 def parse_reply(reply: str | None, schema: dict[str, Any]) -> dict[str, Any] | None:
     """The reply's JSON object if it has every field of ``schema`` with the right type, else None.
 
-    Backends that cannot constrain a reply (hf) may wrap the object in prose or code fences: the outermost
-    ``{...}`` is read. Scores may come as numbers or numeric strings; anything outside their enum fails.
+    Backends that cannot constrain a reply (hf) may wrap the object in prose or code fences, write LaTeX
+    backslashes that are no JSON escapes, or leave out the closing ``verdict`` (:data:`MAY_BE_LEFT_OUT`: it is
+    then None and the rubric alone decides); the object is read as :func:`papertune.jsonreply.first_object`
+    reads it. Scores may come as numbers or numeric strings; anything outside their enum fails.
     """
-    if not reply:
-        return None
-    start, end = reply.find("{"), reply.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        obj = json.loads(reply[start:end + 1])
-    except (ValueError, RecursionError):  # not JSON, an integer past the digit limit, deep [[[...]]]
-        return None
-    if not isinstance(obj, dict):
+    needed = tuple(k for k in schema["properties"] if k not in MAY_BE_LEFT_OUT)
+    obj = first_object(reply, needed)
+    if obj is None:
         return None
     parsed: dict[str, Any] = {}
     for key, spec in schema["properties"].items():
         value = obj.get(key)
+        if value is None and key in MAY_BE_LEFT_OUT:
+            parsed[key] = None
+            continue
         if spec["type"] == "integer":
             try:
                 value = int(float(value))  # type: ignore[arg-type]
@@ -217,9 +218,10 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
 
     failed, why = [], []
     low = [f"{k} {v}" for k, v in scores.items() if v < cfg.judge_min_score]
-    if low or grade["verdict"] != "keep":
+    dropped = grade["verdict"] == "drop"  # None (left out): the scores decide
+    if low or dropped:
         failed.append("rubric")
-        why.append("rubric: " + ", ".join(low + ([f"verdict {grade['verdict']}"] if grade["verdict"] != "keep" else []))
+        why.append("rubric: " + ", ".join(low + (["verdict drop"] if dropped else []))
                    + f" (curate.judge_min_score={cfg.judge_min_score})")
     if match < cfg.judge_min_quote_match:
         failed.append("quote_not_in_chunk")

@@ -108,6 +108,7 @@ def run(config: PapertuneConfig) -> Path:
     )
     if judge is not None:
         stats = report["judge"]
-        log.info("curate: the judge passed %d of %d pairs (%d from its cache), %s reply tokens/s",
-                 stats["passed"], stats["pairs"], stats["from_cache"], stats["reply_tokens_per_s"])
+        rate = stats["reply_tokens_per_s"]
+        log.info("curate: the judge passed %d of %d pairs (%d from its cache), %s", stats["passed"], stats["pairs"],
+                 stats["from_cache"], "nothing judged now" if rate is None else f"{rate:.0f} reply tokens/s")
     return out

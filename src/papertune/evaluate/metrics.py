@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from papertune.chat import cited_numbers
+from papertune.errors import InputError
 from papertune.index import embed_texts
 from papertune.text import STOPWORDS, words
 
@@ -111,6 +112,15 @@ def citation_correct(answer: str, passages: Sequence[dict], source_chunk_id: str
 
 
 _ROUGE = None
+
+
+def check_scorers() -> None:
+    """The packages the answers' scores need are installed; a clear error before any answer is generated."""
+    import importlib.util
+
+    if importlib.util.find_spec("rouge_score") is None:
+        raise InputError("evaluate scores ROUGE-L with the package rouge-score, which is not installed: "
+                         "pip install rouge-score (it is one of papertune's dependencies)")
 
 
 def rouge_l(prediction: str, reference: str) -> float:

@@ -17,12 +17,14 @@ from typing import Any
 
 from papertune.chat import abstains, cited_numbers, render_prompt
 from papertune.config import PapertuneConfig
+from papertune.evaluate.answer_cache import AnswerCache, model_identity
 from papertune.evaluate.judge import judge_answers
 from papertune.evaluate.metrics import (
     GROUPS,
     MODELS,
     aggregate_loss,
     answer_summary,
+    check_scorers,
     citation_correct,
     embedding_cosines,
     exact_match,
@@ -68,14 +70,28 @@ log = logging.getLogger(__name__)
 def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], system_prompt: str | None, *,
                      passages: Sequence[Sequence[dict]] | None = None, batch_size: int, max_new_tokens: int,
                      temperature: float = 0.0, seed: int = 3407, desc: str = "answers",
-                     engine: str = "auto") -> list[str]:
+                     engine: str = "auto", cache: AnswerCache | None = None,
+                     identity: dict[str, Any] | None = None) -> list[str]:
     """Batched answers, each from the prompt ask and serve send (``papertune.chat.render_prompt``: chat
-    template, system prompt, no added specials); ``passages[i]`` (chunk dicts) make question ``i`` grounded."""
+    template, system prompt, no added specials); ``passages[i]`` (chunk dicts) make question ``i`` grounded.
+    With ``cache`` (and the model's ``identity``), answers found there are not generated again and the new
+    ones are stored as soon as they are written."""
     prompts = [render_prompt(tokenizer, q, system_prompt, None if passages is None else passages[i])
                for i, q in enumerate(questions)]
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return [c.text for c in generate(model, tokenizer, prompts, decoding, batch_size=batch_size, progress=desc,
-                                     engine=engine)]
+    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    answers = cache.lookup(identity or {}, prompts, settings) if cache is not None else [None] * len(prompts)
+    todo = [i for i, a in enumerate(answers) if a is None]
+    if cache is not None and len(todo) < len(prompts):
+        log.info("evaluate: %d of %d answers (%s) from %s", len(prompts) - len(todo), len(prompts), desc, cache.path)
+    if todo:
+        fresh = [c.text for c in generate(model, tokenizer, [prompts[i] for i in todo], decoding,
+                                          batch_size=batch_size, progress=desc, engine=engine)]
+        for i, text in zip(todo, fresh):
+            answers[i] = text
+        if cache is not None:
+            cache.store(identity or {}, [prompts[i] for i in todo], fresh, settings)
+    return [a or "" for a in answers]
 
 
 def _inputs(config: PapertuneConfig) -> list[tuple[str, Path]]:
@@ -152,6 +168,7 @@ def run(config: PapertuneConfig) -> Path:
     cfg = config.evaluate
     run_dir = Path(config.run_dir)
     out = run_dir / EVAL_DIR
+    check_scorers()  # before minutes of answering, not after
     sets, train_sources = load_question_sets(run_dir)
     test = sets["test"]
     adapter = adapter_path(config)
@@ -185,7 +202,9 @@ def run(config: PapertuneConfig) -> Path:
     flat = [(name, row) for name, rows in questions.items() for row in rows]
     flat_hits = [h for name in questions for h in hits.get(name, [])]
     answers: dict[str, list[str]] = {}
+    cache = AnswerCache(run_dir)
     for name in models:
+        identity = model_identity(config.train.model, config.train.dtype, adapter if name == "tuned" else None)
         if name == "tuned":
             model = attach_adapter(model, adapter)
         losses = example_losses(model, tokenizer, [examples[i] for i in keep], cfg.batch_size, desc=f"loss ({name})")
@@ -195,7 +214,7 @@ def run(config: PapertuneConfig) -> Path:
             answers[system.name] = generate_answers(
                 model, tokenizer, [r["question"] for _, r in flat], config.build.system_prompt, passages=grounded,
                 batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                seed=cfg.seed, desc=f"answers ({system.label})", engine=cfg.engine)
+                seed=cfg.seed, desc=f"answers ({system.label})", engine=cfg.engine, cache=cache, identity=identity)
     del model
 
     answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None)
