@@ -540,6 +540,28 @@ def test_adapter_of_another_base_model_is_refused(tmp_path, trained_run, tiny_mo
     assert cli.main(["evaluate", "-q", *sets]) == 2
 
 
+def test_an_adapter_trained_on_another_copy_of_the_same_model_is_accepted(tmp_path, trained_run, tiny_model):
+    """Two conversions of one GGUF file (another virtual environment, another cache folder name) are the same
+    model: same config.json and weights. A copy with other weights is not."""
+    from papertune.inference import check_adapter
+
+    copy = tmp_path / "copy-of-base"
+    shutil.copytree(tiny_model, copy)
+    other = tmp_path / "adapter"
+    shutil.copytree(trained_run / "train" / "adapter", other)
+    config_file = other / "adapter_config.json"
+    data = json.loads(config_file.read_text())
+    data["base_model_name_or_path"] = str(copy)
+    config_file.write_text(json.dumps(data))
+    check_adapter(other, eval_config(trained_run, tiny_model))
+    weights = sorted(copy.glob("*.safetensors"))[0]
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ConfigError, match="was trained on"):
+        check_adapter(other, eval_config(trained_run, tiny_model))
+
+
 def test_evaluate_config_is_validated():
     with pytest.raises(ConfigError, match="evaluate.max_questions must be >= 0"):
         load_config(None, ["evaluate.max_questions=-1"])

@@ -14,18 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from papertune.rundir import EVAL_DIR, read_jsonl, write_jsonl_atomic
+from papertune.rundir import EVAL_DIR, read_jsonl, sha256_file, write_jsonl_atomic
 
 CACHE_FILE = f"{EVAL_DIR}/answers_cache.jsonl"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_identity(model: str, dtype: str, adapter: Path | None) -> dict[str, Any]:
@@ -33,7 +24,7 @@ def model_identity(model: str, dtype: str, adapter: Path | None) -> dict[str, An
     weights = None
     if adapter is not None:
         files = sorted(adapter.glob("adapter_model.*"))
-        weights = {f.name: file_digest(f) for f in files} or None
+        weights = {f.name: sha256_file(f) for f in files} or None
     return {"model": model, "dtype": dtype, "adapter": weights}
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
+from papertune.rundir import sha256_file
 
 
 @dataclass
@@ -29,6 +30,21 @@ class LoadedModel:
 def adapter_path(config: PapertuneConfig) -> Path:
     """The LoRA adapter to answer with: ``evaluate.adapter``, else ``RUN/train/adapter``."""
     return Path(config.evaluate.adapter) if config.evaluate.adapter else Path(config.run_dir) / "train" / "adapter"
+
+
+def same_model_files(a: Path, b: Path) -> bool:
+    """Two model folders hold the same model: the same config.json and the same weight files (names and
+    bytes). Two conversions of one GGUF file (papertune.models) are the same model wherever they were made."""
+    if not (a.is_dir() and b.is_dir()):
+        return False
+    config_a, config_b = a / "config.json", b / "config.json"
+    if not (config_a.is_file() and config_b.is_file()) or config_a.read_bytes() != config_b.read_bytes():
+        return False
+    weights_a, weights_b = sorted(a.glob("*.safetensors")), sorted(b.glob("*.safetensors"))
+    if not weights_a or [w.name for w in weights_a] != [w.name for w in weights_b]:
+        return False
+    return all(x.stat().st_size == y.stat().st_size and sha256_file(x) == sha256_file(y)
+               for x, y in zip(weights_a, weights_b))
 
 
 def check_adapter(adapter: Path, config: PapertuneConfig) -> None:
@@ -49,7 +65,7 @@ def check_adapter(adapter: Path, config: PapertuneConfig) -> None:
     resolved = resolve_model(model, "train.model")
     same = base in (model, resolved)
     if not same and Path(base).exists() and Path(resolved).exists():
-        same = Path(base).resolve() == Path(resolved).resolve()
+        same = Path(base).resolve() == Path(resolved).resolve() or same_model_files(Path(base), Path(resolved))
     if not same:
         raise ConfigError(
             f"the adapter in {adapter} was trained on {base!r}, but train.model is {model!r}"
