@@ -57,7 +57,8 @@ def blind(quote: str, answer: str) -> str:
 SCRIPT = {
     "What does LoRA freeze during training?": (grade(FREEZE), blind(FREEZE, "the pretrained weights")),
     "How many low-rank matrices does LoRA train per layer?": (
-        grade("LoRA trains exactly two matrices in every layer of the model."), blind(FREEZE, "two per layer")),
+        # An invented quote; the blind answer agrees only loosely, so it does not vouch for the pair.
+        grade("LoRA trains exactly two matrices in every layer of the model."), blind("", "two")),
     "By what factor does LoRA cut trainable parameters?": (
         grade(QUANT), blind(FACTOR, "by a factor of ten thousand")),
     # A planted wrong answer: the grade quote carries it, but the blind judge answers something else.
@@ -267,3 +268,19 @@ def test_the_judge_reads_only_the_generators_it_is_given(tmp_path: Path):
     assert report["judge"]["pairs"] == len(PAIRS) - 2
     with pytest.raises(ConfigError, match="curate.judge_generators: unknown generator 'teacher'"):
         judged_config(tmp_path, server, "curate.judge_generators=[teacher]")
+
+
+def test_a_blind_answer_that_agrees_vouches_for_a_paraphrased_quote():
+    """The judge paraphrased its quote (not in the chunk), but its blind reading, which never saw the
+    answer, gave the same answer: kept at curate.judge_blind_vouches (0.8), dropped with it off; a blind
+    answer that disagrees never vouches."""
+    row = {"question": "What stays frozen during LoRA training?", "answer": "The pretrained weights stay frozen."}
+    chunk = FREEZE + " Two small matrices are trained."
+    paraphrase = grade("During LoRA the weights that were pretrained do not change at all.")
+    agreeing = json.dumps({"quote": "", "answer": "The pretrained weights stay frozen."})
+    verdict = assess(row, chunk, paraphrase, agreeing, CurateConfig())
+    assert verdict.passed and verdict.record["vouched_by_blind"]
+    off = assess(row, chunk, paraphrase, agreeing, CurateConfig(judge_blind_vouches=0.0))
+    assert not off.passed and off.failed == ["quote_not_in_chunk"]
+    disagreeing = json.dumps({"quote": "", "answer": "Two small matrices per layer are trained."})
+    assert not assess(row, chunk, paraphrase, disagreeing, CurateConfig()).passed

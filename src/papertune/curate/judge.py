@@ -14,7 +14,9 @@ A pair passes only if every check holds (the detail of a drop names each one tha
 - ``unparseable``: both replies parse (a judge that did not answer keeps nothing; the count is reported);
 - ``rubric``: every rubric score >= ``curate.judge_min_score`` and the verdict is ``keep``;
 - ``quote_not_in_chunk``: the grade quote is really in the chunk: >= ``curate.judge_min_quote_match`` of its
-  words lie in runs of 3 words found in the chunk (case, punctuation and spacing do not matter);
+  words lie in runs of 3 words found in the chunk (case, punctuation and spacing do not matter), unless the
+  blind answer agrees with the pair's answer >= ``curate.judge_blind_vouches`` (the judge paraphrased its
+  quote, but a reading that never saw the answer found the same one);
 - ``quote_without_answer``: the quote carries the answer: >= ``curate.judge_min_quote_support`` of the
   answer's content words (stemmed) are in it, and every number of the answer;
 - ``blind_disagrees``: the blind reply agrees with the pair's answer: the content-word F1 of the two answers,
@@ -223,11 +225,12 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
         failed.append("rubric")
         why.append("rubric: " + ", ".join(low + (["verdict drop"] if dropped else []))
                    + f" (curate.judge_min_score={cfg.judge_min_score})")
-    if match < cfg.judge_min_quote_match:
+    vouched = match < cfg.judge_min_quote_match and 0 < cfg.judge_blind_vouches <= agreement
+    if match < cfg.judge_min_quote_match and not vouched:
         failed.append("quote_not_in_chunk")
         why.append(f"quote_not_in_chunk: {match:.2f} of the quote {_excerpt(grade['quote'])} is in the chunk "
                    f"(curate.judge_min_quote_match={cfg.judge_min_quote_match:g})")
-    elif support < cfg.judge_min_quote_support:
+    elif not vouched and support < cfg.judge_min_quote_support:
         failed.append("quote_without_answer")
         why.append(f"quote_without_answer: the quote carries {support:.2f} of the answer "
                    f"(curate.judge_min_quote_support={cfg.judge_min_quote_support:g})")
@@ -239,6 +242,7 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
         "passed": not failed, "failed": failed, "scores": scores, "verdict": grade["verdict"],
         "quote": grade["quote"], "quote_match": round(match, 3), "quote_support": round(support, 3),
         "blind_answer": blind["answer"], "blind_quote": blind["quote"], "agreement": round(agreement, 3),
+        "vouched_by_blind": vouched,
     }
     return JudgeVerdict(not failed, "; ".join(why), failed, record)
 
@@ -283,7 +287,8 @@ class JudgeStats:
             "reply_tokens": self.reply_tokens,
             "reply_tokens_per_s": round(self.reply_tokens / self.seconds, 1) if self.seconds else None,
             "thresholds": {"min_score": cfg.judge_min_score, "min_quote_match": cfg.judge_min_quote_match,
-                           "min_quote_support": cfg.judge_min_quote_support, "min_agreement": cfg.judge_min_agreement},
+                           "min_quote_support": cfg.judge_min_quote_support, "min_agreement": cfg.judge_min_agreement,
+                           "blind_vouches": cfg.judge_blind_vouches},
         }
 
 
