@@ -186,6 +186,9 @@ def test_replies_constrained_to_a_json_schema_parse_and_follow_it(talker):
                            engine="continuous")  # constrained replies run in static batches
     assert not any(c.text.startswith("{") for c in free)  # the random model writes no JSON by itself
     assert all(c.finish_reason == "stop" and follows_schema(c.text) for c in constrained)
+    # The compiled engine constrains them too (3 questions in batches of 2: the filler row is constrained as well).
+    compiled = generate(model, tokenizer, QUESTIONS[:3], decoding, batch_size=2, json_schema=SCHEMA, engine="compiled")
+    assert [c.token_ids for c in compiled] == [c.token_ids for c in constrained[:3]]
     # One batch may mix constrained and free rows.
     prompt = ids(tokenizer, QUESTIONS[0])
     mixed = generate_batch(model, tokenizer, [GenerationRequest(prompt, Decoding(max_new_tokens=96), json_schema=SCHEMA),
