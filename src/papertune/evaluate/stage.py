@@ -204,7 +204,8 @@ def run(config: PapertuneConfig) -> Path:
     answers: dict[str, list[str]] = {}
     cache = AnswerCache(run_dir)
     for name in models:
-        identity = model_identity(config.train.model, config.train.dtype, adapter if name == "tuned" else None)
+        dtype = str(next(model.parameters()).dtype)  # what it computes in here (train.dtype auto differs by device)
+        identity = model_identity(config.train.model, dtype, adapter if name == "tuned" else None)
         if name == "tuned":
             model = attach_adapter(model, adapter)
         losses = example_losses(model, tokenizer, [examples[i] for i in keep], cfg.batch_size, desc=f"loss ({name})")

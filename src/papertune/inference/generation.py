@@ -1,7 +1,7 @@
 """Answers from a loaded causal LM: one batched, streamable ``generate`` with one set of decoding settings.
 
 Every part of papertune that makes a model write text (the teacher LLM's ``hf`` backend, evaluate, ask,
-serve, export's checks) goes through this module. Two engines decode (``engine``):
+serve, export's checks) goes through this module. Three engines decode (``engine``):
 
 - ``static`` (:func:`generate_batch`): prompts are token ids, left-padded into one batch, so every prompt ends
   where generation starts and each greedy row gets the answer it gets alone; after every token a stopping
@@ -181,8 +181,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str | list[int]], dec
     ``engine`` (auto, static, continuous, compiled: see the module's docstring). Static: longest prompts first,
     in batches of ``batch_size`` (similar lengths waste less on padding, and the longest batch fails fast on
     memory). Compiled: the same, every batch filled to ``batch_size`` (the fillers ask for one token and are
-    dropped) over one static KV cache sized for the longest prompt and reply. Continuous: every prompt enters one continuous batch (``continuous`` sizes it; ``batch_size`` is
-    not used). ``json_schema`` constrains every reply (static batches). With sampling, ``decoding.seed`` seeds
+    dropped) over one static KV cache sized for the longest prompt and reply. Continuous: every prompt enters
+    one continuous batch (``continuous`` sizes it; ``batch_size`` is not used). ``json_schema`` constrains every reply (static batches). With sampling, ``decoding.seed`` seeds
     once, before the first batch. ``progress`` names a progress bar (none when None).
     """
     import torch
