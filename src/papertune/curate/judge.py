@@ -12,7 +12,7 @@ Two conversations per pair, each reply constrained to a JSON schema:
 A pair passes only if every check holds (the detail of a drop names each one that failed):
 
 - ``unparseable``: both replies parse (a judge that did not answer keeps nothing; the count is reported);
-- ``rubric``: every rubric score >= ``curate.judge_min_score`` and the verdict is ``keep``;
+- ``rubric``: every rubric score >= ``curate.judge_min_score`` and the verdict is not ``drop``;
 - ``quote_not_in_chunk``: the grade quote is really in the chunk: >= ``curate.judge_min_quote_match`` of its
   words lie in runs of 3 words found in the chunk (case, punctuation and spacing do not matter), unless the
   blind answer agrees with the pair's answer >= ``curate.judge_blind_vouches`` (the judge paraphrased its
