@@ -116,15 +116,15 @@ def test_model_settings_resolve_packaged_names(tmp_path, index, monkeypatch):
 def test_one_gguf_file_installed_twice_converts_to_one_folder(tmp_path, monkeypatch):
     """The conversion is named by the file's contents, not its path: the same GGUF in two virtual
     environments resolves to one folder, so an adapter trained through one is found through the other."""
-    from papertune import models
+    from papertune.rundir import sample_digest
 
     data = bytes(range(256)) * 20000  # 5 MB: head and tail differ from the middle
     first, second = tmp_path / "venv-a" / "m.gguf", tmp_path / "venv-b" / "m.gguf"
     for path in (first, second):
         path.parent.mkdir()
         path.write_bytes(data)
-    assert models.gguf_digest(first) == models.gguf_digest(second)
+    assert sample_digest(first) == sample_digest(second)
     changed = bytearray(data)
     changed[-1] ^= 1
     second.write_bytes(bytes(changed))
-    assert models.gguf_digest(first) != models.gguf_digest(second)
+    assert sample_digest(first) != sample_digest(second)

@@ -736,6 +736,11 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+# Skipped where Chromium is missing, except in CI, which installs it (a missing browser then fails the test).
+NEEDS_CHROMIUM = pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
+                                    reason="Chromium not installed (apt-get install chromium); CI installs it")
+
+
 def headless_chromium(profile: Path, *args: str) -> str:
     """What Chromium prints (``--dump-dom``: the page's DOM once a 20 s virtual-time budget has run)."""
     browser = _chromium()
@@ -754,8 +759,7 @@ def _answer_html(html: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
-                    reason="Chromium not installed (apt-get install chromium); CI installs it")
+@NEEDS_CHROMIUM
 def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
     from PIL import Image
 
@@ -795,8 +799,7 @@ def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
-                    reason="Chromium not installed (apt-get install chromium); CI installs it")
+@NEEDS_CHROMIUM
 def test_headless_browser_asks_for_the_api_key_and_then_answers(keyed_url, tmp_path):
     url = keyed_url
     question = "What is LoRA?"
@@ -841,8 +844,7 @@ def scripted_server(config, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
-                    reason="Chromium not installed (apt-get install chromium); CI installs it")
+@NEEDS_CHROMIUM
 def test_headless_browser_shows_the_cited_sources_and_a_declined_answer(scripted_server, tmp_path):
     url = scripted_server
     question = "How does a gating network route every token to the top two experts?"

@@ -22,7 +22,8 @@ GROUNDED_INSTRUCTION = (
     "Answer the question from the numbered passages below and cite the passages you use as [1], [2], ... "
     f'If the passages do not contain the answer, reply exactly: "{ABSTAIN}"'
 )
-_CITATION = re.compile(r"\[(\d{1,2})\]")
+_CITATION = re.compile(r"\[(\d{1,2})\]")  # a citation marker, "[n]"
+_CITATION_WITH_SPACE = re.compile(r"\s*" + _CITATION.pattern)
 
 
 def passage_label(chunk: dict) -> str:
@@ -63,6 +64,11 @@ def cited_numbers(answer: str) -> list[int]:
         if n not in seen:
             seen.append(n)
     return seen
+
+
+def strip_citations(answer: str) -> str:
+    """The answer without its "[n]" citation markers ("NF4 [2]." -> "NF4.")."""
+    return _CITATION_WITH_SPACE.sub("", answer).strip()
 
 
 # Ways a small model says :data:`ABSTAIN` in its own words (matched on lower-case text without apostrophes):

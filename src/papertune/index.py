@@ -63,7 +63,7 @@ class ChunkIndex:
     built: bool  # True when this call (re)built it, False when it was loaded from RUN/index
 
     @classmethod
-    def load_or_build(cls, run_dir: Path, model: str, setting: str = "retrieval.embedding_model") -> ChunkIndex:
+    def load_or_build(cls, run_dir: Path, model: str) -> ChunkIndex:
         """The index of ``run_dir/chunks.jsonl``; ``model`` "" gives the chunks without embeddings (BM25 only)."""
         import numpy as np
 
@@ -91,7 +91,7 @@ class ChunkIndex:
                 log.warning("index in %s unreadable; rebuilding it", path)
         ids = list(chunks)
         log.info("index: embedding %d chunks with %s -> %s", len(ids), model, path)
-        embeddings = embed_texts([chunks[i]["text"] for i in ids], model, setting)
+        embeddings = embed_texts([chunks[i]["text"] for i in ids], model, "retrieval.embedding_model")
         path.mkdir(parents=True, exist_ok=True)
         with atomic_path(emb_file) as tmp:
             with tmp.open("wb") as fh:
@@ -100,6 +100,6 @@ class ChunkIndex:
         write_json_atomic(meta_file, meta)  # last: the index counts as complete only once this is written
         return cls(path, embeddings, ids, chunks, model, built=True)
 
-    def embed(self, texts: list[str], setting: str = "retrieval.embedding_model") -> Any:
+    def embed(self, texts: list[str]) -> Any:
         """``texts`` (queries) embedded with the model of the index, comparable with :attr:`embeddings`."""
-        return embed_texts(texts, self.model, setting)
+        return embed_texts(texts, self.model, "retrieval.embedding_model")

@@ -539,7 +539,7 @@ class LlamaCppChatModel(OpenAIChatModel):
     def _unreachable(self, reason: str) -> LLMUnreachableError:
         return LLMUnreachableError(
             f"{self.setting}: llama.cpp's server in this process stopped answering at "
-            f"{endpoint(self.servers.base_urls[0])} ({reason})"
+            f"{self.url} ({reason})"
         )
 
     def _ready(self) -> None:

@@ -19,7 +19,6 @@ Nothing falls back silently: a name that cannot be resolved is an error that say
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import importlib.util
 import logging
@@ -30,6 +29,7 @@ from typing import Any
 
 from papertune import packaged
 from papertune.errors import ConfigError
+from papertune.rundir import sample_digest
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +72,10 @@ def _package_model_path(path: Path) -> Path:
     return path
 
 
-GGUF_SAMPLE_BYTES = 1 << 20  # the head and tail of a GGUF file that name its conversion
-
-
-def gguf_digest(gguf: Path) -> str:
-    """A short name for a GGUF file's contents: its size and its first and last MiB (the header, the tensor
-    index and the last weights). The same file installed in two places (two virtual environments, a copied
-    folder) gets the same digest, so its conversion, and an adapter trained on it, are found from both."""
-    size = gguf.stat().st_size
-    digest = hashlib.sha256(f"{gguf.name}:{size}:".encode())
-    with gguf.open("rb") as handle:
-        digest.update(handle.read(GGUF_SAMPLE_BYTES))
-        handle.seek(max(size - GGUF_SAMPLE_BYTES, 0))
-        digest.update(handle.read(GGUF_SAMPLE_BYTES))
-    return digest.hexdigest()[:12]
-
-
 def _convert_gguf(gguf: Path) -> Path:
     """Load a GGUF checkpoint once and save it as a plain safetensors folder in the cache."""
-    target = cache_dir() / "models" / f"{gguf.stem}-{gguf_digest(gguf)}"
+    # Named by content, not path: the same file installed twice (two virtual environments) converts once.
+    target = cache_dir() / "models" / f"{gguf.stem}-{sample_digest(gguf)}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

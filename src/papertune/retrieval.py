@@ -83,6 +83,7 @@ class Retriever:
         keep = [i for i, cid in enumerate(index.ids) if index.chunks[cid].get("source") not in left_out]
         self.ids: list[str] = [index.ids[i] for i in keep]
         self.chunks: dict[str, dict] = {cid: index.chunks[cid] for cid in self.ids}
+        self.row = {cid: j for j, cid in enumerate(self.ids)}  # a chunk's row in the score arrays
         self.embeddings = index.embeddings[keep] if len(keep) else np.zeros((0, 1), dtype=np.float32)
         self.sources = np.array([self.chunks[cid].get("source") or "" for cid in self.ids], dtype=object)
         self.bm25 = None
@@ -96,7 +97,7 @@ class Retriever:
     def for_run(cls, run_dir: Path, cfg: RetrievalConfig, exclude_sources: Collection[str] = ()) -> Retriever:
         """The retriever over ``run_dir/chunks.jsonl`` (embeddings loaded from, or built into, ``run_dir/index``)."""
         model = cfg.embedding_model if cfg.method != "bm25" else ""
-        return cls(ChunkIndex.load_or_build(Path(run_dir), model, setting="retrieval.embedding_model"), cfg,
+        return cls(ChunkIndex.load_or_build(Path(run_dir), model), cfg,
                    exclude_sources)
 
     def __len__(self) -> int:
@@ -131,8 +132,7 @@ class Retriever:
         for i, rankings in enumerate(self._scores(queries)):
             allowed = np.ones(len(self.ids), dtype=bool)
             if exclude_ids is not None and exclude_ids[i]:
-                banned = set(exclude_ids[i])
-                allowed &= np.array([cid not in banned for cid in self.ids])
+                allowed[[self.row[c] for c in exclude_ids[i] if c in self.row]] = False
             if exclude_sources is not None and exclude_sources[i]:
                 allowed &= ~np.isin(self.sources, list(exclude_sources[i]))
             fused = np.full(len(self.ids), -np.inf)

@@ -105,6 +105,7 @@ EVAL_REPORT_MD = f"{EVAL_DIR}/report.md"
 EVAL_METRICS_PLOT = f"{EVAL_DIR}/metrics.png"
 EVAL_PER_DOCUMENT_PLOT = f"{EVAL_DIR}/per_document.png"
 EVAL_FOUR_WAY_PLOT = f"{EVAL_DIR}/four_way.png"
+EVAL_ANSWERS_CACHE = f"{EVAL_DIR}/answers_cache.jsonl"  # answers kept as each model finishes (papertune.evaluate)
 EXPORT_REPORT = f"{EXPORT_DIR}/{REPORT}"
 
 
@@ -313,6 +314,23 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while block := fh.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+SAMPLE_BYTES = 1 << 20  # the head and tail of a file that :func:`sample_digest` reads
+
+
+def sample_digest(path: str | Path) -> str:
+    """A short name for a large file's contents, read in two MiB: its name, its size, and its first and last
+    MiB (for model files: the header, the tensor index and the last weights). The same file in two places
+    gets the same digest; reading whole gigabytes for it would take seconds."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}:{size}:".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(SAMPLE_BYTES))
+        handle.seek(max(size - SAMPLE_BYTES, 0))
+        digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:12]
 
 
 def data_files(folder: str | Path) -> list[Path]:

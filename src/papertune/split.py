@@ -43,14 +43,15 @@ class NearDuplicates:
             self.hashes.append(mh)
             if sh:
                 self.lsh.insert(i, mh)
+        self._neighbours: dict[int, list[int]] = {}  # split, RAFT and leak counts ask for the same ones
 
     def neighbours(self, i: int) -> list[int]:
-        if not self.shingles[i]:
-            return []
-        return [
-            j for j in self.lsh.query(self.hashes[i])
-            if j != i and jaccard(self.shingles[i], self.shingles[j]) >= self.threshold
-        ]
+        if i not in self._neighbours:
+            self._neighbours[i] = [
+                j for j in (self.lsh.query(self.hashes[i]) if self.shingles[i] else [])
+                if j != i and jaccard(self.shingles[i], self.shingles[j]) >= self.threshold
+            ]
+        return self._neighbours[i]
 
 
 class _UnionFind:

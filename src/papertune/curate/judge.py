@@ -225,12 +225,13 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
         failed.append("rubric")
         why.append("rubric: " + ", ".join(low + (["verdict drop"] if dropped else []))
                    + f" (curate.judge_min_score={cfg.judge_min_score})")
-    vouched = match < cfg.judge_min_quote_match and 0 < cfg.judge_blind_vouches <= agreement
-    if match < cfg.judge_min_quote_match and not vouched:
+    quoted = match >= cfg.judge_min_quote_match
+    vouched = not quoted and 0 < cfg.judge_blind_vouches <= agreement
+    if not quoted and not vouched:
         failed.append("quote_not_in_chunk")
         why.append(f"quote_not_in_chunk: {match:.2f} of the quote {_excerpt(grade['quote'])} is in the chunk "
                    f"(curate.judge_min_quote_match={cfg.judge_min_quote_match:g})")
-    elif not vouched and support < cfg.judge_min_quote_support:
+    elif quoted and support < cfg.judge_min_quote_support:
         failed.append("quote_without_answer")
         why.append(f"quote_without_answer: the quote carries {support:.2f} of the answer "
                    f"(curate.judge_min_quote_support={cfg.judge_min_quote_support:g})")

@@ -15,11 +15,13 @@
   the test rows per group (``in_domain`` / ``held_out_document``) and per document.
 
 Layout of ``RUN/eval``: ``metrics.json``, ``answers.jsonl``, ``report.md``, ``four_way.png``,
-``metrics.png``, ``per_document.png``, ``config.yaml``, ``versions.json``.
+``metrics.png``, ``per_document.png``, ``answers_cache.jsonl``, ``config.yaml``, ``versions.json``.
 
-Modules: :mod:`.stage` (``run``), :mod:`.sets`, :mod:`.metrics`, :mod:`.judge`, :mod:`.report`.
+Modules: :mod:`.stage` (``run``), :mod:`.sets`, :mod:`.metrics`, :mod:`.judge`, :mod:`.report`,
+:mod:`.answer_cache`.
 """
 
+from papertune.chat import strip_citations
 from papertune.evaluate.judge import judge_conversation, parse_judge_reply
 from papertune.evaluate.metrics import (
     ANSWER_METRICS,
@@ -35,7 +37,6 @@ from papertune.evaluate.metrics import (
     passage_contains,
     recall_at_k,
     rouge_l,
-    strip_citations,
     token_f1,
 )
 from papertune.evaluate.sets import QUESTION_SETS, System, load_question_sets, load_test_split, systems_for

@@ -14,9 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from papertune.rundir import EVAL_DIR, read_jsonl, sha256_file, write_jsonl_atomic
-
-CACHE_FILE = f"{EVAL_DIR}/answers_cache.jsonl"
+from papertune.rundir import EVAL_ANSWERS_CACHE, read_jsonl, sha256_file, write_jsonl_atomic
 
 
 def model_identity(model: str, dtype: str, adapter: Path | None) -> dict[str, Any]:
@@ -32,7 +30,7 @@ class AnswerCache:
     """Answers by (model identity, prompt, decoding settings); :meth:`store` writes the file at once."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / CACHE_FILE
+        self.path = Path(run_dir) / EVAL_ANSWERS_CACHE
         self.rows: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             self.rows = {r["key"]: r for r in read_jsonl(self.path) if isinstance(r, dict) and "key" in r}
@@ -53,6 +51,3 @@ class AnswerCache:
             key = self.key(identity, prompt, decoding)
             self.rows[key] = {"key": key, "answer": answer}
         write_jsonl_atomic(self.path, list(self.rows.values()))
-
-    def __len__(self) -> int:
-        return len(self.rows)

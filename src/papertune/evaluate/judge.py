@@ -9,7 +9,6 @@ answerable from its source. A correctness of 4 or more counts as a correct answe
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from papertune.config import PapertuneConfig
 from papertune.evaluate.metrics import JUDGE_CORRECT_AT
+from papertune.jsonreply import json_values
 from papertune.rundir import read_chunks
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,14 @@ JUDGE_SCHEMA = {
 def parse_judge_reply(reply: str | None) -> dict[str, float] | None:
     """``{"correctness": c, "groundedness": g}`` (1-5) from a judge's reply, or None if it has no usable scores.
 
-    Accepts a JSON object anywhere in the reply (code fences, prose around it), numbers as strings,
-    and falls back to ``key: N`` patterns for replies that are almost JSON.
+    Accepts a JSON object anywhere in the reply, read as :func:`papertune.jsonreply.json_values` reads it
+    (code fences, prose around it, LaTeX backslashes), keys in any case, numbers as strings, and falls back
+    to ``key: N`` patterns for replies that are almost JSON.
     """
     if not reply:
         return None
     found: dict[str, float] = {}
-    for match in re.finditer(r"\{[^{}]*\}", reply, flags=re.DOTALL):
-        try:
-            obj = json.loads(match.group(0))
-        except (ValueError, RecursionError):  # not JSON, an integer past the digit limit, deep [[[...]]]
-            continue
+    for obj in json_values(reply):
         if isinstance(obj, dict):
             lowered = {str(k).strip().lower(): v for k, v in obj.items()}
             found = {}

@@ -65,14 +65,6 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-_MARKER = re.compile(r"\s*\[\d{1,2}\]")
-
-
-def strip_citations(answer: str) -> str:
-    """The answer without its "[n]" citation markers ("NF4 [2]." -> "NF4.")."""
-    return _MARKER.sub("", answer).strip()
-
-
 def content_words(text: str) -> set[str]:
     """The lower-cased words of ``text`` that are not English function words (``papertune.text.STOPWORDS``)."""
     return {w.lower() for w in words(text)} - STOPWORDS

@@ -10,11 +10,11 @@ from typing import Any
 
 from papertune.evaluate.metrics import CONTAINS_RECALL, GROUPS
 from papertune.evaluate.sets import SET_LABELS
-from papertune.rundir import atomic_path
+from papertune.rundir import EVAL_FOUR_WAY_PLOT, atomic_path
 
 log = logging.getLogger(__name__)
 
-FOUR_WAY_PLOT = "four_way.png"
+FOUR_WAY_PLOT = Path(EVAL_FOUR_WAY_PLOT).name
 LABELS = {"rouge_l": "ROUGE-L", "f1": "token F1", "exact_match": "exact match", "embedding_cosine": "embedding cosine",
           "judge_correctness": "judge correctness (1-5)", "judge_groundedness": "judge groundedness (1-5)",
           "judge_correct": "judged correct", "citation_rate": "citation rate",

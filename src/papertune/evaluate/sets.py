@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from papertune.config import EVAL_MODES
 from papertune.errors import InputError
 from papertune.rundir import BUILD_REPORT, DATASET
 
@@ -45,7 +46,7 @@ class System:
 
 def systems_for(models: list[str], modes: list[str]) -> list[System]:
     """Every model in every mode, closed-book systems first (base, tuned, base + retrieval, tuned + retrieval)."""
-    return [System(model, mode) for mode in ("closed_book", "retrieval") if mode in modes for model in models]
+    return [System(model, mode) for mode in EVAL_MODES if mode in modes for model in models]
 
 
 def _load_dataset(run_dir: Path):

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import abstains, cited_numbers, render_prompt
-from papertune.config import PapertuneConfig
+from papertune.chat import abstains, cited_numbers, render_prompt, strip_citations
+from papertune.config import EVAL_MODES, PapertuneConfig
 from papertune.evaluate.answer_cache import AnswerCache, model_identity
 from papertune.evaluate.judge import judge_answers
 from papertune.evaluate.metrics import (
@@ -31,7 +31,6 @@ from papertune.evaluate.metrics import (
     example_losses,
     recall_at_k,
     rouge_l,
-    strip_citations,
     token_f1,
 )
 from papertune.evaluate.report import log_summary, render_report, write_charts
@@ -80,7 +79,9 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], syste
                for i, q in enumerate(questions)]
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
-    answers = cache.lookup(identity or {}, prompts, settings) if cache is not None else [None] * len(prompts)
+    if cache is not None and identity is None:
+        raise ValueError("a cache of answers needs the identity of the model that writes them")
+    answers = cache.lookup(identity, prompts, settings) if cache is not None else [None] * len(prompts)
     todo = [i for i, a in enumerate(answers) if a is None]
     if cache is not None and len(todo) < len(prompts):
         log.info("evaluate: %d of %d answers (%s) from %s", len(prompts) - len(todo), len(prompts), desc, cache.path)
@@ -90,7 +91,7 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], syste
         for i, text in zip(todo, fresh):
             answers[i] = text
         if cache is not None:
-            cache.store(identity or {}, [prompts[i] for i in todo], fresh, settings)
+            cache.store(identity, [prompts[i] for i in todo], fresh, settings)
     return [a or "" for a in answers]
 
 
@@ -241,7 +242,7 @@ def run(config: PapertuneConfig) -> Path:
         "model": config.train.model,
         "adapter": str(adapter) if cfg.tuned else None,
         "models": models,
-        "modes": [m for m in ("closed_book", "retrieval") if m in cfg.modes],
+        "modes": [m for m in EVAL_MODES if m in cfg.modes],
         "systems": [{"name": s.name, "model": s.model, "mode": s.mode, "label": s.label} for s in systems],
         "test_rows": len(test),
         "over_max_seq_length": len(examples) - len(keep),

@@ -138,6 +138,7 @@ class Grounding:
         self.injected = bool(split.injected)
         self.all_words = set(content_words(text))
         self.clean_words = set(content_words(split.clean)) if self.injected else self.all_words
+        self.planted_words = self.all_words - self.clean_words  # content words only injected sentences hold
 
 
 def pair_is_injected(question: str, answer: str, grounding: Grounding, min_support: float) -> bool:
@@ -149,13 +150,13 @@ def pair_is_injected(question: str, answer: str, grounding: Grounding, min_suppo
         return True
     if not grounding.injected:
         return False
-    planted_only = grounding.all_words - grounding.clean_words
-    if planted_only & {*content_words(question), *content_words(answer)}:
+    question_words = content_words(question)
+    if grounding.planted_words & {*question_words, *content_words(answer)}:
         return True
     if support(answer, grounding.all_words) < min_support:
         return False
     return support(answer, grounding.clean_words) < min_support or not any(
-        w in grounding.clean_words for w in content_words(question)
+        w in grounding.clean_words for w in question_words
     )
 
 

@@ -186,8 +186,7 @@ def generate_continuous(model: Any, tokenizer: Any, requests: Sequence[Generatio
                                                       workload_hints=hints) as manager:
         try:
             for i, request in enumerate(requests):
-                streaming = request.on_text is not None or bool(request.decoding.stop)
-                manager.add_request(request.prompt_ids, request_id=request_ids[i], streaming=streaming,
+                manager.add_request(request.prompt_ids, request_id=request_ids[i], streaming=trackers[i].watched,
                                     max_new_tokens=request.decoding.max_new_tokens,
                                     eos_token_id=sorted(eos_ids) if eos_ids else -1)
             polled = time.monotonic()

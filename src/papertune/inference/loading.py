@@ -15,7 +15,7 @@ from typing import Any
 
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
-from papertune.rundir import sha256_file
+from papertune.rundir import sample_digest
 
 
 @dataclass
@@ -33,8 +33,9 @@ def adapter_path(config: PapertuneConfig) -> Path:
 
 
 def same_model_files(a: Path, b: Path) -> bool:
-    """Two model folders hold the same model: the same config.json and the same weight files (names and
-    bytes). Two conversions of one GGUF file (papertune.models) are the same model wherever they were made."""
+    """Two model folders hold the same model: the same config.json and the same weight files (names, sizes,
+    first and last MiB: :func:`papertune.rundir.sample_digest`, not gigabytes read at every start). Two
+    conversions of one GGUF file (papertune.models) are the same model wherever they were made."""
     if not (a.is_dir() and b.is_dir()):
         return False
     config_a, config_b = a / "config.json", b / "config.json"
@@ -43,8 +44,7 @@ def same_model_files(a: Path, b: Path) -> bool:
     weights_a, weights_b = sorted(a.glob("*.safetensors")), sorted(b.glob("*.safetensors"))
     if not weights_a or [w.name for w in weights_a] != [w.name for w in weights_b]:
         return False
-    return all(x.stat().st_size == y.stat().st_size and sha256_file(x) == sha256_file(y)
-               for x, y in zip(weights_a, weights_b))
+    return all(sample_digest(x) == sample_digest(y) for x, y in zip(weights_a, weights_b))
 
 
 def check_adapter(adapter: Path, config: PapertuneConfig) -> None:

@@ -34,20 +34,21 @@ def require_xgrammar(setting: str = "constrain_json") -> Any:
     return xgrammar
 
 
-_compilers: dict[tuple[int, int], Any] = {}
+# Keyed by the tokenizer's id: the entry holds the tokenizer itself, so the id is never reused while cached.
+_compilers: dict[tuple[int, int, tuple[int, ...]], tuple[Any, Any]] = {}
 _compilers_lock = threading.Lock()
 
 
 def _compiler(tokenizer: Any, vocab_size: int, stop_ids: tuple[int, ...]) -> Any:
-    """One grammar compiler per tokenizer and vocabulary size (building the tokenizer's table takes a second)."""
+    """One grammar compiler per tokenizer, vocabulary size and stop tokens (building the tokenizer's table
+    takes a second)."""
     xgr = require_xgrammar()
-    key = (id(tokenizer), vocab_size)
+    key = (id(tokenizer), vocab_size, stop_ids)
     with _compilers_lock:
-        entry = _compilers.get(key)
-        if entry is None or entry[0] is not tokenizer:
+        if key not in _compilers:
             info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids))
-            entry = _compilers[key] = (tokenizer, xgr.GrammarCompiler(info))
-        return entry[1]
+            _compilers[key] = (tokenizer, xgr.GrammarCompiler(info))
+        return _compilers[key][1]
 
 
 def compile_schemas(tokenizer: Any, vocab_size: int, schemas: Sequence[dict[str, Any] | None],
