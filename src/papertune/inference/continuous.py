@@ -24,15 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from papertune.inference.completion import (
-    AnswerTracker,
-    Completion,
-    GenerationRequest,
-    check_one_sampling,
-    decoder,
-    eos_id_set,
-    sampling_kwargs,
-)
+from papertune.inference.completion import AnswerTracker, Completion, GenerationRequest, check_one_sampling
+from papertune.inference.completion import decoder, eos_id_set, sampling_kwargs
 
 log = logging.getLogger(__name__)
 
