@@ -79,21 +79,26 @@ class JsonSchemaLogitsProcessor:
         self._xgr = xgr
         self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
         self.bitmask = xgr.allocate_token_bitmask(len(self.matchers), vocab_size)
+        self.batch = xgr.BatchGrammarMatcher()  # fills the rows' masks on several threads (large batches)
         self.started = False
+
+    def _live(self) -> list[int]:
+        return [row for row, m in enumerate(self.matchers) if m is not None and not m.is_terminated()]
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         if self.started:
             last = input_ids[:, -1].tolist()
-            for row, matcher in enumerate(self.matchers):
-                if matcher is not None and not matcher.is_terminated() and not matcher.accept_token(last[row]):
+            live = self._live()
+            accepted = self.batch.batch_accept_token([self.matchers[r] for r in live], [last[r] for r in live])
+            for row, ok in zip(live, accepted):
+                if not ok:
                     self.matchers[row] = None  # padding after the row was ended
         self.started = True
-        rows = [row for row, m in enumerate(self.matchers) if m is not None and not m.is_terminated()]
+        rows = self._live()
         if not rows:
             return scores
         self.bitmask.fill_(-1)  # every token allowed, then each constrained row's own mask
-        for row in rows:
-            self.matchers[row].fill_next_token_bitmask(self.bitmask, row)
+        self.batch.batch_fill_next_token_bitmask([self.matchers[r] for r in rows], self.bitmask, indices=rows)
         if scores.device.type == "cuda":
             self._xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
             return scores
