@@ -1,6 +1,6 @@
 """How good are the generated questions: coverage, kinds, self-containment, measured on a generate run.
 
-Usage: ``python benchmarks/question_quality.py RUN_DIR [RUN_DIR ...] [--common] [--examples 10]``
+Usage: ``python benchmarks/question_quality.py RUN_DIR [RUN_DIR ...] [--common] [--curated] [--examples 10]``
 
 Reads each run's ``generate/progress.jsonl`` (the finished chunks, so an interrupted run can be measured
 too) and ``chunks.jsonl``. A chunk is content unless :func:`papertune.generate.content.non_content_reason`
@@ -10,7 +10,9 @@ mix, the share of kept questions that are not self-contained
 (:func:`papertune.generate.questions.context_dependence`), the share opening with "What", and the drop
 reasons; then the targets (at least 90% of content chunks with a pair, at most 3% not self-contained, no
 kind above 40% and at least 5 kinds) and example pairs. ``--common`` keeps only the chunks every run
-finished, so a run with the old prompt and one with the new compare on the same chunks.
+finished, so a run with the old prompt and one with the new compare on the same chunks. ``--curated``
+measures the pairs curate kept (``qa_curated.jsonl``; drop reasons from ``qa_dropped.jsonl``) instead of
+the generated ones.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from papertune.generate.content import non_content_reason
 from papertune.generate.questions import context_dependence, guess_kind
-from papertune.rundir import CHUNKS, GENERATE_PROGRESS
+from papertune.rundir import CHUNKS, GENERATE_PROGRESS, QA_CURATED, QA_DROPPED
 
 
 def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -39,6 +41,26 @@ def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
             if isinstance(row, dict) and row.get("kind") == "chunk":
                 records[row["chunk_id"]] = row
     return records
+
+
+def curated_records(run_dir: Path, records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``records`` with each chunk's pairs replaced by the generated pairs curate kept, and its drops by
+    curate's reasons (augmented copies are left out: they are not the teacher's)."""
+    kept: dict[str, list[dict[str, Any]]] = {c: [] for c in records}
+    dropped: dict[str, Counter[str]] = {c: Counter() for c in records}
+    for name, into in ((QA_CURATED, kept), (QA_DROPPED, None)):
+        path = run_dir / name
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found (run papertune curate first)")
+        with path.open(encoding="utf-8") as fh:
+            for row in map(json.loads, fh):
+                if row.get("augmentation") or row.get("chunk_id") not in records:
+                    continue
+                if into is not None:
+                    into[row["chunk_id"]].append(row)
+                else:
+                    dropped[row["chunk_id"]][row["drop_reason"]] += 1
+    return {c: {**r, "pairs": kept[c], "dropped": dict(dropped[c])} for c, r in records.items()}
 
 
 def read_chunks(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -106,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--common", action="store_true", help="only the chunks every run finished")
+    parser.add_argument("--curated", action="store_true", help="the pairs curate kept, not the generated ones")
     parser.add_argument("--examples", type=int, default=10, help="example pairs to show per run (default 10)")
     args = parser.parse_args(argv)
     runs = [(d.resolve(), read_records(d)) for d in args.run_dirs]
+    if args.curated:
+        runs = [(d, curated_records(d, records)) for d, records in runs]
     os.chdir(Path(__file__).resolve().parent.parent)
     common = set.intersection(*(set(records) for _, records in runs)) if args.common else None
     rows = []

@@ -18,6 +18,7 @@ from papertune.curate.judge import (
     GRADE_SCHEMA,
     GRADE_SYSTEM,
     carried_share,
+    contained,
     content_f1,
     parse_reply,
     quote_match,
@@ -60,7 +61,7 @@ SCRIPT = {
         # An invented quote; the blind answer agrees only loosely, so it does not vouch for the pair.
         grade("LoRA trains exactly two matrices in every layer of the model."), blind("", "two")),
     "By what factor does LoRA cut trainable parameters?": (
-        grade(QUANT), blind(FACTOR, "by a factor of ten thousand")),
+        grade(QUANT), blind("", "by a factor of ten thousand")),
     # A planted wrong answer: the grade quote carries it, but the blind judge answers something else.
     "What does QLoRA quantize the base model to?": (
         grade(FREEZE), blind(QUANT, "4-bit NormalFloat")),
@@ -142,6 +143,26 @@ def test_checks_measure_quotes_and_answers():
     assert content_f1("the pretrained weights", "The pretrained weights.") == 1.0
     assert content_f1("4-bit NormalFloat", "Two low-rank matrices per layer.") == 0.0
     assert 0 < content_f1("two matrices", "Two low-rank matrices per layer.") < 1
+    # A long answer that says what a short blind answer says agrees with it; a one-word blind answer proves nothing.
+    long_answer = "LoRA keeps the pretrained weights frozen, so only two small matrices per layer are trained."
+    assert contained("The pretrained weights are frozen.", long_answer) == 1.0
+    assert content_f1("The pretrained weights are frozen.", long_answer) < 0.6
+    assert contained("LoRA", long_answer) == 0.0
+    assert contained("It trains 8 small matrices per layer.", long_answer) == 0.0  # a number it does not say
+
+
+def test_formulas_do_not_decide_whether_a_quote_is_in_the_chunk():
+    """A judge held to JSON writes LaTeX without its backslashes (``\\int`` as ``int``, ``\\gamma`` as ``γ``, or
+    ``\\(...\\)`` for ``$...$``): the words around the formulas decide; a quote that is only a formula is
+    matched as written."""
+    chunk = (r"KL divergence measures how one distribution $p$ diverges from $q$: $$D_{KL}(p \| q) = \int_x "
+             r"p(x) \log \frac{p(x)}{q(x)} dx$$ Given a MDP $M = (S, A, P, R, \gamma)$ and a relation $B$, two "
+             r"states are equal.")
+    assert quote_match("KL divergence measures how one distribution $p$ diverges from $q$: "
+                       "$$D_{KL}(p || q) = int_x p(x) log p(x) / q(x) dx$$", chunk) == 1.0
+    assert quote_match("Given a MDP \\(M = (S, A, P, R, γ)\\) and a relation \\(B\\), two states are equal.", chunk) == 1.0
+    assert quote_match("Given a MDP and a relation, three states differ.", chunk) < 0.9
+    assert quote_match("$$D_{KL}(p \\| q)$$", chunk) == 1.0  # nothing but a formula: matched as written
 
 
 def test_replies_are_read_against_their_schema():
@@ -284,3 +305,17 @@ def test_a_blind_answer_that_agrees_vouches_for_a_paraphrased_quote():
     assert not off.passed and off.failed == ["quote_not_in_chunk"]
     disagreeing = json.dumps({"quote": "", "answer": "Two small matrices per layer are trained."})
     assert not assess(row, chunk, paraphrase, disagreeing, CurateConfig()).passed
+
+
+def test_a_blind_quote_that_carries_the_answer_backs_the_pair():
+    """A small judge often "quotes" the pair's own answer in its grade reply. The blind reply quotes the chunk
+    without having seen the answer: when that quote is in the chunk and carries the answer, the pair is backed;
+    a blind quote that is in the chunk but says something else backs nothing."""
+    row = {"question": "What does LoRA train?", "answer": "LoRA trains two low-rank matrices per layer."}
+    copied = grade(row["answer"])  # not in the chunk: the judge copied the answer
+    backing = blind(FREEZE, "Two low-rank matrices per layer.")
+    verdict = assess(row, CHUNK["text"], copied, backing, CurateConfig(judge_blind_vouches=0.0))
+    assert verdict.passed, verdict.detail
+    elsewhere = blind(QUANT, "Two low-rank matrices per layer.")  # agrees, but its quote carries nothing
+    verdict = assess(row, CHUNK["text"], copied, elsewhere, CurateConfig(judge_blind_vouches=0.0))
+    assert verdict.failed == ["quote_not_in_chunk"]

@@ -244,6 +244,22 @@ def test_stage_selection():
         pipeline.select_stages("train", "build", None)
 
 
+def test_the_command_keeps_jax_from_taking_the_gpus_memory(monkeypatch):
+    """A GPU stack may install JAX beside torch; initialised by any library, it would take 75% of the GPU's
+    memory (the evaluation's judge ran out of memory that way on an H200). The command line sets JAX's
+    switch before anything runs, and keeps a user's own."""
+    import os
+
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+
+
 def test_every_stage_is_known_through_its_spec():
     from papertune.cli import build_parser
 

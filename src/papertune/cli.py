@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -247,7 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# JAX, where a GPU stack installs it beside torch, takes 75% of the GPU's memory as soon as anything imports and
+# initialises it (a library probing for it is enough); papertune's models need that memory. A user's own
+# setting is kept.
+PROCESS_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in PROCESS_ENV.items():
+        os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)

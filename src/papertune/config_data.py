@@ -255,7 +255,7 @@ class CurateConfig:
     judge_min_score: int = 3  # each rubric score (1-5) at or above this, else dropped
     judge_min_quote_match: float = 0.9  # share of the quote's words found, in runs of 3, in the chunk
     judge_min_quote_support: float = 0.5  # share of the answer's content words in the quote (and all its numbers)
-    judge_min_agreement: float = 0.4  # blind answer vs the pair's answer (content-word F1, or blind quote support)
+    judge_min_agreement: float = 0.4  # blind answer vs the pair's answer (F1, containment, or blind quote support)
     # A blind answer that agrees at least this much with the pair's answer vouches for it when the judge's own
     # quote is paraphrased (quote_not_in_chunk): two readings, one without the answer, found the same (0: off).
     judge_blind_vouches: float = 0.8

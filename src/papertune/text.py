@@ -1,7 +1,8 @@
 """English and text helpers shared by the dataset stages (generate, curate, augment, build).
 
-Words and normalised text, word shingles and their Jaccard similarity (near-duplicate questions), and
-just enough English morphology for the rule-based writers: articles, plurals, verb forms, capitals.
+Words and normalised text, word shingles and their Jaccard similarity (near-duplicate questions), formulas
+found and set aside, and just enough English morphology for the rule-based writers: articles, plurals, verb
+forms, capitals.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ def words(text: str) -> list[str]:
 def normalize(text: str) -> str:
     """Lower-cased words joined by single spaces: punctuation, case and spacing do not matter."""
     return " ".join(w.lower() for w in words(text))
+
+
+# A formula: $$...$$, $...$, \[...\], \(...\) or \begin{env}...\end{env} (a chunk may be cut inside one).
+MATH = re.compile(r"\$\$.+?(?:\$\$|$)|\$[^$\n]+\$|\\\[.+?\\\]|\\\(.+?\\\)|\\begin\{(\w+\*?)\}.+?(?:\\end\{\1\}|$)", re.S)
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+
+
+def without_math(text: str, placeholder: str = " FORMULA ") -> str:
+    """The text with each formula (:data:`MATH`) replaced by ``placeholder``.
+
+    A chunk cut inside a display formula starts with its end ("... \\end{aligned}$$ It follows ...")."""
+    first = text.find("$$")
+    if text.count("$$") % 2 and (r"\end{" in text[:first] or len(_LATEX_COMMAND.findall(text[:first])) >= 3):
+        text = "$$" + text
+    return MATH.sub(placeholder, text)
 
 
 def shingles(text: str, size: int) -> set[str]:

@@ -14,15 +14,18 @@ A pair passes only if every check holds (the detail of a drop names each one tha
 - ``unparseable``: both replies parse (a judge that did not answer keeps nothing; the count is reported);
 - ``rubric``: every rubric score >= ``curate.judge_min_score`` and the verdict is not ``drop``;
 - ``quote_not_in_chunk``: the grade quote is really in the chunk: >= ``curate.judge_min_quote_match`` of its
-  words lie in runs of 3 words found in the chunk (case, punctuation and spacing do not matter), unless the
-  blind answer agrees with the pair's answer >= ``curate.judge_blind_vouches`` (the judge paraphrased its
-  quote, but a reading that never saw the answer found the same one);
+  words lie in runs of 3 words found in the chunk (case, punctuation, spacing and formulas do not matter),
+  unless the blind answer agrees with the pair's answer >= ``curate.judge_blind_vouches`` (the judge
+  paraphrased its quote, but a reading that never saw the answer found the same one);
 - ``quote_without_answer``: the quote carries the answer: >= ``curate.judge_min_quote_support`` of the
   answer's content words (stemmed) are in it, and every number of the answer;
-- ``blind_disagrees``: the blind reply agrees with the pair's answer: the content-word F1 of the two answers,
-  or the share of the pair's answer carried by the blind quote (when that quote is in the chunk), whichever
-  is higher, >= ``curate.judge_min_agreement``. Measured, not asked: a second "same meaning?" call would
-  be one more question a small model answers with yes.
+- both quote checks hold when the blind quote, written without seeing the answer, is in the chunk and carries
+  the answer (small judges often "quote" the pair's own answer in the grade reply);
+- ``blind_disagrees``: the blind reply agrees with the pair's answer, by the highest of: the content-word F1
+  of the two answers, the share of the blind answer's content words the pair's answer says too (a long
+  answer holding a short blind one), or the share of the pair's answer carried by the blind quote (when that
+  quote is in the chunk); >= ``curate.judge_min_agreement``. Measured, not asked: a second "same meaning?"
+  call would be one more question a small model answers with yes.
 
 Replies are cached in ``RUN/curate/judge_cache.jsonl`` by judge model, prompt, chunk and pair, so a rerun
 judges only new or changed pairs (thresholds can change without judging again). A failed request stops the
@@ -46,7 +49,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.jsonreply import first_object
 from papertune.rundir import CURATE_DIR, read_jsonl, write_jsonl_atomic
-from papertune.text import normalize, words
+from papertune.text import normalize, without_math, words
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ RUBRIC = ("answerable", "correct", "self_contained", "useful")
 MAY_BE_LEFT_OUT = frozenset({"verdict"})
 CHECKS = ("unparseable", "rubric", "quote_not_in_chunk", "quote_without_answer", "blind_disagrees")
 QUOTE_RUN_WORDS = 3
+MIN_CONTAINED_WORDS = 3
 
 _SCORE = {"type": "integer", "enum": [1, 2, 3, 4, 5]}
 # Bounded, so a judge that starts copying the whole passage stops (a sentence or two is what is asked).
@@ -145,8 +149,12 @@ def parse_reply(reply: str | None, schema: dict[str, Any]) -> dict[str, Any] | N
 def quote_match(quote: str, chunk: str) -> float:
     """Share of the quote's words that lie in runs of :data:`QUOTE_RUN_WORDS` words found in the chunk
     (a quote shorter than that must appear whole); 0.0 for an empty quote. Case, punctuation and spacing
-    do not matter, and a quote may join sentences of the chunk in any order."""
-    q, c = normalize(quote).split(), normalize(chunk).split()
+    do not matter, and a quote may join sentences of the chunk in any order. Formulas are set aside on both
+    sides (a judge whose reply is held to JSON writes ``\\int_x`` as ``int_x``, ``\\gamma`` as ``γ``): a quote
+    is matched by its words, unless it is nothing but a formula."""
+    q, c = normalize(without_math(quote, " ")).split(), normalize(without_math(chunk, " ")).split()
+    if not q:
+        q, c = normalize(quote).split(), normalize(chunk).split()
     if not q:
         return 0.0
     n = min(QUOTE_RUN_WORDS, len(q))
@@ -172,6 +180,16 @@ def carried_share(answer: str, text: str) -> float:
         return 0.0
     have = set(content_stems(text))
     return sum(t in have for t in tokens) / len(tokens)
+
+
+def contained(blind: str, answer: str) -> float:
+    """Share of the blind answer's content words (stemmed) that the pair's answer says too (0.0 when a number of
+    the blind answer is not in it, or the blind answer has fewer than :data:`MIN_CONTAINED_WORDS` content
+    words: "meta-learning." is in any answer about it). A long answer that says what a short blind one says
+    agrees with it, though their F1 is low."""
+    if len(content_stems(blind)) < MIN_CONTAINED_WORDS:
+        return 0.0
+    return carried_share(blind, answer)
 
 
 def content_f1(a: str, b: str) -> float:
@@ -216,7 +234,7 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
     support = carried_share(row["answer"], grade["quote"])
     blind_match = quote_match(blind["quote"], chunk)
     blind_support = carried_share(row["answer"], blind["quote"]) if blind_match >= cfg.judge_min_quote_match else 0.0
-    agreement = max(content_f1(blind["answer"], row["answer"]), blind_support)
+    agreement = max(content_f1(blind["answer"], row["answer"]), blind_support, contained(blind["answer"], row["answer"]))
 
     failed, why = [], []
     low = [f"{k} {v}" for k, v in scores.items() if v < cfg.judge_min_score]
@@ -226,8 +244,12 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
         why.append("rubric: " + ", ".join(low + (["verdict drop"] if dropped else []))
                    + f" (curate.judge_min_score={cfg.judge_min_score})")
     quoted = match >= cfg.judge_min_quote_match
+    # The blind reply's quote, written without seeing the answer, is the stronger evidence when it holds it.
+    blind_quoted = blind_support >= cfg.judge_min_quote_support
     vouched = not quoted and 0 < cfg.judge_blind_vouches <= agreement
-    if not quoted and not vouched:
+    if blind_quoted:
+        pass
+    elif not quoted and not vouched:
         failed.append("quote_not_in_chunk")
         why.append(f"quote_not_in_chunk: {match:.2f} of the quote {_excerpt(grade['quote'])} is in the chunk "
                    f"(curate.judge_min_quote_match={cfg.judge_min_quote_match:g})")

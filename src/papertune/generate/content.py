@@ -13,6 +13,7 @@ import re
 
 from papertune.generate.base import STOPWORDS
 from papertune.ingest.segment import split_sentences
+from papertune.text import MATH, without_math
 
 SKIP_REASONS = ("references", "acknowledgments", "authors", "front_matter", "links", "numbers_table", "formulas",
                 "no_prose")
@@ -26,7 +27,6 @@ PROSE_MIN_LOWERCASE = 0.5
 PROSE_MIN_FUNCTION_WORDS = 0.1
 
 _WORD = re.compile(r"\S+")
-_MATH = re.compile(r"\$\$.+?(?:\$\$|$)|\$[^$\n]+\$|\\\[.+?\\\]|\\begin\{(\w+\*?)\}.+?(?:\\end\{\1\}|$)", re.S)
 _HEADING_REASONS = (
     ("references", re.compile(r"^(?:[0-9]+\.?|[IVX]+\.)?\s*(?:references?|bibliography|works cited|citations?|"
                               r"literature cited|reference list)\s*:?$", re.I)),
@@ -53,7 +53,6 @@ _AFFILIATION = re.compile(r"\b(?:University|Universität|Université|Institute|I
                           r"Anthropic|NVIDIA|Equal contribution|Corresponding author)\b")
 _FRONT_MATTER = re.compile(r"\barXiv:\s*\d{4}\.\d{4,5}|\bPreprint\b|\bUnder review\b|\bCopyright\b|©|"
                            r"\bAll rights reserved\b|\bLicensed under\b|\bPermission to make\b|\bProceedings of\b", re.I)
-_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _LABELLED_FIELD = re.compile(r"(?:^|[;.]\s)[A-Z][\w /()-]{1,40}: [^;]{1,80};")
 _URL = re.compile(r"\bhttps?://\S+|\bwww\.\S+")
 _NUMBER = re.compile(r"^[-+±(]?[$€]?\d[\d.,:/x×%±()-]*[%)]?[,;]?$")
@@ -67,16 +66,6 @@ def _is_prose(sentence: str) -> bool:
     lowercase = sum(w[0].islower() for w in words)
     function_words = sum(w.lower() in STOPWORDS for w in words)
     return lowercase / len(words) >= PROSE_MIN_LOWERCASE and function_words / len(words) >= PROSE_MIN_FUNCTION_WORDS
-
-
-def without_math(text: str) -> str:
-    """The text with each formula ($...$, $$...$$, \\[...\\], \\begin{...}...\\end{...}) replaced by "FORMULA".
-
-    A chunk cut inside a display formula starts with its end ("... \\end{aligned}$$ It follows ...")."""
-    first = text.find("$$")
-    if text.count("$$") % 2 and (r"\end{" in text[:first] or len(_LATEX_COMMAND.findall(text[:first])) >= 3):
-        text = "$$" + text
-    return _MATH.sub(" FORMULA ", text)
 
 
 def prose_sentences(text: str, segmenter: str = "nupunkt") -> list[str]:
@@ -123,7 +112,7 @@ def non_content_reason(text: str, section: str | None = None, segmenter: str = "
         return "front_matter"
     if len(_URL.findall(text)) >= 2:
         return "links"
-    formulas = sum(len(m.group(0)) for m in _MATH.finditer(text))
+    formulas = sum(len(m.group(0)) for m in MATH.finditer(text))
     if formulas * 2 >= len(text):
         return "formulas"
     if sum(bool(_NUMBER.match(w)) for w in words) / len(words) >= 0.3:
