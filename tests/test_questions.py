@@ -232,6 +232,26 @@ def test_real_looking_replies_parse_with_their_kinds_and_latex():
     assert parse_pairs(cut) == [("What is $\\beta$ in beta-VAE?", "$\\beta = 4$ works.", "quantitative")]
 
 
+def test_latex_a_json_constrained_teacher_left_out_is_put_back_from_the_chunk():
+    """A reply held to JSON cannot write "\\mathbf" (no "\\m" escape), so the real 1.5B teacher wrote
+    ``$P(hat{y}_i | mathbf{x}_i)$``. The backslashes the chunk writes are put back, inside formulas only."""
+    chunk = (r"The base learner outputs a probability distribution: $P(\hat{y}_i \vert \mathbf{x}_i) = "
+             r"g_\phi(\mathbf{x}_i)$ and the loss is the cross-entropy $\mathcal{L} = -\log g_\phi$. "
+             r"The mathbf command in plain prose is left alone, as is the word log.")
+    reply = json.dumps({"pairs": [{
+        "kind": "mechanism",
+        "question": "How does the base learner output $P(hat{y}_i | mathbf{x}_i)$?",
+        "answer": "It outputs $P(hat{y}_i | mathbf{x}_i) = g_{phi}(mathbf{x}_i)$ and its loss is $mathcal{L} = -log "
+                  "g_phi$, the log of the base learner's output.",
+    }]})
+    result = pairs_from_reply(reply, Grounding(chunk), 5, 0.3)
+    assert result.dropped == {}, result.dropped
+    question, answer = result.pairs[0]["question"], result.pairs[0]["answer"]
+    assert question == r"How does the base learner output $P(\hat{y}_i | \mathbf{x}_i)$?"
+    assert answer == (r"It outputs $P(\hat{y}_i | \mathbf{x}_i) = g_{\phi}(\mathbf{x}_i)$ and its loss is "
+                      r"$\mathcal{L} = -\log g_\phi$, the log of the base learner's output.")
+
+
 def test_worked_examples_show_different_kinds_and_question_forms():
     pairs = [p for example in EXAMPLES for p in example[3]]
     kinds = Counter(p["kind"] for p in pairs)

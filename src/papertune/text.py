@@ -54,6 +54,24 @@ def without_math(text: str, placeholder: str = " FORMULA ") -> str:
     return MATH.sub(placeholder, text)
 
 
+_BARE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+
+
+def restore_latex(text: str, source: str) -> str:
+    """``text`` with the backslash put back on each LaTeX command, inside its formulas, that ``source`` writes
+    with one (``$mathbf{x}$`` -> ``$\\mathbf{x}$`` where the source has ``\\mathbf``). A model whose reply is held
+    to JSON cannot write ``\\m`` (no JSON escape) and leaves the backslash out."""
+    commands = set(_LATEX_COMMAND.findall(source))
+    if not commands:
+        return text
+
+    def mend(formula: re.Match[str]) -> str:
+        return _BARE_WORD.sub(lambda w: "\\" + w.group(0) if "\\" + w.group(0) in commands else w.group(0),
+                              formula.group(0))
+
+    return MATH.sub(mend, text)
+
+
 def shingles(text: str, size: int) -> set[str]:
     """Word ``size``-grams of the normalised text; a text shorter than ``size`` is one shingle, one
     without any word has none."""

@@ -64,6 +64,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
+from papertune.text import restore_latex
 
 log = logging.getLogger(__name__)
 
@@ -320,15 +321,17 @@ def pairs_from_reply(
         return result
     kept = []
     for pair in parsed:
-        answer = finish_answer(pair.answer, segmenter)
-        reason = check_pair(pair.question, answer, grounding, min_support, known_words)
-        kind = normalise_kind(pair.kind, pair.question, answer)
+        # Replies held to JSON lose LaTeX backslashes (no "\\m" escape): put back those the chunk writes.
+        question = restore_latex(pair.question, grounding.clean_text)
+        answer = finish_answer(restore_latex(pair.answer, grounding.clean_text), segmenter)
+        reason = check_pair(question, answer, grounding, min_support, known_words)
+        kind = normalise_kind(pair.kind, question, answer)
         if reason is None and kind is None:
             reason = "bad_kind"
         if reason:
             result.dropped[reason] += 1
             continue
-        kept.append((finish_question(pair.question), answer, kind))
+        kept.append((finish_question(question), answer, kind))
     take_pairs(kept, limit, result)
     return result
 
