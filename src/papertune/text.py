@@ -7,7 +7,9 @@ forms, capitals.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 
 # English function words: they carry no content, so overlap and support are measured on the other words.
 STOPWORDS = frozenset(
@@ -32,6 +34,20 @@ _WORD_RE = re.compile(r"\w+(?:[-'’.]\w+)*")
 def words(text: str) -> list[str]:
     """The words of ``text`` (letters/digits, with inner hyphens, apostrophes and dots: "fine-tuning", "3.5")."""
     return _WORD_RE.findall(text)
+
+
+@functools.cache
+def stemmer() -> Callable[[str], str]:
+    """NLTK's Porter stemmer, memoised per word."""
+    from nltk.stem.porter import PorterStemmer
+
+    return functools.lru_cache(maxsize=65536)(PorterStemmer().stem)
+
+
+def content_stems(text: str) -> list[str]:
+    """Stems of the content words of ``text`` (stopwords left out; numbers kept)."""
+    stem = stemmer()
+    return [stem(w) for w in (w.lower() for w in words(text)) if w not in STOPWORDS]
 
 
 def normalize(text: str) -> str:

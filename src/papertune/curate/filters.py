@@ -7,7 +7,6 @@ handed in by the stage (:mod:`papertune.curate.judge`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,7 +15,7 @@ from papertune.generate.questions import context_dependence
 from papertune.index import embed_texts
 from papertune.injection import looks_injected, separate_injected
 from papertune.rundir import CHUNKS
-from papertune.text import STOPWORDS, jaccard, normalize, shingles, words
+from papertune.text import content_stems, jaccard, normalize, shingles, stemmer, words
 
 REASONS = (
     "injection",
@@ -46,23 +45,10 @@ class Verdict(Protocol):
 Judge = Callable[[list[dict[str, Any]], dict[str, str]], list[Verdict]]
 
 
-@functools.cache
-def _stemmer() -> Callable[[str], str]:
-    from nltk.stem.porter import PorterStemmer
-
-    return functools.lru_cache(maxsize=65536)(PorterStemmer().stem)
-
-
-def content_stems(text: str) -> list[str]:
-    """Stems of the content words of ``text`` (stopwords left out; numbers kept)."""
-    stem = _stemmer()
-    return [stem(w) for w in (w.lower() for w in words(text)) if w not in STOPWORDS]
-
-
 def overlap_support(answer: str, chunk_text: str) -> float:
     """Share of the answer's content words (stemmed) that occur in the chunk; all words if none is content."""
-    chunk = set(content_stems(chunk_text)) | {_stemmer()(w.lower()) for w in words(chunk_text)}
-    tokens = content_stems(answer) or [_stemmer()(w.lower()) for w in words(answer)]
+    chunk = set(content_stems(chunk_text)) | {stemmer()(w.lower()) for w in words(chunk_text)}
+    tokens = content_stems(answer) or [stemmer()(w.lower()) for w in words(answer)]
     if not tokens:
         return 0.0
     return sum(t in chunk for t in tokens) / len(tokens)

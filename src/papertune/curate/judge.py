@@ -44,12 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from papertune.config import CurateConfig, LLMConfig
-from papertune.curate.filters import content_stems
 from papertune.ingest.chunk import get_token_counter
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.jsonreply import first_object
 from papertune.rundir import CURATE_DIR, read_jsonl, write_jsonl_atomic
-from papertune.text import normalize, without_math, words
+from papertune.text import content_stems, normalize, without_math, words
 
 log = logging.getLogger(__name__)
 

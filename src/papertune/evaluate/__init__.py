@@ -22,7 +22,7 @@ Modules: :mod:`.stage` (``run``), :mod:`.sets`, :mod:`.metrics`, :mod:`.judge`, 
 """
 
 from papertune.chat import strip_citations
-from papertune.evaluate.judge import judge_conversation, parse_judge_reply
+from papertune.evaluate.judge import judge_conversation, parse_judge_reply, reference_agreement
 from papertune.evaluate.metrics import (
     ANSWER_METRICS,
     GROUPS,
@@ -45,5 +45,6 @@ from papertune.evaluate.stage import EVAL_DIR, SPEC, generate_answers, run
 __all__ = ["ANSWER_METRICS", "EVAL_DIR", "GROUPS", "MODELS", "QUESTION_SETS", "SPEC", "System",
            "aggregate_loss", "citation_correct", "content_words", "embedding_cosines", "exact_match",
            "example_losses", "generate_answers", "judge_conversation", "load_question_sets", "load_test_split",
-           "normalize_answer", "parse_judge_reply", "passage_contains", "recall_at_k", "rouge_l", "run",
+           "normalize_answer", "parse_judge_reply", "passage_contains", "recall_at_k", "reference_agreement",
+           "rouge_l", "run",
            "strip_citations", "systems_for", "token_f1"]

@@ -4,20 +4,29 @@
 The judge sees the question, the reference answer, the question's source chunk and the answer as the
 system gave it. Its instructions say that "[n]" citation markers neither add nor take away, and that an
 answer which declines (says the passages do not contain the answer) is wrong, as every graded question is
-answerable from its source. A correctness of 4 or more counts as a correct answer (``judge_correct``).
+answerable from its source.
+
+A small judge calls almost any fluent answer correct: on 30 answers of a model-scale run read by hand,
+Qwen2.5-Coder-1.5B gave 4 or more to 10 of the 16 wrong ones. So its score is not taken alone: an answer is
+correct (``judge_correct``) when the judge gives 4 or more AND the answer says what the reference says beyond
+the question (:func:`reference_agreement` >= ``evaluate.judge_min_agreement``), which a generic answer that
+only repeats the question's terms does not.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from papertune.chat import strip_citations
 from papertune.config import PapertuneConfig
 from papertune.evaluate.metrics import JUDGE_CORRECT_AT
 from papertune.jsonreply import json_values
 from papertune.rundir import read_chunks
+from papertune.text import content_stems, words
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,30 @@ def parse_judge_reply(reply: str | None) -> dict[str, float] | None:
     return found
 
 
+def _numbers(text: str) -> set[str]:
+    """The words with a digit, but lone digits ("1" is in too many formulas to tell anything)."""
+    return {w.lower() for w in words(text) if any(ch.isdigit() for ch in w) and len(w) > 1}
+
+
+def reference_agreement(question: str, reference: str, answer: str) -> float:
+    """How much of what the reference says beyond the question the answer says too: the F1 of their content
+    words (stemmed) once the question's are left out, or 1.0 when the answer gives numbers (not lone digits)
+    the question does not and the reference holds every one ("0.1" for "s = 0.1"). Citation markers ([1]) are
+    not words."""
+    answer = strip_citations(answer)
+    given = _numbers(answer) - _numbers(question)
+    if given and given <= _numbers(reference):
+        return 1.0
+    asked = set(content_stems(question))
+    ref = Counter(t for t in content_stems(reference) if t not in asked and len(t) > 1)  # "x", "1": formula bits
+    ans = Counter(t for t in content_stems(answer) if t not in asked and len(t) > 1)
+    common = sum((ref & ans).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(ans.values()), common / sum(ref.values())
+    return 2 * precision * recall / (precision + recall)
+
+
 def chunk_texts(run_dir: Path, chunk_ids: set[str]) -> dict[str, str]:
     """The text of each chunk of ``RUN/chunks.jsonl`` whose id is in ``chunk_ids`` (none without the file)."""
     path = run_dir / "chunks.jsonl"
@@ -116,11 +149,15 @@ def judge_answers(config: PapertuneConfig, run_dir: Path, answer_rows: list[dict
         if parsed is None:
             unparseable[a["system"]] += 1
             continue
+        agreement = reference_agreement(a["question"], a["reference"], a["answer"])
         a["scores"]["judge_correctness"] = parsed["correctness"]
         a["scores"]["judge_groundedness"] = parsed["groundedness"]
-        a["scores"]["judge_correct"] = float(parsed["correctness"] >= JUDGE_CORRECT_AT)
+        a["scores"]["reference_agreement"] = agreement
+        a["scores"]["judge_correct"] = float(parsed["correctness"] >= JUDGE_CORRECT_AT
+                                             and agreement >= config.evaluate.judge_min_agreement)
     for system, bad in unparseable.items():
         if bad:
             log.warning("evaluate: the judge's reply could not be parsed for %d %s answers", bad, system)
-    return {"model": cfg.model, "backend": cfg.backend, "correct_at": JUDGE_CORRECT_AT, "unparseable": unparseable,
+    return {"model": cfg.model, "backend": cfg.backend, "correct_at": JUDGE_CORRECT_AT,
+            "min_agreement": config.evaluate.judge_min_agreement, "unparseable": unparseable,
             "passages_found": len({a["chunk_id"] for a in answer_rows if a.get("chunk_id") in passages})}
