@@ -284,6 +284,11 @@ def test_answers_are_trimmed_to_three_sentences_and_fragments_are_caught():
     assert finish_answer("LoRA freezes the weights") == "LoRA freezes the weights."
     assert finish_answer("Ho et al. (2020) use 1,000 steps. Fewer steps hurt.") == (
         "Ho et al. (2020) use 1,000 steps. Fewer steps hurt.")
+    # Cut off mid-sentence (a JSON-constrained reply ends its string at a '"' copied from the chunk): the
+    # unfinished sentence is left out, and an answer that is nothing else becomes "" (dropped as a fragment).
+    assert finish_answer("Two retrievers are common. The first depends on the classic TF-IDF features (") == (
+        "Two retrievers are common.")
+    assert finish_answer("The Wasserstein metric has a dual form according to the Kantorovich duality:") == ""
     for fragment in ("training a model on a dataset", "by adding noise to the input.", "to reduce overfitting.",
                      "Yes.", "8"):
         assert is_fragment(fragment), fragment

@@ -230,11 +230,20 @@ def looks_like_question(text: str) -> bool:
 MAX_ANSWER_SENTENCES = 3
 
 
+# An answer ending on one of these was cut off mid-sentence: a JSON-constrained reply ends its string at the
+# first '"' the model copies from the chunk ('features ("classic IR")' becomes 'features (').
+UNFINISHED_ENDINGS = ("(", "[", "{", ":", ",", ";", "-", "—", "=")
+
+
 def finish_answer(answer: str, segmenter: str = "nupunkt") -> str:
     """The answer tidied, without repeated sentences, cut to its first :data:`MAX_ANSWER_SENTENCES`
-    sentences, ending with a full stop where it ended with none."""
+    sentences, ending with a full stop where it ended with none. A last sentence cut off mid-way
+    (:data:`UNFINISHED_ENDINGS`) is left out ("" when it was the only one: the pair is then dropped)."""
     answer = without_repeats(tidy(answer))
     sentences = split_sentences(answer, segmenter) if answer else []
+    if sentences and sentences[-1].rstrip().endswith(UNFINISHED_ENDINGS):
+        sentences = sentences[:-1]
+        answer = " ".join(sentences)
     if len(sentences) > MAX_ANSWER_SENTENCES:
         answer = " ".join(sentences[:MAX_ANSWER_SENTENCES])
     if answer and answer[-1].isalnum():
