@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # RAFT vs closed-book at model scale, one GPU: the 1.5B teacher writes pairs from a real corpus, the 0.5B student
-# is fine-tuned closed-book and RAFT (build.mode), and both are evaluated four ways (base/tuned x closed-book/
-# retrieval) on the test split, held-out documents and outside documents, with the 1.5B as judge
-# (benchmarks/raft_gpu.yaml). Each step fits one GPU call; run them in order while the machine is held:
+# is fine-tuned closed-book, RAFT (build.mode) and RAFT with distractors as retrieval returns them
+# (build.raft_distractors: retrieved, the run directory raft_retrieved), and each is evaluated four ways
+# (base/tuned x closed-book/retrieval) on the test split, held-out documents and outside documents, with the
+# 1.5B as judge (benchmarks/raft_gpu.yaml). Each step fits one GPU call; run them in order while the machine
+# is held:
 #   bash benchmarks/gpu_raft.sh teach      # generate + curate + build (both modes)
 #   bash benchmarks/gpu_raft.sh train      # train both students
 #   bash benchmarks/gpu_raft.sh evaluate   # four-way evaluation of both, then the table
@@ -21,6 +23,13 @@ W=/tmp/raft
 CFG=benchmarks/raft_gpu.yaml
 step=${1:?usage: gpu_raft.sh teach|train|evaluate}
 pt() { python3 -m papertune "$@"; }
+# settings MODE: the build settings of each student's run directory.
+settings() {
+  case $1 in
+    raft_retrieved) echo "--set build.mode=raft --set build.raft_distractors=retrieved" ;;
+    *) echo "--set build.mode=$1" ;;
+  esac
+}
 # timed NAME LOG COMMAND...: COMMAND's output to $OUT/LOG, its wall time appended to $OUT/times.txt; stops on failure.
 timed() {
   local name=$1 log=$2; shift 2
@@ -34,31 +43,35 @@ case $step in
     for stage in generate curate augment; do
       timed "$stage" "$stage.log" pt $stage --config $CFG --run-dir $W/teach ${TEACH_ARGS:-}
     done
-    for mode in closed_book raft; do
+    for mode in closed_book raft raft_retrieved; do
       cp -r $W/teach $W/$mode
-      timed "build $mode" "build_$mode.log" pt build --config $CFG --run-dir $W/$mode --set build.mode=$mode
+      timed "build $mode" "build_$mode.log" pt build --config $CFG --run-dir $W/$mode $(settings $mode)
       cp $W/$mode/build/report.json "$OUT/build_$mode.json"
     done
     cp $W/teach/generate/report.json "$OUT/generate.json"; cp $W/teach/curate/report.json "$OUT/curate.json"
-    # One archive: the machine returns only a limited number of files from $OUT.
-    tar czf "$OUT/pairs.tgz" -C $W/teach qa.jsonl qa_curated.jsonl qa_dropped.jsonl generate/progress.jsonl
+    tar czf "$OUT/pairs.tgz" -C $W/teach qa.jsonl qa_curated.jsonl qa_dropped.jsonl generate/progress.jsonl \
+      generate/report.json curate/report.json curate/judge_cache.jsonl
     ;;
   train)
-    for mode in closed_book raft; do
-      timed "train $mode" "train_$mode.log" pt train --config $CFG --run-dir $W/$mode --set build.mode=$mode ${TRAIN_ARGS:-}
+    for mode in closed_book raft raft_retrieved; do
+      timed "train $mode" "train_$mode.log" pt train --config $CFG --run-dir $W/$mode $(settings $mode) ${TRAIN_ARGS:-}
       cp $W/$mode/train/report.json "$OUT/train_$mode.json"
     done
     ;;
   evaluate)
     # The base model's four-way figures come from the raft run; the closed-book run adds its tuned model.
-    for mode in raft closed_book; do
-      extra=(); [ $mode = closed_book ] && extra=(--set evaluate.base=false)
-      timed "evaluate $mode" "evaluate_$mode.log" pt evaluate --config $CFG --run-dir $W/$mode --set build.mode=$mode \
+    for mode in raft closed_book raft_retrieved; do
+      extra=(); [ $mode != raft ] && extra=(--set evaluate.base=false)
+      timed "evaluate $mode" "evaluate_$mode.log" pt evaluate --config $CFG --run-dir $W/$mode $(settings $mode) \
         "${extra[@]}" ${EVAL_ARGS:-}
       mkdir -p "$OUT/eval_$mode" && cp $W/$mode/eval/*.json $W/$mode/eval/*.jsonl $W/$mode/eval/*.md $W/$mode/eval/*.png "$OUT/eval_$mode/" 2>/dev/null
     done
-    python3 benchmarks/raft_table.py "$OUT/eval_raft/metrics.json" "$OUT/eval_closed_book/metrics.json"
+    python3 benchmarks/raft_table.py "$OUT/eval_raft/metrics.json" "$OUT/eval_closed_book/metrics.json" \
+      "$OUT/eval_raft_retrieved/metrics.json"
     ;;
   *) echo "unknown step $step (teach|train|evaluate)"; exit 2 ;;
 esac
 cat "$OUT/times.txt" 2>/dev/null
+# One archive per step: the machine returns only a few files from $OUT.
+(cd "$OUT" && find . -mindepth 1 -maxdepth 1 ! -name '*.tgz' -printf '%P\n' | tar czf "$step.tgz" -T - \
+  && find . -mindepth 1 -maxdepth 1 ! -name '*.tgz' -exec rm -rf {} +)

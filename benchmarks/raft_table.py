@@ -1,10 +1,13 @@
 """The four-way table of benchmarks/gpu_raft.sh: RAFT and closed-book students side by side, per question set.
 
-Usage: ``python benchmarks/raft_table.py RAFT_RUN/eval/metrics.json CLOSED_BOOK_RUN/eval/metrics.json``
+Usage: ``python benchmarks/raft_table.py RAFT_RUN/eval/metrics.json CLOSED_BOOK_RUN/eval/metrics.json
+[RAFT_RETRIEVED_RUN/eval/metrics.json]``
 
 Rows: base closed-book and base + retrieval (from the RAFT run: the same base model and questions), the
-closed-book-trained student closed-book and with retrieval, the RAFT student closed-book and with retrieval.
-Columns per answerable set (test split, held-out documents): judged correct (judge correctness >= 4 of 5),
+closed-book-trained student closed-book and with retrieval, the RAFT student closed-book and with retrieval,
+and, given a third file, the RAFT student trained with ``build.raft_distractors: retrieved``.
+Columns per answerable set (test split, held-out documents): judged correct (``judge_correct``: the judge's
+4 of 5 or more, backed by the reference's words; see ``papertune.evaluate.judge``),
 token F1, citation accuracy and decline rate; recall@k of retrieval; and on documents outside the index, the
 decline rate (there declining is right). Then the issue's targets on held-out documents.
 """
@@ -20,7 +23,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def main(raft_path: str, closed_path: str) -> int:
+def main(raft_path: str, closed_path: str, retrieved_path: str | None = None) -> int:
     raft = json.loads(Path(raft_path).read_text(encoding="utf-8"))
     closed = json.loads(Path(closed_path).read_text(encoding="utf-8"))
     rows = [
@@ -31,6 +34,10 @@ def main(raft_path: str, closed_path: str) -> int:
         ("RAFT student, closed-book", raft, "tuned_closed_book"),
         ("RAFT student + retrieval", raft, "tuned_retrieval"),
     ]
+    if retrieved_path:
+        retrieved = json.loads(Path(retrieved_path).read_text(encoding="utf-8"))
+        rows += [("RAFT student (retrieved distractors), closed-book", retrieved, "tuned_closed_book"),
+                 ("RAFT student (retrieved distractors) + retrieval", retrieved, "tuned_retrieval")]
     sets = [s for s in ("test", "heldout") if s in raft.get("results", {})]
     header = ["system"]
     for s in sets:
@@ -83,6 +90,6 @@ def main(raft_path: str, closed_path: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*sys.argv[1:]))

@@ -362,6 +362,52 @@ def test_raft_source_share_targets_and_random_fill():
     assert raft_target("It is NF4.", 0, "answer") == "It is NF4."
 
 
+class _Ranked:
+    """A retriever that ranks chunks in a fixed order and honours what it is told to leave out."""
+
+    def __init__(self, chunks: dict[str, dict], order: list[str]) -> None:
+        self.ids, self.chunks, self.order = list(chunks), chunks, order
+
+    def search_many(self, queries, k=None, *, exclude_ids=None, exclude_sources=None):
+        from types import SimpleNamespace
+
+        return [[SimpleNamespace(chunk_id=cid) for cid in self.order
+                 if cid not in ids and self.chunks[cid]["source"] not in sources][:k]
+                for _, ids, sources in zip(queries, exclude_ids, exclude_sources)]
+
+
+def test_raft_distractors_as_retrieved_come_from_the_source_document_but_never_hold_the_answer():
+    """``retrieved`` mirrors what the model sees when it answers (the source's neighbours rank first); a
+    neighbour that says the answer too is passed over and counted. ``other_documents`` never shows them."""
+    from papertune.config import BuildConfig
+    from papertune.raft import assign_passages, holds_answer
+    from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
+
+    texts = {
+        "a.md#0": "LoRA freezes the pretrained weights and trains two low-rank matrices per layer.",
+        "a.md#1": "In short, LoRA keeps pretrained weights frozen and trains two low-rank matrices in each layer.",
+        "a.md#2": "The rank of the matrices is a hyperparameter chosen on a validation set.",
+        "b.md#0": "Dropout randomly zeroes activations during training.",
+        "b.md#1": "Batch normalization rescales activations per mini-batch.",
+    }
+    chunks = {cid: {"id": cid, "source": cid.split("#")[0], "text": text} for cid, text in texts.items()}
+    row = {"id": "q", "question": "What does LoRA train?", "answer": "Two low-rank matrices per layer.",
+           "chunk_id": "a.md#0", "source": "a.md"}
+    assert holds_answer(texts["a.md#1"], row["answer"]) and not holds_answer(texts["a.md#2"], row["answer"])
+    near = NearDuplicates(list(texts.values()), SAME_TEXT_THRESHOLD)
+    retriever = _Ranked(chunks, ["a.md#1", "a.md#2", "b.md#0", "b.md#1"])
+    picked = {}
+    for mode in ("retrieved", "other_documents"):
+        cfg = BuildConfig(raft_source_share=1.0, raft_distractors=mode)
+        (passages,), stats = assign_passages([row], ["train"], chunks, near, {}, retriever, cfg, 3)
+        assert passages.passage_ids[passages.source_passage - 1] == "a.md#0"
+        picked[mode] = set(passages.passage_ids) - {"a.md#0"}
+        assert stats["distractors"] == mode
+        assert stats["passed_over_holding_the_answer"] == (mode == "retrieved")
+    assert picked["retrieved"] == {"a.md#2", "b.md#0"}
+    assert picked["other_documents"] == {"b.md#0", "b.md#1"}
+
+
 def test_raft_rows_over_the_length_limit_are_dropped_and_counted(tmp_path: Path, monkeypatch, caplog):
     from helpers import bag_of_words
 

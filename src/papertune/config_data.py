@@ -330,12 +330,15 @@ class BuildConfig:
     num_proc: int = marked(SPEED_ONLY, 2)
     leakage_threshold: float = 0.8  # near-duplicate questions (Jaccard of word 3-shingles) across the split
     # closed_book: the question alone. raft: the question after retrieval.top_k passages (RAFT): the pair's
-    # source chunk (in raft_source_share of the examples) among distractors retrieved from other documents,
+    # source chunk (in raft_source_share of the examples) among distractors retrieved for the question,
     # and an answer citing the source as [n]; without the source, the answer is chat.ABSTAIN (abstain) or
-    # the answer uncited (answer, as in the RAFT paper).
+    # the answer uncited (answer, as in the RAFT paper). raft_distractors: other_documents (never the
+    # source's document) or retrieved (any document, as retrieval answers, leaving out chunks that hold the
+    # answer; papertune.raft).
     mode: Literal["closed_book", "raft"] = "closed_book"
     raft_source_share: float = 0.8
     raft_without_source: Literal["abstain", "answer"] = "abstain"
+    raft_distractors: Literal["other_documents", "retrieved"] = "other_documents"
     # Documents kept out of training, evaluated apart (a seeded draw of document names, shares of the
     # documents with pairs): heldout ones stay in the retrieval index, outside ones are left out of it too
     # (their questions test abstention).

@@ -7,10 +7,12 @@ the same) its source chunk is one of them, at a random position, and the target 
 (``raft_without_source: abstain``) or the plain answer (``answer``).
 
 Distractors are hard negatives: the chunks :class:`papertune.retrieval.Retriever` ranks highest for the
-question, from other documents only (nor from a file holding the same text as the source's document),
-never near-duplicates of the source chunk or of each other, never a chunk of a held-out or outside
+question, never near-duplicates of the source chunk or of each other, never a chunk of a held-out or outside
 document (the retriever leaves those out) and, for a train pair, never a chunk of a test pair nor a
-near-duplicate of one. When retrieval finds too few, seeded random eligible chunks fill the
+near-duplicate of one. ``build.raft_distractors`` says which documents they come from: ``other_documents``
+(not the source's, nor a file holding the same text), or ``retrieved`` (any, as retrieval hands passages
+to the model when it answers: mostly the source's neighbours), then leaving out every chunk that holds
+the answer (:func:`holds_answer`). When retrieval finds too few, seeded random eligible chunks fill the
 prompt and are counted.
 """
 
@@ -21,10 +23,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from papertune.split import NearDuplicates
 from papertune.chat import ABSTAIN, cited_answer
 from papertune.config import BuildConfig
 from papertune.errors import InputError
+from papertune.split import NearDuplicates
+from papertune.text import content_stems, words
 
 _SEARCH_BATCH = 256  # questions scored at once (each holds a score per chunk and ranker)
 
@@ -43,6 +46,22 @@ def raft_target(answer: str, source_passage: int, without_source: str) -> str:
     if source_passage:
         return cited_answer(answer, source_passage)
     return ABSTAIN if without_source == "abstain" else answer
+
+
+# A chunk holding this share of an answer's content words (stemmed), and all its numbers, holds the answer.
+HOLDS_ANSWER = 0.6
+
+
+def holds_answer(chunk_text: str, answer: str) -> bool:
+    """Whether a chunk says what the answer says (it would be no distractor for the question)."""
+    numbers = {w for w in words(answer) if any(ch.isdigit() for ch in w)}
+    if numbers - set(words(chunk_text)):
+        return False
+    stems = content_stems(answer)
+    if not stems:
+        return False
+    have = set(content_stems(chunk_text))
+    return sum(t in have for t in stems) / len(stems) >= HOLDS_ANSWER
 
 
 def _near_ids(chunk_id: str, position: dict[str, int], ids: list[str], near: NearDuplicates) -> set[str]:
@@ -72,6 +91,7 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
     for cid in test_chunks:
         banned_for_train |= _near_ids(cid, position, ids, near)
 
+    other_documents = cfg.raft_distractors == "other_documents"
     rngs = [random.Random(f"{cfg.seed}:raft:{row['id']}") for row in rows]
     with_source = [rng.random() < cfg.raft_source_share for rng in rngs]
     exclude_ids: list[Collection[str]] = []
@@ -81,7 +101,7 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
         banned = {cid} | _near_ids(cid, position, ids, near)
         exclude_ids.append(banned | banned_for_train if side == "train" else banned)
         source = chunks[cid].get("source")
-        exclude_sources.append({source} | twins.get(source, frozenset()))
+        exclude_sources.append({source} | twins.get(source, frozenset()) if other_documents else set())
     hits: list[list[Any]] = []
     for start in range(0, len(rows), _SEARCH_BATCH):
         end = start + _SEARCH_BATCH
@@ -90,6 +110,7 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
                                       exclude_ids=exclude_ids[start:end], exclude_sources=exclude_sources[start:end])
 
     fallbacks = short_rows = 0
+    holding: set[str] = set()  # chunks passed over because they hold a pair's answer
     out: list[RaftPassages] = []
     for i, row in enumerate(rows):
         rng, need = rngs[i], top_k - 1 if with_source[i] else top_k
@@ -100,23 +121,33 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
             distractors.append(cid)
             repeats.update(_near_ids(cid, position, ids, near))
 
+        def fits(cid: str) -> bool:
+            if cid in repeats:
+                return False
+            # A chunk of the source's own document may say the answer too: then it is no distractor.
+            if not other_documents and holds_answer(chunks[cid]["text"], row["answer"]):
+                holding.add(cid)
+                return False
+            return True
+
         for passage in hits[i]:
-            if len(distractors) < need and passage.chunk_id not in repeats:
+            if len(distractors) < need and fits(passage.chunk_id):
                 take(passage.chunk_id)
         if len(distractors) < need:
             pool = [cid for cid in retriever.ids if cid not in exclude_ids[i] and cid not in distractors
                     and retriever.chunks[cid].get("source") not in exclude_sources[i]]
             rng.shuffle(pool)
             for cid in pool:
-                if len(distractors) < need and cid not in repeats:
+                if len(distractors) < need and fits(cid):
                     take(cid)
                     fallbacks += 1
             short_rows += len(distractors) < need
         if not distractors and not with_source[i]:
             raise InputError(
-                f"build.mode=raft: no chunk of another document can be a distractor for pair {row['id']!r}; "
-                "RAFT needs chunks of at least two documents in the training documents (add documents, lower "
-                "build.heldout_documents / build.outside_documents, or set build.mode=closed_book)"
+                f"build.mode=raft: no chunk can be a distractor for pair {row['id']!r} (build.raft_distractors="
+                f"{cfg.raft_distractors}); RAFT needs chunks of at least two documents in the training documents "
+                "(add documents, lower build.heldout_documents / build.outside_documents, or set "
+                "build.mode=closed_book)"
             )
         rng.shuffle(distractors)
         if with_source[i]:
@@ -130,7 +161,9 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
         "without_source_target": cfg.raft_without_source,
         "with_source": sum(with_source),
         "without_source": len(rows) - sum(with_source),
+        "distractors": cfg.raft_distractors,
         "distractor_fallbacks": fallbacks,
+        "passed_over_holding_the_answer": len(holding),
         "rows_with_fewer_passages": short_rows,
         "passages_per_row": top_k,
     }
