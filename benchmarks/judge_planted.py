@@ -5,8 +5,9 @@
 Takes the kept pairs of a run (``RUN/qa_curated.jsonl`` and ``RUN/chunks.jsonl``) and plants N wrong
 answers: a pair's answer is swapped for the answer of ANOTHER pair, from a different chunk of the SAME
 document, chosen to share as many words with this pair's chunk as possible (a fluent, on-topic, wrong
-answer: the kind curate's lexical support check lets through). The N pairs whose planted answer shares
-the most words with their chunk are used, and their N genuine originals.
+answer: the kind curate's lexical support check lets through), but not one the chunk states itself (half
+its words in runs of the chunk's: neighbouring chunks share a sentence, so such an answer is right). The N
+pairs whose planted answer shares the most words with their chunk are used, and their N genuine originals.
 
 Both sets go to the grounded judge (``papertune.curate.judge``, the settings of ``curate`` in the default
 config, thresholds overridable with ``--set curate.KEY=VALUE``) and, for comparison, to a plain judge
@@ -29,11 +30,12 @@ from typing import Any
 
 from papertune.config import LLMConfig, load_config
 from papertune.curate import overlap_support
-from papertune.curate.judge import PairJudge
+from papertune.curate.judge import PairJudge, quote_match
 from papertune.ingest.chunk import get_token_counter
 from papertune.llm import make_chat_model
 from papertune.rundir import CHUNKS, QA_CURATED, read_jsonl
 
+STATED = 0.5  # a donor answer with this share of its words in runs of the chunk's words is stated by the chunk
 PLAIN_SCHEMA = {"type": "object", "properties": {"correct": {"type": "boolean"}}, "required": ["correct"],
                 "additionalProperties": False}
 
@@ -43,11 +45,14 @@ def plant(kept: list[dict[str, Any]], chunks: dict[str, str], n: int) -> list[tu
     chunk_source = {r["chunk_id"]: r["source"] for r in kept}
     candidates = []
     for pair in kept:
+        chunk = chunks[pair["chunk_id"]]
+        # Not an answer this chunk states itself (neighbouring chunks share a sentence): that one is no
+        # wrong answer.
         donors = [q for q in kept if q["chunk_id"] != pair["chunk_id"]
-                  and chunk_source[q["chunk_id"]] == pair["source"] and q["answer"] != pair["answer"]]
+                  and chunk_source[q["chunk_id"]] == pair["source"] and q["answer"] != pair["answer"]
+                  and quote_match(q["answer"], chunk) < STATED]
         if not donors:
             continue
-        chunk = chunks[pair["chunk_id"]]
         # Most words shared with this chunk; ties go to the earlier donor (deterministic).
         donor = max(donors, key=lambda q: overlap_support(q["answer"], chunk))
         planted = {**pair, "id": pair["id"] + "::planted", "answer": donor["answer"]}

@@ -71,6 +71,7 @@ def test_each_filter_drops_with_its_reason(tmp_path: Path):
         pair("q-short", "LoRA?", "Low-rank adaptation."),
         pair("q-long", "Why " + "really " * 70 + "?", "The pretrained weights."),
         pair("a-long", "What does LoRA reduce exactly?", " ".join(["parameters"] * 201)),
+        pair("a-cut", "How many matrices does LoRA train?", "LoRA trains two low-rank matrices, which are called."),
         pair("in-question", "Does LoRA train two low-rank matrices per layer?", "two low-rank matrices"),
         pair("orphan", "What does the missing chunk say?", "Nothing.", "gone.pdf#0003"),
         pair("q1", "A second pair that reuses the id q1?", "The pretrained weights."),
@@ -88,6 +89,7 @@ def test_each_filter_drops_with_its_reason(tmp_path: Path):
         "q-short": "question_too_short",
         "q-long": "question_too_long",
         "a-long": "answer_too_long",
+        "a-cut": "unfinished_answer",
         "in-question": "answer_in_question",
         "orphan": "unknown_chunk",
         "q1": "duplicate_id",
@@ -100,10 +102,10 @@ def test_each_filter_drops_with_its_reason(tmp_path: Path):
     # Dropped rows keep every original field.
     first_dropped = next(read_jsonl(tmp_path / "qa_dropped.jsonl"))
     assert {"id", "question", "answer", "chunk_id", "source", "generator", "drop_reason", "drop_detail"} <= first_dropped.keys()
-    assert report["input"] == 12 and report["kept"] == 3 and report["dropped"] == 9
+    assert report["input"] == 13 and report["kept"] == 3 and report["dropped"] == 10
     assert report["dropped_by_reason"]["near_duplicate"] == 1
     assert report["dropped_by_reason"]["answer_too_short"] == 0
-    assert sum(report["dropped_by_reason"].values()) == 9
+    assert sum(report["dropped_by_reason"].values()) == 10
     assert report["malformed_lines"] == 0
     assert (tmp_path / "curate" / "config.yaml").is_file() and (tmp_path / "curate" / "versions.json").is_file()
 

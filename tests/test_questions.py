@@ -25,10 +25,17 @@ from papertune.generate.llm import (
     reply_schema,
     unknown_names,
 )
-from papertune.generate.questions import KINDS, context_dependence, guess_kind, is_self_contained, normalise_kind
+from papertune.generate.questions import (
+    KINDS,
+    context_dependence,
+    guess_kind,
+    is_self_contained,
+    normalise_kind,
+)
 from papertune.generate.replies import parse_pairs
 from papertune.jsonreply import keep_latex_backslashes
 from papertune.llm import LLMRequestError
+from papertune.text import unfinished
 
 # ---------------------------------------------------------------------------------------------
 # self-contained questions
@@ -289,6 +296,15 @@ def test_answers_are_trimmed_to_three_sentences_and_fragments_are_caught():
     assert finish_answer("Two retrievers are common. The first depends on the classic TF-IDF features (") == (
         "Two retrievers are common.")
     assert finish_answer("The Wasserstein metric has a dual form according to the Kantorovich duality:") == ""
+    assert finish_answer("It learns to learn. Meta-learning is also known as") == "It learns to learn."
+    # Answers of the model-scale run: cut at a copied '"' (a full stop added after the cut does not finish
+    # them) or not; a sentence may end on a preposition.
+    for cut in ("Meta-learning, also known as.", "This embedding method is called.", "The retriever and reader models in the R^3 (",
+                "Then the active learning problem can be redefined as:", "It implies that the number of."):
+        assert unfinished(cut), cut
+    for whole in ("It should be easy to sample from.", "It is what it is.", "The value is between -1 and 1.",
+                  "The loss is $L$.", "It is 0.1.", "The classifier is trained on."):
+        assert not unfinished(whole), whole
     for fragment in ("training a model on a dataset", "by adding noise to the input.", "to reduce overfitting.",
                      "Yes.", "8"):
         assert is_fragment(fragment), fragment

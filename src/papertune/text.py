@@ -88,6 +88,30 @@ def restore_latex(text: str, source: str) -> str:
     return MATH.sub(mend, text)
 
 
+# A text ending on one of these, or on a word that does not end an English sentence (an article, a conjunction,
+# a word announcing a name; prepositions may: "easy to sample from"), stops mid-sentence: a JSON-constrained
+# reply ends its string at the first '"' the model copies ('also known as "learning to learn"' becomes 'also
+# known as').
+_OPEN_ENDINGS = ("(", "[", "{", ":", ",", ";", "-", "—", "=")
+_DANGLING_WORDS = frozenset(
+    """
+    a an the of as than and or but nor whose which such its their our your my because although whereas while
+    if called named termed denoted dubbed
+    """.split()
+)
+
+
+def unfinished(text: str) -> bool:
+    """Whether ``text`` stops mid-sentence (a full stop added after the cut does not finish it)."""
+    text = text.rstrip().removesuffix(".").rstrip()
+    if not text:
+        return False
+    if text.endswith(_OPEN_ENDINGS):
+        return True
+    last = words(text)[-1:] or [""]
+    return text[-1].isalnum() and last[0].lower() in _DANGLING_WORDS
+
+
 def shingles(text: str, size: int) -> set[str]:
     """Word ``size``-grams of the normalised text; a text shorter than ``size`` is one shingle, one
     without any word has none."""

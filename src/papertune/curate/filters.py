@@ -15,7 +15,7 @@ from papertune.generate.questions import context_dependence
 from papertune.index import embed_texts
 from papertune.injection import looks_injected, separate_injected
 from papertune.rundir import CHUNKS
-from papertune.text import content_stems, jaccard, normalize, shingles, stemmer, words
+from papertune.text import content_stems, jaccard, normalize, shingles, stemmer, unfinished, words
 
 REASONS = (
     "injection",
@@ -25,6 +25,7 @@ REASONS = (
     "question_too_long",
     "answer_too_short",
     "answer_too_long",
+    "unfinished_answer",
     "answer_in_question",
     "not_self_contained",
     "unsupported_answer",
@@ -82,6 +83,8 @@ def _length_reason(row: dict[str, Any], cfg: CurateConfig) -> tuple[str, str] | 
         return "answer_too_short", f"{n_words(na)} < curate.min_answer_words={cfg.min_answer_words}"
     if na > cfg.max_answer_words:
         return "answer_too_long", f"{n_words(na)} > curate.max_answer_words={cfg.max_answer_words}"
+    if unfinished(row["answer"]):
+        return "unfinished_answer", f"the answer stops mid-sentence: {row['answer'][-40:]!r}"
     return None
 
 

@@ -64,7 +64,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
-from papertune.text import restore_latex
+from papertune.text import restore_latex, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -230,18 +230,13 @@ def looks_like_question(text: str) -> bool:
 MAX_ANSWER_SENTENCES = 3
 
 
-# An answer ending on one of these was cut off mid-sentence: a JSON-constrained reply ends its string at the
-# first '"' the model copies from the chunk ('features ("classic IR")' becomes 'features (').
-UNFINISHED_ENDINGS = ("(", "[", "{", ":", ",", ";", "-", "—", "=")
-
-
 def finish_answer(answer: str, segmenter: str = "nupunkt") -> str:
     """The answer tidied, without repeated sentences, cut to its first :data:`MAX_ANSWER_SENTENCES`
     sentences, ending with a full stop where it ended with none. A last sentence cut off mid-way
-    (:data:`UNFINISHED_ENDINGS`) is left out ("" when it was the only one: the pair is then dropped)."""
+    (:func:`papertune.text.unfinished`) is left out ("" when it was the only one: the pair is then dropped)."""
     answer = without_repeats(tidy(answer))
     sentences = split_sentences(answer, segmenter) if answer else []
-    if sentences and sentences[-1].rstrip().endswith(UNFINISHED_ENDINGS):
+    if sentences and unfinished(sentences[-1]):
         sentences = sentences[:-1]
         answer = " ".join(sentences)
     if len(sentences) > MAX_ANSWER_SENTENCES:
