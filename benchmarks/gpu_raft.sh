@@ -5,8 +5,8 @@
 # (base/tuned x closed-book/retrieval) on the test split, held-out documents and outside documents, with the
 # 1.5B as judge (benchmarks/raft_gpu.yaml). Each step fits one GPU call; run them in order while the machine
 # is held:
-#   bash benchmarks/gpu_raft.sh teach      # generate + curate + build (both modes)
-#   bash benchmarks/gpu_raft.sh train      # train both students
+#   bash benchmarks/gpu_raft.sh teach      # generate + curate + augment
+#   bash benchmarks/gpu_raft.sh train      # build and train the three students
 #   bash benchmarks/gpu_raft.sh evaluate   # four-way evaluation of both, then the table
 # Needs on the GPU machine: /tmp/models/qwen2.5-coder-{1.5b,0.5b}-instruct-q4_k_m.gguf (staged in parts with
 # ../shared/gpu/stage-file.sh), the all-MiniLM wheel in /tmp/models (retrieval's embeddings), and
@@ -43,17 +43,18 @@ case $step in
     for stage in generate curate augment; do
       timed "$stage" "$stage.log" pt $stage --config $CFG --run-dir $W/teach ${TEACH_ARGS:-}
     done
-    for mode in closed_book raft raft_retrieved; do
-      cp -r $W/teach $W/$mode
-      timed "build $mode" "build_$mode.log" pt build --config $CFG --run-dir $W/$mode $(settings $mode)
-      cp $W/$mode/build/report.json "$OUT/build_$mode.json"
-    done
     cp $W/teach/generate/report.json "$OUT/generate.json"; cp $W/teach/curate/report.json "$OUT/curate.json"
     tar czf "$OUT/pairs.tgz" -C $W/teach qa.jsonl qa_curated.jsonl qa_dropped.jsonl generate/progress.jsonl \
       generate/report.json curate/report.json curate/judge_cache.jsonl
     ;;
   train)
-    for mode in closed_book raft raft_retrieved; do
+    # Each student's run directory starts from the teach step's; the retrieval index is built once and
+    # handed on (the same chunks and settings: build finds it current).
+    for mode in raft raft_retrieved closed_book; do
+      rm -rf $W/$mode && cp -r $W/teach $W/$mode
+      [ $mode != raft ] && [ -d $W/raft/index ] && cp -r $W/raft/index $W/$mode/
+      timed "build $mode" "build_$mode.log" pt build --config $CFG --run-dir $W/$mode $(settings $mode)
+      cp $W/$mode/build/report.json "$OUT/build_$mode.json"
       timed "train $mode" "train_$mode.log" pt train --config $CFG --run-dir $W/$mode $(settings $mode) ${TRAIN_ARGS:-}
       cp $W/$mode/train/report.json "$OUT/train_$mode.json"
     done
