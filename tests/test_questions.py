@@ -297,6 +297,12 @@ def test_answers_are_trimmed_to_three_sentences_and_fragments_are_caught():
         "Two retrievers are common.")
     assert finish_answer("The Wasserstein metric has a dual form according to the Kantorovich duality:") == ""
     assert finish_answer("It learns to learn. Meta-learning is also known as") == "It learns to learn."
+    # Figure labels and image credits copied from the chunk are left out; a reference to a figure stays.
+    assert finish_answer("Fig. 7. Task setup in MANN (Image source: Santoro et al., 2016). MANN memorizes the "
+                         "input until its label comes.") == "Task setup in MANN. MANN memorizes the input until its label comes."
+    assert finish_answer("Compute grew fast. (Image source: Brown et al., 2020).") == "Compute grew fast."
+    assert finish_answer("The algorithm is shown in Fig. 7. It uses 0.5 of the batch.") == (
+        "The algorithm is shown in Fig. 7. It uses 0.5 of the batch.")
     # Answers of the model-scale run: cut at a copied '"' (a full stop added after the cut does not finish
     # them) or not; a sentence may end on a preposition.
     for cut in ("Meta-learning, also known as.", "This embedding method is called.", "The retriever and reader models in the R^3 (",

@@ -230,11 +230,20 @@ def looks_like_question(text: str) -> bool:
 MAX_ANSWER_SENTENCES = 3
 
 
+# Figure furniture a teacher copies from the chunk into an answer: a caption's label ("Fig. 7. ", "Figure 2: ")
+# where a sentence starts, and an image credit ("(Image source: Vaswani, et al., 2017)").
+_FIGURE_LABEL = re.compile(r"(?:^|(?<=[.!?] ))(?:Fig\.|Figure|Table)\s*\d+[a-z]?[.:]\s+")
+_IMAGE_CREDIT = re.compile(r"\s*\((?:Image|Figure) (?:source|credit)s?:[^()]*(?:\([^()]*\)[^()]*)*\)", re.I)
+_DOUBLE_STOP = re.compile(r"([.!?])\s*\.(?!\.)")  # "big. (Image source: ...)." leaves "big.."
+
+
 def finish_answer(answer: str, segmenter: str = "nupunkt") -> str:
-    """The answer tidied, without repeated sentences, cut to its first :data:`MAX_ANSWER_SENTENCES`
-    sentences, ending with a full stop where it ended with none. A last sentence cut off mid-way
-    (:func:`papertune.text.unfinished`) is left out ("" when it was the only one: the pair is then dropped)."""
-    answer = without_repeats(tidy(answer))
+    """The answer tidied, without figure labels and image credits, without repeated sentences, cut to its
+    first :data:`MAX_ANSWER_SENTENCES` sentences, ending with a full stop where it ended with none. A last
+    sentence cut off mid-way (:func:`papertune.text.unfinished`) is left out ("" when it was the only one:
+    the pair is then dropped)."""
+    answer = _DOUBLE_STOP.sub(r"\1", _IMAGE_CREDIT.sub("", tidy(answer)))
+    answer = without_repeats(tidy(_FIGURE_LABEL.sub("", answer)))
     sentences = split_sentences(answer, segmenter) if answer else []
     if sentences and unfinished(sentences[-1]):
         sentences = sentences[:-1]
