@@ -70,6 +70,16 @@ def without_math(text: str, placeholder: str = " FORMULA ") -> str:
     return MATH.sub(placeholder, text)
 
 
+_QUOTED = re.compile(r'"([^"\n]*)"')
+
+
+def curly_quotes(text: str) -> str:
+    """``text`` with each pair of straight double quotes on a line written as curly ones ("x" -> “x”). A model
+    whose reply is held to JSON and copies a straight quote ends its string there ('also known as "meta
+    learning"' becomes 'also known as'); a curly quote it copies is plain text."""
+    return _QUOTED.sub("\u201c\\1\u201d", text)
+
+
 _BARE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 

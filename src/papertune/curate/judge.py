@@ -48,7 +48,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.jsonreply import first_object
 from papertune.rundir import CURATE_DIR, read_jsonl, write_jsonl_atomic
-from papertune.text import content_stems, normalize, without_math, words
+from papertune.text import content_stems, curly_quotes, normalize, without_math, words
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ BLIND_SYSTEM = (
 
 
 def _passage(chunk: str) -> str:
-    return f"Passage:\n<<<\n{chunk}\n>>>\n\n"  # first, so a server's prompt cache reuses it across pairs
+    # First, so a server's prompt cache reuses it across pairs; straight quote pairs written curly, so a reply
+    # held to JSON that copies one does not end its string there.
+    return f"Passage:\n<<<\n{curly_quotes(chunk)}\n>>>\n\n"
 
 
 def grade_conversation(chunk: str, question: str, answer: str) -> list[Message]:
@@ -276,7 +278,7 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
 def cache_key(judge: LLMConfig, chunk: str, question: str, answer: str) -> str:
     """What a cached judgement depends on: the judge model and decoding, the prompts, the chunk and the pair."""
     identity = [PROMPT_VERSION, judge.backend, judge.model, judge.temperature, judge.max_new_tokens,
-                chunk, question, answer]
+                curly_quotes(chunk), question, answer]  # the chunk as the judge reads it
     return hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 

@@ -64,7 +64,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
-from papertune.text import restore_latex, unfinished
+from papertune.text import curly_quotes, restore_latex, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def reply_schema(max_pairs: int) -> dict[str, Any]:
 def prompt_fingerprint() -> str:
     """A hash of everything fixed in the prompt (rules, examples, the message around a chunk, the reply
     schema), so pairs written with another prompt are not reused."""
-    return sha256_json([build_conversation("CHUNK", 2, "TITLE", "SECTION"), reply_schema(2)])
+    return sha256_json([build_conversation('A "CHUNK"', 2, "TITLE", "SECTION"), reply_schema(2)])
 
 
 def pairs_to_ask(text: str, cap: int, segmenter: str = "nupunkt") -> int:
@@ -190,7 +190,7 @@ def _user_message(text: str, n: int, title: str | None, section: str | None, kin
     plural = "pair" if n == 1 else "pairs"
     lines = [f"Title: {_defused(tidy(title or ''))[:200] or 'unknown'}",
              f"Section: {_defused(tidy(section or ''))[:200] or 'unknown'}",
-             f"<document>\n{_defused(text)}\n</document>",
+             f"<document>\n{_defused(curly_quotes(text))}\n</document>",
              "",
              f"Write {n} question-answer {plural} about this passage only."]
     if kinds:
