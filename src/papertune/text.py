@@ -1,8 +1,9 @@
-"""English and text helpers shared by the dataset stages (generate, curate, augment, build).
+"""English and text helpers shared by the dataset stages (generate, curate, augment, build, evaluate).
 
-Words and normalised text, word shingles and their Jaccard similarity (near-duplicate questions), formulas
-found and set aside, and just enough English morphology for the rule-based writers: articles, plurals, verb
-forms, capitals.
+Words, content-word stems and normalised text, word shingles and their Jaccard similarity (near-duplicate
+questions), formulas found and set aside, what a model held to JSON does to text (LaTeX backslashes left
+out, strings ended at a straight quote, sentences cut off), and just enough English morphology for the
+rule-based writers: articles, plurals, verb forms, capitals.
 """
 
 from __future__ import annotations
