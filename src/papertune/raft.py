@@ -27,7 +27,7 @@ from papertune.chat import ABSTAIN, cited_answer
 from papertune.config import BuildConfig
 from papertune.errors import InputError
 from papertune.split import NearDuplicates
-from papertune.text import content_stems, words
+from papertune.text import carried_share
 
 _SEARCH_BATCH = 256  # questions scored at once (each holds a score per chunk and ranker)
 
@@ -54,14 +54,7 @@ HOLDS_ANSWER = 0.6
 
 def holds_answer(chunk_text: str, answer: str) -> bool:
     """Whether a chunk says what the answer says (it would be no distractor for the question)."""
-    numbers = {w for w in words(answer) if any(ch.isdigit() for ch in w)}
-    if numbers - set(words(chunk_text)):
-        return False
-    stems = content_stems(answer)
-    if not stems:
-        return False
-    have = set(content_stems(chunk_text))
-    return sum(t in have for t in stems) / len(stems) >= HOLDS_ANSWER
+    return carried_share(answer, chunk_text) >= HOLDS_ANSWER
 
 
 def _near_ids(chunk_id: str, position: dict[str, int], ids: list[str], near: NearDuplicates) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from collections.abc import Callable
 
 # English function words: they carry no content, so overlap and support are measured on the other words.
@@ -49,6 +50,37 @@ def content_stems(text: str) -> list[str]:
     """Stems of the content words of ``text`` (stopwords left out; numbers kept)."""
     stem = stemmer()
     return [stem(w) for w in (w.lower() for w in words(text)) if w not in STOPWORDS]
+
+
+def numbers(text: str) -> set[str]:
+    """The lower-cased words of ``text`` that hold a digit ("3e-5", "gpt-3", "2")."""
+    return {w.lower() for w in words(text) if any(ch.isdigit() for ch in w)}
+
+
+def carried_share(answer: str, text: str) -> float:
+    """Share of the answer's content words (stemmed) found in ``text``; 0.0 if a number of the answer is not
+    in it (a wrong number is the commonest fluent error)."""
+    if numbers(answer) - numbers(text):
+        return 0.0
+    tokens = content_stems(answer)
+    if not tokens:
+        return 0.0
+    have = set(content_stems(text))
+    return sum(t in have for t in tokens) / len(tokens)
+
+
+def counts_f1(a: Counter[str], b: Counter[str]) -> float:
+    """F1 of two multisets of tokens (0.0 when they share none)."""
+    common = sum((a & b).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(a.values()), common / sum(b.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def content_f1(a: str, b: str) -> float:
+    """F1 of the content words (stemmed, as multisets) of two texts."""
+    return counts_f1(Counter(content_stems(a)), Counter(content_stems(b)))
 
 
 def normalize(text: str) -> str:

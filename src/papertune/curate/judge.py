@@ -48,7 +48,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.jsonreply import first_object
 from papertune.rundir import CURATE_DIR, read_jsonl, write_jsonl_atomic
-from papertune.text import content_stems, curly_quotes, normalize, without_math, words
+from papertune.text import carried_share, content_f1, content_stems, curly_quotes, normalize, without_math
 
 log = logging.getLogger(__name__)
 
@@ -167,22 +167,6 @@ def quote_match(quote: str, chunk: str) -> float:
     return sum(covered) / len(q)
 
 
-def _numbers(text: str) -> set[str]:
-    return {w.lower() for w in words(text) if any(ch.isdigit() for ch in w)}
-
-
-def carried_share(answer: str, text: str) -> float:
-    """Share of the answer's content words (stemmed) found in ``text``; 0.0 if a number of the answer is not
-    in it (a wrong number is the commonest fluent error)."""
-    if _numbers(answer) - _numbers(text):
-        return 0.0
-    tokens = content_stems(answer)
-    if not tokens:
-        return 0.0
-    have = set(content_stems(text))
-    return sum(t in have for t in tokens) / len(tokens)
-
-
 def contained(blind: str, answer: str) -> float:
     """Share of the blind answer's content words (stemmed) that the pair's answer says too (0.0 when a number of
     the blind answer is not in it, or the blind answer has fewer than :data:`MIN_CONTAINED_WORDS` content
@@ -191,16 +175,6 @@ def contained(blind: str, answer: str) -> float:
     if len(content_stems(blind)) < MIN_CONTAINED_WORDS:
         return 0.0
     return carried_share(blind, answer)
-
-
-def content_f1(a: str, b: str) -> float:
-    """F1 of the content words (stemmed, as multisets) of two answers."""
-    ta, tb = Counter(content_stems(a)), Counter(content_stems(b))
-    common = sum((ta & tb).values())
-    if not common:
-        return 0.0
-    precision, recall = common / sum(ta.values()), common / sum(tb.values())
-    return 2 * precision * recall / (precision + recall)
 
 
 # ---------------------------------------------------------------------------------------------

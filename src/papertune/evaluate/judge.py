@@ -26,7 +26,7 @@ from papertune.config import PapertuneConfig
 from papertune.evaluate.metrics import JUDGE_CORRECT_AT
 from papertune.jsonreply import json_values
 from papertune.rundir import read_chunks
-from papertune.text import content_stems, words
+from papertune.text import content_stems, counts_f1, numbers
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def parse_judge_reply(reply: str | None) -> dict[str, float] | None:
 
 def _numbers(text: str) -> set[str]:
     """The words with a digit, but lone digits ("1" is in too many formulas to tell anything)."""
-    return {w.lower() for w in words(text) if any(ch.isdigit() for ch in w) and len(w) > 1}
+    return {n for n in numbers(text) if len(n) > 1}
 
 
 def reference_agreement(question: str, reference: str, answer: str) -> float:
@@ -108,11 +108,7 @@ def reference_agreement(question: str, reference: str, answer: str) -> float:
     asked = set(content_stems(question))
     ref = Counter(t for t in content_stems(reference) if t not in asked and len(t) > 1)  # "x", "1": formula bits
     ans = Counter(t for t in content_stems(answer) if t not in asked and len(t) > 1)
-    common = sum((ref & ans).values())
-    if not common:
-        return 0.0
-    precision, recall = common / sum(ans.values()), common / sum(ref.values())
-    return 2 * precision * recall / (precision + recall)
+    return counts_f1(ans, ref)
 
 
 def chunk_texts(run_dir: Path, chunk_ids: set[str]) -> dict[str, str]:

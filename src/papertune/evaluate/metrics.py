@@ -23,7 +23,7 @@ from typing import Any
 from papertune.chat import cited_numbers
 from papertune.errors import InputError
 from papertune.index import embed_texts
-from papertune.text import STOPWORDS, words
+from papertune.text import STOPWORDS, counts_f1, words
 
 MODELS = ("base", "tuned")
 GROUPS = ("in_domain", "held_out_document")
@@ -58,11 +58,7 @@ def token_f1(prediction: str, reference: str) -> float:
     pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
     if not pred or not ref:
         return float(pred == ref)
-    same = sum((Counter(pred) & Counter(ref)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return counts_f1(Counter(pred), Counter(ref))
 
 
 def content_words(text: str) -> set[str]:
