@@ -87,20 +87,25 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
     other_documents = cfg.raft_distractors == "other_documents"
     rngs = [random.Random(f"{cfg.seed}:raft:{row['id']}") for row in rows]
     with_source = [rng.random() < cfg.raft_source_share for rng in rngs]
-    exclude_ids: list[Collection[str]] = []
+    # Each row's own chunk and its near-duplicates; a train row also never sees banned_for_train (shared,
+    # joined with a row's own only for the rows being searched).
+    own_banned = [{row["chunk_id"]} | _near_ids(row["chunk_id"], position, ids, near) for row in rows]
     exclude_sources: list[Collection[str]] = []
-    for row, side in zip(rows, sides):
-        cid = row["chunk_id"]
-        banned = {cid} | _near_ids(cid, position, ids, near)
-        exclude_ids.append(banned | banned_for_train if side == "train" else banned)
-        source = chunks[cid].get("source")
+    for row in rows:
+        source = chunks[row["chunk_id"]].get("source")
         exclude_sources.append({source} | twins.get(source, frozenset()) if other_documents else set())
+
+    def excluded(i: int, cid: str) -> bool:
+        return cid in own_banned[i] or (sides[i] == "train" and cid in banned_for_train)
+
     hits: list[list[Any]] = []
     for start in range(0, len(rows), _SEARCH_BATCH):
-        end = start + _SEARCH_BATCH
+        end = min(start + _SEARCH_BATCH, len(rows))
+        exclude_ids = [own_banned[i] | banned_for_train if sides[i] == "train" else own_banned[i]
+                       for i in range(start, end)]
         # Twice as many as needed: a hit repeating the text of one taken before (a twin file) is passed over.
         hits += retriever.search_many([r["question"] for r in rows[start:end]], 2 * top_k,
-                                      exclude_ids=exclude_ids[start:end], exclude_sources=exclude_sources[start:end])
+                                      exclude_ids=exclude_ids, exclude_sources=exclude_sources[start:end])
 
     fallbacks = short_rows = 0
     holding: set[str] = set()  # chunks passed over because they hold a pair's answer
@@ -127,7 +132,7 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
             if len(distractors) < need and fits(passage.chunk_id):
                 take(passage.chunk_id)
         if len(distractors) < need:
-            pool = [cid for cid in retriever.ids if cid not in exclude_ids[i] and cid not in distractors
+            pool = [cid for cid in retriever.ids if not excluded(i, cid) and cid not in distractors
                     and retriever.chunks[cid].get("source") not in exclude_sources[i]]
             rng.shuffle(pool)
             for cid in pool:

@@ -219,16 +219,15 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
         why.append("rubric: " + ", ".join(low + (["verdict drop"] if dropped else []))
                    + f" (curate.judge_min_score={cfg.judge_min_score})")
     quoted = match >= cfg.judge_min_quote_match
-    # The blind reply's quote, written without seeing the answer, is the stronger evidence when it holds it.
-    blind_quoted = blind_support >= cfg.judge_min_quote_support
     vouched = not quoted and 0 < cfg.judge_blind_vouches <= agreement
-    if blind_quoted:
-        pass
-    elif not quoted and not vouched:
+    # The blind reply's quote, written without seeing the answer, is the stronger evidence when it holds it:
+    # then the grade quote is not checked.
+    blind_backs = blind_support >= cfg.judge_min_quote_support
+    if not blind_backs and not quoted and not vouched:
         failed.append("quote_not_in_chunk")
         why.append(f"quote_not_in_chunk: {match:.2f} of the quote {_excerpt(grade['quote'])} is in the chunk "
                    f"(curate.judge_min_quote_match={cfg.judge_min_quote_match:g})")
-    elif quoted and support < cfg.judge_min_quote_support:
+    elif not blind_backs and quoted and support < cfg.judge_min_quote_support:
         failed.append("quote_without_answer")
         why.append(f"quote_without_answer: the quote carries {support:.2f} of the answer "
                    f"(curate.judge_min_quote_support={cfg.judge_min_quote_support:g})")
