@@ -2,7 +2,7 @@
 
     python benchmarks/bench_engine.py --model MODEL --chunks RUN/chunks.jsonl [--limit N] [--max-new-tokens 384]
         [--static-batch 64] [--baseline-batch 16] [--agreement-prompts 64] [--gpus 1,2] [--schema]
-        [--max-batch-tokens 0] [--num-blocks 0] [--compile-level 0] [--json OUT.json]
+        [--max-batch-tokens 0] [--num-blocks 0] [--compile-level 0] [--vllm] [--json OUT.json]
     python benchmarks/bench_engine.py --smoke      # a tiny random model on the CPU, a few synthetic chunks
 
 MODEL is any papertune model setting (a folder, a .gguf file, python-package:..., a Hub id). Every prompt is
@@ -19,6 +19,8 @@ last answer:
 - ``continuous [K=V,...]``: the same with other engine settings (--variant, repeatable: fields of
   papertune.inference.ContinuousSettings, e.g. ``cuda_graphs=true,max_batch_tokens=8192`` or ``compile_level=1``);
 - ``static-B + schema``: static batches constrained to the reply's JSON schema (--schema, needs xgrammar).
+- ``vllm`` and ``vllm + schema`` (the reply's JSON schema): vLLM in this process (--vllm, papertune.inference.vllm_engine)
+  on the same token ids, all prompts handed over at once; its load and CUDA-graph capture are timed apart.
 
 Columns: chunks/s, output tokens/s (tokens generated, end-of-turn included), peak GPU memory (allocated by
 torch, summed over GPUs), seconds to the first finished answer, and greedy agreement: the share of prompts
@@ -199,6 +201,16 @@ def run_continuous(models: list[tuple[Any, Any]], prompts: list[list[int]], max_
     return results, time.perf_counter() - started, first[0] if first else 0.0
 
 
+def run_vllm(engine: Any, prompts: list[list[int]], max_new_tokens: int,
+             schema: dict[str, Any] | None = None) -> tuple[list[Any], float, None]:
+    """vLLM's continuous batching on every prompt at once (the engine loaded before the clock starts)."""
+    from papertune.inference import Decoding
+
+    started = time.perf_counter()
+    results = engine.generate(prompts, Decoding(max_new_tokens=max_new_tokens), json_schema=schema)
+    return results, time.perf_counter() - started, None
+
+
 def variant_settings(base: Any, variant: str) -> Any:
     """``base`` (ContinuousSettings) with the comma-separated KEY=VALUE fields of ``variant`` replaced."""
     import dataclasses
@@ -266,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also-static", type=int, action="append", default=[],
                         help="a row for static batches of N besides --static-batch (repeatable)")
     parser.add_argument("--no-continuous", action="store_true", help="no continuous rows but the --variant ones")
+    parser.add_argument("--vllm", action="store_true", help="add vLLM rows (vLLM in this process, a GPU)")
+    parser.add_argument("--vllm-memory-share", type=float, default=0.5, help="GPU memory share vLLM reserves")
     parser.add_argument("--dtype", default=None, help="torch dtype (default bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, synthetic chunks, CPU")
@@ -350,6 +364,18 @@ def main(argv: list[str] | None = None) -> int:
                                                  eos, reply_schema(args.pairs_per_chunk))
         done_row(row(f"static-{args.static_batch} + schema", constrained, seconds, first, peak_gib(devices[:1]),
                      len(prompts), None, subset))
+    if args.vllm:
+        from papertune.inference.vllm_engine import VLLMEngine
+
+        started = time.perf_counter()
+        engine = VLLMEngine(args.model, setting="--model", memory_share=args.vllm_memory_share,
+                            max_model_len=max(lengths) + args.max_new_tokens + 16)
+        print(f"vLLM loaded (CUDA graphs captured) in {time.perf_counter() - started:.1f} s", flush=True)
+        reserved = args.vllm_memory_share * torch.cuda.get_device_properties(0).total_memory / 2**30  # vLLM's own
+        answers, seconds, first = run_vllm(engine, prompts, args.max_new_tokens)
+        done_row(row("vllm (GiB: reserved)", answers, seconds, first, reserved, len(prompts), static, subset))
+        answers, seconds, first = run_vllm(engine, prompts, args.max_new_tokens, reply_schema(args.pairs_per_chunk))
+        done_row(row("vllm + schema", answers, seconds, first, reserved, len(prompts), None, subset))
     return 0
 
 

@@ -83,7 +83,7 @@ def test_llamacpp_settings_are_validated(setting, message):
 
 def test_a_bad_backend_name_is_refused():
     cfg = LLMConfig(backend="llama")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"augment\.llm\.backend must be 'hf', 'openai' or 'llamacpp', got 'llama'"):
+    with pytest.raises(ConfigError, match=r"augment\.llm\.backend must be one of hf, openai, llamacpp, vllm, got 'llama'"):
         cfg.validate("augment.llm")
 
 

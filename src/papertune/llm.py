@@ -1,10 +1,12 @@
-"""Instruct models that write text for the pipeline: one interface, three backends.
+"""Instruct models that write text for the pipeline: one interface, four backends.
 
 - ``hf``: a local Hugging Face model in this process, batched generation (``papertune.inference``).
 - ``openai``: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, papertune serve), with a
   concurrency limit, timeouts and retries with backoff.
 - ``llamacpp``: a GGUF file run by llama.cpp's server in this process (``papertune.inference.llamacpp``),
   started on first use, asked exactly as the ``openai`` backend asks a server, with parallel slots.
+- ``vllm``: vLLM in this process on a GPU (``papertune.inference.vllm_engine``): every conversation of a call
+  handed to its continuous batching at once, replies constrained by vLLM's structured outputs.
 
 Replies can be constrained to a JSON schema (``chat(..., json_schema=SCHEMA)``): the server backends send
 it as an OpenAI ``response_format``, so every reply parses; ``hf`` constrains them with xgrammar when
@@ -36,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from papertune.config import LLMConfig
+from papertune.config_data import LLM_BACKENDS
 from papertune.errors import ConfigError, PapertuneError
 from papertune.inference import ContinuousSettings, Decoding, generate
 from papertune.inference.llamacpp import LlamaCppServer
@@ -95,7 +98,9 @@ def make_chat_model(cfg: LLMConfig, setting: str) -> ChatModel:
         return OpenAIChatModel(cfg, setting)
     if cfg.backend == "llamacpp":
         return LlamaCppChatModel(cfg, setting)
-    raise ConfigError(f"{setting}.backend must be 'hf', 'openai' or 'llamacpp', got {cfg.backend!r}")
+    if cfg.backend == "vllm":
+        return VLLMChatModel(cfg, setting)
+    raise ConfigError(f"{setting}.backend must be one of {', '.join(LLM_BACKENDS)}, got {cfg.backend!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +141,12 @@ def replica_devices(cfg: LLMConfig, setting: str) -> list[str]:
     return [f"cuda:{i}" for i in range(count)]
 
 
+def chat_prompt(tokenizer: Any, conversation: list[Message]) -> str:
+    """The model's chat template applied to ``conversation``, ready for the reply. It holds every special token
+    the model expects: the prompt is tokenized without adding any."""
+    return tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+
+
 class HFChatModel:
     """A local causal LM with a chat template; batched (static or continuous), greedy at temperature 0."""
 
@@ -157,8 +168,7 @@ class HFChatModel:
             )
 
     def _prompt(self, conversation: list[Message]) -> str:
-        # The template already holds every special token the model expects (none are added when tokenizing).
-        return self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, conversation)
 
     def chat(
         self,
@@ -195,6 +205,44 @@ class HFChatModel:
         for k, share in enumerate(shares):
             replies[k::n] = share
         return replies
+
+
+# ---------------------------------------------------------------------------------------------
+# vllm: vLLM in this process
+
+
+_VLLM_ENGINES: dict[tuple[str, float, int, bool], Any] = {}  # one engine per model and settings per process
+
+
+class VLLMChatModel:
+    """A model run by vLLM in this process; prompts from the model's chat template tokenized as ``hf`` does
+    them, so both backends ask the same tokens. One engine per process serves every setting naming the
+    same model (a teacher and a judge share it)."""
+
+    def __init__(self, cfg: LLMConfig, setting: str) -> None:
+        from transformers import AutoTokenizer
+
+        from papertune.inference.vllm_engine import VLLMEngine
+
+        self.cfg = cfg
+        self.name = cfg.model
+        key = (cfg.model, cfg.memory_share, cfg.context_length, cfg.trust_remote_code)
+        if key not in _VLLM_ENGINES:
+            _VLLM_ENGINES[key] = VLLMEngine(cfg.model, setting=setting, memory_share=cfg.memory_share,
+                                            max_model_len=cfg.context_length,
+                                            trust_remote_code=cfg.trust_remote_code)
+        self.engine = _VLLM_ENGINES[key]
+        self.tokenizer = AutoTokenizer.from_pretrained(self.engine.path, trust_remote_code=cfg.trust_remote_code)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"{setting}.model={cfg.model!r} has no chat template; use an instruct (chat) model")
+
+    def chat(self, conversations: Sequence[list[Message]], *, max_new_tokens: int | None = None,
+             temperature: float | None = None, json_schema: dict[str, Any] | None = None) -> list[str]:
+        decoding = Decoding(max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
+                            temperature=self.cfg.temperature if temperature is None else temperature)
+        prompts = [self.tokenizer(chat_prompt(self.tokenizer, c), add_special_tokens=False)["input_ids"]
+                   for c in conversations]
+        return [c.text for c in self.engine.generate(prompts, decoding, json_schema=json_schema)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -384,7 +384,7 @@ class LLMGenerator:
         llm = self.cfg.llm
         self.stats = TeacherStats(f"{llm.backend}:{llm.model}" if chat_model is None else self.model)
         # Chunks per call: what one call runs at once (a batch in-process, parallel requests to a server).
-        self.batch_size = llm.batch_size if llm.backend == "hf" else max(llm.concurrency, 1)
+        self.batch_size = llm.batch_size if llm.backend in ("hf", "vllm") else max(llm.concurrency, 1)
 
     def conversation(self, chunk: Chunk) -> list[Message]:
         """The prompt for one chunk: as many pairs asked as its prose supports, with its title and section."""

@@ -1,0 +1,101 @@
+"""vLLM in this process on a GPU: the one way papertune runs vLLM (backend ``vllm`` of :mod:`papertune.llm`).
+
+vLLM decodes with continuous batching over a paged KV cache, CUDA graphs and its own attention kernels, the
+fastest of papertune's ways to write many replies on one GPU. :class:`VLLMEngine` loads the model once: a
+``.gguf``, ``packaged:`` or ``python-package:`` model is first converted into a plain folder by
+:func:`papertune.models.resolve_model`, so vLLM reads the same bf16 weights the ``hf`` backend loads. Prompts
+are given as token ids, tokenized by the caller with the model's chat template exactly as for every other
+backend; greedy at temperature 0; a reply can be constrained to a JSON schema (vLLM's structured outputs,
+through xgrammar). vLLM needs its own install (``pip install vllm``) and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from papertune.errors import ConfigError
+from papertune.inference.completion import Completion, Decoding
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install vllm (a CUDA GPU and the torch version vLLM pins)"
+
+
+def vllm_version() -> str | None:
+    """vLLM's version when it is installed, else None (imports nothing heavy)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vllm")
+    except PackageNotFoundError:
+        return None
+
+
+def sampling_params(decoding: Decoding, json_schema: dict[str, Any] | None = None) -> Any:
+    """vLLM's sampling settings for ``decoding``: greedy at temperature 0 (vLLM then ignores top-p and the
+    seed), stop strings left out of the text, the reply constrained to ``json_schema`` when given."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kwargs: dict[str, Any] = {"max_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
+                              "stop": list(decoding.stop) or None}
+    if not decoding.greedy:
+        kwargs["top_p"] = 1.0 if decoding.top_p is None else decoding.top_p
+        kwargs["seed"] = decoding.seed
+    if json_schema is not None:
+        kwargs["structured_outputs"] = StructuredOutputsParams(json=json_schema)
+    return SamplingParams(**kwargs)
+
+
+class VLLMEngine:
+    """One model loaded by vLLM in this process.
+
+    ``memory_share`` is the share of the GPU's memory vLLM may take for weights, activations and its KV cache
+    (it reserves it at start: leave room for anything else on the card); ``max_model_len`` the longest
+    prompt plus reply; ``setting`` names the config in errors (e.g. ``generate.llm``).
+    """
+
+    def __init__(self, spec: str, *, setting: str, memory_share: float = 0.5, max_model_len: int = 8192,
+                 trust_remote_code: bool = False, seed: int = 0) -> None:
+        if vllm_version() is None:
+            raise ConfigError(f"{setting}.backend=vllm needs vLLM, which is not installed ({INSTALL_HINT}); or "
+                              f"use {setting}.backend: hf")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{setting}.backend=vllm runs on a CUDA GPU and torch sees none; use "
+                              f"{setting}.backend: hf or llamacpp on this machine")
+        from vllm import LLM
+
+        from papertune.models import resolve_model
+
+        path = resolve_model(spec, f"{setting}.model")
+        # The engine core in this process: no second process to start, and its errors surface here.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        started = time.monotonic()
+        self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16", gpu_memory_utilization=memory_share,
+                       max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code,
+                       enable_prefix_caching=True, structured_outputs_config={"backend": "xgrammar"})
+        self.path = path
+        log.info("vLLM %s loaded %s in %.1f s (%.0f%% of the GPU's memory)", vllm_version(), path,
+                 time.monotonic() - started, 100 * memory_share)
+
+    def generate(self, prompts: Sequence[Sequence[int]], decoding: Decoding, *,
+                 json_schema: dict[str, Any] | None = None) -> list[Completion]:
+        """The answer to each prompt (token ids), in order: all submitted at once, vLLM schedules them."""
+        if not prompts:
+            return []
+        params = sampling_params(decoding, json_schema)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        completions = []
+        for prompt, output in zip(prompts, outputs):
+            reply = output.outputs[0]
+            reason = {"stop": "stop", "length": "length"}.get(reply.finish_reason or "", "stop")
+            completions.append(Completion(text=reply.text.strip(), token_ids=list(reply.token_ids),
+                                          finish_reason=reason, prompt_tokens=len(prompt),
+                                          completion_tokens=len(reply.token_ids)))
+        return completions

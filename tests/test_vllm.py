@@ -1,0 +1,74 @@
+"""The vllm backend of papertune.llm: its settings, its errors where vLLM or a GPU is missing, and, on a GPU
+with vLLM installed, greedy replies that agree with the hf backend's and follow a JSON schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from papertune.config import LLMConfig, load_config
+from papertune.errors import ConfigError
+from papertune.inference import vllm_engine
+from papertune.llm import make_chat_model
+
+
+def test_vllm_is_a_backend_and_its_memory_share_is_checked():
+    cfg = load_config(None, ["generate.llm.backend=vllm", "generate.llm.memory_share=0.7"])
+    assert (cfg.generate.llm.backend, cfg.generate.llm.memory_share) == ("vllm", 0.7)
+    with pytest.raises(ConfigError, match=r"curate\.judge\.memory_share must be in \(0, 1\), got 1\.5"):
+        load_config(None, ["curate.judge_enabled=true", "curate.judge.backend=vllm", "curate.judge.memory_share=1.5"])
+
+
+def test_without_vllm_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(vllm_engine, "vllm_version", lambda: None)
+    with pytest.raises(ConfigError, match=r"curate\.judge\.backend=vllm needs vLLM, which is not installed "
+                                          r"\(pip install vllm.*use curate\.judge\.backend: hf"):
+        make_chat_model(LLMConfig(backend="vllm"), "curate.judge")
+
+
+def test_without_a_gpu_the_error_names_the_backends_that_run_here(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(vllm_engine, "vllm_version", lambda: "0.26.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"generate\.llm\.backend=vllm runs on a CUDA GPU and torch sees none; "
+                                          r"use generate\.llm\.backend: hf or llamacpp"):
+        make_chat_model(LLMConfig(backend="vllm"), "generate.llm")
+
+
+@pytest.fixture(scope="module")
+def qwen_shaped(tmp_path_factory):
+    """A 2-layer Qwen2 with the real Qwen2.5 tokenizer and random (untied) weights, head size 64 as vLLM's
+    attention kernels want."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from papertune.models import resolve_model
+
+    path = tmp_path_factory.mktemp("qwen-shaped")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:qwen2.5-tokenizer"))
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=2048, tie_word_embeddings=False)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.gpu
+def test_vllm_greedy_replies_agree_with_hf_and_follow_the_schema(qwen_shaped):
+    if vllm_engine.vllm_version() is None:
+        pytest.fail("vLLM is not installed on this GPU machine (benchmarks/gpu_vllm.sh installs it)")
+    conversations = [[{"role": "user", "content": f"Question {i}: why is long context useful?"}] for i in range(8)]
+    hf = make_chat_model(LLMConfig(model=str(qwen_shaped), max_new_tokens=8, engine="static", batch_size=8),
+                         "generate.llm")
+    fast = make_chat_model(LLMConfig(backend="vllm", model=str(qwen_shaped), max_new_tokens=8, memory_share=0.2,
+                                     context_length=1024), "generate.llm")
+    ours, theirs = hf.chat(conversations), fast.chat(conversations)
+    # bf16 in both; different kernels move near-ties of a random model, so most, not all, agree
+    assert sum(a == b for a, b in zip(ours, theirs)) >= len(conversations) // 2, (ours, theirs)
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 12}},
+              "required": ["answer"], "additionalProperties": False}
+    replies = fast.chat(conversations, json_schema=schema, max_new_tokens=48)
+    assert all(set(json.loads(r)) == {"answer"} for r in replies), replies
