@@ -11,6 +11,7 @@ through xgrammar). vLLM needs its own install (``pip install vllm``) and a CUDA 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -76,6 +77,10 @@ class VLLMEngine:
         path = resolve_model(spec, f"{setting}.model")
         # The engine core in this process: no second process to start, and its errors surface here.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if importlib.util.find_spec("flashinfer") is None:
+            # vLLM samples top-k/top-p with FlashInfer when asked to (its default) and fails where FlashInfer
+            # is not installed; its own PyTorch sampler does the same job.
+            os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         started = time.monotonic()
         self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16", gpu_memory_utilization=memory_share,
                        max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code,
