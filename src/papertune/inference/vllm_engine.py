@@ -38,7 +38,7 @@ def vllm_version() -> str | None:
 
 def sampling_params(decoding: Decoding, json_schema: dict[str, Any] | None = None) -> Any:
     """vLLM's sampling settings for ``decoding``: greedy at temperature 0 (vLLM then ignores top-p and the
-    seed), stop strings left out of the text, the reply constrained to ``json_schema`` when given."""
+    seed), stop strings left out of the text, the reply constrained to ``json_schema`` (compact) when given."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
@@ -48,7 +48,8 @@ def sampling_params(decoding: Decoding, json_schema: dict[str, Any] | None = Non
         kwargs["top_p"] = 1.0 if decoding.top_p is None else decoding.top_p
         kwargs["seed"] = decoding.seed
     if json_schema is not None:
-        kwargs["structured_outputs"] = StructuredOutputsParams(json=json_schema)
+        # Compact JSON, as the hf backend constrains it: no run of whitespace can use up the token budget.
+        kwargs["structured_outputs"] = StructuredOutputsParams(json=json_schema, disable_any_whitespace=True)
     return SamplingParams(**kwargs)
 
 
