@@ -34,8 +34,8 @@ if [ ! -f /tmp/s/.unpacked ]; then
   touch /tmp/s/.unpacked
 fi
 export PYTHONPATH=/tmp/s/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-# The bundle brings JAX; initialised, it would take 75% of the GPU (the papertune command sets this itself).
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# The bundle brings JAX; initialised, it would take 75% of the GPU (the papertune command sets these itself).
+export XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_PLATFORMS=cpu
 export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 MODEL=/tmp/q3b

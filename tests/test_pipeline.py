@@ -251,9 +251,10 @@ def test_the_command_keeps_jax_from_taking_the_gpus_memory(monkeypatch):
     import os
 
     monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     with pytest.raises(SystemExit):
         main(["--version"])
-    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert (os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"], os.environ["JAX_PLATFORMS"]) == ("false", "cpu")
     monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
     with pytest.raises(SystemExit):
         main(["--version"])

@@ -249,9 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # JAX, where a GPU stack installs it beside torch, takes 75% of the GPU's memory as soon as anything imports and
-# initialises it (a library probing for it is enough); papertune's models need that memory. A user's own
-# setting is kept.
-PROCESS_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+# initialises it (a library probing for it is enough); papertune's models need that memory, and papertune never
+# runs JAX, so JAX is kept off the GPU altogether (its GPU client also works on the card beside vLLM while vLLM
+# captures CUDA graphs). A user's own settings are kept.
+PROCESS_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "JAX_PLATFORMS": "cpu"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
