@@ -37,6 +37,33 @@ def test_without_a_gpu_the_error_names_the_backends_that_run_here(monkeypatch):
         make_chat_model(LLMConfig(backend="vllm"), "generate.llm")
 
 
+def test_vllm_is_asked_the_prompt_tokens_hf_is_asked(monkeypatch, talking_model):
+    """The chat template applied and tokenized as for hf (no special tokens added), the call's decoding and
+    schema handed over, the replies returned in order."""
+    from transformers import AutoTokenizer
+
+    from papertune.inference import Completion
+
+    seen = {}
+
+    class Engine:
+        path = str(talking_model)
+
+        def generate(self, prompts, decoding, *, json_schema=None):
+            seen.update(prompts=prompts, decoding=decoding, schema=json_schema)
+            return [Completion(f"reply {i}", [1], "stop", len(p), 1) for i, p in enumerate(prompts)]
+
+    monkeypatch.setattr(vllm_engine, "shared_engine", lambda *args, **kwargs: Engine())
+    model = make_chat_model(LLMConfig(backend="vllm", model=str(talking_model), max_new_tokens=7), "generate.llm")
+    conversations = [[{"role": "user", "content": "What is LoRA?"}], [{"role": "user", "content": "And QLoRA?"}]]
+    assert model.chat(conversations, json_schema={"type": "object"}) == ["reply 0", "reply 1"]
+    tokenizer = AutoTokenizer.from_pretrained(talking_model)
+    assert seen["prompts"] == [
+        tokenizer(tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                  add_special_tokens=False)["input_ids"] for c in conversations]
+    assert (seen["decoding"].max_new_tokens, seen["decoding"].greedy, seen["schema"]) == (7, True, {"type": "object"})
+
+
 @pytest.fixture(scope="module")
 def qwen_shaped(tmp_path_factory):
     """A 2-layer Qwen2 with the real Qwen2.5 tokenizer and random (untied) weights, head size 64 as vLLM's

@@ -211,9 +211,6 @@ class HFChatModel:
 # vllm: vLLM in this process
 
 
-_VLLM_ENGINES: dict[tuple[str, float, int, bool], Any] = {}  # one engine per model and settings per process
-
-
 class VLLMChatModel:
     """A model run by vLLM in this process; prompts from the model's chat template tokenized as ``hf`` does
     them, so both backends ask the same tokens. One engine per process serves every setting naming the
@@ -222,16 +219,12 @@ class VLLMChatModel:
     def __init__(self, cfg: LLMConfig, setting: str) -> None:
         from transformers import AutoTokenizer
 
-        from papertune.inference.vllm_engine import VLLMEngine
+        from papertune.inference.vllm_engine import shared_engine
 
         self.cfg = cfg
         self.name = cfg.model
-        key = (cfg.model, cfg.memory_share, cfg.context_length, cfg.trust_remote_code)
-        if key not in _VLLM_ENGINES:
-            _VLLM_ENGINES[key] = VLLMEngine(cfg.model, setting=setting, memory_share=cfg.memory_share,
-                                            max_model_len=cfg.context_length,
-                                            trust_remote_code=cfg.trust_remote_code)
-        self.engine = _VLLM_ENGINES[key]
+        self.engine = shared_engine(cfg.model, setting=setting, memory_share=cfg.memory_share,
+                                    max_model_len=cfg.context_length, trust_remote_code=cfg.trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(self.engine.path, trust_remote_code=cfg.trust_remote_code)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"{setting}.model={cfg.model!r} has no chat template; use an instruct (chat) model")

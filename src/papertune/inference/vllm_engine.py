@@ -105,3 +105,17 @@ class VLLMEngine:
                                           finish_reason=reason, prompt_tokens=len(prompt),
                                           completion_tokens=len(reply.token_ids)))
         return completions
+
+
+_ENGINES: dict[tuple[str, float, int, bool], VLLMEngine] = {}
+
+
+def shared_engine(spec: str, *, setting: str, memory_share: float = 0.5, max_model_len: int = 8192,
+                  trust_remote_code: bool = False) -> VLLMEngine:
+    """One engine per model and settings in this process: settings naming the same model (a teacher and a
+    judge) share it rather than each reserving its share of the GPU."""
+    key = (spec, memory_share, max_model_len, trust_remote_code)
+    if key not in _ENGINES:
+        _ENGINES[key] = VLLMEngine(spec, setting=setting, memory_share=memory_share, max_model_len=max_model_len,
+                                   trust_remote_code=trust_remote_code)
+    return _ENGINES[key]
