@@ -136,6 +136,11 @@ def test_checks_measure_quotes_and_answers():
     assert quote_match(f"{QUANT} ... {FREEZE}", chunk) == 1.0  # sentences joined, in any order
     assert quote_match("LoRA trains exactly two matrices in every layer of the model.", chunk) < 0.5
     assert quote_match("", chunk) == 0.0
+    # word endings do not matter: a judge that mends the chunk's grammar still quotes it
+    assert quote_match("Diversity sampling intends to find samples that represent the whole distribution.",
+                       "Diversity sampling intend to find samples that represent the whole distribution.") == 1.0
+    assert quote_match("Diversity sampling intends to find samples that represent one narrow subset.",
+                       "Diversity sampling intend to find samples that represent the whole distribution.") < 0.9
     assert carried_share("The pretrained weights.", FREEZE) == 1.0
     assert carried_share("By a factor of ten thousand.", QUANT) == 0.0
     assert carried_share("4-bit NormalFloat", QUANT) == 1.0
