@@ -433,10 +433,32 @@ def test_unparseable_replies_are_counted(tmp_path):
     run_dir = tmp_path / "run"
     write_chunks(run_dir, [LORA, PERPLEXITY])
     replies = {LORA: "I'm sorry, I can't do that.", PERPLEXITY: first_sentence_pairs(PERPLEXITY)}
-    generate.run(config(run_dir, "generate.generators={llm: 1}"), chat_model=FakeChat(replies.__getitem__))
+    generate.run(config(run_dir, "generate.generators={llm: 1}", "generate.llm_retries=0"),
+                 chat_model=FakeChat(replies.__getitem__))
     data = report(run_dir)
     assert data["dropped"]["llm"]["unparseable"] == 1
     assert data["chunks_without_pairs"] == 1 and data["pairs"] == 2
+
+
+def test_a_chunk_whose_reply_gave_no_pair_is_asked_again_sampling(tmp_path):
+    run_dir = tmp_path / "run"
+    write_chunks(run_dir, [LORA, PERPLEXITY])
+
+    class Sampled(FakeChat):
+        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+            self.temperatures = [*getattr(self, "temperatures", []), temperature]
+            return super().chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                                json_schema=json_schema)
+
+    greedy = {LORA: "I'm sorry, I can't do that.", PERPLEXITY: first_sentence_pairs(PERPLEXITY)}
+    model = Sampled(lambda text: greedy[text] if model.temperatures[-1] is None else first_sentence_pairs(text))
+    generate.run(config(run_dir, "generate.generators={llm: 1}", "generate.llm_retry_temperature=0.5"),
+                 chat_model=model)
+    assert model.calls == [[LORA, PERPLEXITY], [LORA]] and model.temperatures == [None, 0.5]
+    data = report(run_dir)
+    assert data["chunks_without_pairs"] == 0 and data["dropped"]["llm"]["unparseable"] == 1
+    assert (data["teacher"]["chunks_asked_again"], data["teacher"]["chunks_recovered"]) == (1, 1)
+    assert {r["chunk_id"] for r in read_rows(run_dir / QA_FILE)} == {c["id"] for c in read_rows(run_dir / "chunks.jsonl")}
 
 
 # ---------------------------------------------------------------------------------------------

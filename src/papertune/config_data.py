@@ -217,6 +217,10 @@ class GenerateConfig:
     # llm pairs whose answer has a smaller share of content words found in the chunk are dropped
     # (ungrounded, or following an instruction injected into the document).
     llm_min_support: float = 0.4
+    # A chunk whose llm reply gave no pair is asked again this many times, sampling at llm_retry_temperature
+    # (a greedy second ask would repeat the first reply).
+    llm_retries: int = 1
+    llm_retry_temperature: float = 0.7
     # A question-generation model that reads a passage with the answer span highlighted (<hl> ... <hl>).
     seq2seq_model: str = "valhalla/t5-base-qg-hl"
     seq2seq_batch_size: int = marked(SPEED_ONLY, 8)
@@ -236,6 +240,10 @@ class GenerateConfig:
         require(self.seq2seq_num_beams >= 1, f"generate.seq2seq_num_beams must be >= 1, got {self.seq2seq_num_beams}")
         require(0 <= self.llm_min_support <= 1,
                  f"generate.llm_min_support must be between 0 and 1, got {self.llm_min_support}")
+        require(self.llm_retries >= 0, f"generate.llm_retries must be >= 0 (0 = none), got {self.llm_retries}")
+        require(self.llm_retry_temperature > 0 or self.llm_retries == 0,
+                 f"generate.llm_retry_temperature must be > 0 (a greedy retry repeats the first reply), got "
+                 f"{self.llm_retry_temperature}")
         self.llm.validate("generate.llm")
 
 

@@ -357,6 +357,8 @@ class TeacherStats:
     replies: int = 0
     reply_tokens: int = 0
     seconds: float = 0.0  # time in the model's chat calls
+    retried: int = 0  # chunks asked again (their first reply gave no pair), counted per attempt
+    recovered: int = 0  # of those, chunks the new reply gave a pair
 
     def report(self) -> dict[str, Any]:
         """The teacher's part of ``RUN/generate/report.json``."""
@@ -368,6 +370,8 @@ class TeacherStats:
             # are (exact for Qwen teachers).
             "reply_tokens": self.reply_tokens,
             "reply_tokens_per_s": round(self.reply_tokens / self.seconds, 1) if self.seconds else None,
+            "chunks_asked_again": self.retried,
+            "chunks_recovered": self.recovered,
         }
 
 
@@ -391,13 +395,14 @@ class LLMGenerator:
         n = pairs_to_ask(chunk["text"], self.cfg.pairs_per_chunk, self.segmenter)
         return build_conversation(chunk["text"], n, chunk.get("title"), chunk.get("section"))
 
-    def generate(self, chunks: list[Chunk]) -> Iterator[tuple[str, ChunkResult]]:
-        conversations = [self.conversation(c) for c in chunks]
+    def _ask(self, chunks: list[Chunk], temperature: float | None) -> tuple[list[str | None], PapertuneError | None]:
+        """One reply per chunk (None where its request failed), and the failure to raise once the others are
+        handed over."""
         started = time.perf_counter()
         try:
-            replies: list[str | None] = list(
-                self.chat_model.chat(conversations, json_schema=reply_schema(self.cfg.pairs_per_chunk))
-            )
+            replies: list[str | None] = list(self.chat_model.chat(
+                [self.conversation(c) for c in chunks], temperature=temperature,
+                json_schema=reply_schema(self.cfg.pairs_per_chunk)))
             failure: PapertuneError | None = None
         except (LLMRequestError, LLMUnreachableError) as exc:
             # Keep what the other requests of this batch returned; raise once they are handed over.
@@ -412,15 +417,38 @@ class LLMGenerator:
             raise PapertuneError(
                 f"generate.llm: the model returned {len(replies)} replies for {len(chunks)} prompts"
             )
-        for chunk, reply in zip(chunks, replies):
-            if reply is None:
-                continue
-            grounding = Grounding(chunk["text"], self.segmenter)
-            known = frozenset(content_words(f"{chunk.get('title') or ''} {chunk.get('section') or ''}"))
-            result = pairs_from_reply(reply, grounding, self.cfg.pairs_per_chunk, self.cfg.llm_min_support,
-                                      self.segmenter, known)
-            if not result.pairs:
-                log.debug("llm: no pairs kept for %s (%s); reply: %.300s", chunk["id"], dict(result.dropped), reply)
-            yield chunk["id"], result
+        return replies, failure
+
+    def _read(self, chunk: Chunk, reply: str) -> ChunkResult:
+        grounding = Grounding(chunk["text"], self.segmenter)
+        known = frozenset(content_words(f"{chunk.get('title') or ''} {chunk.get('section') or ''}"))
+        result = pairs_from_reply(reply, grounding, self.cfg.pairs_per_chunk, self.cfg.llm_min_support,
+                                  self.segmenter, known)
+        if not result.pairs:
+            log.debug("llm: no pairs kept for %s (%s); reply: %.300s", chunk["id"], dict(result.dropped), reply)
+        return result
+
+    def generate(self, chunks: list[Chunk]) -> Iterator[tuple[str, ChunkResult]]:
+        replies, failure = self._ask(chunks, None)
+        results = {c["id"]: self._read(c, r) for c, r in zip(chunks, replies) if r is not None}
+        # Chunks whose reply gave no pair are asked again, sampling: what each attempt dropped is counted.
+        again = [c for c in chunks if c["id"] in results and not results[c["id"]].pairs]
+        for _ in range(self.cfg.llm_retries if failure is None else 0):
+            if not again:
+                break
+            self.stats.retried += len(again)
+            replies, failure = self._ask(again, self.cfg.llm_retry_temperature)
+            for chunk, reply in zip(again, replies):
+                if reply is not None:
+                    result = self._read(chunk, reply)
+                    result.dropped.update(results[chunk["id"]].dropped)
+                    results[chunk["id"]] = result
+                    self.stats.recovered += bool(result.pairs)
+            again = [c for c in again if not results[c["id"]].pairs]
+            if failure is not None:
+                break
+        for chunk in chunks:
+            if chunk["id"] in results:
+                yield chunk["id"], results[chunk["id"]]
         if failure is not None:
             raise failure
