@@ -100,7 +100,7 @@ class VLLMEngine:
         completions = []
         for prompt, output in zip(prompts, outputs):
             reply = output.outputs[0]
-            reason = {"stop": "stop", "length": "length"}.get(reply.finish_reason or "", "stop")
+            reason = {"length": "length", "abort": "cancelled"}.get(reply.finish_reason or "", "stop")
             completions.append(Completion(text=reply.text.strip(), token_ids=list(reply.token_ids),
                                           finish_reason=reason, prompt_tokens=len(prompt),
                                           completion_tokens=len(reply.token_ids)))
