@@ -66,6 +66,8 @@ from papertune.text import curly_quotes, unfinished
         "In what way do they differ?",
         "What is the training process?",
         "What is the main idea?",
+        "What is the role of the green part in the scoring function?",
+        "What does the dashed line show for larger batches?",
     ],
 )
 def test_questions_that_need_their_source_are_caught(question):
@@ -90,6 +92,8 @@ def test_questions_that_need_their_source_are_caught(question):
         "Are there limitations of dropout in recurrent networks?",
         "When does the LSTM forget gate reset the cell state?",
         "How is $D_\\text{KL}(p \\| q)$ used in the VAE objective?",
+        "How does the black box attack differ from a white-box one?",
+        "What is the red team's role in testing language models?",
     ],
 )
 def test_self_contained_questions_pass(question):

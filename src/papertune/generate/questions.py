@@ -121,6 +121,9 @@ _REFERS_BACK = re.compile(
     r"|\b(?:fig(?:ure)?s?|tables?|tab|sections?|sec|eqs?|equations?|algorithms?|appendix|appendices|chapters?|"
     r"listings?)\.?\s*\(?(?:[0-9]+(?:\.[0-9]+)*[a-z]?|(?-i:[IVX]+))\b"
     r"|\b(?:above|below|aforementioned|herein)\b"
+    # a figure's colours and marks ("the green part", "the dashed line"); "black box" names a kind of model
+    r"|\bthe (?:red|green|blue|yellow|orange|purple|pink|gr[ae]y|dashed|dotted|shaded|highlighted) "
+    r"(?:parts?|box(?:es)?|regions?|areas?|lines?|curves?|arrows?|dots?|points?|bars?|nodes?|blocks?|circles?)\b"
     r"|\b(?:mentioned|described|discussed|listed|presented|shown|given|provided|proposed|introduced)"
     r"(?: here| earlier| previously| in (?:the|this) \w+)?\s*\??$"
     r"|\bour\b|\bwe (?:propose|proposed|present|introduce|find|found|show|observe|report|describe|study|"
@@ -146,7 +149,7 @@ def context_dependence(question: str) -> str | None:
     """Why ``question`` cannot be understood without the text it was written from, or None if it stands alone.
 
     Flags references to the source ("the passage", "this paper", "the authors", "Fig. 6", "Section 3",
-    "this method", "mentioned above", "our", "we propose"), a pronoun ("it", "they", "this", "their", ...)
+    "this method", "mentioned above", "the green part", "our", "we propose"), a pronoun ("it", "they", "this", "their", ...)
     before anything the question names, and questions made only of generic words ("What is the training
     process?")."""
     text = " ".join(question.split())
