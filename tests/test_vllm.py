@@ -75,11 +75,11 @@ def qwen_shaped(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("qwen-shaped")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:qwen2.5-tokenizer"))
+    shape = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "max_position_embeddings": 2048, "tie_word_embeddings": False}
     torch.manual_seed(0)
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
-                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                 max_position_embeddings=2048, tie_word_embeddings=False)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    for part in (Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), **shape)), tokenizer):
+        part.save_pretrained(path)
     return path
 
 

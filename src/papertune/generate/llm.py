@@ -433,9 +433,9 @@ class LLMGenerator:
         results = {c["id"]: self._read(c, r) for c, r in zip(chunks, replies) if r is not None}
         # Chunks whose reply gave no pair are asked again, sampling: what each attempt dropped is counted.
         again = [c for c in chunks if c["id"] in results and not results[c["id"]].pairs]
-        for _ in range(self.cfg.llm_retries if failure is None else 0):
-            if not again:
-                break
+        attempts = 0
+        while again and failure is None and attempts < self.cfg.llm_retries:
+            attempts += 1
             self.stats.retried += len(again)
             replies, failure = self._ask(again, self.cfg.llm_retry_temperature)
             for chunk, reply in zip(again, replies):
@@ -445,8 +445,6 @@ class LLMGenerator:
                     results[chunk["id"]] = result
                     self.stats.recovered += bool(result.pairs)
             again = [c for c in again if not results[c["id"]].pairs]
-            if failure is not None:
-                break
         for chunk in chunks:
             if chunk["id"] in results:
                 yield chunk["id"], results[chunk["id"]]
