@@ -416,6 +416,62 @@ def test_evaluate_writes_metrics_answers_report_and_charts(tmp_path, trained_run
     assert (out / "config.yaml").is_file() and (out / "versions.json").is_file()
 
 
+def test_evaluate_engine_vllm_answers_the_base_and_the_adapter_in_one_engine(tmp_path, trained_run, tiny_model,
+                                                                             monkeypatch):
+    """evaluate.engine=vllm: one engine on train.model with room for the adapter's rank and the longest prompt;
+    the base systems ask it alone, the tuned ones with the adapter; the prompts are the token ids transformers
+    would be given; the engine is released before scoring; its answers are cached apart from transformers'."""
+    from transformers import AutoTokenizer
+
+    import papertune.evaluate.stage as stage
+    from papertune.chat import render_prompt
+    from papertune.inference import Completion
+
+    made, calls, released = [], [], []
+
+    class Engine:
+        def __init__(self, spec, **settings):
+            made.append((spec, settings))
+
+        def generate(self, prompts, decoding, *, json_schema=None, adapter=None):
+            calls.append((prompts, adapter, decoding.max_new_tokens))
+            return [Completion(f"{'tuned' if adapter else 'base'} {i}", [], "stop", 0, 0) for i in range(len(prompts))]
+
+        def release(self):
+            released.append(True)
+
+    def transformers_generate(model, tokenizer, batch, decoding, **kwargs):
+        return [Completion("from transformers", [], "stop", 0, 0) for _ in batch]
+
+    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
+    monkeypatch.setattr(stage, "VLLMEngine", Engine)
+    monkeypatch.setattr(stage, "generate", lambda *a, **k: pytest.fail("transformers should not answer"))
+    run = grounded_copy(tmp_path, trained_run)
+    adapter = run / "train" / "adapter"
+    cfg = eval_config(run, tiny_model, "evaluate.max_questions=3", "retrieval.top_k=2", "evaluate.engine=vllm",
+                      "evaluate.memory_share=0.25")
+    rows = [json.loads(line) for line in (evaluate.run(cfg) / "answers.jsonl").read_text().splitlines()]
+
+    (spec, settings), = made
+    rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+    longest = max(len(p) for prompts, _, _ in calls for p in prompts)
+    assert spec == str(tiny_model) and settings["lora_rank"] == rank and settings["memory_share"] == 0.25
+    assert settings["max_model_len"] >= longest + cfg.evaluate.max_new_tokens
+    assert [a for _, a, _ in calls] == [None, None, adapter, adapter]  # base twice, then tuned twice
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    first = rows[0]
+    assert calls[0][0][0] == tokenizer(render_prompt(tokenizer, first["question"], cfg.build.system_prompt),
+                                       add_special_tokens=False)["input_ids"]
+    assert {r["answer"].split()[0] for r in rows if r["model"] == "tuned"} == {"tuned"}
+    assert {r["answer"].split()[0] for r in rows if r["model"] == "base"} == {"base"}
+    assert released == [True]
+    # Answers of another engine are not vLLM's: transformers answers them anew.
+    monkeypatch.setattr(stage, "generate", transformers_generate)
+    again = evaluate.run(eval_config(run, tiny_model, "evaluate.max_questions=3", "retrieval.top_k=2"))
+    assert {json.loads(line)["answer"] for line in (again / "answers.jsonl").read_text().splitlines()} == {
+        "from transformers"}
+
+
 def test_closed_book_mode_alone_gives_two_systems_and_needs_no_chunks(trained_run, tiny_model):
     assert not (trained_run / "chunks.jsonl").exists()
     out = evaluate.run(eval_config(trained_run, tiny_model, CLOSED_BOOK, "evaluate.max_questions=2"))

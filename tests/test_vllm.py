@@ -98,4 +98,56 @@ def test_vllm_greedy_replies_agree_with_hf_and_follow_the_schema(qwen_shaped):
     schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 12}},
               "required": ["answer"], "additionalProperties": False}
     replies = fast.chat(conversations, json_schema=schema, max_new_tokens=48)
+    vllm_engine.release_engines()
     assert all(set(json.loads(r)) == {"answer"} for r in replies), replies
+
+
+def test_a_rank_vllm_cannot_serve_is_a_clear_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(vllm_engine, "vllm_version", lambda: "0.26.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match=r"evaluate\.engine=vllm: vLLM serves LoRA adapters up to rank 512, this "
+                                          r"one has rank 1024; use evaluate\.engine: auto"):
+        vllm_engine.VLLMEngine("m", setting="train", flag="evaluate.engine", instead="use evaluate.engine: auto",
+                               lora_rank=1024)
+
+
+@pytest.mark.gpu
+def test_vllm_answers_with_a_lora_adapter_as_peft_does_and_gives_the_card_back(qwen_shaped, tmp_path):
+    """evaluate.engine=vllm's path: the base model alone and with a (random, non-zero) LoRA adapter in one engine;
+    greedy replies with the adapter agree with PEFT's on most prompts, differ from the base model's, and the
+    engine's share of the card is free again after release."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from papertune.config_model import LORA_ALL_LINEAR
+    from papertune.inference import Decoding, generate
+
+    if vllm_engine.vllm_version() is None:
+        pytest.fail("vLLM is not installed on this GPU machine (benchmarks/gpu_vllm.sh installs it)")
+    tokenizer = AutoTokenizer.from_pretrained(qwen_shaped)
+    torch.manual_seed(1)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(qwen_shaped, dtype=torch.bfloat16).cuda(),
+                          LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_ALL_LINEAR),
+                                     init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(adapter)
+    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": f"Question {i}: what is RAFT?"}],
+                                                       tokenize=False, add_generation_prompt=True),
+                         add_special_tokens=False)["input_ids"] for i in range(8)]
+    decoding = Decoding(max_new_tokens=8)
+    theirs = [c.text for c in generate(peft, tokenizer, prompts, decoding, batch_size=8, engine="static")]
+    del peft
+    torch.cuda.empty_cache()
+    free_before = torch.cuda.mem_get_info()[0]
+    engine = vllm_engine.VLLMEngine(str(qwen_shaped), setting="train", memory_share=0.2, max_model_len=1024,
+                                    lora_rank=8)
+    base = [c.text for c in engine.generate(prompts, decoding)]
+    tuned = [c.text for c in engine.generate(prompts, decoding, adapter=adapter)]
+    assert sum(a == b for a, b in zip(tuned, theirs)) >= len(prompts) // 2, (tuned, theirs)
+    assert tuned != base
+    engine.release()
+    free_after, total = torch.cuda.mem_get_info()
+    assert free_after > free_before - 0.05 * total, (free_before, free_after)

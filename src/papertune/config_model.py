@@ -17,6 +17,8 @@ from papertune.config_fields import (
 
 LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+ANSWER_ENGINES = (*ENGINES, "vllm")  # evaluate's engines: transformers' and vLLM in the process
+
 
 @dataclass
 class TrainConfig:
@@ -164,8 +166,11 @@ class EvaluateConfig:
 
     max_questions: int = 0  # answers generated for at most this many test rows (0: all); losses use every row
     batch_size: int = 8  # generation and loss batches
-    # How answers are decoded: auto, static, continuous or compiled (generate.llm.engine says what each is).
-    engine: Literal["auto", "static", "continuous", "compiled"] = marked(SPEED_ONLY, "auto")
+    # How answers are decoded: auto, static, continuous or compiled (generate.llm.engine says what each is), or
+    # vllm: vLLM in the process on a GPU (pip install vllm), the tuned model as the base plus its LoRA adapter;
+    # losses are still computed by transformers.
+    engine: Literal["auto", "static", "continuous", "compiled", "vllm"] = marked(SPEED_ONLY, "auto")
+    memory_share: float = marked(SPEED_ONLY, 0.3)  # engine vllm: the share of the GPU's memory it reserves
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     seed: int = 3407  # which test rows are picked when max_questions caps them; sampling when temperature > 0
@@ -191,7 +196,9 @@ class EvaluateConfig:
         p = "evaluate"
         require(self.max_questions >= 0, f"{p}.max_questions must be >= 0 (0 = all), got {self.max_questions}")
         require(self.batch_size >= 1, f"{p}.batch_size must be >= 1, got {self.batch_size}")
-        require(self.engine in ENGINES, f"{p}.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        require(self.engine in ANSWER_ENGINES,
+                f"{p}.engine must be one of {', '.join(ANSWER_ENGINES)}, got {self.engine!r}")
+        require(0 < self.memory_share < 1, f"{p}.memory_share must be in (0, 1), got {self.memory_share}")
         require(self.max_new_tokens >= 1, f"{p}.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         require(self.temperature >= 0, f"{p}.temperature must be >= 0 (0 = greedy), got {self.temperature}")
         require(self.base or self.tuned, f"{p}.base and {p}.tuned are both false: nothing to evaluate")

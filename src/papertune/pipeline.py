@@ -40,6 +40,7 @@ from papertune.fingerprint import (
     record_path,
     why_stale,
 )
+from papertune.inference.vllm_engine import release_engines
 from papertune.rundir import SUMMARY_JSON, SUMMARY_MD, record_run_config, write_json_atomic, write_text_atomic
 from papertune.stage import StageSpec
 from papertune.summary import collect_summary, render_summary
@@ -127,7 +128,10 @@ def run_stage(stage: StageSpec, config: PapertuneConfig, fp: Fingerprint, previo
     """Run one stage; returns True when some of its inputs failed while the rest were written (exit code 3)."""
     same_run = not forced and previous is not None and previous.get("fingerprint") == fp.value
     options = stage.run_options(config, same_run) if stage.run_options else {}
-    _MODULES[stage.name].run(config, **options)
+    try:
+        _MODULES[stage.name].run(config, **options)
+    finally:
+        release_engines()  # a vLLM engine a stage loaded holds its share of the GPU until released
     failures = stage.failures(Path(config.run_dir)) if stage.failures else []
     for message in failures:
         log.error("run: %s: %s", stage.name, message)

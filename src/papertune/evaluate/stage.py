@@ -9,6 +9,7 @@ answers (:mod:`.metrics`, :mod:`.judge`), aggregates them per system and questio
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from papertune.evaluate.sets import (
     systems_for,
 )
 from papertune.inference import Decoding, adapter_path, attach_adapter, check_adapter, generate, load_for_answering
+from papertune.inference.vllm_engine import VLLMEngine
 from papertune.rundir import (
     BUILD_REPORT,
     CHUNKS,
@@ -70,15 +72,19 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], syste
                      passages: Sequence[Sequence[dict]] | None = None, batch_size: int, max_new_tokens: int,
                      temperature: float = 0.0, seed: int = 3407, desc: str = "answers",
                      engine: str = "auto", cache: AnswerCache | None = None,
-                     identity: dict[str, Any] | None = None) -> list[str]:
+                     identity: dict[str, Any] | None = None, vllm: VLLMEngine | None = None,
+                     adapter: Path | None = None) -> list[str]:
     """Batched answers, each from the prompt ask and serve send (``papertune.chat.render_prompt``: chat
     template, system prompt, no added specials); ``passages[i]`` (chunk dicts) make question ``i`` grounded.
     With ``cache`` (and the model's ``identity``), answers found there are not generated again and the new
-    ones are stored as soon as they are written."""
+    ones are stored as soon as they are written. With ``vllm`` (an engine loaded with the base model; ``model``
+    is not used), vLLM writes them, with the LoRA ``adapter`` when given."""
     prompts = [render_prompt(tokenizer, q, system_prompt, None if passages is None else passages[i])
                for i, q in enumerate(questions)]
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    if vllm is not None:
+        settings["engine"] = "vllm"  # other kernels: not the answers transformers wrote
     if cache is not None and identity is None:
         raise ValueError("a cache of answers needs the identity of the model that writes them")
     answers = cache.lookup(identity, prompts, settings) if cache is not None else [None] * len(prompts)
@@ -86,8 +92,13 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], syste
     if cache is not None and len(todo) < len(prompts):
         log.info("evaluate: %d of %d answers (%s) from %s", len(prompts) - len(todo), len(prompts), desc, cache.path)
     if todo:
-        fresh = [c.text for c in generate(model, tokenizer, [prompts[i] for i in todo], decoding,
-                                          batch_size=batch_size, progress=desc, engine=engine)]
+        if vllm is not None:
+            log.info("evaluate: %s, %d prompts to vLLM", desc, len(todo))
+            ids = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in todo]
+            fresh = [c.text for c in vllm.generate(ids, decoding, adapter=adapter)]
+        else:
+            fresh = [c.text for c in generate(model, tokenizer, [prompts[i] for i in todo], decoding,
+                                              batch_size=batch_size, progress=desc, engine=engine)]
         for i, text in zip(todo, fresh):
             answers[i] = text
         if cache is not None:
@@ -139,6 +150,24 @@ def _retrieve(config: PapertuneConfig, run_dir: Path, questions: dict[str, list[
     log.info("evaluate: retrieving the top %d of %d chunks (%s; %d outside documents left out)",
              config.retrieval.top_k, len(retriever), config.retrieval.method, len(excluded))
     return {name: retriever.search_many([r["question"] for r in rows]) for name, rows in questions.items()}
+
+
+def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple[str, dict]],
+                   flat_hits: Sequence[Sequence[Any]], adapter: Path) -> VLLMEngine:
+    """vLLM with ``train.model`` (and room for the adapter's LoRA rank), long enough for the longest prompt
+    (with retrieval, the question after its passages) and answer."""
+    cfg = config.evaluate
+    rank = 0
+    if cfg.tuned:
+        rank = int(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["r"])
+    longest = max((len(tokenizer(render_prompt(tokenizer, row["question"], config.build.system_prompt,
+                                               [p.chunk for p in flat_hits[k]] if flat_hits else None),
+                                 add_special_tokens=False)["input_ids"]) for k, (_, row) in enumerate(flat)),
+                  default=0)
+    return VLLMEngine(config.train.model, setting="train", flag="evaluate.engine", instead="use evaluate.engine: auto",
+                      memory_share=cfg.memory_share,
+                      max_model_len=max(longest, config.train.max_seq_length) + cfg.max_new_tokens,
+                      trust_remote_code=config.train.trust_remote_code, seed=cfg.seed, lora_rank=rank)
 
 
 def _answer_row(system: System, set_name: str, row: dict, answer: str, hits: list[Any] | None) -> dict[str, Any]:
@@ -204,8 +233,10 @@ def run(config: PapertuneConfig) -> Path:
     flat_hits = [h for name in questions for h in hits.get(name, [])]
     answers: dict[str, list[str]] = {}
     cache = AnswerCache(run_dir)
+    vllm = _answer_engine(config, tokenizer, flat, flat_hits, adapter) if cfg.engine == "vllm" else None
     for name in models:
-        dtype = str(next(model.parameters()).dtype)  # what it computes in here (train.dtype auto differs by device)
+        # what it computes in here (train.dtype auto differs by device; vLLM answers in bf16)
+        dtype = "torch.bfloat16" if vllm is not None else str(next(model.parameters()).dtype)
         identity = model_identity(config.train.model, dtype, adapter if name == "tuned" else None)
         if name == "tuned":
             model = attach_adapter(model, adapter)
@@ -216,8 +247,11 @@ def run(config: PapertuneConfig) -> Path:
             answers[system.name] = generate_answers(
                 model, tokenizer, [r["question"] for _, r in flat], config.build.system_prompt, passages=grounded,
                 batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                seed=cfg.seed, desc=f"answers ({system.label})", engine=cfg.engine, cache=cache, identity=identity)
+                seed=cfg.seed, desc=f"answers ({system.label})", engine=cfg.engine, cache=cache, identity=identity,
+                vllm=vllm, adapter=adapter if name == "tuned" else None)
     del model
+    if vllm is not None:
+        vllm.release()  # the judge (and the embeddings) get the card
 
     answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None)
                    for s in systems for k, (set_name, row) in enumerate(flat)]

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from papertune.errors import ConfigError
@@ -24,6 +25,7 @@ from papertune.inference.completion import Completion, Decoding
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install vllm (a CUDA GPU and the torch version vLLM pins)"
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the LoRA ranks vLLM can reserve room for
 
 
 def vllm_version() -> str | None:
@@ -62,15 +64,24 @@ class VLLMEngine:
     """
 
     def __init__(self, spec: str, *, setting: str, memory_share: float = 0.5, max_model_len: int = 8192,
-                 trust_remote_code: bool = False, seed: int = 0) -> None:
+                 trust_remote_code: bool = False, seed: int = 0, lora_rank: int = 0,
+                 flag: str | None = None, instead: str | None = None) -> None:
+        flag = flag or f"{setting}.backend"  # the setting that chose vLLM, and what errors suggest instead
+        lora: dict[str, Any] = {}
+        if lora_rank:
+            fits = [r for r in LORA_RANKS if r >= lora_rank]
+            if not fits:
+                raise ConfigError(f"{flag}=vllm: vLLM serves LoRA adapters up to rank {LORA_RANKS[-1]}, this one "
+                                  f"has rank {lora_rank}; {instead or 'use another backend'}")
+            lora = {"enable_lora": True, "max_lora_rank": fits[0], "max_loras": 1}
         if vllm_version() is None:
-            raise ConfigError(f"{setting}.backend=vllm needs vLLM, which is not installed ({INSTALL_HINT}); or "
-                              f"use {setting}.backend: hf")
+            raise ConfigError(f"{flag}=vllm needs vLLM, which is not installed ({INSTALL_HINT}); or "
+                              f"{instead or f'use {flag}: hf'}")
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"{setting}.backend=vllm runs on a CUDA GPU and torch sees none; use "
-                              f"{setting}.backend: hf or llamacpp on this machine")
+            raise ConfigError(f"{flag}=vllm runs on a CUDA GPU and torch sees none; "
+                              f"{instead or f'use {flag}: hf or llamacpp on this machine'}")
         from vllm import LLM
 
         from papertune.models import resolve_model
@@ -85,18 +96,29 @@ class VLLMEngine:
         started = time.monotonic()
         self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16", gpu_memory_utilization=memory_share,
                        max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code,
-                       enable_prefix_caching=True, structured_outputs_config={"backend": "xgrammar"})
+                       enable_prefix_caching=True, structured_outputs_config={"backend": "xgrammar"}, **lora)
         self.path = path
+        self.max_model_len = max_model_len
+        self._adapters: dict[str, int] = {}
         log.info("vLLM %s loaded %s in %.1f s (%.0f%% of the GPU's memory)", vllm_version(), path,
                  time.monotonic() - started, 100 * memory_share)
 
     def generate(self, prompts: Sequence[Sequence[int]], decoding: Decoding, *,
-                 json_schema: dict[str, Any] | None = None) -> list[Completion]:
-        """The answer to each prompt (token ids), in order: all submitted at once, vLLM schedules them."""
+                 json_schema: dict[str, Any] | None = None, adapter: str | Path | None = None) -> list[Completion]:
+        """The answer to each prompt (token ids), in order: all submitted at once, vLLM schedules them.
+        ``adapter`` (a PEFT LoRA folder; the engine was made with ``lora_rank``) answers with the model plus it."""
         if not prompts:
             return []
         params = sampling_params(decoding, json_schema)
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        lora_request = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            key = str(Path(adapter).resolve())
+            number = self._adapters.setdefault(key, len(self._adapters) + 1)  # vLLM's id for it: one per folder
+            lora_request = LoRARequest(f"adapter-{number}", number, key)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False,
+                                    lora_request=lora_request)
         completions = []
         for prompt, output in zip(prompts, outputs):
             reply = output.outputs[0]
@@ -105,6 +127,16 @@ class VLLMEngine:
                                           finish_reason=reason, prompt_tokens=len(prompt),
                                           completion_tokens=len(reply.token_ids)))
         return completions
+
+    def release(self) -> None:
+        """Give the GPU memory back (vLLM's own cleanup of its in-process state): the engine is unusable after."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm = None
+        for key in [k for k, engine in _ENGINES.items() if engine is self]:
+            del _ENGINES[key]
+        cleanup_dist_env_and_memory()
+        log.info("vLLM released %s", self.path)
 
 
 _ENGINES: dict[tuple[str, float, int, bool], VLLMEngine] = {}
@@ -119,3 +151,10 @@ def shared_engine(spec: str, *, setting: str, memory_share: float = 0.5, max_mod
         _ENGINES[key] = VLLMEngine(spec, setting=setting, memory_share=memory_share, max_model_len=max_model_len,
                                    trust_remote_code=trust_remote_code)
     return _ENGINES[key]
+
+
+def release_engines() -> None:
+    """Release every shared engine of this process (between the stages of ``papertune run``: the next stage,
+    training say, gets the card back)."""
+    for engine in list(_ENGINES.values()):
+        engine.release()
