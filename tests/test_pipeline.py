@@ -519,3 +519,23 @@ def test_failed_documents_continue_the_run_and_exit_3(tmp_path, caplog):
     assert main(args) == ExitCode.PARTIAL
     summary = json.loads((run / pipeline.SUMMARY_JSON).read_text())
     assert [s["status"] for s in summary["stages"][:3]] == ["partial", "skipped", "skipped"]
+
+
+def test_every_stage_of_a_run_gives_its_vllm_engines_back_even_when_it_fails(tmp_path, monkeypatch):
+    """A vLLM engine holds its share of the GPU until released: run_stage releases them after each stage."""
+    import types
+
+    from papertune.config import load_config
+
+    released = []
+    monkeypatch.setattr(pipeline, "release_engines", lambda: released.append(True))
+    stage = pipeline.STAGE_BY_NAME["evaluate"]
+
+    def failing(config, **options):
+        raise RuntimeError("the stage failed")
+
+    monkeypatch.setitem(pipeline._MODULES, "evaluate", types.SimpleNamespace(run=failing))
+    config = load_config(None, [f"run_dir={tmp_path}"])
+    with pytest.raises(RuntimeError, match="the stage failed"):
+        pipeline.run_stage(stage, config, None, None, True)
+    assert released == [True]

@@ -118,7 +118,7 @@ class LLMConfig:
     # openai: the model name the server knows.
     # llamacpp: a GGUF file run by llama.cpp in this process: a .gguf path, python-package:MODULE/FILE.gguf
     # or packaged:NAME (e.g. packaged:qwen2.5-coder-1.5b-instruct).
-    # vllm: vLLM in this process on a GPU (pip install vllm), any model hf takes (a .gguf is converted first).
+    # vllm: vLLM on a GPU (pip install vllm), any model hf takes (a .gguf is converted first).
     model: str = SMOLLM2_PACKAGED
     # openai: one server, or several serving the same model (a YAML list, or comma-separated): requests are
     # spread over them, a failed one is retried on another, a server that keeps failing is set aside a while.

@@ -17,7 +17,7 @@ from papertune.config_fields import (
 
 LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-ANSWER_ENGINES = (*ENGINES, "vllm")  # evaluate's engines: transformers' and vLLM in the process
+ANSWER_ENGINES = (*ENGINES, "vllm")  # evaluate's engines: transformers' and vLLM's
 
 
 @dataclass
@@ -167,7 +167,7 @@ class EvaluateConfig:
     max_questions: int = 0  # answers generated for at most this many test rows (0: all); losses use every row
     batch_size: int = 8  # generation and loss batches
     # How answers are decoded: auto, static, continuous or compiled (generate.llm.engine says what each is), or
-    # vllm: vLLM in the process on a GPU (pip install vllm), the tuned model as the base plus its LoRA adapter;
+    # vllm: vLLM on a GPU (pip install vllm), the tuned model as the base plus its LoRA adapter;
     # losses are still computed by transformers.
     engine: Literal["auto", "static", "continuous", "compiled", "vllm"] = marked(SPEED_ONLY, "auto")
     memory_share: float = marked(SPEED_ONLY, 0.3)  # engine vllm: the share of the GPU's memory it reserves

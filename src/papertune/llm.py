@@ -5,7 +5,7 @@
   concurrency limit, timeouts and retries with backoff.
 - ``llamacpp``: a GGUF file run by llama.cpp's server in this process (``papertune.inference.llamacpp``),
   started on first use, asked exactly as the ``openai`` backend asks a server, with parallel slots.
-- ``vllm``: vLLM in this process on a GPU (``papertune.inference.vllm_engine``): every conversation of a call
+- ``vllm``: vLLM on a GPU (``papertune.inference.vllm_engine``): every conversation of a call
   handed to its continuous batching at once, replies constrained by vLLM's structured outputs.
 
 Replies can be constrained to a JSON schema (``chat(..., json_schema=SCHEMA)``): the server backends send
@@ -208,11 +208,11 @@ class HFChatModel:
 
 
 # ---------------------------------------------------------------------------------------------
-# vllm: vLLM in this process
+# vllm: vLLM on a GPU
 
 
 class VLLMChatModel:
-    """A model run by vLLM in this process; prompts from the model's chat template tokenized as ``hf`` does
+    """A model run by vLLM; prompts from the model's chat template tokenized as ``hf`` does
     them, so both backends ask the same tokens. One engine per process serves every setting naming the
     same model (a teacher and a judge share it)."""
 

@@ -1,4 +1,5 @@
-"""vLLM in this process on a GPU: the one way papertune runs vLLM (backend ``vllm`` of :mod:`papertune.llm`).
+"""vLLM on a GPU, driven from this process: the one way papertune runs vLLM (backend ``vllm`` of
+:mod:`papertune.llm`, ``evaluate.engine: vllm``).
 
 vLLM decodes with continuous batching over a paged KV cache, CUDA graphs and its own attention kernels, the
 fastest of papertune's ways to write many replies on one GPU. :class:`VLLMEngine` loads the model once: a
@@ -6,7 +7,11 @@ fastest of papertune's ways to write many replies on one GPU. :class:`VLLMEngine
 :func:`papertune.models.resolve_model`, so vLLM reads the same bf16 weights the ``hf`` backend loads. Prompts
 are given as token ids, tokenized by the caller with the model's chat template exactly as for every other
 backend; greedy at temperature 0; a reply can be constrained to a JSON schema (vLLM's structured outputs,
-through xgrammar). vLLM needs its own install (``pip install vllm``) and a CUDA GPU.
+through xgrammar); a LoRA adapter can answer beside the base model. vLLM's engine core runs in a process of
+its own (vLLM's default): after transformers and sentence-transformers had used the card in papertune's process,
+vLLM's CUDA-graph capture failed there once in two loads, and never in a process of its own (docs/benchmarks.md);
+released, that process ends and the card is free again. vLLM needs its own install (``pip install vllm``) and a
+CUDA GPU.
 """
 
 from __future__ import annotations
@@ -50,13 +55,12 @@ def sampling_params(decoding: Decoding, json_schema: dict[str, Any] | None = Non
         kwargs["top_p"] = 1.0 if decoding.top_p is None else decoding.top_p
         kwargs["seed"] = decoding.seed
     if json_schema is not None:
-        # Compact JSON, as the hf backend constrains it: no run of whitespace can use up the token budget.
-        kwargs["structured_outputs"] = StructuredOutputsParams(json=json_schema, disable_any_whitespace=True)
+        kwargs["structured_outputs"] = StructuredOutputsParams(json=json_schema)
     return SamplingParams(**kwargs)
 
 
 class VLLMEngine:
-    """One model loaded by vLLM in this process.
+    """One model loaded by vLLM.
 
     ``memory_share`` is the share of the GPU's memory vLLM may take for weights, activations and its KV cache
     (it reserves it at start: leave room for anything else on the card); ``max_model_len`` the longest
@@ -87,16 +91,16 @@ class VLLMEngine:
         from papertune.models import resolve_model
 
         path = resolve_model(spec, f"{setting}.model")
-        # The engine core in this process: no second process to start, and its errors surface here.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if importlib.util.find_spec("flashinfer") is None:
             # vLLM samples top-k/top-p with FlashInfer when asked to (its default) and fails where FlashInfer
             # is not installed; its own PyTorch sampler does the same job.
             os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         started = time.monotonic()
+        # Compact JSON in constrained replies, as the hf backend constrains them: no run of whitespace can use
+        # up the token budget (vLLM sets this for the engine, not per request).
         self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16", gpu_memory_utilization=memory_share,
                        max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code,
-                       enable_prefix_caching=True, structured_outputs_config={"backend": "xgrammar"}, **lora)
+                       enable_prefix_caching=True, structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}, **lora)
         self.path = path
         self.max_model_len = max_model_len
         self._adapters: dict[str, int] = {}
@@ -129,9 +133,11 @@ class VLLMEngine:
         return completions
 
     def release(self) -> None:
-        """Give the GPU memory back (vLLM's own cleanup of its in-process state): the engine is unusable after."""
+        """Give the GPU memory back: the engine core shuts down (its process ends), then vLLM's own cleanup of
+        what it keeps in this process. The engine is unusable after."""
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
+        self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
         for key in [k for k, engine in _ENGINES.items() if engine is self]:
             del _ENGINES[key]
