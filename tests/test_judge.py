@@ -324,3 +324,55 @@ def test_a_blind_quote_that_carries_the_answer_backs_the_pair():
     elsewhere = blind(QUANT, "Two low-rank matrices per layer.")  # agrees, but its quote carries nothing
     verdict = assess(row, CHUNK["text"], copied, elsewhere, CurateConfig(judge_blind_vouches=0.0))
     assert verdict.failed == ["quote_not_in_chunk"]
+
+
+class TeacherAndJudge(ScriptedJudge):
+    """The judge of :data:`SCRIPT`, and a teacher (generate's system prompt) whose every reply is one pair
+    about what LoRA freezes; the temperatures the teacher was asked at are kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.teacher_temperatures: list[float | None] = []
+
+    def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None) -> list[str]:
+        from papertune.generate.llm import SYSTEM_PROMPT
+
+        if conversations[0][0]["content"] != SYSTEM_PROMPT:
+            return super().chat(conversations, max_new_tokens=max_new_tokens, json_schema=json_schema)
+        self.teacher_temperatures += [temperature] * len(conversations)
+        reply = {"pairs": [{"kind": "definition", "question": "What does LoRA freeze during training?",
+                            "answer": FREEZE}]}
+        return [json.dumps(reply)] * len(conversations)
+
+
+def test_a_chunk_that_kept_no_pair_is_asked_again_and_its_new_pair_judged(tmp_path: Path):
+    """curate.refill_rounds: the llm's only pair of the chunk is dropped by the judge, so the teacher is asked
+    again, sampling; its new pair passes every check and the judge, and is kept under an id of its own."""
+    write_run(tmp_path, [dict(PAIRS[3], generator="llm")])  # the planted wrong answer
+    scripted = TeacherAndJudge()
+    with ChatServer(scripted, model_name="scripted-judge") as server:
+        cfg = judged_config(tmp_path, server, "curate.refill_rounds=2", "generate.llm.backend=openai",
+                            f"generate.llm.base_url={server.url}", "generate.llm.model=scripted-judge",
+                            "generate.llm_retry_temperature=0.9")
+        curate.run(cfg)
+    kept, dropped, report = outputs(tmp_path)
+    assert [r["id"] for r in kept] == [f"{CHUNK['id']}::llm-refill1::0"]
+    assert kept[0]["question"] == "What does LoRA freeze during training?" and kept[0]["judge"]["passed"]
+    assert (kept[0]["generator"], kept[0]["source"], kept[0]["section"]) == ("llm", "paper.pdf", "Method")
+    assert list(dropped) == ["planted"]
+    assert scripted.teacher_temperatures == [0.9]  # one round: the chunk has a pair after it
+    refill = report["refill"]
+    assert {k: refill[k] for k in ("rounds", "chunks", "asked", "pairs", "kept", "chunks_recovered")} == {
+        "rounds": 2, "chunks": 1, "asked": 1, "pairs": 1, "kept": 1, "chunks_recovered": 1}
+    assert refill["teacher"]["replies"] == 1
+    assert report["judge"]["pairs"] == 2  # each pair judged once
+
+
+def test_new_pairs_that_repeat_a_kept_question_are_dropped_as_duplicates():
+    from papertune.curate.filters import curate_more
+
+    kept = [dict(PAIRS[0], id="first")]
+    new = [dict(PAIRS[0], id="again"), dict(PAIRS[2], id="other")]
+    still, dropped = curate_more(new, kept, {CHUNK["id"]: CHUNK["text"]}, CurateConfig())
+    assert [r["id"] for r in still] == ["other"]
+    assert [(d["id"], d["drop_reason"]) for d in dropped] == [("again", "exact_duplicate")]

@@ -27,9 +27,10 @@ JUDGE = {
                            "self_contained": {"5": 10}, "useful": {"3": 1, "5": 9}},
     "judged_now": 8, "from_cache": 2, "seconds": 20.0, "reply_tokens": 900, "reply_tokens_per_s": 45.0,
 }
-CURATE_REPORT = {"input": 12, "kept": 6, "dropped": 6,
+CURATE_REPORT = {"input": 12, "kept": 6, "dropped": 6, "chunks_with_kept_pairs": 5,
                  "dropped_by_reason": {"exact_duplicate": 2, "judge": 3, "near_duplicate": 1, "injection": 0},
-                 "judge": JUDGE}
+                 "judge": JUDGE,
+                 "refill": {"rounds": 1, "chunks": 2, "asked": 2, "pairs": 3, "kept": 1, "chunks_recovered": 1}}
 
 GOLDEN = [
     "- Chunks covered: 6 of 8 content chunks have a pair (2 more skipped as non-content: references 2).",
@@ -41,7 +42,8 @@ GOLDEN = [
     "- Judge: llamacpp:packaged:qwen2.5-coder-0.5b-instruct passed 7 of 10 pairs (70.0%); failed checks: "
     "blind_disagrees 2, rubric 2, quote_not_in_chunk 1; scores 1/2/3/4/5: answerable 1/0/0/0/9; correct 0/2/0/8/0; "
     "self_contained 0/0/0/0/10; useful 0/0/1/0/9; 2 from its cache; 900 reply tokens at 45.0 tokens/s.",
-    "- Curate kept 6 of 12 pairs; dropped: judge 3, exact_duplicate 2, near_duplicate 1.",
+    "- Curate kept 6 of 12 pairs (5 chunks have a kept pair); dropped: judge 3, exact_duplicate 2, near_duplicate 1.",
+    "- Refill: 2 chunks that kept no pair were asked again, and 1 of them kept one (1 of 3 new pairs kept).",
 ]
 
 

@@ -277,8 +277,13 @@ class CurateConfig:
     # The generators whose pairs the judge reads (empty: every pair). The rules copy chunk sentences as answers,
     # so judging only the llm's pairs saves most of a slow judge's time; the lexical checks above read them all.
     judge_generators: list[str] = field(default_factory=list)
+    # Chunks that kept no pair after these checks, though the llm generator wrote pairs for them, are asked
+    # again this many rounds: generate.llm writes new pairs, sampling at generate.llm_retry_temperature, and
+    # they go through every check (and the judge) the first pairs went through (papertune.curate.refill).
+    refill_rounds: int = 0
 
     def validate(self) -> None:
+        require(self.refill_rounds >= 0, f"curate.refill_rounds must be >= 0 (0 = none), got {self.refill_rounds}")
         for name in self.judge_generators:
             require(name in GENERATORS, f"curate.judge_generators: unknown generator {name!r}; use some of "
                                         f"{', '.join(GENERATORS)} (or [] for every pair)")

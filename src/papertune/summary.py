@@ -77,7 +77,9 @@ def collect_pairs(generate_report: dict[str, Any] | None, curate_report: dict[st
         pairs["curate"] = {
             "input": curate_report.get("input"),
             "kept": curate_report.get("kept"),
+            "chunks_with_kept_pairs": curate_report.get("chunks_with_kept_pairs"),
             "dropped": _nonzero(curate_report.get("dropped_by_reason")),
+            "refill": curate_report.get("refill"),
             "judge": None if not judge else {
                 key: judge.get(key) for key in ("model", "pairs", "passed", "pass_rate", "failed_checks",
                                                 "score_distribution", "judged_now", "from_cache", "reply_tokens",
@@ -239,6 +241,13 @@ def render_pairs(pairs: dict[str, Any]) -> list[str]:
                          f"({rate}); failed checks: {_counts(failed) or 'none'}"
                          + (f"; scores 1/2/3/4/5: {scores}" if scores else "")
                          + f"; {_fmt(judge['from_cache'])} from its cache{_speed(judge)}.")
-        lines.append(f"- Curate kept {_fmt(cur['kept'])} of {_fmt(cur['input'])} pairs; dropped: "
-                     f"{_counts(cur['dropped']) or 'none'}.")
+        chunks = cur.get("chunks_with_kept_pairs")
+        lines.append(f"- Curate kept {_fmt(cur['kept'])} of {_fmt(cur['input'])} pairs"
+                     + (f" ({_fmt(chunks)} chunks have a kept pair)" if chunks is not None else "")
+                     + f"; dropped: {_counts(cur['dropped']) or 'none'}.")
+        refill = cur.get("refill")
+        if refill:
+            lines.append(f"- Refill: {_fmt(refill['chunks'])} chunks that kept no pair were asked again, and "
+                         f"{_fmt(refill['chunks_recovered'])} of them kept one ({_fmt(refill['kept'])} of "
+                         f"{_fmt(refill['pairs'])} new pairs kept).")
     return lines

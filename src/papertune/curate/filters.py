@@ -245,3 +245,15 @@ def curate_rows(
     return kept, dropped
 
 
+
+
+def curate_more(rows: list[dict[str, Any]], kept: list[dict[str, Any]], chunks: dict[str, str], cfg: CurateConfig,
+                judge: Judge | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`curate_rows` for ``rows`` written after ``kept`` was curated: every check, and a new pair that
+    repeats a kept one (or an earlier new one) is dropped as its duplicate."""
+    new_kept, dropped = curate_rows(rows, chunks, cfg, judge)
+    verdicts = _dedup(kept + new_kept, cfg)[len(kept):]
+    still = [row for row, verdict in zip(new_kept, verdicts) if verdict is None]
+    dropped += [{**row, "drop_reason": verdict[0], "drop_detail": verdict[1]}
+                for row, verdict in zip(new_kept, verdicts) if verdict is not None]
+    return still, dropped

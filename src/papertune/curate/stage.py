@@ -14,6 +14,7 @@ from typing import Any
 from papertune.config import PapertuneConfig
 from papertune.curate.filters import REASONS, curate_rows
 from papertune.curate.judge import PairJudge
+from papertune.curate.refill import refill
 from papertune.errors import InputError
 from papertune.rundir import (
     CHUNKS,
@@ -38,6 +39,14 @@ _MAX_PROBLEMS_IN_REPORT = 100
 
 def read_inputs(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str], list[str]]:
     """The pairs of ``RUN/qa.jsonl``, the chunk texts by id, and the malformed lines skipped in both."""
+    rows, chunk_rows, problems = _read(run_dir)
+    chunks: dict[str, str] = {}
+    for chunk in chunk_rows:
+        chunks.setdefault(str(chunk["id"]), str(chunk["text"]))
+    return rows, chunks, problems
+
+
+def _read(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     qa_path, chunks_path = run_dir / QA, run_dir / CHUNKS
     if not chunks_path.is_file():
         raise InputError(f"{chunks_path} not found: run `papertune ingest DOCS_DIR --run-dir {run_dir}` first")
@@ -45,14 +54,10 @@ def read_inputs(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str], li
         raise InputError(f"{qa_path} not found: run `papertune generate --run-dir {run_dir}` first")
     chunk_rows, chunk_problems = read_chunks(chunks_path)  # each skipped line is logged by the reader
     rows, qa_problems = read_rows(qa_path, PAIR_OF_CHUNK)
-    problems = qa_problems + chunk_problems
-    chunks: dict[str, str] = {}
-    for chunk in chunk_rows:
-        chunks.setdefault(str(chunk["id"]), str(chunk["text"]))
     for row in rows:  # ids and texts are compared as strings, whatever the generator wrote
         for key in ("id", "question", "answer", "chunk_id"):
             row[key] = str(row[key])
-    return rows, chunks, problems
+    return rows, chunk_rows, qa_problems + chunk_problems
 
 
 SPEC = StageSpec(
@@ -61,8 +66,11 @@ SPEC = StageSpec(
     help="drop duplicate, unsupported or malformed pairs (RUN/qa_curated.jsonl)",
     description="Filter RUN/qa.jsonl: near-duplicate questions, answers not supported by their chunk, too short or "
     "long pairs, questions that contain their answer, and (curate.judge_enabled) pairs a judge model reading the "
-    "chunk cannot back up. Dropped pairs go to RUN/qa_dropped.jsonl.",
-    settings=("curate",),
+    "chunk cannot back up. Dropped pairs go to RUN/qa_dropped.jsonl. curate.refill_rounds asks generate.llm again "
+    "for chunks that kept no pair.",
+    # refill asks the teacher of generate again
+    settings=("curate", "generate.llm", "generate.pairs_per_chunk", "generate.llm_min_support",
+              "generate.llm_retries", "generate.llm_retry_temperature"),
     outputs=(QA_CURATED, QA_DROPPED, CURATE_REPORT),
     inputs=run_files(QA, CHUNKS),
 )
@@ -73,10 +81,16 @@ def run(config: PapertuneConfig) -> Path:
     cfg = config.curate
     run_dir = Path(config.run_dir)
     started = time.perf_counter()
-    rows, chunks, problems = read_inputs(run_dir)
+    rows, chunk_rows, problems = _read(run_dir)
+    chunks: dict[str, str] = {}
+    for chunk in chunk_rows:
+        chunks.setdefault(str(chunk["id"]), str(chunk["text"]))
     record_stage(run_dir, "curate", config)
     judge = PairJudge(cfg, run_dir) if cfg.judge_enabled else None
     kept, dropped = curate_rows(rows, chunks, cfg, judge)
+    refilled = None
+    if cfg.refill_rounds:
+        kept, dropped, refilled = refill(config, rows, kept, dropped, chunk_rows, chunks, judge)
 
     out = run_dir / QA_CURATED
     write_jsonl_atomic(out, kept)
@@ -90,6 +104,7 @@ def run(config: PapertuneConfig) -> Path:
         "malformed_lines": len(problems),
         "malformed": problems[:_MAX_PROBLEMS_IN_REPORT],
         "chunks": len(chunks),
+        "chunks_with_kept_pairs": len({r["chunk_id"] for r in kept}),
         "settings": {
             "dedup": cfg.dedup,
             "near_duplicate_threshold": cfg.near_duplicate_threshold,
@@ -98,6 +113,7 @@ def run(config: PapertuneConfig) -> Path:
             "judge_enabled": cfg.judge_enabled,
         },
         "judge": judge.stats.report(cfg) if judge is not None else None,
+        "refill": refilled,
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json_atomic(run_dir / CURATE_REPORT, report)
@@ -106,6 +122,9 @@ def run(config: PapertuneConfig) -> Path:
         len(kept), len(rows),
         ", ".join(f"{k} {v}" for k, v in by_reason.most_common()) or "none dropped", len(problems), out,
     )
+    if refilled is not None:
+        log.info("curate: refill kept %d of %d new pairs; %d of %d chunks without a kept pair have one now",
+                 refilled["kept"], refilled["pairs"], refilled["chunks_recovered"], refilled["chunks"])
     if judge is not None:
         stats = report["judge"]
         rate = stats["reply_tokens_per_s"]

@@ -428,8 +428,9 @@ class LLMGenerator:
             log.debug("llm: no pairs kept for %s (%s); reply: %.300s", chunk["id"], dict(result.dropped), reply)
         return result
 
-    def generate(self, chunks: list[Chunk]) -> Iterator[tuple[str, ChunkResult]]:
-        replies, failure = self._ask(chunks, None)
+    def generate(self, chunks: list[Chunk], temperature: float | None = None) -> Iterator[tuple[str, ChunkResult]]:
+        """Pairs for each chunk; ``temperature`` (default: ``generate.llm``'s) for the first reply."""
+        replies, failure = self._ask(chunks, temperature)
         results = {c["id"]: self._read(c, r) for c, r in zip(chunks, replies) if r is not None}
         # Chunks whose reply gave no pair are asked again, sampling: what each attempt dropped is counted.
         again = [c for c in chunks if c["id"] in results and not results[c["id"]].pairs]

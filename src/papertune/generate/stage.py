@@ -42,6 +42,7 @@ from papertune.generate.base import ChunkResult, Generator
 from papertune.generate.content import non_content_reason
 from papertune.generate.llm import LLMGenerator, TeacherStats, prompt_fingerprint
 from papertune.generate.questions import guess_kind
+from papertune.generate.rows import pair_rows
 from papertune.rundir import (
     CHUNKS,
     GENERATE_DIR,
@@ -218,29 +219,9 @@ def load_chunks(path: Path) -> tuple[list[dict[str, Any]], list[str], int]:
 
 
 def _qa_rows(chunks: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for chunk in chunks:
-        record = records[chunk["id"]]
-        for k, pair in enumerate(record["pairs"]):
-            rows.append(
-                {
-                    "id": f"{chunk['id']}::{record['generator']}::{k}",
-                    "question": pair["question"],
-                    "answer": pair["answer"],
-                    "kind": pair.get("kind") or guess_kind(pair["question"]),
-                    "chunk_id": chunk["id"],
-                    "source": chunk.get("source"),
-                    "title": chunk.get("title"),
-                    "section": chunk.get("section"),
-                    "page_start": chunk.get("page_start"),
-                    "page_end": chunk.get("page_end"),
-                    "generator": record["generator"],
-                    "model": record.get("model"),
-                    "parent_id": None,
-                    "augmentation": None,
-                }
-            )
-    return rows
+    return [row for chunk in chunks
+            for row in pair_rows(chunk, records[chunk["id"]]["pairs"], records[chunk["id"]]["generator"],
+                                 records[chunk["id"]].get("model"))]
 
 
 def _report(
