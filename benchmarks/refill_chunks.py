@@ -58,8 +58,8 @@ def main() -> int:
     seconds = time.perf_counter() - started
     judged = judge.stats.report(config.curate)
     added = new_kept[len(kept):]
-    print(f"| content chunks without a kept pair (run) | asked again | with a kept pair after | new pairs kept "
-          f"| new pairs | teacher tok/s | judge tok/s | s |")
+    print("| content chunks without a kept pair (run) | asked again | with a kept pair after | new pairs kept "
+          "| new pairs | teacher tok/s | judge tok/s | s |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {len(chunks_to_refill(rows, kept, content))} | {report['chunks']} | {report['chunks_recovered']} "
           f"| {report['kept']} | {report['pairs']} | {report['teacher']['reply_tokens_per_s']} "

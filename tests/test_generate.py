@@ -101,12 +101,12 @@ class FakeChat:
 
 
 def first_sentence_pairs(doc: str) -> str:
-    """A well-behaved model: two pairs taken from the chunk's first sentence."""
+    """A well-behaved model: two pairs about the chunk's first sentence, answered by it and by the whole chunk."""
     first = doc.split(". ")[0].rstrip(".") + "."
     subject = " ".join(first.split()[:2])
     return json.dumps([
         {"question": f"What does {subject} do?", "answer": first},
-        {"question": f"What is said about {subject}?", "answer": first},
+        {"question": f"What is said about {subject}?", "answer": doc},
     ])
 
 

@@ -18,6 +18,7 @@ from papertune.generate.llm import (
     build_conversation,
     check_pair,
     copies_example,
+    degenerate,
     finish_answer,
     is_fragment,
     pairs_from_reply,
@@ -389,6 +390,24 @@ def test_questions_that_fill_a_worked_example_template_are_dropped():
     reply = json.dumps({"pairs": [{"kind": "definition", "question": copied, "answer": text}]})
     assert pairs_from_reply(reply, Grounding(text), 5, 0.4).dropped == {"copies_example": 1}
 
+
+
+def test_answers_stuck_in_a_loop_and_answers_given_twice_are_dropped():
+    """Seen in a sampled reply of the 1.5B teacher: a formula trailing off in "\\text{ }" pieces, and three
+    questions about one topic given one answer word for word (it fits at most one of them)."""
+    assert degenerate(r"The loss is $L = -\log D$ \text{ } \text{ } \text{ } \text{ } \text{ } \text{ } \text{ }")
+    assert degenerate("Dropout the the the the the the the units.")
+    assert not degenerate("Dropout slows training by 1000000 steps.") and not degenerate(CHUNK)
+    same = "Dropout randomly sets a fraction of activations to zero during training, so units cannot co-adapt."
+    reply = json.dumps({"pairs": [
+        {"kind": "definition", "question": "What does dropout do during training?", "answer": same},
+        {"kind": "mechanism", "question": "How does dropout stop units from co-adapting?", "answer": same},
+        {"kind": "quantitative", "question": "How much does dropout slow training?",
+         "answer": "Dropout slows training by two to three times " + "\\text{ } " * 8 + "."},
+    ]})
+    result = pairs_from_reply(reply, Grounding(CHUNK), 5, 0.4)
+    assert [p["question"] for p in result.pairs] == ["What does dropout do during training?"]
+    assert result.dropped == {"same_answer": 1, "degenerate": 1}
 
 def test_richer_chunks_are_asked_for_more_pairs():
     sentence = "The encoder maps each input token to a vector that the decoder attends to at every step. "

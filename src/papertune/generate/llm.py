@@ -26,6 +26,10 @@ Each pair is then checked; a dropped pair is counted under its reason:
 - ``answer_fragment``: the answer is not a sentence (under three words, or it opens like a fragment:
   "training a model on a dataset", "by adding noise");
 - ``copies_example``: the question repeats six words in a row of a worked example's question;
+- ``degenerate``: the answer repeats a short piece six times in a row (a model stuck in a loop:
+  ``\\text{ } \\text{ } ...``);
+- ``same_answer``: the answer is word for word an earlier pair's of the same reply (a model that answers
+  "what is X", "how does X work" and "why X" with one sentence fits at most one of them);
 - ``duplicate`` and ``over_limit`` (more than ``generate.pairs_per_chunk``).
 
 Answers longer than three sentences are trimmed to their first three (not dropped). Replies with
@@ -64,7 +68,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
-from papertune.text import curly_quotes, restore_latex, unfinished
+from papertune.text import curly_quotes, normalize, restore_latex, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +296,16 @@ def copies_example(question: str) -> bool:
     return not _shingles(question).isdisjoint(_EXAMPLE_SHINGLES)
 
 
+# A piece of 1-16 characters starting with something other than spacing, then the same piece 5 more times.
+_LOOP = re.compile(r"(\S[\s\S]{0,15}?)\1{5,}")
+
+
+def degenerate(answer: str) -> bool:
+    """Whether the answer repeats a short piece six times in a row (``\\text{ } \\text{ } ...``, "the the
+    the ..."): a model stuck in a loop."""
+    return any(not m.group(1).strip().isdigit() for m in _LOOP.finditer(answer))  # 1000000 is a number
+
+
 def check_pair(
     question: str, answer: str, grounding: Grounding, min_support: float, known_words: frozenset[str] = frozenset()
 ) -> str | None:
@@ -315,6 +329,8 @@ def check_pair(
         return "answer_fragment"
     if copies_example(question):
         return "copies_example"
+    if degenerate(answer):
+        return "degenerate"
     return None
 
 
@@ -333,6 +349,7 @@ def pairs_from_reply(
         result.dropped["unparseable"] += 1
         return result
     kept = []
+    answers: set[str] = set()
     for pair in parsed:
         # Replies held to JSON lose LaTeX backslashes (no "\\m" escape): put back those the chunk writes.
         question = restore_latex(pair.question, grounding.clean_text)
@@ -341,9 +358,12 @@ def pairs_from_reply(
         kind = normalise_kind(pair.kind, question, answer)
         if reason is None and kind is None:
             reason = "bad_kind"
+        if reason is None and normalize(answer) in answers:
+            reason = "same_answer"
         if reason:
             result.dropped[reason] += 1
             continue
+        answers.add(normalize(answer))
         kept.append((finish_question(question), answer, kind))
     take_pairs(kept, limit, result)
     return result
