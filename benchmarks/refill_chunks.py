@@ -62,7 +62,7 @@ def main() -> int:
           "| new pairs | teacher tok/s | judge tok/s | s |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {len(chunks_to_refill(rows, kept, content))} | {report['chunks']} | {report['chunks_recovered']} "
-          f"| {report['kept']} | {report['pairs']} | {report['teacher']['reply_tokens_per_s']} "
+          f"| {report['kept']} | {report['pairs']} | {(report['teacher'] or {}).get('reply_tokens_per_s', 'cached')} "
           f"| {judged['reply_tokens_per_s']} | {seconds:.0f} |")
     print(f"\njudge: {judged['passed']} of {judged['pairs']} passed, failed checks {judged['failed_checks']}")
     for row in added:

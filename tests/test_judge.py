@@ -347,7 +347,8 @@ class TeacherAndJudge(ScriptedJudge):
 
 def test_a_chunk_that_kept_no_pair_is_asked_again_and_its_new_pair_judged(tmp_path: Path):
     """curate.refill_rounds: the llm's only pair of the chunk is dropped by the judge, so the teacher is asked
-    again, sampling; its new pair passes every check and the judge, and is kept under an id of its own."""
+    again, sampling; its new pair passes every check and the judge, and is kept under an id of its own. A
+    rerun asks nobody."""
     write_run(tmp_path, [dict(PAIRS[3], generator="llm")])  # the planted wrong answer
     scripted = TeacherAndJudge()
     with ChatServer(scripted, model_name="scripted-judge") as server:
@@ -366,6 +367,15 @@ def test_a_chunk_that_kept_no_pair_is_asked_again_and_its_new_pair_judged(tmp_pa
         "rounds": 2, "chunks": 1, "asked": 1, "pairs": 1, "kept": 1, "chunks_recovered": 1}
     assert refill["teacher"]["replies"] == 1
     assert report["judge"]["pairs"] == 2  # each pair judged once
+    # A rerun takes the teacher's refill pairs (and the judge's replies) from their caches: nothing asked.
+    first = (tmp_path / "qa_curated.jsonl").read_bytes()
+    with ChatServer(scripted, model_name="scripted-judge") as server:
+        curate.run(judged_config(tmp_path, server, "curate.refill_rounds=2", "generate.llm.backend=openai",
+                                 f"generate.llm.base_url={server.url}", "generate.llm.model=scripted-judge",
+                                 "generate.llm_retry_temperature=0.9"))
+    assert scripted.teacher_temperatures == [0.9] and len(scripted.conversations) == 4
+    assert (tmp_path / "qa_curated.jsonl").read_bytes() == first
+    assert outputs(tmp_path)[2]["refill"]["teacher"] is None
 
 
 def test_new_pairs_that_repeat_a_kept_question_are_dropped_as_duplicates():

@@ -6,20 +6,28 @@ teacher and judge, docs/benchmarks.md). Chunks that gave no pair at all were alr
 
 Each round asks ``generate.llm`` for new pairs of every such chunk, sampling at
 ``generate.llm_retry_temperature``; the pairs (ids ``CHUNK::llm-refillN::K``) go through every check and the
-judge (:func:`papertune.curate.filters.curate_more`), and those kept join the curated pairs.
+judge (:func:`papertune.curate.filters.curate_more`), and those kept join the curated pairs. The teacher's
+pairs are kept in ``RUN/curate/refill_cache.jsonl`` by teacher, prompt, chunk and round as each batch arrives:
+a rerun of curate (other thresholds, or after a failure) asks only for what is not there.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from papertune.config import PapertuneConfig
 from papertune.curate.filters import Judge, curate_more
-from papertune.generate.llm import LLMGenerator
+from papertune.generate.llm import LLMGenerator, prompt_fingerprint
 from papertune.generate.rows import pair_rows
+from papertune.rundir import CURATE_DIR, read_jsonl, sha256_json, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
+
+CACHE_FILE = f"{CURATE_DIR}/refill_cache.jsonl"
 
 
 def chunks_to_refill(rows: list[dict[str, Any]], kept: list[dict[str, Any]],
@@ -30,26 +38,64 @@ def chunks_to_refill(rows: list[dict[str, Any]], kept: list[dict[str, Any]],
     return [c for c in chunk_rows if str(c["id"]) in asked - covered]
 
 
+class RefillCache:
+    """The teacher's refill pairs by key (teacher settings, prompt, chunk text, round), in ``RUN/curate``."""
+
+    def __init__(self, config: PapertuneConfig) -> None:
+        self.path = Path(config.run_dir) / CACHE_FILE
+        gen = config.generate
+        self.identity = [prompt_fingerprint(), gen.llm.backend, gen.llm.model, gen.llm.max_new_tokens,
+                         gen.llm_retry_temperature, gen.pairs_per_chunk, gen.llm_min_support, gen.llm_retries]
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            self.entries = {row["key"]: row for row in read_jsonl(self.path)
+                            if isinstance(row, dict) and {"key", "pairs"} <= row.keys()}
+
+    def key(self, chunk: dict[str, Any], round_: int) -> str:
+        return sha256_json([*self.identity, chunk["text"], round_])
+
+    def store(self, chunk: dict[str, Any], round_: int, pairs: list[dict[str, Any]]) -> None:
+        key = self.key(chunk, round_)
+        self.entries[key] = {"key": key, "chunk_id": chunk["id"], "round": round_, "pairs": pairs}
+        write_jsonl_atomic(self.path, list(self.entries.values()))
+
+
+def _pairs(teacher: Callable[[], LLMGenerator], cache: RefillCache, todo: list[dict[str, Any]], round_: int,
+           temperature: float) -> dict[str, list[dict[str, Any]]]:
+    """Each chunk's pairs of this round: from the cache, or from the teacher (loaded only then; stored as each
+    chunk's reply arrives)."""
+    pairs = {str(c["id"]): cache.entries[cache.key(c, round_)]["pairs"] for c in todo
+             if cache.key(c, round_) in cache.entries}
+    ask = [c for c in todo if str(c["id"]) not in pairs]
+    if ask:
+        generator = teacher()
+        log.info("curate: refill round %d: asking %s again for %d chunks that kept no pair (%d from %s)",
+                 round_, generator.model, len(ask), len(pairs), cache.path)
+        by_id = {str(c["id"]): c for c in ask}
+        for chunk_id, result in generator.generate(ask, temperature=temperature):  # a failure keeps the rest
+            cache.store(by_id[chunk_id], round_, result.pairs)
+            pairs[chunk_id] = result.pairs
+    return pairs
+
+
 def refill(config: PapertuneConfig, rows: list[dict[str, Any]], kept: list[dict[str, Any]],
            dropped: list[dict[str, Any]], chunk_rows: list[dict[str, Any]], chunks: dict[str, str],
            judge: Judge | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Kept and dropped pairs after ``curate.refill_rounds`` rounds, and the report's ``refill`` section."""
     todo = chunks_to_refill(rows, kept, chunk_rows)
     report: dict[str, Any] = {"rounds": config.curate.refill_rounds, "chunks": len(todo), "asked": 0,
-                              "pairs": 0, "kept": 0, "chunks_recovered": 0}
+                              "pairs": 0, "kept": 0, "chunks_recovered": 0, "teacher": None}
     if not todo:
         return kept, dropped, report
-    generator = LLMGenerator(config)
-    temperature = config.generate.llm_retry_temperature
+    cache = RefillCache(config)
+    teacher = functools.cache(lambda: LLMGenerator(config))
     for round_ in range(1, config.curate.refill_rounds + 1):
         if not todo:
             break
-        log.info("curate: refill round %d: asking %s again for %d chunks that kept no pair", round_,
-                 generator.model, len(todo))
-        by_id = {str(c["id"]): c for c in todo}
-        new_rows = [row for chunk_id, result in generator.generate(todo, temperature=temperature)
-                    for row in pair_rows(by_id[chunk_id], result.pairs, LLMGenerator.name, generator.model,
-                                         tag=f"{LLMGenerator.name}-refill{round_}")]
+        pairs = _pairs(teacher, cache, todo, round_, config.generate.llm_retry_temperature)
+        new_rows = [row for chunk in todo
+                    for row in pair_rows(chunk, pairs.get(str(chunk["id"]), []), LLMGenerator.name,
+                                         config.generate.llm.model, tag=f"{LLMGenerator.name}-refill{round_}")]
         new_kept, new_dropped = curate_more(new_rows, kept, chunks, config.curate, judge)
         report["asked"] += len(todo)
         report["pairs"] += len(new_rows)
@@ -57,5 +103,6 @@ def refill(config: PapertuneConfig, rows: list[dict[str, Any]], kept: list[dict[
         report["chunks_recovered"] += len({r["chunk_id"] for r in new_kept})
         kept, dropped = kept + new_kept, dropped + new_dropped
         todo = chunks_to_refill(rows, kept, todo)
-    report["teacher"] = generator.stats.report()
+    if teacher.cache_info().currsize:  # the teacher was asked in this run
+        report["teacher"] = teacher().stats.report()
     return kept, dropped, report
