@@ -100,7 +100,8 @@ class VLLMEngine:
         # up the token budget (vLLM sets this for the engine, not per request).
         self.llm = LLM(model=path, tokenizer=path, dtype="bfloat16", gpu_memory_utilization=memory_share,
                        max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code,
-                       enable_prefix_caching=True, structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}, **lora)
+                       enable_prefix_caching=True,
+                       structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}, **lora)
         self.path = path
         self.max_model_len = max_model_len
         self._adapters: dict[str, int] = {}
