@@ -386,3 +386,54 @@ def test_new_pairs_that_repeat_a_kept_question_are_dropped_as_duplicates():
     still, dropped = curate_more(new, kept, {CHUNK["id"]: CHUNK["text"]}, CurateConfig())
     assert [r["id"] for r in still] == ["other"]
     assert [(d["id"], d["drop_reason"]) for d in dropped] == [("again", "exact_duplicate")]
+
+
+def test_a_refill_stopped_by_a_failed_request_keeps_what_arrived_and_a_rerun_asks_only_the_rest(tmp_path: Path):
+    """The teacher fails on the second chunk: the first chunk's new pairs are in the refill cache already, and
+    the rerun asks the teacher about the second chunk only."""
+    from papertune.generate.llm import SYSTEM_PROMPT
+
+    second = {**CHUNK, "id": "paper.pdf#0001", "text": CHUNK["text"] + " Adapters are small."}
+    off_topic = "Transformers use attention heads everywhere in modern vision models."  # unsupported: dropped
+    write_run(tmp_path, [dict(PAIRS[0], id="a", answer=off_topic, generator="llm"),
+                         dict(PAIRS[0], id="b", answer=off_topic, generator="llm", chunk_id=second["id"])])
+    with (tmp_path / "chunks.jsonl").open("a") as fh:
+        fh.write(json.dumps(second) + "\n")
+
+    class Teacher(ScriptedJudge):
+        def __init__(self, fail: bool) -> None:
+            super().__init__()
+            self.fail, self.asked = fail, []
+
+        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+            if conversations[0][0]["content"] != SYSTEM_PROMPT:
+                return super().chat(conversations, json_schema=json_schema)
+            replies = []
+            for conversation in conversations:
+                on_second = "Adapters are small." in conversation[-1]["content"]
+                self.asked.append("second" if on_second else "first")
+                if on_second and self.fail:
+                    raise RuntimeError("the teacher crashed")
+                question, answer = (("What does QLoRA quantize the base model to?", QUANT) if on_second
+                                    else ("What does LoRA freeze during training?", FREEZE))
+                replies.append(json.dumps({"pairs": [{"kind": "definition", "question": question,
+                                                      "answer": answer}]}))
+            return replies
+
+    def run(teacher: Teacher) -> None:
+        with ChatServer(teacher, model_name="scripted-judge", max_batch=1) as server:
+            curate.run(judged_config(tmp_path, server, "curate.refill_rounds=1", "generate.llm.backend=openai",
+                                     f"generate.llm.base_url={server.url}", "generate.llm.model=scripted-judge",
+                                     "generate.llm.max_retries=0", "generate.llm_retries=0"))
+
+    failing = Teacher(fail=True)
+    with pytest.raises(LLMRequestError, match="generate.llm"):
+        run(failing)
+    assert sorted(failing.asked) == ["first", "second"]
+    cached = list(read_jsonl(tmp_path / "curate" / "refill_cache.jsonl"))
+    assert [row["chunk_id"] for row in cached] == [CHUNK["id"]]
+    working = Teacher(fail=False)
+    run(working)
+    assert working.asked == ["second"]
+    kept = outputs(tmp_path)[0]
+    assert sorted(r["id"] for r in kept) == [f"{CHUNK['id']}::llm-refill1::0", f"{second['id']}::llm-refill1::0"]
