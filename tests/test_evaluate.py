@@ -465,6 +465,9 @@ def test_evaluate_engine_vllm_answers_the_base_and_the_adapter_in_one_engine(tmp
     assert {r["answer"].split()[0] for r in rows if r["model"] == "tuned"} == {"tuned"}
     assert {r["answer"].split()[0] for r in rows if r["model"] == "base"} == {"base"}
     assert released == [True]
+    # A rerun finds every answer in the cache: vLLM is not even loaded.
+    evaluate.run(cfg)
+    assert len(made) == 1 and len(calls) == 4
     # Answers of another engine are not vLLM's: transformers answers them anew.
     monkeypatch.setattr(stage, "generate", transformers_generate)
     again = evaluate.run(eval_config(run, tiny_model, "evaluate.max_questions=3", "retrieval.top_k=2"))

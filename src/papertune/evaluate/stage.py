@@ -9,10 +9,11 @@ answers (:mod:`.metrics`, :mod:`.judge`), aggregates them per system and questio
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,14 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], syste
                      passages: Sequence[Sequence[dict]] | None = None, batch_size: int, max_new_tokens: int,
                      temperature: float = 0.0, seed: int = 3407, desc: str = "answers",
                      engine: str = "auto", cache: AnswerCache | None = None,
-                     identity: dict[str, Any] | None = None, vllm: VLLMEngine | None = None,
+                     identity: dict[str, Any] | None = None, vllm: Callable[[], VLLMEngine] | None = None,
                      adapter: Path | None = None) -> list[str]:
     """Batched answers, each from the prompt ask and serve send (``papertune.chat.render_prompt``: chat
     template, system prompt, no added specials); ``passages[i]`` (chunk dicts) make question ``i`` grounded.
     With ``cache`` (and the model's ``identity``), answers found there are not generated again and the new
-    ones are stored as soon as they are written. With ``vllm`` (an engine loaded with the base model; ``model``
-    is not used), vLLM writes them, with the LoRA ``adapter`` when given."""
+    ones are stored as soon as they are written. With ``vllm`` (gives the engine loaded with the base model,
+    called only when something is left to write; ``model`` is not used), vLLM writes them, with the LoRA
+    ``adapter`` when given."""
     prompts = [render_prompt(tokenizer, q, system_prompt, None if passages is None else passages[i])
                for i, q in enumerate(questions)]
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -95,7 +97,7 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], syste
         if vllm is not None:
             log.info("evaluate: %s, %d prompts to vLLM", desc, len(todo))
             ids = [tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in todo]
-            fresh = [c.text for c in vllm.generate(ids, decoding, adapter=adapter)]
+            fresh = [c.text for c in vllm().generate(ids, decoding, adapter=adapter)]
         else:
             fresh = [c.text for c in generate(model, tokenizer, [prompts[i] for i in todo], decoding,
                                               batch_size=batch_size, progress=desc, engine=engine)]
@@ -233,7 +235,9 @@ def run(config: PapertuneConfig) -> Path:
     flat_hits = [h for name in questions for h in hits.get(name, [])]
     answers: dict[str, list[str]] = {}
     cache = AnswerCache(run_dir)
-    vllm = _answer_engine(config, tokenizer, flat, flat_hits, adapter) if cfg.engine == "vllm" else None
+    vllm = None
+    if cfg.engine == "vllm":  # loaded only when an answer is not in the cache
+        vllm = functools.cache(lambda: _answer_engine(config, tokenizer, flat, flat_hits, adapter))
     for name in models:
         # what it computes in here (train.dtype auto differs by device; vLLM answers in bf16)
         dtype = "torch.bfloat16" if vllm is not None else str(next(model.parameters()).dtype)
@@ -250,8 +254,8 @@ def run(config: PapertuneConfig) -> Path:
                 seed=cfg.seed, desc=f"answers ({system.label})", engine=cfg.engine, cache=cache, identity=identity,
                 vllm=vllm, adapter=adapter if name == "tuned" else None)
     del model
-    if vllm is not None:
-        vllm.release()  # the judge (and the embeddings) get the card
+    if vllm is not None and vllm.cache_info().currsize:
+        vllm().release()  # the judge (and the embeddings) get the card
 
     answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None)
                    for s in systems for k, (set_name, row) in enumerate(flat)]
