@@ -1,0 +1,48 @@
+"""What every chat backend of :mod:`papertune.llm` shares: a message, the :class:`ChatModel` interface,
+and the two failures a caller can catch (each carrying the replies of a call that did arrive)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from papertune.errors import ConfigError, PapertuneError
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+class ChatModel(Protocol):
+    name: str
+
+    def chat(
+        self,
+        conversations: Sequence[list[Message]],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        json_schema: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """One reply per conversation, in the same order.
+
+        ``json_schema`` (a JSON Schema dict) asks the backend to constrain each reply to it; a backend
+        that cannot (``hf``) says so once in the log and the caller parses the reply leniently.
+        """
+        ...
+
+
+class LLMRequestError(PapertuneError):
+    """A request to the model failed for good (after the retries, or with an error not worth retrying)."""
+
+    def __init__(self, message: str, *, reason: str = "", replies: list[str | None] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.replies = replies
+
+
+class LLMUnreachableError(ConfigError):
+    """No server answers at the configured ``base_url``: a setting to fix (exit code 2), not a bad request."""
+
+    def __init__(self, message: str, *, replies: list[str | None] | None = None) -> None:
+        super().__init__(message)
+        self.reason = message
+        self.replies = replies
