@@ -245,8 +245,6 @@ def curate_rows(
     return kept, dropped
 
 
-
-
 def curate_more(rows: list[dict[str, Any]], kept: list[dict[str, Any]], chunks: dict[str, str], cfg: CurateConfig,
                 judge: Judge | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """:func:`curate_rows` for ``rows`` written after ``kept`` was curated: every check, and a new pair that

@@ -7,8 +7,9 @@ teacher and judge, docs/benchmarks.md). Chunks that gave no pair at all were alr
 Each round asks ``generate.llm`` for new pairs of every such chunk, sampling at
 ``generate.llm_retry_temperature``; the pairs (ids ``CHUNK::llm-refillN::K``) go through every check and the
 judge (:func:`papertune.curate.filters.curate_more`), and those kept join the curated pairs. The teacher's
-pairs are kept in ``RUN/curate/refill_cache.jsonl`` by teacher, prompt, chunk and round as each batch arrives:
-a rerun of curate (other thresholds, or after a failure) asks only for what is not there.
+pairs are kept in ``RUN/curate/refill_cache.jsonl`` by teacher, prompt, chunk and round, written after each
+round (also one a failed request stopped): a rerun of curate (other thresholds, or after a failure) asks only
+for what is not there.
 """
 
 from __future__ import annotations
@@ -54,27 +55,28 @@ class RefillCache:
     def key(self, chunk: dict[str, Any], round_: int) -> str:
         return sha256_json([*self.identity, chunk["text"], round_])
 
-    def store(self, chunk: dict[str, Any], round_: int, pairs: list[dict[str, Any]]) -> None:
-        key = self.key(chunk, round_)
-        self.entries[key] = {"key": key, "chunk_id": chunk["id"], "round": round_, "pairs": pairs}
+    def save(self) -> None:
         write_jsonl_atomic(self.path, list(self.entries.values()))
 
 
 def _pairs(teacher: Callable[[], LLMGenerator], cache: RefillCache, todo: list[dict[str, Any]], round_: int,
            temperature: float) -> dict[str, list[dict[str, Any]]]:
-    """Each chunk's pairs of this round: from the cache, or from the teacher (loaded only then; stored as each
-    chunk's reply arrives)."""
-    pairs = {str(c["id"]): cache.entries[cache.key(c, round_)]["pairs"] for c in todo
-             if cache.key(c, round_) in cache.entries}
+    """Each chunk's pairs of this round: from the cache, or from the teacher (loaded only then). What the
+    teacher wrote is saved to the cache, also when a failed request stops the round."""
+    keys = {str(c["id"]): cache.key(c, round_) for c in todo}
+    pairs = {cid: cache.entries[key]["pairs"] for cid, key in keys.items() if key in cache.entries}
     ask = [c for c in todo if str(c["id"]) not in pairs]
     if ask:
         generator = teacher()
         log.info("curate: refill round %d: asking %s again for %d chunks that kept no pair (%d from %s)",
                  round_, generator.model, len(ask), len(pairs), cache.path)
-        by_id = {str(c["id"]): c for c in ask}
-        for chunk_id, result in generator.generate(ask, temperature=temperature):  # a failure keeps the rest
-            cache.store(by_id[chunk_id], round_, result.pairs)
-            pairs[chunk_id] = result.pairs
+        try:
+            for chunk_id, result in generator.generate(ask, temperature=temperature):
+                key = keys[str(chunk_id)]
+                cache.entries[key] = {"key": key, "chunk_id": chunk_id, "round": round_, "pairs": result.pairs}
+                pairs[str(chunk_id)] = result.pairs
+        finally:
+            cache.save()
     return pairs
 
 

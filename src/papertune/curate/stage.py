@@ -40,10 +40,15 @@ _MAX_PROBLEMS_IN_REPORT = 100
 def read_inputs(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str], list[str]]:
     """The pairs of ``RUN/qa.jsonl``, the chunk texts by id, and the malformed lines skipped in both."""
     rows, chunk_rows, problems = _read(run_dir)
+    return rows, _texts(chunk_rows), problems
+
+
+def _texts(chunk_rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each chunk's text by id (the first of a repeated id)."""
     chunks: dict[str, str] = {}
     for chunk in chunk_rows:
         chunks.setdefault(str(chunk["id"]), str(chunk["text"]))
-    return rows, chunks, problems
+    return chunks
 
 
 def _read(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
@@ -82,9 +87,7 @@ def run(config: PapertuneConfig) -> Path:
     run_dir = Path(config.run_dir)
     started = time.perf_counter()
     rows, chunk_rows, problems = _read(run_dir)
-    chunks: dict[str, str] = {}
-    for chunk in chunk_rows:
-        chunks.setdefault(str(chunk["id"]), str(chunk["text"]))
+    chunks = _texts(chunk_rows)
     record_stage(run_dir, "curate", config)
     judge = PairJudge(cfg, run_dir) if cfg.judge_enabled else None
     kept, dropped = curate_rows(rows, chunks, cfg, judge)

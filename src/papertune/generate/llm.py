@@ -358,12 +358,13 @@ def pairs_from_reply(
         kind = normalise_kind(pair.kind, question, answer)
         if reason is None and kind is None:
             reason = "bad_kind"
-        if reason is None and normalize(answer) in answers:
+        said = normalize(answer)
+        if reason is None and said in answers:
             reason = "same_answer"
         if reason:
             result.dropped[reason] += 1
             continue
-        answers.add(normalize(answer))
+        answers.add(said)
         kept.append((finish_question(question), answer, kind))
     take_pairs(kept, limit, result)
     return result

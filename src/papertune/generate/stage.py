@@ -219,9 +219,11 @@ def load_chunks(path: Path) -> tuple[list[dict[str, Any]], list[str], int]:
 
 
 def _qa_rows(chunks: list[dict[str, Any]], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    return [row for chunk in chunks
-            for row in pair_rows(chunk, records[chunk["id"]]["pairs"], records[chunk["id"]]["generator"],
-                                 records[chunk["id"]].get("model"))]
+    rows = []
+    for chunk in chunks:
+        record = records[chunk["id"]]
+        rows += pair_rows(chunk, record["pairs"], record["generator"], record.get("model"))
+    return rows
 
 
 def _report(
