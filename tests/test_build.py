@@ -408,6 +408,35 @@ def test_raft_distractors_as_retrieved_come_from_the_source_document_but_never_h
     assert picked["other_documents"] == {"b.md#0", "b.md#1"}
 
 
+def test_raft_distractors_mixed_are_retrieved_beside_the_source_and_from_other_documents_without_it():
+    """``mixed``: a row holding its source sees what retrieval returns (the source's neighbours); a row that
+    teaches declining sees only other documents, so no neighbour saying the answer in other words is in it."""
+    from papertune.config import BuildConfig
+    from papertune.raft import assign_passages
+    from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
+
+    texts = {
+        "a.md#0": "LoRA freezes the pretrained weights and trains two low-rank matrices per layer.",
+        "a.md#1": "Adapters of this kind are merged into the weights after training, at no inference cost.",
+        "a.md#2": "The rank of the matrices is a hyperparameter chosen on a validation set.",
+        "b.md#0": "Dropout randomly zeroes activations during training.",
+        "b.md#1": "Batch normalization rescales activations per mini-batch.",
+    }
+    chunks = {cid: {"id": cid, "source": cid.split("#")[0], "text": text} for cid, text in texts.items()}
+    row = {"id": "q", "question": "What does LoRA train?", "answer": "Two low-rank matrices per layer.",
+           "chunk_id": "a.md#0", "source": "a.md"}
+    near = NearDuplicates(list(texts.values()), SAME_TEXT_THRESHOLD)
+    retriever = _Ranked(chunks, ["a.md#1", "a.md#2", "b.md#0", "b.md#1"])
+    shown = {}
+    for share in (1.0, 0.0):
+        cfg = BuildConfig(raft_source_share=share, raft_distractors="mixed")
+        (passages,), stats = assign_passages([row], ["train"], chunks, near, {}, retriever, cfg, 2)
+        assert stats["distractors"] == "mixed" and stats["with_source"] == int(share)
+        shown[share] = set(passages.passage_ids) - {"a.md#0"}
+    assert shown[1.0] == {"a.md#1"}  # the best retrieval hit, from the source's document
+    assert shown[0.0] == {"b.md#0", "b.md#1"}  # declining: other documents only
+
+
 def test_raft_rows_over_the_length_limit_are_dropped_and_counted(tmp_path: Path, monkeypatch, caplog):
     from helpers import bag_of_words
 

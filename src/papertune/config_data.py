@@ -353,12 +353,12 @@ class BuildConfig:
     # source chunk (in raft_source_share of the examples) among distractors retrieved for the question,
     # and an answer citing the source as [n]; without the source, the answer is chat.ABSTAIN (abstain) or
     # the answer uncited (answer, as in the RAFT paper). raft_distractors: other_documents (never the
-    # source's document) or retrieved (any document, as retrieval answers, leaving out chunks that hold the
-    # answer; papertune.raft).
+    # source's document), retrieved (any document, as retrieval answers, leaving out chunks that hold the
+    # answer) or mixed (retrieved beside the source, other documents without it; papertune.raft).
     mode: Literal["closed_book", "raft"] = "closed_book"
     raft_source_share: float = 0.8
     raft_without_source: Literal["abstain", "answer"] = "abstain"
-    raft_distractors: Literal["other_documents", "retrieved"] = "other_documents"
+    raft_distractors: Literal["other_documents", "retrieved", "mixed"] = "other_documents"
     # Documents kept out of training, evaluated apart (a seeded draw of document names, shares of the
     # documents with pairs): heldout ones stay in the retrieval index, outside ones are left out of it too
     # (their questions test abstention).

@@ -10,10 +10,11 @@ Distractors are hard negatives: the chunks :class:`papertune.retrieval.Retriever
 question, never near-duplicates of the source chunk or of each other, never a chunk of a held-out or outside
 document (the retriever leaves those out) and, for a train pair, never a chunk of a test pair nor a
 near-duplicate of one. ``build.raft_distractors`` says which documents they come from: ``other_documents``
-(not the source's, nor a file holding the same text), or ``retrieved`` (any, as retrieval hands passages
+(not the source's, nor a file holding the same text), ``retrieved`` (any, as retrieval hands passages
 to the model when it answers: mostly the source's neighbours), then leaving out every chunk that holds
-the answer (:func:`holds_answer`). When retrieval finds too few, seeded random eligible chunks fill the
-prompt and are counted.
+the answer (:func:`holds_answer`), or ``mixed``: retrieved beside the source, from other documents when
+the source is left out (a row that teaches declining then never holds a neighbour that says the answer in
+other words). When retrieval finds too few, seeded random eligible chunks fill the prompt and are counted.
 """
 
 from __future__ import annotations
@@ -84,16 +85,18 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
     for cid in test_chunks:
         banned_for_train |= _near_ids(cid, position, ids, near)
 
-    other_documents = cfg.raft_distractors == "other_documents"
     rngs = [random.Random(f"{cfg.seed}:raft:{row['id']}") for row in rows]
     with_source = [rng.random() < cfg.raft_source_share for rng in rngs]
+    # Per row: are its distractors drawn from other documents only?
+    other_documents = [cfg.raft_distractors == "other_documents" or (cfg.raft_distractors == "mixed" and not w)
+                       for w in with_source]
     # Each row's own chunk and its near-duplicates; a train row also never sees banned_for_train (shared,
     # joined with a row's own only for the rows being searched).
     own_banned = [{row["chunk_id"]} | _near_ids(row["chunk_id"], position, ids, near) for row in rows]
     exclude_sources: list[Collection[str]] = []
-    for row in rows:
+    for i, row in enumerate(rows):
         source = chunks[row["chunk_id"]].get("source")
-        exclude_sources.append({source} | twins.get(source, frozenset()) if other_documents else set())
+        exclude_sources.append({source} | twins.get(source, frozenset()) if other_documents[i] else set())
 
     def excluded(i: int, cid: str) -> bool:
         return cid in own_banned[i] or (sides[i] == "train" and cid in banned_for_train)
@@ -123,7 +126,7 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
             if cid in repeats:
                 return False
             # A chunk of the source's own document may say the answer too: then it is no distractor.
-            if not other_documents and holds_answer(chunks[cid]["text"], row["answer"]):
+            if not other_documents[i] and holds_answer(chunks[cid]["text"], row["answer"]):
                 holding.add(cid)
                 return False
             return True
