@@ -151,3 +151,91 @@ def test_vllm_answers_with_a_lora_adapter_as_peft_does_and_gives_the_card_back(q
     engine.release()
     free_after, total = torch.cuda.mem_get_info()
     assert free_after > free_before - 0.05 * total, (free_before, free_after)
+
+
+def test_vllm_replicas_share_the_prompts_out_one_process_per_gpu_and_keep_their_order(tmp_path):
+    """Prompt k goes to replica k mod n, each replica's process sees only its GPU, the decoding, schema and
+    adapter reach every replica, the replies come back in the prompts' order, and release ends the processes."""
+    from fake_engines import DeviceEcho
+
+    from papertune.inference import Decoding
+
+    replicas = vllm_engine.VLLMReplicas("m", devices=["3", "5"], make=DeviceEcho, setting="generate.llm",
+                                        memory_share=0.4)
+    processes = [process for process, _ in replicas._workers]
+    prompts = [[7] * (k + 1) for k in range(5)]
+    replies = replicas.generate(prompts, Decoding(max_new_tokens=9), json_schema={"type": "object"},
+                                adapter=tmp_path)
+    assert [c.text for c in replies] == [f"{'35'[k % 2]}|{k + 1}|{tmp_path.resolve()}|9|{{'type': 'object'}}"
+                                         for k in range(5)]
+    assert [c.token_ids for c in replies] == prompts
+    assert replicas.generate([], Decoding(max_new_tokens=4)) == []
+    assert [c.text.split("|")[0] for c in replicas.generate(prompts[:1], Decoding(max_new_tokens=4))] == ["3"]
+    replicas.release()
+    assert [p.exitcode for p in processes] == [0, 0]
+
+
+def test_a_replica_that_fails_to_load_is_a_clear_error_and_no_process_is_left():
+    import multiprocessing
+
+    from fake_engines import DeviceEcho
+
+    with pytest.raises(ConfigError, match=r"the vLLM replica on GPU 0 failed to load: generate\.llm\.backend=vllm "
+                                          r"needs vLLM.*the vLLM replica on GPU 1 failed to load"):
+        vllm_engine.VLLMReplicas("broken", devices=["0", "1"], make=DeviceEcho, setting="generate.llm")
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("papertune-vllm")]
+
+
+def test_vllm_replicas_follow_the_replicas_setting_and_the_visible_gpus(monkeypatch, talking_model):
+    import torch
+
+    seen = {}
+
+    class Engine:
+        path = str(talking_model)
+
+    def shared(spec, **kwargs):
+        seen.update(kwargs)
+        return Engine()
+
+    monkeypatch.setattr(vllm_engine, "shared_engine", shared)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    make_chat_model(LLMConfig(backend="vllm", model=str(talking_model), replicas=0), "generate.llm")
+    assert seen["devices"] == ["cuda:0", "cuda:1"]
+    make_chat_model(LLMConfig(backend="vllm", model=str(talking_model)), "generate.llm")
+    assert seen["devices"] == ["auto"]  # one engine: vLLM's own choice of GPU
+    with pytest.raises(ConfigError, match=r"generate\.llm\.replicas=3 needs as many GPUs, but torch sees 2"):
+        make_chat_model(LLMConfig(backend="vllm", model=str(talking_model), replicas=3), "generate.llm")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert vllm_engine.cuda_device_ids(["cuda:0", "cuda:1"]) == ["2", "3"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert vllm_engine.cuda_device_ids(["cuda:0", "cuda:1"]) == ["0", "1"]
+
+
+@pytest.mark.gpu
+def test_two_vllm_replicas_answer_as_one_engine_does_and_give_the_card_back(qwen_shaped):
+    """Two replicas (both on GPU 0 here, where one card is all there is; one per GPU in use) share the prompts
+    out; greedy replies agree with one engine's on most prompts (bf16 near-ties move with the batch), and once
+    released, the card's memory is free again."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from papertune.inference import Decoding
+
+    if vllm_engine.vllm_version() is None:
+        pytest.fail("vLLM is not installed on this GPU machine (benchmarks/gpu_vllm.sh installs it)")
+    tokenizer = AutoTokenizer.from_pretrained(qwen_shaped)
+    prompts = [tokenizer(f"Question {i}: what is retrieval-augmented fine-tuning?")["input_ids"] for i in range(16)]
+    decoding = Decoding(max_new_tokens=12)
+    free_before = torch.cuda.mem_get_info()[0]
+    one = vllm_engine.VLLMEngine(str(qwen_shaped), setting="generate.llm", memory_share=0.2, max_model_len=512)
+    alone = [c.token_ids for c in one.generate(prompts, decoding)]
+    one.release()
+    two = vllm_engine.VLLMReplicas(str(qwen_shaped), devices=["0", "0"], setting="generate.llm", memory_share=0.2,
+                                   max_model_len=512)
+    shared = [c.token_ids for c in two.generate(prompts, decoding)]
+    two.release()
+    assert all(len(ids) == 12 for ids in shared)
+    assert sum(a == b for a, b in zip(alone, shared)) >= len(prompts) // 2, (alone, shared)
+    assert torch.cuda.mem_get_info()[0] > free_before - 2 * 2**30  # both replicas' shares are free again

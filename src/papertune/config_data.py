@@ -148,8 +148,8 @@ class LLMConfig:
     # (0: sized from free GPU memory).
     engine: Literal["auto", "static", "continuous", "compiled"] = marked(SPEED_ONLY, "auto")
     max_batch_tokens: int = marked(SPEED_ONLY, 0)
-    # hf: copies of the model, one per GPU (cuda:0, cuda:1, ...), the conversations of a call shared out
-    # (0: one per visible GPU).
+    # hf and vllm: copies of the model, one per GPU (cuda:0, cuda:1, ...), the conversations of a call shared
+    # out (0: one per visible GPU; vllm: one engine process per GPU).
     replicas: int = marked(SPEED_ONLY, 1)
     # hf: constrain replies to the caller's JSON schema (xgrammar, pip install xgrammar; static batches only),
     # instead of parsing free replies leniently.

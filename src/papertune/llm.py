@@ -13,7 +13,8 @@ it as an OpenAI ``response_format``, so every reply parses; ``hf`` constrains th
 ``constrain_json`` is set (static batches), and otherwise says once that it parses them leniently.
 
 ``hf`` decodes with the engine ``engine`` names (static padded batches, or continuous batching on a GPU:
-papertune.inference), on ``replicas`` copies of the model (one per GPU, the conversations shared out).
+papertune.inference); ``hf`` and ``vllm`` run ``replicas`` copies of the model (one per GPU, the
+conversations shared out).
 ``openai`` spreads requests over every server of ``base_url`` and retries a failed one on another.
 
 Callers use ``make_chat_model(cfg, "generate.llm").chat(conversations)`` and get one reply per
@@ -82,7 +83,8 @@ def _warn_unconstrained(setting: str) -> None:
 
 
 def replica_devices(cfg: LLMConfig, setting: str) -> list[str]:
-    """The devices the hf backend loads a copy of the model on: ``cfg.device`` alone, or one GPU each."""
+    """The devices the hf and vllm backends load a copy of the model on: ``cfg.device`` alone, or one GPU
+    each."""
     if cfg.replicas == 1:
         return [cfg.device]
     import torch
@@ -173,7 +175,7 @@ class HFChatModel:
 class VLLMChatModel:
     """A model run by vLLM; prompts from the model's chat template tokenized as ``hf`` does
     them, so both backends ask the same tokens. One engine per process serves every setting naming the
-    same model (a teacher and a judge share it)."""
+    same model (a teacher and a judge share it); with ``replicas``, one engine per GPU, the prompts shared out."""
 
     def __init__(self, cfg: LLMConfig, setting: str) -> None:
         from transformers import AutoTokenizer
@@ -183,7 +185,8 @@ class VLLMChatModel:
         self.cfg = cfg
         self.name = cfg.model
         self.engine = shared_engine(cfg.model, setting=setting, memory_share=cfg.memory_share,
-                                    max_model_len=cfg.context_length, trust_remote_code=cfg.trust_remote_code)
+                                    max_model_len=cfg.context_length, trust_remote_code=cfg.trust_remote_code,
+                                    devices=replica_devices(cfg, setting))
         self.tokenizer = AutoTokenizer.from_pretrained(self.engine.path, trust_remote_code=cfg.trust_remote_code)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"{setting}.model={cfg.model!r} has no chat template; use an instruct (chat) model")

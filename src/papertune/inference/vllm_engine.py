@@ -10,17 +10,20 @@ backend; greedy at temperature 0; a reply can be constrained to a JSON schema (v
 through xgrammar); a LoRA adapter can answer beside the base model. vLLM's engine core runs in a process of
 its own (vLLM's default): after transformers and sentence-transformers had used the card in papertune's process,
 vLLM's CUDA-graph capture failed there once in two loads, and never in a process of its own (docs/benchmarks.md);
-released, that process ends and the card is free again. vLLM needs its own install (``pip install vllm``) and a
-CUDA GPU.
+released, that process ends and the card is free again. :class:`VLLMReplicas` runs one engine per GPU, each in a
+process that sees only its GPU, and shares each call's prompts out among them (vLLM's offline engine runs one
+copy of a model per process). vLLM needs its own install (``pip install vllm``) and a CUDA GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +149,139 @@ class VLLMEngine:
         log.info("vLLM released %s", self.path)
 
 
-_ENGINES: dict[tuple[str, float, int, bool], VLLMEngine] = {}
+def _replica_main(conn: Any, device: str, make: Callable[..., Any], spec: str, kwargs: dict[str, Any]) -> None:
+    """One replica's process: load the engine on ``device`` alone, then answer the parent's requests until it
+    asks for release (or goes away). Every reply is ``("ok", value)`` or ``("error", message)``."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    try:
+        engine = make(spec, **kwargs)
+        conn.send(("ok", engine.path))
+    except Exception as exc:  # reported to the parent, which raises it with the device named
+        conn.send(("error", (type(exc).__name__, str(exc))))
+        return
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            request = ("release",)
+        if request[0] == "release":
+            engine.release()
+            if not conn.closed:
+                with contextlib.suppress(OSError):  # the parent may be gone already
+                    conn.send(("ok", None))
+            return
+        try:
+            _, prompts, decoding, json_schema, adapter = request
+            conn.send(("ok", engine.generate(prompts, decoding, json_schema=json_schema, adapter=adapter)))
+        except Exception as exc:
+            conn.send(("error", (type(exc).__name__, str(exc))))
+
+
+class VLLMReplicas:
+    """One vLLM engine per device (a CUDA device id as ``CUDA_VISIBLE_DEVICES`` names it), each in a process of
+    its own; a call's prompts are dealt out in turn (prompt k to replica k mod n, so each gets long and short
+    ones alike) and the replies come back in the prompts' order. ``make`` builds one engine in a replica's
+    process (:class:`VLLMEngine`); the keyword arguments go to it."""
+
+    def __init__(self, spec: str, *, devices: Sequence[str], make: Callable[..., Any] = VLLMEngine,
+                 **kwargs: Any) -> None:
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked process
+        self.devices = list(devices)
+        self._workers: list[tuple[Any, Any]] = []
+        started = time.monotonic()
+        for device in self.devices:
+            parent, child = context.Pipe()
+            process = context.Process(target=_replica_main, args=(child, device, make, spec, kwargs),
+                                      name=f"papertune-vllm-{device}")
+            process.start()
+            child.close()
+            self._workers.append((process, parent))
+        loaded = self._replies("load")
+        self.path = loaded[0]
+        self.max_model_len = kwargs.get("max_model_len", 8192)
+        log.info("vLLM: %d replicas of %s loaded in %.1f s (devices %s)", len(self.devices), self.path,
+                 time.monotonic() - started, ", ".join(self.devices))
+
+    def _replies(self, what: str) -> list[Any]:
+        """Each replica's reply, in order; the first error (naming its device) raised after all have answered,
+        and then every replica is shut down."""
+        replies, errors, kinds = [], [], set()
+        for device, (process, conn) in zip(self.devices, self._workers):
+            try:
+                status, value = conn.recv()
+            except EOFError:
+                process.join(timeout=5)
+                status, value = "error", ("EOFError", f"its process ended (exit code {process.exitcode})")
+            if status == "error":
+                kinds.add(value[0])
+                errors.append(f"the vLLM replica on GPU {device} failed to {what}: {value[1]}")
+            replies.append(value)
+        if errors:
+            self.release()
+            # a setting's error (vLLM missing, a rank it cannot serve) stays one, naming the setting to change
+            raise (ConfigError if kinds == {"ConfigError"} else RuntimeError)("; ".join(errors))
+        return replies
+
+    def generate(self, prompts: Sequence[Sequence[int]], decoding: Decoding, *,
+                 json_schema: dict[str, Any] | None = None, adapter: str | Path | None = None) -> list[Completion]:
+        """As :meth:`VLLMEngine.generate`, the prompts shared out among the replicas, which decode at once."""
+        if not prompts:
+            return []
+        n = len(self._workers)
+        where = None if adapter is None else str(Path(adapter).resolve())
+        for k, (_, conn) in enumerate(self._workers):
+            conn.send(("generate", [list(p) for p in prompts[k::n]], decoding, json_schema, where))
+        completions: list[Any] = [None] * len(prompts)
+        for k, share in enumerate(self._replies("generate")):
+            completions[k::n] = share
+        return completions
+
+    def release(self) -> None:
+        """Every replica releases its engine and its process ends."""
+        for process, conn in self._workers:
+            try:
+                if process.is_alive():
+                    conn.send(("release",))
+                    conn.recv()
+            except (EOFError, OSError, BrokenPipeError):
+                pass
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            conn.close()
+        self._workers = []
+        for key in [k for k, engine in _ENGINES.items() if engine is self]:
+            del _ENGINES[key]
+
+
+def cuda_device_ids(devices: Sequence[str]) -> list[str]:
+    """``cuda:K`` devices as the ids a process's ``CUDA_VISIBLE_DEVICES`` takes, through this process's own
+    ``CUDA_VISIBLE_DEVICES`` when it narrows the GPUs (cuda:1 under ``CUDA_VISIBLE_DEVICES=2,3`` is GPU 3)."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    ids = []
+    for device in devices:
+        index = int(device.split(":")[1]) if ":" in device else 0
+        ids.append(visible[index] if index < len(visible) else str(index))
+    return ids
+
+
+_ENGINES: dict[tuple[str, float, int, bool, tuple[str, ...]], VLLMEngine | VLLMReplicas] = {}
 
 
 def shared_engine(spec: str, *, setting: str, memory_share: float = 0.5, max_model_len: int = 8192,
-                  trust_remote_code: bool = False) -> VLLMEngine:
+                  trust_remote_code: bool = False, devices: Sequence[str] = ()) -> VLLMEngine | VLLMReplicas:
     """One engine per model and settings in this process: settings naming the same model (a teacher and a
-    judge) share it rather than each reserving its share of the GPU."""
-    key = (spec, memory_share, max_model_len, trust_remote_code)
+    judge) share it rather than each reserving its share of the GPU. Two or more ``devices`` (``cuda:K``):
+    one replica on each (:class:`VLLMReplicas`)."""
+    key = (spec, memory_share, max_model_len, trust_remote_code, tuple(devices))
     if key not in _ENGINES:
-        _ENGINES[key] = VLLMEngine(spec, setting=setting, memory_share=memory_share, max_model_len=max_model_len,
-                                   trust_remote_code=trust_remote_code)
+        kwargs = {"setting": setting, "memory_share": memory_share, "max_model_len": max_model_len,
+                  "trust_remote_code": trust_remote_code}
+        if len(devices) > 1:
+            _ENGINES[key] = VLLMReplicas(spec, devices=cuda_device_ids(devices), **kwargs)
+        else:
+            _ENGINES[key] = VLLMEngine(spec, **kwargs)
     return _ENGINES[key]
 
 
