@@ -13,6 +13,13 @@ from papertune.inference import vllm_engine
 from papertune.llm import make_chat_model
 
 
+@pytest.fixture(autouse=True)
+def _engines_released():
+    """A test that fails with an engine loaded still gives it back (its process would keep pytest running)."""
+    yield
+    vllm_engine.release_engines()
+
+
 def test_vllm_is_a_backend_and_its_memory_share_is_checked():
     cfg = load_config(None, ["generate.llm.backend=vllm", "generate.llm.memory_share=0.7"])
     assert (cfg.generate.llm.backend, cfg.generate.llm.memory_share) == ("vllm", 0.7)
@@ -239,3 +246,38 @@ def test_two_vllm_replicas_answer_as_one_engine_does_and_give_the_card_back(qwen
     assert all(len(ids) == 12 for ids in shared)
     assert sum(a == b for a, b in zip(alone, shared)) >= len(prompts) // 2, (alone, shared)
     assert torch.cuda.mem_get_info()[0] > free_before - 2 * 2**30  # both replicas' shares are free again
+
+
+def test_every_engine_left_loaded_is_released_after_a_command_and_at_exit(monkeypatch, tmp_path):
+    """An engine core or replica process left running keeps papertune's process from ending: every engine not
+    yet released, shared or not, is released after each command and at exit, once."""
+    import atexit
+
+    from fake_engines import DeviceEcho
+
+    from papertune import cli
+
+    released = []
+
+    class Engine:
+        path = "m"
+
+        def release(self):
+            released.append(self)
+            vllm_engine._forget(self)
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    shared, alone = Engine(), Engine()
+    vllm_engine._live(shared)
+    vllm_engine._live(alone)
+    assert registered == [vllm_engine.release_engines, vllm_engine.release_engines]  # after vLLM's own, each time
+    monkeypatch.setitem(vllm_engine._ENGINES, ("m", 0.5, 8, False, ()), shared)
+    assert cli.main(["generate", "--run-dir", str(tmp_path / "no-run")]) != 0  # a command that fails
+    assert released == [shared, alone] and not vllm_engine._LIVE and not vllm_engine._ENGINES
+    vllm_engine.release_engines()
+    assert released == [shared, alone]  # each once
+    replicas = vllm_engine.VLLMReplicas("m", devices=["0"], make=DeviceEcho, setting="generate.llm")
+    assert vllm_engine._LIVE == [replicas]
+    vllm_engine.release_engines()
+    assert not vllm_engine._LIVE

@@ -16,6 +16,7 @@ import papertune
 from papertune import pipeline
 from papertune.config import PapertuneConfig, load_config
 from papertune.errors import ConfigError, ExitCode, PapertuneError, PreemptedError
+from papertune.inference.vllm_engine import release_engines
 from papertune.profiles import choose_config_file
 from papertune.rundir import REPORT, SUMMARY_MD
 from papertune.stage import StageSpec
@@ -269,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; finished work is kept in the run directory, rerun the same command to continue")
         return int(ExitCode.INTERRUPTED)
+    finally:
+        release_engines()  # a vLLM engine's own process would keep this one from ending
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ copy of a model per process). vLLM needs its own install (``pip install vllm``) 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import logging
@@ -108,6 +109,7 @@ class VLLMEngine:
         self.path = path
         self.max_model_len = max_model_len
         self._adapters: dict[str, int] = {}
+        _live(self)
         log.info("vLLM %s loaded %s in %.1f s (%.0f%% of the GPU's memory)", vllm_version(), path,
                  time.monotonic() - started, 100 * memory_share)
 
@@ -141,10 +143,11 @@ class VLLMEngine:
         what it keeps in this process. The engine is unusable after."""
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
+        if self.llm is None:
+            return
         self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
-        for key in [k for k, engine in _ENGINES.items() if engine is self]:
-            del _ENGINES[key]
+        _forget(self)
         cleanup_dist_env_and_memory()
         log.info("vLLM released %s", self.path)
 
@@ -196,6 +199,7 @@ class VLLMReplicas:
             process.start()
             child.close()
             self._workers.append((process, parent))
+        _live(self)
         loaded = self._replies("load")
         self.path = loaded[0]
         self.max_model_len = kwargs.get("max_model_len", 8192)
@@ -251,8 +255,7 @@ class VLLMReplicas:
                 process.join()
             conn.close()
         self._workers = []
-        for key in [k for k, engine in _ENGINES.items() if engine is self]:
-            del _ENGINES[key]
+        _forget(self)
 
 
 def cuda_device_ids(devices: Sequence[str]) -> list[str]:
@@ -267,6 +270,24 @@ def cuda_device_ids(devices: Sequence[str]) -> list[str]:
 
 
 _ENGINES: dict[tuple[str, float, int, bool, tuple[str, ...]], VLLMEngine | VLLMReplicas] = {}
+_LIVE: list[Any] = []  # every engine not yet released, shared or not
+
+
+def _live(engine: Any) -> None:
+    """Note a loaded engine. Every load also asks for every engine to be released when the interpreter exits
+    (once: registering again moves it first): an engine core or replica process left running would keep this
+    process from ending, and exit handlers run last-registered first, so this runs before vLLM's and
+    multiprocessing's own."""
+    atexit.unregister(release_engines)
+    atexit.register(release_engines)
+    _LIVE.append(engine)
+
+
+def _forget(engine: Any) -> None:
+    """A released engine: no longer shared, nothing left to release at exit."""
+    _LIVE[:] = [e for e in _LIVE if e is not engine]
+    for key in [k for k, e in _ENGINES.items() if e is engine]:
+        del _ENGINES[key]
 
 
 def shared_engine(spec: str, *, setting: str, memory_share: float = 0.5, max_model_len: int = 8192,
@@ -286,7 +307,10 @@ def shared_engine(spec: str, *, setting: str, memory_share: float = 0.5, max_mod
 
 
 def release_engines() -> None:
-    """Release every shared engine of this process (between the stages of ``papertune run``: the next stage,
-    training say, gets the card back)."""
-    for engine in list(_ENGINES.values()):
-        engine.release()
+    """Release every engine of this process not yet released, shared or not: between the stages of
+    ``papertune run`` (the next stage, training say, gets the card back), after every command, and at exit."""
+    for engine in list(_LIVE):
+        try:
+            engine.release()
+        except Exception as exc:  # noqa: BLE001 - one engine failing to release must not keep the others
+            log.warning("vLLM: releasing %s failed: %s", getattr(engine, "path", engine), exc)
