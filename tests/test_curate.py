@@ -246,6 +246,34 @@ def test_support_measure():
     assert not curate.answer_in_question("Is it true?", "Yes")  # no content word: never counts
 
 
+def test_an_amount_asked_for_must_be_given():
+    """Found in a hand check of a real teacher's kept pairs: "how much" answered with "cheaper" or "getting
+    big". A number, a formula or a number word is an amount; a question not asking for one is never dropped."""
+    assert curate.amount_not_given("How much does fine-tuning a small extra set of parameters cost?",
+                                   "Fine-tuning a small extra set of parameters is computationally cheaper.")
+    assert curate.amount_not_given("How many tasks can a meta-learning model adapt to?",
+                                   "Any well-defined family of machine learning problems.")
+    assert curate.amount_not_given("By what factor does LoRA cut the trainable parameters?", "By a lot.")
+    for answer in ("LoRA cuts them 10,000 times.", "By ten thousand times.", "It accepts $T$ groups.",
+                   "Twice as many.", "A single step."):
+        assert not curate.amount_not_given("How many trainable parameters does LoRA remove?", answer), answer
+    assert not curate.amount_not_given("What does LoRA freeze?", "The pretrained weights.")
+
+
+def test_a_pair_asking_an_amount_it_does_not_give_is_dropped_unless_switched_off(tmp_path: Path):
+    rows = [pair("vague", "How much does LoRA reduce the trainable parameters of GPT-3?",
+                 "LoRA reduces the trainable parameters greatly."),
+            pair("given", "By what factor are the trainable parameters cut when LoRA trains low-rank matrices?",
+                 "LoRA reduces the number of trainable parameters by a factor of ten thousand.")]
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path))
+    kept, dropped, report = results(tmp_path)
+    assert [r["id"] for r in kept] == ["given"] and dropped == {"vague": "amount_not_given"}
+    assert report["dropped_by_reason"]["amount_not_given"] == 1
+    curate.run(config(tmp_path, drop_amount_not_given="false"))
+    assert [r["id"] for r in results(tmp_path)[0]] == ["vague", "given"]
+
+
 def test_answer_in_question_can_be_switched_off(tmp_path: Path):
     write_run(tmp_path, [pair("x", "Does LoRA train two low-rank matrices per layer?", "two low-rank matrices")])
     curate.run(config(tmp_path, drop_answer_in_question="false"))

@@ -220,6 +220,24 @@ def test_vllm_replicas_follow_the_replicas_setting_and_the_visible_gpus(monkeypa
     assert vllm_engine.cuda_device_ids(["cuda:0", "cuda:1"]) == ["0", "1"]
 
 
+def test_shared_replicas_get_the_model_resolved_once_and_the_gpus_as_their_processes_name_them(monkeypatch):
+    """A .gguf is converted (or a packaged model fetched) once, before the replicas start, not by each at once."""
+    import papertune.models
+
+    made = []
+    monkeypatch.setattr(vllm_engine, "_ENGINES", {})
+    monkeypatch.setattr(papertune.models, "resolve_model", lambda spec, setting: f"/cache/{spec}.folder")
+    monkeypatch.setattr(vllm_engine, "VLLMReplicas", lambda path, **kwargs: made.append((path, kwargs)) or path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    engine = vllm_engine.shared_engine("teacher.gguf", setting="generate.llm", devices=["cuda:0", "cuda:1"])
+    assert engine == "/cache/teacher.gguf.folder"
+    assert made == [("/cache/teacher.gguf.folder", {"devices": ["4", "5"], "setting": "generate.llm",
+                                                    "memory_share": 0.5, "max_model_len": 8192,
+                                                    "trust_remote_code": False})]
+    assert vllm_engine.shared_engine("teacher.gguf", setting="curate.judge", devices=["cuda:0", "cuda:1"]) is engine
+    assert len(made) == 1  # the judge naming the same model shares them
+
+
 @pytest.mark.gpu
 def test_two_vllm_replicas_answer_as_one_engine_does_and_give_the_card_back(qwen_shaped):
     """Two replicas (both on GPU 0 here, where one card is all there is; one per GPU in use) share the prompts

@@ -9,6 +9,8 @@ Each pair of ``RUN/qa.jsonl`` is checked, in this order, and dropped with the fi
 - ``question_too_short`` / ``question_too_long`` / ``answer_too_short`` / ``answer_too_long``: word counts
   outside ``curate.min_question_words`` ... ``curate.max_answer_words``;
 - ``answer_in_question``: the question already contains its answer (``curate.drop_answer_in_question``);
+- ``amount_not_given``: the question asks how much or how many and the answer gives no number, formula or
+  number word ("How much does it cost?" answered "It is cheaper."; ``curate.drop_amount_not_given``);
 - ``unsupported_answer``: the answer is not supported by its chunk (``curate.support``: the share of the
   answer's content words found in the chunk, or the embedding cosine of answer and chunk);
 - ``judge`` (``curate.judge_enabled``): a judge model reading the chunk cannot back the pair up: its quote
@@ -26,7 +28,8 @@ Modules: :mod:`~papertune.curate.filters` (the checks), :mod:`~papertune.curate.
 """
 
 
-from papertune.curate.filters import REASONS, answer_in_question, content_stems, curate_rows, overlap_support
+from papertune.curate.filters import (REASONS, amount_not_given, answer_in_question, content_stems, curate_rows,
+                                      overlap_support)
 from papertune.curate.stage import SPEC, run
 
-__all__ = ["REASONS", "SPEC", "answer_in_question", "content_stems", "curate_rows", "overlap_support", "run"]
+__all__ = ["REASONS", "SPEC", "amount_not_given", "answer_in_question", "content_stems", "curate_rows", "overlap_support", "run"]

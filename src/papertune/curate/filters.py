@@ -1,12 +1,13 @@
 """The checks of the curate stage: which generated pairs are dropped, and why (see :mod:`papertune.curate`).
 
-Lexical and embedding checks (injection, ids, lengths, answer in question, support in the chunk,
-duplicates) and the order they run in (:func:`curate_rows`); the grounded judge, when enabled, is
+Lexical and embedding checks (injection, ids, lengths, answer in question, an amount asked for and not
+given, support in the chunk, duplicates) and the order they run in (:func:`curate_rows`); the grounded judge, when enabled, is
 handed in by the stage (:mod:`papertune.curate.judge`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ REASONS = (
     "answer_too_long",
     "unfinished_answer",
     "answer_in_question",
+    "amount_not_given",
     "not_self_contained",
     "unsupported_answer",
     "judge",
@@ -63,6 +65,23 @@ def answer_in_question(question: str, answer: str) -> bool:
     if not content_stems(answer):
         return False
     return f" {normalize(answer)} " in f" {normalize(question)} "
+
+
+# A question asking for an amount ("How many layers ...", "By what factor ...") and an answer that states one:
+# a digit, a formula, or a number word. "much longer", "several" or "cheaper" state none.
+_ASKS_AMOUNT = re.compile(r"\b(?:how (?:much|many)|by what (?:factor|margin|percentage)|what (?:is|was|are|were) "
+                          r"the (?:number|percentage|proportion|fraction|amount) of)\b", re.I)
+_STATES_AMOUNT = re.compile(
+    r"\d|\$|\\\(|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+    r"fifty|hundreds?|thousands?|millions?|billions?|trillions?|half|twice|thrice|double[sd]?|tripled?|triples|"
+    r"quadrupled?|dozens?|single|none)\b", re.I)
+
+
+def amount_not_given(question: str, answer: str) -> bool:
+    """Whether the question asks how much or how many and the answer states no amount (a number, a formula
+    or a number word): "How much does fine-tuning the adapter cost?" answered "It is computationally cheaper."
+    """
+    return bool(_ASKS_AMOUNT.search(question)) and not _STATES_AMOUNT.search(answer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +230,8 @@ def curate_rows(
         verdicts[i] = _length_reason(row, cfg)
         if verdicts[i] is None and cfg.drop_answer_in_question and answer_in_question(row["question"], row["answer"]):
             verdicts[i] = ("answer_in_question", "the question contains the whole answer")
+        if verdicts[i] is None and cfg.drop_amount_not_given and amount_not_given(row["question"], row["answer"]):
+            verdicts[i] = ("amount_not_given", "the question asks how much or how many; the answer gives no amount")
         if verdicts[i] is None and (leans_on := context_dependence(row["question"])):
             verdicts[i] = ("not_self_contained", leans_on)  # whoever wrote qa.jsonl
 

@@ -300,7 +300,11 @@ def shared_engine(spec: str, *, setting: str, memory_share: float = 0.5, max_mod
         kwargs = {"setting": setting, "memory_share": memory_share, "max_model_len": max_model_len,
                   "trust_remote_code": trust_remote_code}
         if len(devices) > 1:
-            _ENGINES[key] = VLLMReplicas(spec, devices=cuda_device_ids(devices), **kwargs)
+            from papertune.models import resolve_model
+
+            # converted (a .gguf) or fetched once, here, rather than by every replica at once
+            path = resolve_model(spec, f"{setting}.model")
+            _ENGINES[key] = VLLMReplicas(path, devices=cuda_device_ids(devices), **kwargs)
         else:
             _ENGINES[key] = VLLMEngine(spec, **kwargs)
     return _ENGINES[key]
