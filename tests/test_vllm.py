@@ -299,3 +299,20 @@ def test_every_engine_left_loaded_is_released_after_a_command_and_at_exit(monkey
     assert vllm_engine._LIVE == [replicas]
     vllm_engine.release_engines()
     assert not vllm_engine._LIVE
+
+
+def test_a_process_that_leaves_its_replicas_loaded_still_ends(tmp_path):
+    """Without the release at exit, multiprocessing would wait for the replica processes, which wait for work."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from fake_engines import DeviceEcho\n"
+              "from papertune.inference.vllm_engine import VLLMReplicas\n"
+              "replicas = VLLMReplicas('m', devices=['0', '1'], make=DeviceEcho, setting='generate.llm')\n"
+              "print([p.pid for p, _ in replicas._workers], flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    for pid in json.loads(done.stdout):
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
