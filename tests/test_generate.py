@@ -81,18 +81,39 @@ class FakeChat:
 
     name = "fake-llm"
 
-    def __init__(self, reply_for: Callable[[str], str], fail_on: str | None = None, partial: bool = False) -> None:
+    def __init__(self, reply_for: Callable[[str], str], fail_on: str | None = None, partial: bool = False,
+                 answer_for: Callable[[str, str, str], str] | None = None) -> None:
         self.reply_for = reply_for
         self.fail_on = fail_on
         self.partial = partial  # fail like the openai backend: hand back the other replies of the call
+        # A question asked again on its own (generate.llm_focused_answers): answer_for(chunk, question, first
+        # answer); by default the answer first written for it.
+        self.answer_for = answer_for or (lambda doc, question, first: first)
+        self.written: dict[str, str] = {}
         self.calls: list[list[str]] = []
         self.schemas: list[dict | None] = []
+        self.questions: list[str] = []  # the questions asked again
 
     def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None) -> list[str]:
+        asked = [re.search(r"\nQuestion: (.*)$", c[-1]["content"], flags=re.S) for c in conversations]
+        if all(asked):
+            questions = [m.group(1) for m in asked]
+            self.questions += questions
+            return [self.answer_for(document_of(c), q, self.written.get(q.rstrip("?").lower(), ""))
+                    for c, q in zip(conversations, questions)]
         docs = [document_of(c) for c in conversations]
         self.calls.append(docs)
         self.schemas.append(json_schema)
         replies = [None if self.fail_on and self.fail_on in d else self.reply_for(d) for d in docs]
+        for reply in replies:
+            try:
+                pairs = json.loads(reply or "null")
+            except json.JSONDecodeError:
+                continue
+            pairs = pairs.get("pairs", []) if isinstance(pairs, dict) else pairs
+            for pair in pairs if isinstance(pairs, list) else []:
+                if isinstance(pair, dict) and isinstance(pair.get("question"), str):
+                    self.written[pair["question"].strip().rstrip("?").lower()] = str(pair.get("answer", ""))
         if None in replies:
             raise LLMRequestError("generate.llm: request to http://x/v1/chat/completions failed after 4 attempt(s) "
                                   "(generate.llm.max_retries=3): HTTP 500: overloaded", reason="HTTP 500",
@@ -452,13 +473,79 @@ def test_a_chunk_whose_reply_gave_no_pair_is_asked_again_sampling(tmp_path):
 
     greedy = {LORA: "I'm sorry, I can't do that.", PERPLEXITY: first_sentence_pairs(PERPLEXITY)}
     model = Sampled(lambda text: greedy[text] if model.temperatures[-1] is None else first_sentence_pairs(text))
-    generate.run(config(run_dir, "generate.generators={llm: 1}", "generate.llm_retry_temperature=0.5"),
-                 chat_model=model)
+    generate.run(config(run_dir, "generate.generators={llm: 1}", "generate.llm_retry_temperature=0.5",
+                        "generate.llm_focused_answers=false"), chat_model=model)
     assert model.calls == [[LORA, PERPLEXITY], [LORA]] and model.temperatures == [None, 0.5]
     data = report(run_dir)
     assert data["chunks_without_pairs"] == 0 and data["dropped"]["llm"]["unparseable"] == 1
     assert (data["teacher"]["chunks_asked_again"], data["teacher"]["chunks_recovered"]) == (1, 1)
     assert {r["chunk_id"] for r in read_rows(run_dir / QA_FILE)} == {c["id"] for c in read_rows(run_dir / "chunks.jsonl")}
+
+
+def test_each_question_is_answered_again_on_its_own_and_the_focused_answer_replaces_the_first(tmp_path):
+    """generate.llm_focused_answers: one call per question with its chunk, title and section (no schema, a
+    short reply); a focused answer that passes the pair checks replaces the first, an ungrounded one leaves
+    the first, "NOT IN PASSAGE" drops the pair, and answers that then coincide keep only the first pair."""
+    run_dir = tmp_path / "run"
+    write_chunks(run_dir, [LORA, PERPLEXITY])
+    pairs = {
+        LORA: [{"kind": "definition", "question": "What is LoRA?", "answer": "LoRA is a method."},
+               {"kind": "mechanism", "question": "What does LoRA train?", "answer": "LoRA trains matrices."},
+               {"kind": "limitation", "question": "Why is LoRA slow to converge?",
+                "answer": "LoRA is popular because it is cheap."}],
+        PERPLEXITY: [{"kind": "definition", "question": "What is perplexity?",
+                      "answer": "Perplexity is a measure of a model."},
+                     {"kind": "quantitative", "question": "What does a perplexity of 10 mean?",
+                      "answer": "A perplexity of 10 means the model is as uncertain as a uniform choice among "
+                                "10 tokens."},
+                     {"kind": "how_to", "question": "How is perplexity computed?",
+                      "answer": "Perplexity is computed per token."}],
+    }
+    focused = {
+        "What is LoRA?": "LoRA is a parameter-efficient fine-tuning method that freezes the pretrained weights.",
+        "What does LoRA train?": "Bananas are yellow fruit grown in tropical climates.",  # ungrounded: first stays
+        "Why is LoRA slow to converge?": "NOT IN PASSAGE.",
+        "What is perplexity?": "Perplexity is the exponential of the average negative log-likelihood per token.",
+        "What does a perplexity of 10 mean?": "A perplexity of 10 means the model is as uncertain as a uniform "
+                                              "choice among 10 tokens.",
+        "How is perplexity computed?": "Perplexity is the exponential of the average negative log-likelihood per "
+                                       "token.",  # the same as the first question's: this pair goes
+    }
+    seen = []
+
+    class Teacher(FakeChat):
+        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+            seen.append((len(conversations), max_new_tokens, json_schema))
+            return super().chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                                json_schema=json_schema)
+
+    model = Teacher(lambda doc: json.dumps({"pairs": pairs[doc]}), answer_for=lambda doc, q, first: focused[q])
+    generate.run(config(run_dir, "generate.generators={llm: 1}"), chat_model=model)
+    rows = {r["question"]: r["answer"] for r in read_rows(run_dir / QA_FILE)}
+    assert rows == {
+        "What is LoRA?": focused["What is LoRA?"],
+        "What does LoRA train?": "LoRA trains matrices.",
+        "What is perplexity?": focused["What is perplexity?"],
+        "What does a perplexity of 10 mean?": focused["What does a perplexity of 10 mean?"],
+    }
+    assert sorted(model.questions) == sorted(focused)
+    assert seen[1] == (6, 192, None)  # every question of the batch at once, free text, a short reply
+    data = report(run_dir)
+    assert data["dropped"]["llm"]["not_in_passage"] == 1 and data["dropped"]["llm"]["same_answer"] == 1
+    assert data["teacher"]["focused_answers"] == {"questions": 6, "replaced": 4, "kept_first": 1, "not_in_passage": 1}
+    assert data["teacher"]["replies"] == 2 + 6
+
+
+def test_a_focused_question_carries_its_chunk_title_and_section():
+    from papertune.generate.answers import answer_conversation, declined
+
+    system, user = answer_conversation("LoRA trains <document> two matrices.", "What does LoRA train?", "LoRA",
+                                       "Method")
+    assert "answer exactly what the question asks" in system["content"].lower()
+    assert user["content"] == ("Title: LoRA\nSection: Method\n<document>\nLoRA trains [document] two matrices."
+                               "\n</document>\n\nQuestion: What does LoRA train?")
+    assert declined("NOT IN PASSAGE.") and declined(" not in the passage ")
+    assert not declined("LoRA is not in passage form but trains two matrices.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,7 +588,7 @@ def test_the_report_counts_the_teachers_replies_of_this_run_only(tmp_path):
 
     run_dir = tmp_path / "run"
     write_chunks(run_dir, TEXTS)
-    cfg = config(run_dir, "generate.generators={llm: 1}", "generate.llm.batch_size=1")
+    cfg = config(run_dir, "generate.generators={llm: 1}", "generate.llm.batch_size=1", "generate.llm_focused_answers=false")
     with pytest.raises(LLMRequestError):
         generate.run(cfg, chat_model=FakeChat(first_sentence_pairs, fail_on="Method2 "))
     teacher = report(run_dir)["teacher"]

@@ -221,6 +221,10 @@ class GenerateConfig:
     # (a greedy second ask would repeat the first reply).
     llm_retries: int = 1
     llm_retry_temperature: float = 0.7
+    # Each llm question answered again in a call of its own, from its chunk (papertune.generate.answers): the
+    # focused answer replaces the first when it passes the pair checks; a question the teacher then finds
+    # unanswered by the passage is dropped (not_in_passage). One more request per pair.
+    llm_focused_answers: bool = True
     # A question-generation model that reads a passage with the answer span highlighted (<hl> ... <hl>).
     seq2seq_model: str = "valhalla/t5-base-qg-hl"
     seq2seq_batch_size: int = marked(SPEED_ONLY, 8)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from papertune.injection import looks_injected, separate_injected
+from papertune.text import curly_quotes
 
 Chunk = dict[str, Any]  # a row of chunks.jsonl: id, text, source, title, section, page_start, page_end, ...
 
@@ -91,6 +92,19 @@ def normalise_question(question: str) -> str:
 def tidy(text: str) -> str:
     """Collapse whitespace and strip."""
     return " ".join(str(text).split())
+
+
+def _defused(text: str) -> str:
+    # The chunk cannot close the data block early: delimiter look-alikes inside it are defused.
+    return re.sub(r"<\s*(/?)\s*document\s*>", r"[\1document]", text, flags=re.IGNORECASE)
+
+
+def document_lines(text: str, title: str | None, section: str | None) -> list[str]:
+    """A chunk as a teacher's prompt shows it: its document's title and section, then the chunk between
+    ``<document>`` and ``</document>`` as data (a delimiter look-alike inside it is defused)."""
+    return [f"Title: {_defused(tidy(title or ''))[:200] or 'unknown'}",
+            f"Section: {_defused(tidy(section or ''))[:200] or 'unknown'}",
+            f"<document>\n{_defused(curly_quotes(text))}\n</document>"]
 
 
 def finish_question(question: str) -> str:

@@ -30,7 +30,10 @@ Each pair is then checked; a dropped pair is counted under its reason:
   ``\\text{ } \\text{ } ...``);
 - ``same_answer``: the answer is word for word an earlier pair's of the same reply (a model that answers
   "what is X", "how does X work" and "why X" with one sentence fits at most one of them);
-- ``duplicate`` and ``over_limit`` (more than ``generate.pairs_per_chunk``).
+- ``duplicate`` and ``over_limit`` (more than ``generate.pairs_per_chunk``);
+- ``not_in_passage`` (``generate.llm_focused_answers``): asked again on its own, the question was found
+  unanswered by the passage (:mod:`papertune.generate.answers`: a focused answer that passes the checks
+  above replaces the first; answers that then coincide count as ``same_answer``).
 
 Answers longer than three sentences are trimmed to their first three (not dropped). Replies with
 nothing parseable count as ``unparseable``.
@@ -55,12 +58,14 @@ from papertune.generate.base import (
     ChunkResult,
     Grounding,
     content_words,
+    document_lines,
     finish_question,
     pair_is_injected,
     support,
     take_pairs,
     tidy,
 )
+from papertune.generate.answers import ANSWER_TOKENS, answer_conversation, declined
 from papertune.generate.content import prose_sentences
 from papertune.generate.questions import KINDS, context_dependence, normalise_kind, suggest_kinds
 from papertune.generate.replies import parse_pairs, without_repeats
@@ -68,7 +73,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
-from papertune.text import curly_quotes, normalize, restore_latex, unfinished
+from papertune.text import normalize, restore_latex, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +182,8 @@ def reply_schema(max_pairs: int) -> dict[str, Any]:
 def prompt_fingerprint() -> str:
     """A hash of everything fixed in the prompt (rules, examples, the message around a chunk, the reply
     schema), so pairs written with another prompt are not reused."""
-    return sha256_json([build_conversation('A "CHUNK"', 2, "TITLE", "SECTION"), reply_schema(2)])
+    return sha256_json([build_conversation('A "CHUNK"', 2, "TITLE", "SECTION"), reply_schema(2),
+                        answer_conversation('A "CHUNK"', "QUESTION?", "TITLE", "SECTION")])
 
 
 def pairs_to_ask(text: str, cap: int, segmenter: str = "nupunkt") -> int:
@@ -185,18 +191,9 @@ def pairs_to_ask(text: str, cap: int, segmenter: str = "nupunkt") -> int:
     return max(1, min(cap, math.ceil(len(prose_sentences(text, segmenter)) / 3)))
 
 
-def _defused(text: str) -> str:
-    # The chunk cannot close the data block early: delimiter look-alikes inside it are defused.
-    return re.sub(r"<\s*(/?)\s*document\s*>", r"[\1document]", text, flags=re.IGNORECASE)
-
-
 def _user_message(text: str, n: int, title: str | None, section: str | None, kinds: list[str]) -> str:
     plural = "pair" if n == 1 else "pairs"
-    lines = [f"Title: {_defused(tidy(title or ''))[:200] or 'unknown'}",
-             f"Section: {_defused(tidy(section or ''))[:200] or 'unknown'}",
-             f"<document>\n{_defused(curly_quotes(text))}\n</document>",
-             "",
-             f"Write {n} question-answer {plural} about this passage only."]
+    lines = [*document_lines(text, title, section), "", f"Write {n} question-answer {plural} about this passage only."]
     if kinds:
         lines[-1] += f" Kinds that suit it: {', '.join(kinds)}."
     return "\n".join(lines)
@@ -380,6 +377,9 @@ class TeacherStats:
     seconds: float = 0.0  # time in the model's chat calls
     retried: int = 0  # chunks asked again (their first reply gave no pair), counted per attempt
     recovered: int = 0  # of those, chunks the new reply gave a pair
+    answered_again: int = 0  # questions asked again on their own (generate.llm_focused_answers)
+    replaced: int = 0  # of those, answers replaced by the focused one
+    not_in_passage: int = 0  # questions the focused pass found unanswered (the pair is dropped)
 
     def report(self) -> dict[str, Any]:
         """The teacher's part of ``RUN/generate/report.json``."""
@@ -393,6 +393,9 @@ class TeacherStats:
             "reply_tokens_per_s": round(self.reply_tokens / self.seconds, 1) if self.seconds else None,
             "chunks_asked_again": self.retried,
             "chunks_recovered": self.recovered,
+            "focused_answers": {"questions": self.answered_again, "replaced": self.replaced,
+                                "kept_first": self.answered_again - self.replaced - self.not_in_passage,
+                                "not_in_passage": self.not_in_passage},
         }
 
 
@@ -416,33 +419,40 @@ class LLMGenerator:
         n = pairs_to_ask(chunk["text"], self.cfg.pairs_per_chunk, self.segmenter)
         return build_conversation(chunk["text"], n, chunk.get("title"), chunk.get("section"))
 
-    def _ask(self, chunks: list[Chunk], temperature: float | None) -> tuple[list[str | None], PapertuneError | None]:
-        """One reply per chunk (None where its request failed), and the failure to raise once the others are
-        handed over."""
+    def _chat(self, conversations: list[list[Message]], **options: Any) -> tuple[list[str | None], PapertuneError | None]:
+        """One reply per conversation (None where its request failed), and the failure to raise once the
+        others are handed over."""
         started = time.perf_counter()
         try:
-            replies: list[str | None] = list(self.chat_model.chat(
-                [self.conversation(c) for c in chunks], temperature=temperature,
-                json_schema=reply_schema(self.cfg.pairs_per_chunk)))
+            replies: list[str | None] = list(self.chat_model.chat(conversations, **options))
             failure: PapertuneError | None = None
         except (LLMRequestError, LLMUnreachableError) as exc:
             # Keep what the other requests of this batch returned; raise once they are handed over.
-            replies = list(exc.replies or [None] * len(chunks))
+            replies = list(exc.replies or [None] * len(conversations))
             failure = exc
         finally:
             self.stats.seconds += time.perf_counter() - started
         arrived = [r for r in replies if r is not None]
         self.stats.replies += len(arrived)
         self.stats.reply_tokens += sum(get_token_counter("qwen2.5")(arrived))
-        if len(replies) != len(chunks):
+        if len(replies) != len(conversations):
             raise PapertuneError(
-                f"generate.llm: the model returned {len(replies)} replies for {len(chunks)} prompts"
+                f"generate.llm: the model returned {len(replies)} replies for {len(conversations)} prompts"
             )
         return replies, failure
 
-    def _read(self, chunk: Chunk, reply: str) -> ChunkResult:
-        grounding = Grounding(chunk["text"], self.segmenter)
+    def _ask(self, chunks: list[Chunk], temperature: float | None) -> tuple[list[str | None], PapertuneError | None]:
+        """The pairs' reply for each chunk (see :meth:`_chat`)."""
+        return self._chat([self.conversation(c) for c in chunks], temperature=temperature,
+                          json_schema=reply_schema(self.cfg.pairs_per_chunk))
+
+    def _grounding(self, chunk: Chunk) -> tuple[Grounding, frozenset[str]]:
+        """The chunk's text for the pair checks, and the words its title and section add."""
         known = frozenset(content_words(f"{chunk.get('title') or ''} {chunk.get('section') or ''}"))
+        return Grounding(chunk["text"], self.segmenter), known
+
+    def _read(self, chunk: Chunk, reply: str) -> ChunkResult:
+        grounding, known = self._grounding(chunk)
         result = pairs_from_reply(reply, grounding, self.cfg.pairs_per_chunk, self.cfg.llm_min_support,
                                   self.segmenter, known)
         if not result.pairs:
@@ -467,8 +477,49 @@ class LLMGenerator:
                     results[chunk["id"]] = result
                     self.stats.recovered += bool(result.pairs)
             again = [c for c in again if not results[c["id"]].pairs]
+        if self.cfg.llm_focused_answers and failure is None:
+            failure = self._answer_again([c for c in chunks if c["id"] in results], results)
         for chunk in chunks:
             if chunk["id"] in results:
                 yield chunk["id"], results[chunk["id"]]
         if failure is not None:
             raise failure
+
+    def _answer_again(self, chunks: list[Chunk], results: dict[str, ChunkResult]) -> PapertuneError | None:
+        """Each kept question asked again on its own (:mod:`papertune.generate.answers`): a focused answer that
+        passes the pair checks replaces the first, a question the passage does not answer is dropped."""
+        asked = [(chunk, pair) for chunk in chunks for pair in results[chunk["id"]].pairs]
+        if not asked:
+            return None
+        replies, failure = self._chat(
+            [answer_conversation(chunk["text"], pair["question"], chunk.get("title"), chunk.get("section"))
+             for chunk, pair in asked], max_new_tokens=min(ANSWER_TOKENS, self.cfg.llm.max_new_tokens))
+        dropped: set[int] = set()  # id() of the pairs dropped
+        for (chunk, pair), reply in zip(asked, replies):
+            if reply is None:
+                continue  # its request failed: the first answer stays
+            self.stats.answered_again += 1
+            if declined(reply):
+                self.stats.not_in_passage += 1
+                results[chunk["id"]].dropped["not_in_passage"] += 1
+                dropped.add(id(pair))
+                continue
+            grounding, known = self._grounding(chunk)
+            answer = finish_answer(restore_latex(reply, grounding.clean_text), self.segmenter)
+            if check_pair(pair["question"], answer, grounding, self.cfg.llm_min_support, known) is None:
+                pair["answer"] = answer
+                self.stats.replaced += 1
+        for chunk in chunks:  # focused answers can coincide: the first pair keeps its answer
+            result, said = results[chunk["id"]], set()
+            kept = []
+            for pair in result.pairs:
+                if id(pair) in dropped:
+                    continue
+                if normalize(pair["answer"]) in said:
+                    result.dropped["same_answer"] += 1
+                    continue
+                said.add(normalize(pair["answer"]))
+                kept.append(pair)
+            result.pairs = kept
+        return failure
+
