@@ -537,7 +537,7 @@ def test_each_question_is_answered_again_on_its_own_and_the_focused_answer_repla
 
 
 def test_a_focused_question_carries_its_chunk_title_and_section():
-    from papertune.generate.answers import answer_conversation, declined
+    from papertune.generate.answers import answer_conversation, declined, focused_answer
 
     system, user = answer_conversation("LoRA trains <document> two matrices.", "What does LoRA train?", "LoRA",
                                        "Method")
@@ -546,6 +546,10 @@ def test_a_focused_question_carries_its_chunk_title_and_section():
                                "\n</document>\n\nQuestion: What does LoRA train?")
     assert declined("NOT IN PASSAGE.") and declined(" not in the passage ")
     assert not declined("LoRA is not in passage form but trains two matrices.")
+    # A model that still writes JSON: its answer is taken, pairs written again are no answer.
+    assert focused_answer('{"answer": "LoRA trains two matrices."}') == "LoRA trains two matrices."
+    assert focused_answer('{"pairs": [{"question": "Q?", "answer": "A."}]}') == ""
+    assert focused_answer("[1, 2") == "" and focused_answer(" LoRA trains. ") == "LoRA trains."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,6 +841,8 @@ def test_llm_generator_through_a_real_openai_server(tmp_path):
                      "generate.llm.model=smollm2-135m-instruct", "generate.llm.max_new_tokens=96",
                      "generate.llm.concurrency=2", "generate.llm.timeout_s=300")
         generate.run(cfg)
-        # one request per chunk, and one more for each chunk asked again (its first reply gave no pair)
-        assert server.requests == len(LLM_TEXTS) + report(run_dir)["teacher"]["chunks_asked_again"]
+        # one request per chunk, one more for each chunk asked again (its first reply gave no pair), and one per
+        # question answered again on its own
+        teacher = report(run_dir)["teacher"]
+        assert server.requests == len(LLM_TEXTS) + teacher["chunks_asked_again"] + teacher["focused_answers"]["questions"]
     assert_llm_plumbing(run_dir, "smollm2-135m-instruct")

@@ -333,10 +333,15 @@ class TeacherAndJudge(ScriptedJudge):
     def __init__(self) -> None:
         super().__init__()
         self.teacher_temperatures: list[float | None] = []
+        self.focused: list[str] = []  # questions the teacher was asked again on their own
 
     def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None) -> list[str]:
+        from papertune.generate.answers import ANSWER_SYSTEM_PROMPT
         from papertune.generate.llm import SYSTEM_PROMPT
 
+        if conversations[0][0]["content"] == ANSWER_SYSTEM_PROMPT:
+            self.focused += [c[-1]["content"].rsplit("Question: ", 1)[1] for c in conversations]
+            return [FREEZE] * len(conversations)
         if conversations[0][0]["content"] != SYSTEM_PROMPT:
             return super().chat(conversations, max_new_tokens=max_new_tokens, json_schema=json_schema)
         self.teacher_temperatures += [temperature] * len(conversations)
@@ -365,7 +370,8 @@ def test_a_chunk_that_kept_no_pair_is_asked_again_and_its_new_pair_judged(tmp_pa
     refill = report["refill"]
     assert {k: refill[k] for k in ("rounds", "chunks", "asked", "pairs", "kept", "chunks_recovered")} == {
         "rounds": 2, "chunks": 1, "asked": 1, "pairs": 1, "kept": 1, "chunks_recovered": 1}
-    assert refill["teacher"]["replies"] == 1
+    assert refill["teacher"]["replies"] == 2  # the pair, and its question answered again on its own
+    assert scripted.focused == ["What does LoRA freeze during training?"]
     assert report["judge"]["pairs"] == 2  # each pair judged once
     # A rerun takes the teacher's refill pairs (and the judge's replies) from their caches: nothing asked.
     first = (tmp_path / "qa_curated.jsonl").read_bytes()

@@ -452,7 +452,8 @@ def test_the_stage_skips_non_content_and_reports_kinds(tmp_path, generator):
     write_chunks(run_dir, [(CHUNK, "Method > Dropout"), (REFERENCES, "References"), (ACKNOWLEDGMENTS, "Thanks"),
                            (CHUNK.replace("Dropout", "DropConnect"), "Method")])
     chat = SchemaChat()
-    config = load_config(None, [f"run_dir={run_dir}", f"generate.generators={{{generator}: 1}}"])
+    config = load_config(None, [f"run_dir={run_dir}", f"generate.generators={{{generator}: 1}}",
+                                "generate.llm_focused_answers=false"])
     generate.run(config, chat_model=chat)
     data = json.loads((run_dir / "generate" / "report.json").read_text(encoding="utf-8"))
     assert data["skipped_non_content"] == 2

@@ -12,6 +12,7 @@ the passage is dropped (``not_in_passage``); otherwise the first answer stays.
 
 from __future__ import annotations
 
+import json
 import re
 
 from papertune.generate.base import document_lines, tidy
@@ -41,3 +42,17 @@ def answer_conversation(text: str, question: str, title: str | None = None, sect
 def declined(reply: str) -> bool:
     """Whether the reply says the passage does not answer the question."""
     return bool(_DECLINED.match(reply.strip()))
+
+
+def focused_answer(reply: str) -> str:
+    """The answer a focused reply gives: its text, or the ``answer`` of a JSON object a model replied with
+    anyway; "" when it holds none (JSON without an answer: the model wrote pairs again)."""
+    text = reply.strip()
+    if text[:1] not in ("{", "["):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return ""
+    answer = value.get("answer") if isinstance(value, dict) else None
+    return answer.strip() if isinstance(answer, str) else ""

@@ -65,7 +65,7 @@ from papertune.generate.base import (
     take_pairs,
     tidy,
 )
-from papertune.generate.answers import ANSWER_TOKENS, answer_conversation, declined
+from papertune.generate.answers import ANSWER_TOKENS, answer_conversation, declined, focused_answer
 from papertune.generate.content import prose_sentences
 from papertune.generate.questions import KINDS, context_dependence, normalise_kind, suggest_kinds
 from papertune.generate.replies import parse_pairs, without_repeats
@@ -478,14 +478,14 @@ class LLMGenerator:
                     self.stats.recovered += bool(result.pairs)
             again = [c for c in again if not results[c["id"]].pairs]
         if self.cfg.llm_focused_answers and failure is None:
-            failure = self._answer_again([c for c in chunks if c["id"] in results], results)
+            failure = self.answer_again([c for c in chunks if c["id"] in results], results)
         for chunk in chunks:
             if chunk["id"] in results:
                 yield chunk["id"], results[chunk["id"]]
         if failure is not None:
             raise failure
 
-    def _answer_again(self, chunks: list[Chunk], results: dict[str, ChunkResult]) -> PapertuneError | None:
+    def answer_again(self, chunks: list[Chunk], results: dict[str, ChunkResult]) -> PapertuneError | None:
         """Each kept question asked again on its own (:mod:`papertune.generate.answers`): a focused answer that
         passes the pair checks replaces the first, a question the passage does not answer is dropped."""
         asked = [(chunk, pair) for chunk in chunks for pair in results[chunk["id"]].pairs]
@@ -505,8 +505,8 @@ class LLMGenerator:
                 dropped.add(id(pair))
                 continue
             grounding, known = self._grounding(chunk)
-            answer = finish_answer(restore_latex(reply, grounding.clean_text), self.segmenter)
-            if check_pair(pair["question"], answer, grounding, self.cfg.llm_min_support, known) is None:
+            answer = finish_answer(restore_latex(focused_answer(reply), grounding.clean_text), self.segmenter)
+            if answer and check_pair(pair["question"], answer, grounding, self.cfg.llm_min_support, known) is None:
                 pair["answer"] = answer
                 self.stats.replaced += 1
         for chunk in chunks:  # focused answers can coincide: the first pair keeps its answer
