@@ -5,7 +5,7 @@ Writing several questions and their answers in one reply, a small teacher often 
 the question, answers a neighbouring one, or swaps two terms. Asked one question at a time, with the passage
 and the instruction to answer exactly what is asked, the same model answers better (docs/benchmarks.md: of
 30 pairs of real blog posts kept by the 1.5B teacher and judge, graded by hand, 11 first answers were correct
-and 5 wrong; the focused answers to the same questions, 17 and 1). The focused answer replaces the first when
+and 5 wrong; the focused answers to the same questions, 15 and 2). The focused answer replaces the first when
 it passes the pair checks of :mod:`papertune.generate.llm`; a question the teacher now finds unanswered by
 the passage is dropped (``not_in_passage``); otherwise the first answer stays.
 """
