@@ -376,16 +376,12 @@ class _Ranked:
                 for _, ids, sources in zip(queries, exclude_ids, exclude_sources)]
 
 
-def test_raft_distractors_as_retrieved_come_from_the_source_document_but_never_hold_the_answer():
-    """``retrieved`` mirrors what the model sees when it answers (the source's neighbours rank first); a
-    neighbour that says the answer too is passed over and counted. ``other_documents`` never shows them."""
-    from papertune.config import BuildConfig
-    from papertune.raft import assign_passages, holds_answer
-    from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
-
+def _lora_question(neighbour: str) -> tuple[dict[str, str], dict[str, dict], dict]:
+    """Chunks of two documents and a question about the first chunk; ``neighbour`` is the source's next chunk
+    (a.md#1), the best retrieval hit for the question."""
     texts = {
         "a.md#0": "LoRA freezes the pretrained weights and trains two low-rank matrices per layer.",
-        "a.md#1": "In short, LoRA keeps pretrained weights frozen and trains two low-rank matrices in each layer.",
+        "a.md#1": neighbour,
         "a.md#2": "The rank of the matrices is a hyperparameter chosen on a validation set.",
         "b.md#0": "Dropout randomly zeroes activations during training.",
         "b.md#1": "Batch normalization rescales activations per mini-batch.",
@@ -393,6 +389,18 @@ def test_raft_distractors_as_retrieved_come_from_the_source_document_but_never_h
     chunks = {cid: {"id": cid, "source": cid.split("#")[0], "text": text} for cid, text in texts.items()}
     row = {"id": "q", "question": "What does LoRA train?", "answer": "Two low-rank matrices per layer.",
            "chunk_id": "a.md#0", "source": "a.md"}
+    return texts, chunks, row
+
+
+def test_raft_distractors_as_retrieved_come_from_the_source_document_but_never_hold_the_answer():
+    """``retrieved`` mirrors what the model sees when it answers (the source's neighbours rank first); a
+    neighbour that says the answer too is passed over and counted. ``other_documents`` never shows them."""
+    from papertune.config import BuildConfig
+    from papertune.raft import assign_passages, holds_answer
+    from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
+
+    texts, chunks, row = _lora_question(
+        "In short, LoRA keeps pretrained weights frozen and trains two low-rank matrices in each layer.")
     assert holds_answer(texts["a.md#1"], row["answer"]) and not holds_answer(texts["a.md#2"], row["answer"])
     near = NearDuplicates(list(texts.values()), SAME_TEXT_THRESHOLD)
     retriever = _Ranked(chunks, ["a.md#1", "a.md#2", "b.md#0", "b.md#1"])
@@ -415,16 +423,8 @@ def test_raft_distractors_mixed_are_retrieved_beside_the_source_and_from_other_d
     from papertune.raft import assign_passages
     from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
 
-    texts = {
-        "a.md#0": "LoRA freezes the pretrained weights and trains two low-rank matrices per layer.",
-        "a.md#1": "Adapters of this kind are merged into the weights after training, at no inference cost.",
-        "a.md#2": "The rank of the matrices is a hyperparameter chosen on a validation set.",
-        "b.md#0": "Dropout randomly zeroes activations during training.",
-        "b.md#1": "Batch normalization rescales activations per mini-batch.",
-    }
-    chunks = {cid: {"id": cid, "source": cid.split("#")[0], "text": text} for cid, text in texts.items()}
-    row = {"id": "q", "question": "What does LoRA train?", "answer": "Two low-rank matrices per layer.",
-           "chunk_id": "a.md#0", "source": "a.md"}
+    texts, chunks, row = _lora_question(
+        "Adapters of this kind are merged into the weights after training, at no inference cost.")
     near = NearDuplicates(list(texts.values()), SAME_TEXT_THRESHOLD)
     retriever = _Ranked(chunks, ["a.md#1", "a.md#2", "b.md#0", "b.md#1"])
     shown = {}
