@@ -846,3 +846,32 @@ def test_llm_generator_through_a_real_openai_server(tmp_path):
         teacher = report(run_dir)["teacher"]
         assert server.requests == len(LLM_TEXTS) + teacher["chunks_asked_again"] + teacher["focused_answers"]["questions"]
     assert_llm_plumbing(run_dir, "smollm2-135m-instruct")
+
+
+def test_a_chunk_whose_focused_question_got_no_reply_is_not_finished_and_a_rerun_asks_it_again(tmp_path):
+    """The other chunks of the batch are kept with their focused answers; the one whose question failed is not
+    written to the progress file, so the next run asks it again, pairs and focused answers."""
+    run_dir = tmp_path / "run"
+    write_chunks(run_dir, TEXTS[:3])
+    cfg = config(run_dir, "generate.generators={llm: 1}", "generate.llm.backend=openai", "generate.llm.concurrency=3")
+
+    class FailsOnce(FakeChat):
+        failed = False
+
+        def chat(self, conversations, **kwargs):
+            focused = "\nQuestion: " in conversations[0][-1]["content"]
+            if focused and not FailsOnce.failed and any("Method1 " in document_of(c) for c in conversations):
+                FailsOnce.failed = True
+                replies = [None if "Method1 " in document_of(c) else "A focused answer about Method0 and Method2."
+                           for c in conversations]
+                raise LLMRequestError("generate.llm: HTTP 500", reason="HTTP 500", replies=replies)
+            return super().chat(conversations, **kwargs)
+
+    with pytest.raises(LLMRequestError, match="HTTP 500"):
+        generate.run(cfg, chat_model=FailsOnce(first_sentence_pairs))
+    done = [r["chunk_id"] for r in read_rows(run_dir / PROGRESS_FILE) if r["kind"] == "chunk"]
+    assert done == ["doc.md#0000", "doc.md#0002"]
+    again = FailsOnce(first_sentence_pairs)
+    generate.run(cfg, chat_model=again)
+    assert again.calls == [[TEXTS[1]]] and len(again.questions) >= 1  # only the unfinished chunk, both passes
+    assert {r["chunk_id"] for r in read_rows(run_dir / QA_FILE)} == {"doc.md#0000", "doc.md#0001", "doc.md#0002"}

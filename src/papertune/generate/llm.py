@@ -477,8 +477,9 @@ class LLMGenerator:
                     results[chunk["id"]] = result
                     self.stats.recovered += bool(result.pairs)
             again = [c for c in again if not results[c["id"]].pairs]
-        if self.cfg.llm_focused_answers and failure is None:
-            failure = self.answer_again([c for c in chunks if c["id"] in results], results)
+        if self.cfg.llm_focused_answers:  # also after a failed request: the chunks it finishes are kept
+            focused_failure = self.answer_again([c for c in chunks if c["id"] in results], results)
+            failure = failure or focused_failure
         for chunk in chunks:
             if chunk["id"] in results:
                 yield chunk["id"], results[chunk["id"]]
@@ -487,7 +488,9 @@ class LLMGenerator:
 
     def answer_again(self, chunks: list[Chunk], results: dict[str, ChunkResult]) -> PapertuneError | None:
         """Each kept question asked again on its own (:mod:`papertune.generate.answers`): a focused answer that
-        passes the pair checks replaces the first, a question the passage does not answer is dropped."""
+        passes the pair checks replaces the first, a question the passage does not answer is dropped. A chunk
+        one of whose questions got no reply is taken out of ``results`` (not finished: a rerun asks it again);
+        the failure is returned, to raise once the finished chunks are handed over."""
         asked = [(chunk, pair) for chunk in chunks for pair in results[chunk["id"]].pairs]
         if not asked:
             return None
@@ -495,9 +498,10 @@ class LLMGenerator:
             [answer_conversation(chunk["text"], pair["question"], chunk.get("title"), chunk.get("section"))
              for chunk, pair in asked], max_new_tokens=min(ANSWER_TOKENS, self.cfg.llm.max_new_tokens))
         dropped: set[int] = set()  # id() of the pairs dropped
+        unanswered = {chunk["id"] for (chunk, _), reply in zip(asked, replies) if reply is None}
         for (chunk, pair), reply in zip(asked, replies):
-            if reply is None:
-                continue  # its request failed: the first answer stays
+            if reply is None or chunk["id"] in unanswered:
+                continue
             self.stats.answered_again += 1
             if declined(reply):
                 self.stats.not_in_passage += 1
@@ -509,8 +513,10 @@ class LLMGenerator:
             if answer and check_pair(pair["question"], answer, grounding, self.cfg.llm_min_support, known) is None:
                 pair["answer"] = answer
                 self.stats.replaced += 1
-        for chunk in chunks:  # focused answers can coincide: the first pair keeps its answer
-            result, said = results[chunk["id"]], set()
+        for chunk_id in unanswered:
+            del results[chunk_id]
+        for chunk in (c for c in chunks if c["id"] in results):  # focused answers can coincide: the first pair
+            result, said = results[chunk["id"]], set()  # keeps its answer
             kept = []
             for pair in result.pairs:
                 if id(pair) in dropped:
