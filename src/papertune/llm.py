@@ -33,7 +33,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from papertune.config import LLMConfig
@@ -108,7 +107,7 @@ def chat_prompt(tokenizer: Any, conversation: list[Message]) -> str:
     return tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
 
 
-class HFChatModel:
+class HFChatModel(ChatModel):
     """A local causal LM with a chat template; batched (static or continuous), greedy at temperature 0."""
 
     def __init__(self, cfg: LLMConfig, setting: str) -> None:
@@ -131,21 +130,12 @@ class HFChatModel:
     def _prompt(self, conversation: list[Message]) -> str:
         return chat_prompt(self.tokenizer, conversation)
 
-    def chat(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        json_schema: dict[str, Any] | None = None,
-    ) -> list[str]:
-        if not conversations:
-            return []
+    def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
+                json_schema: dict[str, Any] | None) -> list[str]:
         if json_schema is not None and not self.cfg.constrain_json:
             _warn_unconstrained(self.setting)
             json_schema = None
-        decoding = Decoding(max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                            temperature=self.cfg.temperature if temperature is None else temperature)
+        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
         prompts = [self._prompt(c) for c in conversations]
         settings = ContinuousSettings(max_batch_tokens=self.cfg.max_batch_tokens)
 
@@ -172,7 +162,7 @@ class HFChatModel:
 # vllm: vLLM on a GPU
 
 
-class VLLMChatModel:
+class VLLMChatModel(ChatModel):
     """A model run by vLLM; prompts from the model's chat template tokenized as ``hf`` does
     them, so both backends ask the same tokens. One engine per process serves every setting naming the
     same model (a teacher and a judge share it); with ``replicas``, one engine per GPU, the prompts shared out."""
@@ -191,10 +181,9 @@ class VLLMChatModel:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"{setting}.model={cfg.model!r} has no chat template; use an instruct (chat) model")
 
-    def chat(self, conversations: Sequence[list[Message]], *, max_new_tokens: int | None = None,
-             temperature: float | None = None, json_schema: dict[str, Any] | None = None) -> list[str]:
-        decoding = Decoding(max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
-                            temperature=self.cfg.temperature if temperature is None else temperature)
+    def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
+                json_schema: dict[str, Any] | None) -> list[str]:
+        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
         prompts = [self.tokenizer(chat_prompt(self.tokenizer, c), add_special_tokens=False)["input_ids"]
                    for c in conversations]
         return [c.text for c in self.engine.generate(prompts, decoding, json_schema=json_schema)]

@@ -4,15 +4,20 @@ and the two failures a caller can catch (each carrying the replies of a call tha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from papertune.errors import ConfigError, PapertuneError
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
 
-class ChatModel(Protocol):
+class ChatModel:
+    """A chat model: :meth:`chat` gives one reply per conversation, in order. A backend sets ``name`` and
+    ``cfg`` (its :class:`papertune.config.LLMConfig`) and writes :meth:`replies`; the call's options are
+    resolved against ``cfg`` here, once for every backend. Stand-ins (tests) may write ``chat`` alone."""
+
     name: str
+    cfg: Any
 
     def chat(
         self,
@@ -22,12 +27,22 @@ class ChatModel(Protocol):
         temperature: float | None = None,
         json_schema: dict[str, Any] | None = None,
     ) -> list[str]:
-        """One reply per conversation, in the same order.
+        """One reply per conversation, in the same order; ``max_new_tokens`` and ``temperature`` default to
+        the setting's.
 
         ``json_schema`` (a JSON Schema dict) asks the backend to constrain each reply to it; a backend
-        that cannot (``hf``) says so once in the log and the caller parses the reply leniently.
+        that cannot (``hf`` without ``constrain_json``) says so once in the log and the caller parses the
+        reply leniently.
         """
-        ...
+        if not conversations:
+            return []
+        return self.replies(list(conversations), max_new_tokens or self.cfg.max_new_tokens,
+                            self.cfg.temperature if temperature is None else temperature, json_schema)
+
+    def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
+                json_schema: dict[str, Any] | None) -> list[str]:
+        """The backend's replies to a non-empty call, its options resolved."""
+        raise NotImplementedError
 
 
 class LLMRequestError(PapertuneError):

@@ -17,7 +17,7 @@ from typing import Any
 
 from papertune.config import LLMConfig
 from papertune.inference.llamacpp import LlamaCppServer
-from papertune.llm_base import LLMRequestError, LLMUnreachableError, Message
+from papertune.llm_base import ChatModel, LLMRequestError, LLMUnreachableError, Message
 from papertune.models import resolve_gguf
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def endpoint(base_url: str) -> str:
     return base_url.rstrip("/") + "/chat/completions"
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(ChatModel):
     """``POST {base_url}/chat/completions`` on each server of ``base_url``, ``cfg.concurrency`` requests at a
     time per server, with retries (on another server when there is one)."""
 
@@ -288,19 +288,9 @@ class OpenAIChatModel:
             f"where one runs, or use {self.setting}.backend=llamacpp or hf to run the model in this process"
         )
 
-    def chat(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        json_schema: dict[str, Any] | None = None,
-    ) -> list[str]:
-        if not conversations:
-            return []
+    def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
+                json_schema: dict[str, Any] | None) -> list[str]:
         self._ready()
-        max_new_tokens = max_new_tokens or self.cfg.max_new_tokens
-        temperature = self.cfg.temperature if temperature is None else temperature
         payloads = [
             {"model": self.cfg.model, "messages": list(c), "max_tokens": max_new_tokens, "temperature": temperature,
              "stream": False, **self.extra_body}
