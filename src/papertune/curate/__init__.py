@@ -32,4 +32,5 @@ from papertune.curate.filters import (REASONS, amount_not_given, answer_in_quest
                                       overlap_support)
 from papertune.curate.stage import SPEC, run
 
-__all__ = ["REASONS", "SPEC", "amount_not_given", "answer_in_question", "content_stems", "curate_rows", "overlap_support", "run"]
+__all__ = ["REASONS", "SPEC", "amount_not_given", "answer_in_question", "content_stems", "curate_rows",
+           "overlap_support", "run"]

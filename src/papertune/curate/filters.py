@@ -1,8 +1,8 @@
 """The checks of the curate stage: which generated pairs are dropped, and why (see :mod:`papertune.curate`).
 
 Lexical and embedding checks (injection, ids, lengths, answer in question, an amount asked for and not
-given, support in the chunk, duplicates) and the order they run in (:func:`curate_rows`); the grounded judge, when enabled, is
-handed in by the stage (:mod:`papertune.curate.judge`).
+given, support in the chunk, duplicates) and the order they run in (:func:`curate_rows`); the grounded
+judge, when enabled, is handed in by the stage (:mod:`papertune.curate.judge`).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ the passage is dropped (``not_in_passage``); otherwise the first answer stays.
 
 from __future__ import annotations
 
-import json
 import re
 
 from papertune.generate.base import document_lines, tidy
+from papertune.jsonreply import first_object
 from papertune.llm_base import Message
 
 NOT_IN_PASSAGE = "NOT IN PASSAGE"
@@ -33,7 +33,8 @@ ANSWER_TOKENS = 192  # three sentences with a formula fit; a longer reply is cut
 _DECLINED = re.compile(r"^\W*not in (?:the )?passage\W*$", re.IGNORECASE)
 
 
-def answer_conversation(text: str, question: str, title: str | None = None, section: str | None = None) -> list[Message]:
+def answer_conversation(text: str, question: str, title: str | None = None,
+                        section: str | None = None) -> list[Message]:
     """The prompt that asks one question of one chunk."""
     user = "\n".join([*document_lines(text, title, section), "", f"Question: {tidy(question)}"])
     return [{"role": "system", "content": ANSWER_SYSTEM_PROMPT}, {"role": "user", "content": user}]
@@ -50,9 +51,6 @@ def focused_answer(reply: str) -> str:
     text = reply.strip()
     if text[:1] not in ("{", "["):
         return text
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return ""
-    answer = value.get("answer") if isinstance(value, dict) else None
+    found = first_object(text, ("answer",))
+    answer = found["answer"] if found else None
     return answer.strip() if isinstance(answer, str) else ""

@@ -193,7 +193,8 @@ def pairs_to_ask(text: str, cap: int, segmenter: str = "nupunkt") -> int:
 
 def _user_message(text: str, n: int, title: str | None, section: str | None, kinds: list[str]) -> str:
     plural = "pair" if n == 1 else "pairs"
-    lines = [*document_lines(text, title, section), "", f"Write {n} question-answer {plural} about this passage only."]
+    lines = [*document_lines(text, title, section), "",
+             f"Write {n} question-answer {plural} about this passage only."]
     if kinds:
         lines[-1] += f" Kinds that suit it: {', '.join(kinds)}."
     return "\n".join(lines)
@@ -419,7 +420,8 @@ class LLMGenerator:
         n = pairs_to_ask(chunk["text"], self.cfg.pairs_per_chunk, self.segmenter)
         return build_conversation(chunk["text"], n, chunk.get("title"), chunk.get("section"))
 
-    def _chat(self, conversations: list[list[Message]], **options: Any) -> tuple[list[str | None], PapertuneError | None]:
+    def _chat(self, conversations: list[list[Message]],
+              **options: Any) -> tuple[list[str | None], PapertuneError | None]:
         """One reply per conversation (None where its request failed), and the failure to raise once the
         others are handed over."""
         started = time.perf_counter()
@@ -497,10 +499,11 @@ class LLMGenerator:
         replies, failure = self._chat(
             [answer_conversation(chunk["text"], pair["question"], chunk.get("title"), chunk.get("section"))
              for chunk, pair in asked], max_new_tokens=min(ANSWER_TOKENS, self.cfg.llm.max_new_tokens))
-        dropped: set[int] = set()  # id() of the pairs dropped
         unanswered = {chunk["id"] for (chunk, _), reply in zip(asked, replies) if reply is None}
+        dropped: set[int] = set()  # id() of the pairs dropped
+        groundings: dict[str, tuple[Grounding, frozenset[str]]] = {}
         for (chunk, pair), reply in zip(asked, replies):
-            if reply is None or chunk["id"] in unanswered:
+            if chunk["id"] in unanswered:
                 continue
             self.stats.answered_again += 1
             if declined(reply):
@@ -508,23 +511,25 @@ class LLMGenerator:
                 results[chunk["id"]].dropped["not_in_passage"] += 1
                 dropped.add(id(pair))
                 continue
-            grounding, known = self._grounding(chunk)
+            if chunk["id"] not in groundings:
+                groundings[chunk["id"]] = self._grounding(chunk)
+            grounding, known = groundings[chunk["id"]]
             answer = finish_answer(restore_latex(focused_answer(reply), grounding.clean_text), self.segmenter)
             if answer and check_pair(pair["question"], answer, grounding, self.cfg.llm_min_support, known) is None:
                 pair["answer"] = answer
                 self.stats.replaced += 1
         for chunk_id in unanswered:
             del results[chunk_id]
-        for chunk in (c for c in chunks if c["id"] in results):  # focused answers can coincide: the first pair
-            result, said = results[chunk["id"]], set()  # keeps its answer
-            kept = []
+        for result in results.values():  # focused answers can coincide: the first pair keeps its answer
+            kept, said = [], set()
             for pair in result.pairs:
+                key = normalize(pair["answer"])
                 if id(pair) in dropped:
                     continue
-                if normalize(pair["answer"]) in said:
+                if key in said:
                     result.dropped["same_answer"] += 1
                     continue
-                said.add(normalize(pair["answer"]))
+                said.add(key)
                 kept.append(pair)
             result.pairs = kept
         return failure

@@ -107,7 +107,6 @@ class VLLMEngine:
                        enable_prefix_caching=True,
                        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True}, **lora)
         self.path = path
-        self.max_model_len = max_model_len
         self._adapters: dict[str, int] = {}
         _live(self)
         log.info("vLLM %s loaded %s in %.1f s (%.0f%% of the GPU's memory)", vllm_version(), path,
@@ -154,7 +153,8 @@ class VLLMEngine:
 
 def _replica_main(conn: Any, device: str, make: Callable[..., Any], spec: str, kwargs: dict[str, Any]) -> None:
     """One replica's process: load the engine on ``device`` alone, then answer the parent's requests until it
-    asks for release (or goes away). Every reply is ``("ok", value)`` or ``("error", message)``."""
+    asks for release (or goes away). Every reply is ``("ok", value)`` or ``("error", (exception name,
+    message))``."""
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     try:
         engine = make(spec, **kwargs)
@@ -202,7 +202,6 @@ class VLLMReplicas:
         _live(self)
         loaded = self._replies("load")
         self.path = loaded[0]
-        self.max_model_len = kwargs.get("max_model_len", 8192)
         log.info("vLLM: %d replicas of %s loaded in %.1f s (devices %s)", len(self.devices), self.path,
                  time.monotonic() - started, ", ".join(self.devices))
 
@@ -247,7 +246,7 @@ class VLLMReplicas:
                 if process.is_alive():
                     conn.send(("release",))
                     conn.recv()
-            except (EOFError, OSError, BrokenPipeError):
+            except (EOFError, OSError):  # the replica's process is gone already
                 pass
             process.join(timeout=60)
             if process.is_alive():
