@@ -4,7 +4,7 @@
 # (build.raft_distractors: retrieved, the run directory raft_retrieved), and each is evaluated four ways
 # (base/tuned x closed-book/retrieval) on the test split, held-out documents and outside documents, with the
 # 1.5B as judge (benchmarks/raft_gpu.yaml). Each step fits one GPU call; run them in order while the machine
-# is held:
+# is held (on a machine with several GPUs the students build, train and evaluate in lanes, one per GPU):
 #   bash benchmarks/gpu_raft.sh teach      # generate + curate + augment
 #   bash benchmarks/gpu_raft.sh train      # build and train the students ($STUDENTS, default the three)
 #   bash benchmarks/gpu_raft.sh evaluate   # four-way evaluation of each, then the table
@@ -43,6 +43,19 @@ timed() {
   "$@" > "$OUT/$log" 2>&1 || { echo "$name failed"; tail -30 "$OUT/$log"; exit 1; }
   echo "$name $((SECONDS - start)) s" >> "$OUT/times.txt"
 }
+# lanes FUNCTION MODE...: FUNCTION MODE for each student, spread over the GPUs: student k on GPU k mod the GPU
+# count, each GPU's students in turn, the GPUs at once. Fails when any student failed.
+lanes() {
+  local fn=$1; shift
+  local modes=("$@") gpus pids=() status=0
+  gpus=$(nvidia-smi --list-gpus | wc -l); [ "$gpus" -ge 1 ] || gpus=1
+  for ((g = 0; g < gpus && g < ${#modes[@]}; g++)); do
+    (for ((k = g; k < ${#modes[@]}; k += gpus)); do CUDA_VISIBLE_DEVICES=$g "$fn" "${modes[k]}" || exit 1; done) &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  return $status
+}
 case $step in
   teach)
     rm -rf $W && mkdir -p $W/teach && cp .gpu-data/chunks.jsonl $W/teach/
@@ -54,31 +67,36 @@ case $step in
       generate/report.json curate/report.json curate/judge_cache.jsonl
     ;;
   train)
-    # Each student's run directory starts from the teach step's; the retrieval index is built once and
-    # handed on (the same chunks and settings: build finds it current).
-    first=
-    for mode in ${STUDENTS:-raft raft_retrieved closed_book}; do
-      rm -rf $W/$mode && cp -r $W/teach $W/$mode
-      [ -n "$first" ] && [ -d $W/$first/index ] && cp -r $W/$first/index $W/$mode/
-      first=${first:-$mode}
-      timed "build $mode" "build_$mode.log" pt build --config $CFG --run-dir $W/$mode $(settings $mode)
-      cp $W/$mode/build/report.json "$OUT/build_$mode.json"
-      timed "train $mode" "train_$mode.log" pt train --config $CFG --run-dir $W/$mode $(settings $mode) ${TRAIN_ARGS:-}
-      cp $W/$mode/train/report.json "$OUT/train_$mode.json"
-    done
+    # Each student's run directory starts from the teach step's; the first student's build makes the retrieval
+    # index, handed on to the others (the same chunks and settings: build finds it current). Then the students
+    # build and train in lanes, one per GPU, each lane's students one after the other.
+    students=(${STUDENTS:-raft raft_retrieved closed_book})
+    first=${students[0]}
+    for mode in "${students[@]}"; do rm -rf $W/$mode && cp -r $W/teach $W/$mode; done
+    CUDA_VISIBLE_DEVICES=0 timed "build $first" "build_$first.log" pt build --config $CFG --run-dir $W/$first $(settings $first)
+    for mode in "${students[@]:1}"; do [ -d $W/$first/index ] && cp -r $W/$first/index $W/$mode/; done
+    student() {  # student MODE: build (all but the first, built above) and train
+      [ "$1" = "$first" ] || timed "build $1" "build_$1.log" pt build --config $CFG --run-dir $W/$1 $(settings $1)
+      cp $W/$1/build/report.json "$OUT/build_$1.json"
+      timed "train $1" "train_$1.log" pt train --config $CFG --run-dir $W/$1 $(settings $1) ${TRAIN_ARGS:-}
+      cp $W/$1/train/report.json "$OUT/train_$1.json" || true  # a failed train has stopped the lane already
+    }
+    lanes student "${students[@]}"
     ;;
   evaluate)
-    # The first student's run gives the base model's four-way figures; the others add their tuned model.
-    first=; tables=()
-    for mode in ${STUDENTS:-raft closed_book raft_retrieved}; do
-      extra=(); [ -n "$first" ] && extra=(--set evaluate.base=false); first=${first:-$mode}
-      timed "evaluate $mode" "evaluate_$mode.log" pt evaluate --config $CFG --run-dir $W/$mode $(settings $mode) \
+    # The first student's run gives the base model's four-way figures; the others add their tuned model. The
+    # students are evaluated in lanes, one per GPU.
+    students=(${STUDENTS:-raft closed_book raft_retrieved})
+    student() {  # student MODE: the four-way evaluation; its files archived at once (a call cut off by its
+                 # time limit still returns the students evaluated so far)
+      local extra=(); [ "$1" = "${students[0]}" ] || extra=(--set evaluate.base=false)
+      timed "evaluate $1" "evaluate_$1.log" pt evaluate --config $CFG --run-dir $W/$1 $(settings $1) \
         "${extra[@]}" ${EVAL_ARGS:-}
-      mkdir -p "$OUT/eval_$mode" && cp $W/$mode/eval/*.json $W/$mode/eval/*.jsonl $W/$mode/eval/*.md $W/$mode/eval/*.png "$OUT/eval_$mode/" 2>/dev/null
-      # archived at once: a call cut off by its time limit still returns the students evaluated so far
-      (cd "$OUT" && tar czf "eval_$mode.tgz" "eval_$mode")
-      tables+=("$mode=$OUT/eval_$mode/metrics.json")
-    done
+      mkdir -p "$OUT/eval_$1" && cp $W/$1/eval/*.json $W/$1/eval/*.jsonl $W/$1/eval/*.md $W/$1/eval/*.png "$OUT/eval_$1/" 2>/dev/null
+      (cd "$OUT" && tar czf "eval_$1.tgz" "eval_$1")
+    }
+    lanes student "${students[@]}"
+    tables=(); for mode in "${students[@]}"; do tables+=("$mode=$OUT/eval_$mode/metrics.json"); done
     python3 benchmarks/raft_table.py "${tables[@]}"
     ;;
   *) echo "unknown step $step (teach|train|evaluate)"; exit 2 ;;
