@@ -31,7 +31,19 @@ def test_defaults_are_the_reports_recipe_as_the_gpu_profile_writes_it():
     assert (cfg.build.test_size, cfg.build.seed) == (0.2, 3407)
     assert train.packed_examples_per_step == train.per_device_train_batch_size * train.gradient_accumulation_steps
     written = yaml.safe_load((REPO / "configs" / "gpu.yaml").read_text(encoding="utf-8"))["train"]
+    # but for the sequence length: the profile trains RAFT, whose prompts hold the retrieved passages
+    assert written.pop("max_seq_length") > train.max_seq_length
     assert {key: getattr(train, key) for key in written} == written
+
+
+@pytest.mark.parametrize("name", ["gpu", "gpu-fast"])
+def test_gpu_profiles_train_raft_on_rows_that_fit_their_passages(name: str):
+    """The GPU profiles build RAFT rows (the tuned model learns to read what ask, chat and serve retrieve), and
+    their sequences hold retrieval.top_k chunks of ingest.chunk_tokens plus the question and the answer."""
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert (cfg.build.mode, cfg.build.raft_source_share) == ("raft", 0.9)
+    assert cfg.build.max_seq_length == cfg.train.max_seq_length
+    assert cfg.build.max_seq_length >= cfg.retrieval.top_k * cfg.ingest.chunk_tokens + 512
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
