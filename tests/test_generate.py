@@ -94,7 +94,7 @@ class FakeChat:
         self.schemas: list[dict | None] = []
         self.questions: list[str] = []  # the questions asked again
 
-    def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None) -> list[str]:
+    def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None, seed=0) -> list[str]:
         asked = [re.search(r"\nQuestion: (.*)$", c[-1]["content"], flags=re.S) for c in conversations]
         if all(asked):
             questions = [m.group(1) for m in asked]
@@ -466,8 +466,9 @@ def test_a_chunk_whose_reply_gave_no_pair_is_asked_again_sampling(tmp_path):
     write_chunks(run_dir, [LORA, PERPLEXITY])
 
     class Sampled(FakeChat):
-        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None, seed=0):
             self.temperatures = [*getattr(self, "temperatures", []), temperature]
+            self.seeds = [*getattr(self, "seeds", []), seed]
             return super().chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature,
                                 json_schema=json_schema)
 
@@ -476,6 +477,7 @@ def test_a_chunk_whose_reply_gave_no_pair_is_asked_again_sampling(tmp_path):
     generate.run(config(run_dir, "generate.generators={llm: 1}", "generate.llm_retry_temperature=0.5",
                         "generate.llm_focused_answers=false"), chat_model=model)
     assert model.calls == [[LORA, PERPLEXITY], [LORA]] and model.temperatures == [None, 0.5]
+    assert model.seeds == [0, 1]  # a retry samples with a seed of its own: another reply than the first ask's
     data = report(run_dir)
     assert data["chunks_without_pairs"] == 0 and data["dropped"]["llm"]["unparseable"] == 1
     assert (data["teacher"]["chunks_asked_again"], data["teacher"]["chunks_recovered"]) == (1, 1)
@@ -514,7 +516,7 @@ def test_each_question_is_answered_again_on_its_own_and_the_focused_answer_repla
     seen = []
 
     class Teacher(FakeChat):
-        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+        def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None, seed=0):
             seen.append((len(conversations), max_new_tokens, json_schema))
             return super().chat(conversations, max_new_tokens=max_new_tokens, temperature=temperature,
                                 json_schema=json_schema)

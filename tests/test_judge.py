@@ -350,11 +350,20 @@ class TeacherAndJudge(ScriptedJudge):
         return [json.dumps(reply)] * len(conversations)
 
 
-def test_a_chunk_that_kept_no_pair_is_asked_again_and_its_new_pair_judged(tmp_path: Path):
+def test_a_chunk_that_kept_no_pair_is_asked_again_and_its_new_pair_judged(tmp_path: Path, monkeypatch):
     """curate.refill_rounds: the llm's only pair of the chunk is dropped by the judge, so the teacher is asked
-    again, sampling; its new pair passes every check and the judge, and is kept under an id of its own. A
-    rerun asks nobody."""
+    again, sampling (seeded apart from generate's retries); its new pair passes every check and the judge, and
+    is kept under an id of its own. A rerun asks nobody."""
+    from papertune.generate.llm import LLMGenerator
+
     write_run(tmp_path, [dict(PAIRS[3], generator="llm")])  # the planted wrong answer
+    seeds, generate_pairs = [], LLMGenerator.generate
+
+    def recording(self, chunks, temperature=None, seed=0):
+        seeds.append(seed)
+        return generate_pairs(self, chunks, temperature, seed)
+
+    monkeypatch.setattr(LLMGenerator, "generate", recording)
     scripted = TeacherAndJudge()
     with ChatServer(scripted, model_name="scripted-judge") as server:
         cfg = judged_config(tmp_path, server, "curate.refill_rounds=2", "generate.llm.backend=openai",
@@ -367,6 +376,7 @@ def test_a_chunk_that_kept_no_pair_is_asked_again_and_its_new_pair_judged(tmp_pa
     assert (kept[0]["generator"], kept[0]["source"], kept[0]["section"]) == ("llm", "paper.pdf", "Method")
     assert list(dropped) == ["planted"]
     assert scripted.teacher_temperatures == [0.9]  # one round: the chunk has a pair after it
+    assert seeds == [1000]  # round 1's seeds, out of reach of generate's retries (1, 2, ...)
     refill = report["refill"]
     assert {k: refill[k] for k in ("rounds", "chunks", "asked", "pairs", "kept", "chunks_recovered")} == {
         "rounds": 2, "chunks": 1, "asked": 1, "pairs": 1, "kept": 1, "chunks_recovered": 1}

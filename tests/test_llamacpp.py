@@ -130,6 +130,19 @@ def test_chat_replies_follow_the_json_schema_and_close_stops_the_server():
 
 
 @needs_llama_cpp
+def test_a_sampled_reply_is_the_same_when_asked_again_and_another_with_another_seed():
+    """llama.cpp takes each request's seed: a sampled call asked again (a rerun) gets the same replies, in
+    whichever slot they land; the call's seed set otherwise gets others."""
+    model = make_chat_model(LLMConfig(**FAST, max_new_tokens=24), "generate.llm")
+    conversations = [[{"role": "user", "content": f"Write {n} unusual words about neural networks."}]
+                     for n in ("five", "six", "seven")]
+    first = model.chat(conversations, temperature=1.0)
+    assert model.chat(conversations[::-1], temperature=1.0) == first[::-1]
+    assert model.chat(conversations, temperature=1.0, seed=1) != first
+    model.close()
+
+
+@needs_llama_cpp
 def test_generate_stage_through_llamacpp_parses_every_reply(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -57,6 +57,35 @@ def test_replies_come_back_in_order_with_the_request_fields(monkeypatch):
         model.close()
 
 
+def test_sampled_requests_carry_a_seed_of_their_own_and_greedy_ones_none():
+    """A sampled request's seed comes from its conversation and the call's seed: the same on a rerun and in
+    any order, another for another conversation or another seed; greedy requests are sent without one."""
+    with FaultServer(echo=True) as server:
+        model = client(server.url, concurrency=3)
+
+        def seeds(texts, **options):
+            start = len(server.received)
+            model.chat(convs(*texts), **options)
+            return {body["messages"][0]["content"]: body.get("seed") for _, body in server.received[start:]}
+
+        first = seeds(["a", "b", "c"], temperature=0.7)
+        assert len(set(first.values())) == 3 and all(isinstance(v, int) and v >= 0 for v in first.values())
+        assert seeds(["c", "a", "b"], temperature=0.7) == first
+        assert seeds(["a"], temperature=0.2) == {"a": first["a"]}  # the seed is the request's, not the setting's
+        assert seeds(["a"], temperature=0.7, seed=1)["a"] != first["a"]
+        assert seeds(["a", "b"], temperature=0.0) == {"a": None, "b": None}
+        model.close()
+
+
+def test_a_request_seed_is_the_same_on_every_machine_and_version():
+    """Golden values: a rerun of a sampled stage, anywhere, sends the seeds the first run sent."""
+    from papertune.inference import request_seed
+
+    conversation = [{"role": "user", "content": "What is QLoRA?"}]
+    assert (request_seed(conversation), request_seed(conversation, 1), request_seed([1, 2, 3])) == (
+        1836823665, 785957176, 1001132525)
+
+
 def test_json_schema_is_sent_as_a_strict_response_format():
     schema = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
     with FaultServer(echo=True) as server:

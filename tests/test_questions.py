@@ -430,7 +430,7 @@ class SchemaChat:
         self.prompts: list[str] = []
         self.schemas: list[dict | None] = []
 
-    def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+    def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None, seed=0):
         self.prompts.extend(c[-1]["content"] for c in conversations)
         self.schemas.append(json_schema)
         return [json.dumps({"pairs": [{"kind": "mechanism", "question": "Why does dropout stop units from co-adapting?",

@@ -4,6 +4,7 @@ with vLLM installed, greedy replies that agree with the hf backend's and follow 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -69,6 +70,28 @@ def test_vllm_is_asked_the_prompt_tokens_hf_is_asked(monkeypatch, talking_model)
         tokenizer(tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
                   add_special_tokens=False)["input_ids"] for c in conversations]
     assert (seen["decoding"].max_new_tokens, seen["decoding"].greedy, seen["schema"]) == (7, True, {"type": "object"})
+    model.chat(conversations, temperature=0.5, seed=3)
+    assert (seen["decoding"].temperature, seen["decoding"].seed) == (0.5, 3)
+
+
+def test_sampled_vllm_prompts_each_get_their_own_seed(monkeypatch):
+    """vLLM's sampling settings (a stand-in vllm module records them): greedy without a seed; sampling, each
+    prompt seeded by its tokens and the call's seed, so a rerun samples the same replies in any order."""
+    import types
+
+    from papertune.inference import Decoding, request_seed
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = lambda **kwargs: kwargs
+    structured = types.ModuleType("vllm.sampling_params")
+    structured.StructuredOutputsParams = lambda **kwargs: kwargs
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", structured)
+    assert "seed" not in vllm_engine.sampling_params(Decoding(max_new_tokens=5), None, [1, 2])
+    sampled = Decoding(max_new_tokens=5, temperature=0.7, seed=2)
+    params = [vllm_engine.sampling_params(sampled, {"type": "object"}, p) for p in ([1, 2], [3], [1, 2])]
+    assert [p["seed"] for p in params] == [request_seed([1, 2], 2), request_seed([3], 2), request_seed([1, 2], 2)]
+    assert params[0]["seed"] != params[1]["seed"] and params[0]["structured_outputs"] == {"json": {"type": "object"}}
 
 
 @pytest.fixture(scope="module")

@@ -131,11 +131,12 @@ class HFChatModel(ChatModel):
         return chat_prompt(self.tokenizer, conversation)
 
     def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
-                json_schema: dict[str, Any] | None) -> list[str]:
+                json_schema: dict[str, Any] | None, seed: int) -> list[str]:
         if json_schema is not None and not self.cfg.constrain_json:
             _warn_unconstrained(self.setting)
             json_schema = None
-        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
+        # transformers samples a batch from one generator: the call's seed seeds it
+        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         prompts = [self._prompt(c) for c in conversations]
         settings = ContinuousSettings(max_batch_tokens=self.cfg.max_batch_tokens)
 
@@ -182,8 +183,8 @@ class VLLMChatModel(ChatModel):
             raise ConfigError(f"{setting}.model={cfg.model!r} has no chat template; use an instruct (chat) model")
 
     def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
-                json_schema: dict[str, Any] | None) -> list[str]:
-        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature)
+                json_schema: dict[str, Any] | None, seed: int) -> list[str]:
+        decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         prompts = [self.tokenizer(chat_prompt(self.tokenizer, c), add_special_tokens=False)["input_ids"]
                    for c in conversations]
         return [c.text for c in self.engine.generate(prompts, decoding, json_schema=json_schema)]

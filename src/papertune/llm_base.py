@@ -26,9 +26,12 @@ class ChatModel:
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         json_schema: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> list[str]:
         """One reply per conversation, in the same order; ``max_new_tokens`` and ``temperature`` default to
-        the setting's.
+        the setting's. Sampled replies are seeded per conversation and ``seed``
+        (:func:`papertune.inference.request_seed`): a rerun samples what the run before did; a caller asking the
+        same conversations again for other replies passes another ``seed``.
 
         ``json_schema`` (a JSON Schema dict) asks the backend to constrain each reply to it; a backend
         that cannot (``hf`` without ``constrain_json``) says so once in the log and the caller parses the
@@ -37,10 +40,10 @@ class ChatModel:
         if not conversations:
             return []
         return self.replies(list(conversations), max_new_tokens or self.cfg.max_new_tokens,
-                            self.cfg.temperature if temperature is None else temperature, json_schema)
+                            self.cfg.temperature if temperature is None else temperature, json_schema, seed)
 
     def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
-                json_schema: dict[str, Any] | None) -> list[str]:
+                json_schema: dict[str, Any] | None, seed: int) -> list[str]:
         """The backend's replies to a non-empty call, its options resolved."""
         raise NotImplementedError
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from papertune.config import LLMConfig
+from papertune.inference.completion import request_seed
 from papertune.inference.llamacpp import LlamaCppServer
 from papertune.llm_base import ChatModel, LLMRequestError, LLMUnreachableError, Message
 from papertune.models import resolve_gguf
@@ -289,13 +290,16 @@ class OpenAIChatModel(ChatModel):
         )
 
     def replies(self, conversations: list[list[Message]], max_new_tokens: int, temperature: float,
-                json_schema: dict[str, Any] | None) -> list[str]:
+                json_schema: dict[str, Any] | None, seed: int) -> list[str]:
         self._ready()
         payloads = [
             {"model": self.cfg.model, "messages": list(c), "max_tokens": max_new_tokens, "temperature": temperature,
              "stream": False, **self.extra_body}
             for c in conversations
         ]
+        if temperature > 0:  # vLLM, SGLang, llama.cpp's server and OpenAI's API take a seed per request
+            for payload, conversation in zip(payloads, conversations):
+                payload["seed"] = request_seed(conversation, seed)
         if json_schema is not None:
             response_format = {"type": "json_schema",
                                "json_schema": {"name": "reply", "schema": json_schema, "strict": True}}

@@ -28,6 +28,8 @@ from papertune.rundir import CURATE_DIR, read_jsonl, sha256_json, write_jsonl_at
 
 log = logging.getLogger(__name__)
 
+ROUND_SEEDS = 1000  # round r's requests are seeded from 1000 r on: apart from generate's retries and each other
+
 CACHE_FILE = f"{CURATE_DIR}/refill_cache.jsonl"
 
 
@@ -72,7 +74,8 @@ def _pairs(teacher: Callable[[], LLMGenerator], cache: RefillCache, todo: list[d
         log.info("curate: refill round %d: asking %s again for %d chunks that kept no pair (%d from %s)",
                  round_, generator.model, len(ask), len(pairs), cache.path)
         try:
-            for chunk_id, result in generator.generate(ask, temperature=temperature):
+            # each round's requests seeded apart from generate's retries (seeds 1, 2, ...) and the other rounds'
+            for chunk_id, result in generator.generate(ask, temperature=temperature, seed=ROUND_SEEDS * round_):
                 key = keys[str(chunk_id)]
                 cache.entries[key] = {"key": key, "chunk_id": chunk_id, "round": round_, "pairs": result.pairs}
                 pairs[str(chunk_id)] = result.pairs

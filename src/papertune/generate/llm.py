@@ -443,10 +443,11 @@ class LLMGenerator:
             )
         return replies, failure
 
-    def _ask(self, chunks: list[Chunk], temperature: float | None) -> tuple[list[str | None], PapertuneError | None]:
+    def _ask(self, chunks: list[Chunk], temperature: float | None,
+             seed: int) -> tuple[list[str | None], PapertuneError | None]:
         """The pairs' reply for each chunk (see :meth:`_chat`)."""
         return self._chat([self.conversation(c) for c in chunks], temperature=temperature,
-                          json_schema=reply_schema(self.cfg.pairs_per_chunk))
+                          json_schema=reply_schema(self.cfg.pairs_per_chunk), seed=seed)
 
     def _grounding(self, chunk: Chunk) -> tuple[Grounding, frozenset[str]]:
         """The chunk's text for the pair checks, and the words its title and section add."""
@@ -461,9 +462,12 @@ class LLMGenerator:
             log.debug("llm: no pairs kept for %s (%s); reply: %.300s", chunk["id"], dict(result.dropped), reply)
         return result
 
-    def generate(self, chunks: list[Chunk], temperature: float | None = None) -> Iterator[tuple[str, ChunkResult]]:
-        """Pairs for each chunk; ``temperature`` (default: ``generate.llm``'s) for the first reply."""
-        replies, failure = self._ask(chunks, temperature)
+    def generate(self, chunks: list[Chunk], temperature: float | None = None,
+                 seed: int = 0) -> Iterator[tuple[str, ChunkResult]]:
+        """Pairs for each chunk; ``temperature`` (default: ``generate.llm``'s) for the first reply. Sampled
+        replies are seeded by ``seed`` (the first) and ``seed`` + k (the k-th retry): the same on a rerun,
+        another for each retry; a caller asking the same chunks again passes a ``seed`` these do not reach."""
+        replies, failure = self._ask(chunks, temperature, seed)
         results = {c["id"]: self._read(c, r) for c, r in zip(chunks, replies) if r is not None}
         # Chunks whose reply gave no pair are asked again, sampling: what each attempt dropped is counted.
         again = [c for c in chunks if c["id"] in results and not results[c["id"]].pairs]
@@ -471,7 +475,7 @@ class LLMGenerator:
         while again and failure is None and attempts < self.cfg.llm_retries:
             attempts += 1
             self.stats.retried += len(again)
-            replies, failure = self._ask(again, self.cfg.llm_retry_temperature)
+            replies, failure = self._ask(again, self.cfg.llm_retry_temperature, seed + attempts)
             for chunk, reply in zip(again, replies):
                 if reply is not None:
                     result = self._read(chunk, reply)

@@ -1,6 +1,7 @@
 """What one generation request is and how its answer is finished, whichever engine decodes it.
 
 - :class:`Decoding`: how to continue a prompt (token limit, greedy or sampling, stop strings);
+  :func:`request_seed`: a sampled request's own seed, from what it asks;
 - :class:`GenerationRequest`: one prompt, its decoding, an optional streaming callback, a cancel event and an
   optional JSON schema its reply must follow;
 - :class:`Completion`: the answer (text stripped, without a stop string) and the tokens generated;
@@ -12,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -42,6 +45,14 @@ class Decoding:
         if self.greedy or other.greedy:
             return self.greedy == other.greedy
         return (self.temperature, self.top_p, self.seed) == (other.temperature, other.top_p, other.seed)
+
+
+def request_seed(request: Any, seed: int = 0) -> int:
+    """The seed one sampled request is sent with: from what it asks (a conversation, prompt token ids) and the
+    call's ``seed``. The same request samples the same reply on every run, whatever else is in flight beside it
+    or in which order the requests go out; a caller asking the same thing again passes another ``seed``."""
+    text = json.dumps([request, seed], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(eq=False)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from papertune.errors import ConfigError
-from papertune.inference.completion import Completion, Decoding
+from papertune.inference.completion import Completion, Decoding, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,11 @@ def vllm_version() -> str | None:
         return None
 
 
-def sampling_params(decoding: Decoding, json_schema: dict[str, Any] | None = None) -> Any:
+def sampling_params(decoding: Decoding, json_schema: dict[str, Any] | None = None,
+                    prompt: Sequence[int] = ()) -> Any:
     """vLLM's sampling settings for ``decoding``: greedy at temperature 0 (vLLM then ignores top-p and the
-    seed), stop strings left out of the text, the reply constrained to ``json_schema`` (compact) when given."""
+    seed), stop strings left out of the text, the reply constrained to ``json_schema`` (compact) when given.
+    Sampling, the seed is the prompt's own (:func:`request_seed` of its tokens and ``decoding.seed``)."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
@@ -57,7 +59,7 @@ def sampling_params(decoding: Decoding, json_schema: dict[str, Any] | None = Non
                               "stop": list(decoding.stop) or None}
     if not decoding.greedy:
         kwargs["top_p"] = 1.0 if decoding.top_p is None else decoding.top_p
-        kwargs["seed"] = decoding.seed
+        kwargs["seed"] = request_seed(list(prompt), decoding.seed or 0)
     if json_schema is not None:
         kwargs["structured_outputs"] = StructuredOutputsParams(json=json_schema)
     return SamplingParams(**kwargs)
@@ -118,7 +120,9 @@ class VLLMEngine:
         ``adapter`` (a PEFT LoRA folder; the engine was made with ``lora_rank``) answers with the model plus it."""
         if not prompts:
             return []
-        params = sampling_params(decoding, json_schema)
+        # greedy: one set of sampling settings for all; sampling: each prompt with its own seed
+        params = (sampling_params(decoding, json_schema) if decoding.greedy
+                  else [sampling_params(decoding, json_schema, p) for p in prompts])
         lora_request = None
         if adapter is not None:
             from vllm.lora.request import LoRARequest
