@@ -30,7 +30,7 @@ class ChatModel:
     ) -> list[str]:
         """One reply per conversation, in the same order; ``max_new_tokens`` and ``temperature`` default to
         the setting's. Sampled replies are seeded per conversation and ``seed``
-        (:func:`papertune.inference.request_seed`): a rerun samples what the run before did; a caller asking the
+        (:func:`papertune.inference.request_seed`): a rerun draws what the run before drew; a caller asking the
         same conversations again for other replies passes another ``seed``.
 
         ``json_schema`` (a JSON Schema dict) asks the backend to constrain each reply to it; a backend

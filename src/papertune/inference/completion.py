@@ -49,8 +49,9 @@ class Decoding:
 
 def request_seed(request: Any, seed: int = 0) -> int:
     """The seed one sampled request is sent with: from what it asks (a conversation, prompt token ids) and the
-    call's ``seed``. The same request samples the same reply on every run, whatever else is in flight beside it
-    or in which order the requests go out; a caller asking the same thing again passes another ``seed``."""
+    call's ``seed``. The same request draws from the same random stream on every run, whatever else is in flight
+    beside it or in which order the requests go out (an engine that batches requests together can still move a
+    near-tie with what shares its batch); a caller asking the same thing again passes another ``seed``."""
     text = json.dumps([request, seed], sort_keys=True, ensure_ascii=False)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
 
