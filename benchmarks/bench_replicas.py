@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import AGREEMENT_TOKENS, load_chunks, prompts_for  # noqa: E402
+from bench_engine import agreement, load_chunks, prompts_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -41,11 +41,6 @@ def rotated(chunks: list[dict[str, Any]], copies: int) -> list[dict[str, Any]]:
             k = r % max(len(sentences), 1)
             out.append({**chunk, "text": " ".join(sentences[k:] + sentences[:k])})
     return out
-
-
-def agreement(a: list[Any], b: list[Any]) -> float:
-    same = sum(x.token_ids[:AGREEMENT_TOKENS] == y.token_ids[:AGREEMENT_TOKENS] for x, y in zip(a, b))
-    return same / max(len(a), 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -527,9 +527,9 @@ class LLMGenerator:
         for result in results.values():  # focused answers can coincide: the first pair keeps its answer
             kept, said = [], set()
             for pair in result.pairs:
-                key = normalize(pair["answer"])
                 if id(pair) in dropped:
                     continue
+                key = normalize(pair["answer"])
                 if key in said:
                     result.dropped["same_answer"] += 1
                     continue

@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from papertune.rundir import sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def request_seed(request: Any, seed: int = 0) -> int:
     call's ``seed``. The same request draws from the same random stream on every run, whatever else is in flight
     beside it or in which order the requests go out (an engine that batches requests together can still move a
     near-tie with what shares its batch); a caller asking the same thing again passes another ``seed``."""
-    text = json.dumps([request, seed], sort_keys=True, ensure_ascii=False)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
+    return int(sha256_json([request, seed])[:8], 16) & 0x7FFFFFFF
 
 
 @dataclass(eq=False)
