@@ -11,8 +11,8 @@ import pytest
 from helpers import CHUNKS, bag_of_words, write_chunks
 from papertune.config import RetrievalConfig, load_config
 from papertune.errors import InputError
-from papertune.index import ChunkIndex
-from papertune.retrieval import Passage, Retriever
+from papertune.index import ChunkIndex, text_windows
+from papertune.retrieval import Passage, Retriever, lexical_text
 
 # A stand-in for a sentence embedder that knows synonyms: words of one concept share a dimension, so a
 # paraphrase with no word in common with its chunk still lands on it.
@@ -183,6 +183,58 @@ def test_retrieval_settings_are_checked():
     with pytest.raises(ConfigError, match="retrieval.embedding_model is empty"):
         load_config(None, ["retrieval.embedding_model="])
     assert load_config(None, ["retrieval.embedding_model=", "retrieval.method=bm25"]).retrieval.method == "bm25"
+    with pytest.raises(ConfigError, match="retrieval.window_words must be >= 0"):
+        load_config(None, ["retrieval.window_words=-1"])
+
+
+def test_text_windows_overlap_and_cover_the_text():
+    words = [f"w{i}" for i in range(10)]
+    assert text_windows(" ".join(words), 6) == [" ".join(words[0:6]), " ".join(words[4:10])]  # stride 4
+    long = [f"w{i}" for i in range(25)]
+    windows = text_windows(" ".join(long), 9)  # stride 6; the last window ends with the text
+    assert [w.split()[0] for w in windows] == ["w0", "w6", "w12", "w16"] and windows[-1].endswith("w24")
+    assert all(len(w.split()) == 9 for w in windows)
+    assert text_windows("a  b\nc", 3) == ["a  b\nc"]  # no longer than a window: the text as it is
+    assert text_windows(" ".join(long), 0) == [" ".join(long)]
+
+
+def test_a_long_chunk_scores_as_its_best_window(tmp_path, embedded):
+    """The words of a question at the end of a long chunk: the chunk's whole-text embedding is diluted by the
+    rest (and a real model would not read that far); its last window is not."""
+    filler = " ".join(["format"] * 60)  # the datatype concept, far from the question's
+    chunks = [{"id": "long.md#0000", "source": "long.md",
+               "text": filler + " the gating network routes tokens to experts"},
+              {"id": "short.md#0000", "source": "short.md", "text": "weights and matrices routes"}]
+    question = "Which network routes tokens to experts?"
+    windowed = retriever(tmp_path, "embedding", chunks, window_words=8)
+    assert windowed.index.embeddings.shape[0] == 12 and windowed.index.starts.tolist() == [0, 11]  # 67 words: 11
+    assert ids(windowed.search(question, k=1)) == ["long.md#0000"]
+    scores = windowed.index.scores(windowed.index.embed([question]))
+    by_window = windowed.index.embeddings @ windowed.index.embed([question])[0]
+    assert scores[0].tolist() == pytest.approx([by_window[:11].max(), by_window[11]])
+    whole = retriever(tmp_path / "whole", "embedding", chunks, window_words=0)
+    assert whole.index.embeddings.shape[0] == 2 and ids(whole.search(question, k=1)) == ["short.md#0000"]
+
+
+def test_the_index_is_rebuilt_when_the_window_changes(tmp_path, embedded):
+    run = tmp_path / "run"
+    write_chunks(run)
+    Retriever.for_run(run, RetrievalConfig(embedding_model="concepts", window_words=5))
+    assert not Retriever.for_run(run, RetrievalConfig(embedding_model="concepts", window_words=5)).index.built
+    rebuilt = Retriever.for_run(run, RetrievalConfig(embedding_model="concepts", window_words=0))
+    assert rebuilt.index.built and rebuilt.index.embeddings.shape[0] == len(CHUNKS)
+
+
+def test_bm25_reads_the_document_title_and_section(tmp_path, embedded):
+    """A question naming the system finds its document's chunk whose text only says "the model"."""
+    chunks = [{"id": "a.md#0003", "source": "a.md", "title": "Switch Transformers", "section": "Routing",
+               "text": "The model sends each token to one expert."},
+              {"id": "b.md#0001", "source": "b.md", "title": "Mixtral", "section": "Routing",
+               "text": "The model sends each token to two experts."}]
+    assert lexical_text(chunks[0]) == "Switch Transformers Routing\nThe model sends each token to one expert."
+    assert lexical_text({"source": "c.pdf", "text": "x"}) == "c.pdf\nx"  # no title: the file name
+    assert ids(retriever(tmp_path, "bm25", chunks).search("How does Switch Transformers route a token?", k=1)) == [
+        "a.md#0003"]
 
 
 def test_bag_of_words_index_is_loaded_not_rebuilt(tmp_path, monkeypatch):

