@@ -5,7 +5,8 @@
 # (base/tuned x closed-book/retrieval) on the test split, held-out documents and outside documents, with the
 # 1.5B as judge (benchmarks/raft_gpu.yaml). Each step fits one GPU call; run them in order while the machine
 # is held (on a machine with several GPUs the students build, train and evaluate in lanes, one per GPU):
-#   bash benchmarks/gpu_raft.sh teach      # generate + curate + augment
+#   bash benchmarks/gpu_raft.sh teach      # generate + curate + augment (PAIRS=FILE: an earlier teach step's
+#                                          # pairs.tgz unpacked instead of generate + curate: the same pairs)
 #   bash benchmarks/gpu_raft.sh train      # build and train the students ($STUDENTS, default the three)
 #   bash benchmarks/gpu_raft.sh evaluate   # four-way evaluation of each, then the table
 # STUDENTS picks the run directories: raft, raft_retrieved, closed_book, raft_p90 (RAFT with the source
@@ -59,7 +60,9 @@ lanes() {
 case $step in
   teach)
     rm -rf $W && mkdir -p $W/teach && cp .gpu-data/chunks.jsonl $W/teach/
-    for stage in generate curate augment; do
+    stages="generate curate augment"
+    if [ -n "${PAIRS:-}" ]; then tar xzf "$PAIRS" -C $W/teach && stages=augment; fi
+    for stage in $stages; do
       timed "$stage" "$stage.log" pt $stage --config $CFG --run-dir $W/teach ${TEACH_ARGS:-}
     done
     cp $W/teach/generate/report.json "$OUT/generate.json"; cp $W/teach/curate/report.json "$OUT/curate.json"
