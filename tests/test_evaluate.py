@@ -87,6 +87,12 @@ def test_citation_markers_are_stripped_before_scoring():
     assert evaluate.token_f1(evaluate.strip_citations("NF4 [2]."), "NF4") == 1.0
 
 
+def test_citations_are_renumbered_in_place():
+    from papertune.chat import renumber_citations
+
+    assert renumber_citations("A [1] and B [3][4], C [12].", {3: 2, 12: 1}) == "A [1] and B [2][4], C [1]."
+
+
 def test_a_passage_contains_an_answer_with_most_of_its_content_words():
     # content words of the reference: {quantizes, weights, nf4} ("it", "to" are function words)
     assert evaluate.content_words("It quantizes the weights to NF4.") == {"quantizes", "weights", "nf4"}
@@ -267,7 +273,7 @@ def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_mode
     """Scripted answers through the real prompts: retrieval answers cite passage [1] or [2] (or decline on
     outside documents), closed-book answers do neither; every score follows from them."""
     import papertune.evaluate.stage as stage
-    from papertune.chat import ABSTAIN, GROUNDED_INSTRUCTION, render_prompt
+    from papertune.chat import ABSTAIN, GROUNDED_INSTRUCTION, cited_numbers, render_prompt
     from papertune.inference import Completion
     from papertune.retrieval import Retriever
 
@@ -337,13 +343,22 @@ def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_mode
         results = metrics["results"][set_name]
         for system in ("base_retrieval", "tuned_retrieval"):
             rows = [a for a in answers if a["set"] == set_name and a["system"] == system]
-            assert all(a["cited"] == [1 + len(a["question"]) % 2] and not a["abstained"] for a in rows)
+            assert all(cited_numbers(a["model_answer"]) == [1 + len(a["question"]) % 2] and not a["abstained"]
+                       for a in rows)
+            # The answer scored is the model's with its citations checked, as ask and serve show it.
+            assert all(a["answer"] == retriever.check_citations(a["model_answer"], retriever.search(a["question"]))
+                       and a["cited"] == cited_numbers(a["answer"]) for a in rows)
             # F1 of "<reference> [1]" against the reference: the marker is left out.
             assert results[system]["f1"] == pytest.approx(1.0) and results[system]["citation_rate"] == 1.0
-            cited = [chunks[a["passages"][a["cited"][0] - 1]["chunk_id"]] for a in rows]
-            expected = sum(c["id"] == a["chunk_id"] or evaluate.passage_contains(c["text"], a["reference"])
+
+            def accuracy(numbers_of):
+                cited = [chunks[a["passages"][numbers_of(a)[0] - 1]["chunk_id"]] for a in rows]
+                return sum(c["id"] == a["chunk_id"] or evaluate.passage_contains(c["text"], a["reference"])
                            for c, a in zip(cited, rows)) / len(rows)
-            assert results[system]["citation_accuracy"] == pytest.approx(expected)
+
+            assert results[system]["citation_accuracy"] == pytest.approx(accuracy(lambda a: a["cited"]))
+            assert results[system]["model_citation_accuracy"] == pytest.approx(
+                accuracy(lambda a: cited_numbers(a["model_answer"])))
             assert results[system]["abstention_rate"] == 0.0
         for system in ("base_closed_book", "tuned_closed_book"):
             assert results[system]["citation_rate"] is None and results[system]["citation_accuracy"] is None

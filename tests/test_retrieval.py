@@ -257,3 +257,21 @@ def test_hybrid_with_all_minilm_finds_the_chunk_a_question_comes_from(tmp_path):
         question = "What does the paper say about " + " ".join(chunk["text"].split()[:7]) + "?"
         assert found.search(question, 3)[0].chunk_id == chunk["id"], question
     assert not Retriever.for_run(run, load_config().retrieval).index.built
+
+
+def test_a_citation_is_moved_to_the_passage_that_holds_the_answer(tmp_path, embedded):
+    found = retriever(tmp_path, "bm25")
+    passages = found.search("low-rank adaptation GLUE RoBERTa NormalFloat4 weights", k=4)
+    numbers = {p.chunk_id: p.n for p in passages}
+    lora, glue, nf4 = numbers["lora.pdf#0000"], numbers["lora.pdf#0001"], numbers["qlora.md#0000"]
+    answer = f"It freezes the pretrained weights and trains two small matrices per layer [{glue}]."
+    assert found.check_citations(answer, passages) == answer.replace(f"[{glue}]", f"[{lora}]")
+    # A citation of a passage holding (nearly) as much of the answer stands; so does an answer citing nothing
+    # or citing a passage while no passage holds any of its words.
+    right = f"NormalFloat4 is an information-theoretically optimal data type [{nf4}]."
+    assert found.check_citations(right, passages) == right
+    assert found.check_citations("It freezes the pretrained weights.", passages) == "It freezes the pretrained weights."
+    assert found.check_citations(f"Zebras graze [{lora}].", passages) == f"Zebras graze [{lora}]."
+    assert found.check_citations(answer, []) == answer
+    # Rare words weigh more: "RoBERTa" (one chunk) outweighs two words that three chunks share.
+    assert found.rarity["roberta"] > found.rarity["weights"]

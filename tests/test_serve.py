@@ -214,11 +214,15 @@ def test_grounding_marks_the_cited_passages_and_abstentions():
     chunks = [{"id": f"doc.pdf#000{n}", "source": "doc.pdf", "section": "S", "page_start": n, "page_end": n,
                "text": f"Passage {n}."} for n in (1, 2, 3)]
     passages = [Passage(n, chunk, 1.0 / n) for n, chunk in enumerate(chunks, 1)]
-    cited = serve.grounding(passages, "NF4 [2], as [3] says.")
+    cited = serve.grounding(passages, "NF4 [2], as [3] says.", "NF4 [2], as [3] says.")
     assert [c["cited"] for c in cited["papertune_citations"]] == [False, True, True]
-    assert cited["papertune_abstained"] is False
+    assert cited["papertune_abstained"] is False and "papertune_checked_answer" not in cited
+    # The citation check moved [1] to [2]: the passages marked are the checked answer's, and it is given.
+    checked = serve.grounding(passages, "NF4 [1].", "NF4 [2].")
+    assert [c["cited"] for c in checked["papertune_citations"]] == [False, True, False]
+    assert checked["papertune_checked_answer"] == "NF4 [2]."
     assert [c["page_start"] for c in cited["papertune_citations"]] == [1, 2, 3]
-    declined = serve.grounding(passages, ABSTAIN)
+    declined = serve.grounding(passages, ABSTAIN, ABSTAIN)
     assert declined["papertune_abstained"] is True and not any(c["cited"] for c in declined["papertune_citations"])
 
 

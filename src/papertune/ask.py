@@ -10,7 +10,9 @@ Grounded (``retrieval.grounded``, the default): the ``retrieval.top_k`` passages
 that :class:`papertune.retrieval.Retriever` ranks first go into the prompt, numbered from 1
 (``chat.render_prompt`` with ``passages``: the prompt of RAFT training examples). After the answer come the
 sources, numbered as in the prompt, each with its document, page and section, the ones the answer cites
-([n]) marked; an answer that says the passages do not hold the answer is reported as declined.
+([n]) marked; an answer that says the passages do not hold the answer is reported as declined. Citations
+are checked (``Retriever.check_citations``): where another passage holds clearly more of the answer than
+the one cited, the answer is printed again citing it, and the sources mark that one.
 
 Closed book (``--closed-book``, ``retrieval.grounded: false``): the question alone; ``--cite`` then lists
 the passages retrieval finds for the question below the answer (the model did not see them).
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 DECLINED = "(The model declined: the retrieved passages do not contain the answer.)"
+CHECKED_NOTE = "another passage holds more of the answer than the one cited:"
 
 
 def generate_answer(model: Any, tokenizer: Any, question: str, system_prompt: str | None, *, max_new_tokens: int,
@@ -97,6 +100,13 @@ class Assistant:
         text = generate_answer(self.model, self.tokenizer, question, self.config.build.system_prompt,
                                max_new_tokens=self.max_new_tokens, temperature=self.temperature, stream=stream,
                                passages=[p.chunk for p in passages] if self.grounded else None)
+        record: dict[str, Any] = {"question": question, "answer": text, "grounded": self.grounded}
+        if self.grounded:
+            checked = self.retriever.check_citations(text, passages)
+            if checked != text:  # streamed as the model wrote it; the sources mark the passages checked
+                stream.write(f"(citations checked: {CHECKED_NOTE} {checked})\n")
+                record.update(answer=checked, model_answer=text)
+            text = checked
         cited = [n for n in cited_numbers(text) if 1 <= n <= len(passages)] if self.grounded else []
         abstained = self.grounded and abstains(text)
         if abstained:
@@ -104,8 +114,7 @@ class Assistant:
         if self.retriever is not None:
             stream.write(format_sources(passages, cited, grounded=self.grounded) + "\n")
         stream.flush()
-        return {"question": question, "answer": text, "grounded": self.grounded,
-                "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
+        return {**record, "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
 
 
 def ask(config: PapertuneConfig, question: str, *, stream: TextIO | None = None, **options: Any) -> dict[str, Any]:

@@ -66,6 +66,11 @@ def cited_numbers(answer: str) -> list[int]:
     return seen
 
 
+def renumber_citations(answer: str, numbers: dict[int, int]) -> str:
+    """``answer`` with each citation [n] in ``numbers`` made [numbers[n]] (others as they are)."""
+    return _CITATION.sub(lambda m: f"[{numbers.get(int(m.group(1)), int(m.group(1)))}]", answer)
+
+
 def strip_citations(answer: str) -> str:
     """The answer without its "[n]" citation markers ("NF4 [2]." -> "NF4.")."""
     return _CITATION_WITH_SPACE.sub("", answer).strip()

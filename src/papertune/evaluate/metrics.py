@@ -193,7 +193,8 @@ def mean(values: Sequence[float | None]) -> float | None:
 def answer_summary(rows: Sequence[dict], *, answerable: bool, retrieval: bool) -> dict[str, Any]:
     """The number of answers of one system, the mean of each answer metric (answerable questions only; None
     where none has it), and its grounding shares: ``abstention_rate`` always; ``citation_rate`` and
-    ``citation_accuracy`` (over the answers that cite) when it answered from passages."""
+    ``citation_accuracy`` (over the answers that cite) when it answered from passages, with
+    ``model_citation_accuracy``: the same for the model's own citations, before they were checked."""
     summary: dict[str, Any] = {"questions": len(rows)}
     for metric in ANSWER_METRICS:
         summary[metric] = mean([r["scores"].get(metric) for r in rows]) if answerable else None
@@ -202,4 +203,7 @@ def answer_summary(rows: Sequence[dict], *, answerable: bool, retrieval: bool) -
     summary["citation_rate"] = len(citing) / len(rows) if retrieval and rows else None
     summary["citation_accuracy"] = (mean([float(r["scores"]["citation_correct"]) for r in citing])
                                     if retrieval and answerable and citing else None)
+    summary["model_citation_accuracy"] = (
+        mean([float(r["scores"]["model_citation_correct"]) for r in citing if "model_citation_correct" in r["scores"]])
+        if retrieval and answerable and citing else None)
     return summary

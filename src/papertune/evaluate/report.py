@@ -18,10 +18,12 @@ FOUR_WAY_PLOT = Path(EVAL_FOUR_WAY_PLOT).name
 LABELS = {"rouge_l": "ROUGE-L", "f1": "token F1", "exact_match": "exact match", "embedding_cosine": "embedding cosine",
           "judge_correctness": "judge correctness (1-5)", "judge_groundedness": "judge groundedness (1-5)",
           "judge_correct": "judged correct", "citation_rate": "citation rate",
-          "citation_accuracy": "citation accuracy", "abstention_rate": "declines"}
+          "citation_accuracy": "citation accuracy",
+          "model_citation_accuracy": "citation accuracy, the model's own (before the check)",
+          "abstention_rate": "declines"}
 # Rows of the four-way table for answerable sets, and for the outside set (where declining is right).
 ANSWERABLE_ROWS = ("judge_correct", "judge_correctness", "f1", "rouge_l", "embedding_cosine", "citation_rate",
-                   "citation_accuracy", "abstention_rate")
+                   "citation_accuracy", "model_citation_accuracy", "abstention_rate")
 OUTSIDE_ROWS = ("abstention_rate", "citation_rate")
 COLORS = {"base_closed_book": "#bdbdbd", "tuned_closed_book": "#6baed6", "base_retrieval": "#636363",
           "tuned_retrieval": "#08519c"}

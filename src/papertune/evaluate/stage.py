@@ -144,14 +144,14 @@ SPEC = StageSpec(
 
 
 def _retrieve(config: PapertuneConfig, run_dir: Path, questions: dict[str, list[dict]],
-              excluded: set[str]) -> dict[str, list[list[Any]]]:
-    """The passages retrieved for every question of every set (one batched search per set)."""
+              excluded: set[str]) -> tuple[Any, dict[str, list[list[Any]]]]:
+    """The retriever and the passages it finds for every question of every set (one batched search per set)."""
     from papertune.retrieval import Retriever
 
     retriever = Retriever.for_run(run_dir, config.retrieval, exclude_sources=excluded)
     log.info("evaluate: retrieving the top %d of %d chunks (%s; %d outside documents left out)",
              config.retrieval.top_k, len(retriever), config.retrieval.method, len(excluded))
-    return {name: retriever.search_many([r["question"] for r in rows]) for name, rows in questions.items()}
+    return retriever, {name: retriever.search_many([r["question"] for r in rows]) for name, rows in questions.items()}
 
 
 def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple[str, dict]],
@@ -172,19 +172,25 @@ def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple
                       trust_remote_code=config.train.trust_remote_code, seed=cfg.seed, lora_rank=rank)
 
 
-def _answer_row(system: System, set_name: str, row: dict, answer: str, hits: list[Any] | None) -> dict[str, Any]:
-    """One answer of ``answers.jsonl`` with its scores (answerable sets: against the answer without "[n]")."""
+def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hits: list[Any] | None,
+                retriever: Any) -> dict[str, Any]:
+    """One answer of ``answers.jsonl`` with its scores (answerable sets: against the answer without "[n]"). With
+    passages, ``answer`` is the model's with its citations checked (``Retriever.check_citations``, as ask and
+    serve show it) and ``model_answer`` the model's own; both citations are scored."""
+    answer = model_answer if hits is None else retriever.check_citations(model_answer, hits)
     scores: dict[str, Any] = {}
     if set_name in ANSWERABLE_SETS:
         plain = strip_citations(answer)
         scores = {"rouge_l": rouge_l(plain, row["answer"]), "f1": token_f1(plain, row["answer"]),
                   "exact_match": exact_match(plain, row["answer"])}
         if hits is not None:
-            scores["citation_correct"] = citation_correct(answer, [p.chunk for p in hits], row.get("chunk_id"),
-                                                          row["answer"])
+            chunks = [p.chunk for p in hits]
+            scores["citation_correct"] = citation_correct(answer, chunks, row.get("chunk_id"), row["answer"])
+            scores["model_citation_correct"] = citation_correct(model_answer, chunks, row.get("chunk_id"),
+                                                                row["answer"])
     return {
         "system": system.name, "model": system.model, "mode": system.mode, "set": set_name, "id": row.get("id"),
-        "question": row["question"], "reference": row["answer"], "answer": answer,
+        "question": row["question"], "reference": row["answer"], "answer": answer, "model_answer": model_answer,
         "passages": None if hits is None else [p.to_json() for p in hits],
         "cited": cited_numbers(answer), "abstained": abstains(answer), "scores": scores,
         "source": row.get("source"), "page": row.get("page_start"), "chunk_id": row.get("chunk_id"),
@@ -223,7 +229,7 @@ def run(config: PapertuneConfig) -> Path:
                  for name, rows in sets.items()}
     log.info("evaluate: %s answered by %s", ", ".join(f"{len(q)} {name} questions" for name, q in questions.items()),
              ", ".join(s.label for s in systems))
-    hits = _retrieve(config, run_dir, questions, excluded) if retrieval else {}
+    retriever, hits = _retrieve(config, run_dir, questions, excluded) if retrieval else (None, {})
 
     loaded = load_for_answering(config, base_only=True)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -257,8 +263,8 @@ def run(config: PapertuneConfig) -> Path:
     if vllm is not None and vllm.cache_info().currsize:
         vllm().release()  # the judge (and the embeddings) get the card
 
-    answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None)
-                   for s in systems for k, (set_name, row) in enumerate(flat)]
+    answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None,
+                               retriever) for s in systems for k, (set_name, row) in enumerate(flat)]
     answerable = [a for a in answer_rows if a["set"] in ANSWERABLE_SETS]
     if cfg.embedding_model and answerable:
         cosines = embedding_cosines([strip_citations(a["answer"]) for a in answerable],

@@ -80,12 +80,15 @@ def citation(passage: Passage, cited: bool | None = None) -> dict[str, Any]:
     return entry if cited is None else {**entry, "cited": cited}
 
 
-def grounding(passages: list[Passage], answer: str) -> dict[str, Any]:
-    """What a grounded answer adds to its response: its passages, each ``cited`` or not, and whether it
-    declined (``papertune_abstained``: the passages do not hold the answer)."""
-    cited = set(cited_numbers(answer))
-    return {"papertune_citations": [citation(p, p.n in cited) for p in passages],
-            "papertune_abstained": abstains(answer)}
+def grounding(passages: list[Passage], answer: str, checked: str) -> dict[str, Any]:
+    """What a grounded answer adds to its response: its passages, each ``cited`` or not by the answer with
+    its citations checked (``checked``: ``Retriever.check_citations``; ``papertune_checked_answer`` when it
+    differs from the model's ``answer``), and whether it declined (``papertune_abstained``: the passages do
+    not hold the answer)."""
+    cited = set(cited_numbers(checked))
+    out = {"papertune_citations": [citation(p, p.n in cited) for p in passages],
+           "papertune_abstained": abstains(answer)}
+    return out if checked == answer else {**out, "papertune_checked_answer": checked}
 
 
 class Service:
@@ -166,6 +169,10 @@ class Service:
             return request.max_tokens
         budget = min(self.config.evaluate.max_new_tokens, self.config.serve.max_tokens)
         return budget if context is None else min(budget, context - prompt_tokens)
+
+    def grounding(self, passages: list[Passage], answer: str) -> dict[str, Any]:
+        """:func:`grounding` of a grounded answer, its citations checked by the retriever."""
+        return grounding(passages, answer, self.retriever.check_citations(answer, passages))
 
     def retrieve(self, query: str, top_k: int | None = None) -> list[Passage]:
         """The passages retrieval ranks first for ``query`` (``retrieval.top_k``); [] without the retriever."""
@@ -284,7 +291,7 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
                     if error is not None:
                         yield sse(error.body())
                     else:
-                        final = grounding(passages, result.text) if service.grounded else {}
+                        final = service.grounding(passages, result.text) if service.grounded else {}
                         yield sse(completion_chunk(job.id, service.model_name, created, {}, result.finish_reason,
                                                    **final))
                         if chat.include_usage:
@@ -324,7 +331,7 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
             "id": job.id, "object": "chat.completion", "created": created, "model": service.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                          "finish_reason": result.finish_reason}],
-            "usage": usage(result), **extra, **(grounding(passages, result.text) if service.grounded else {}),
+            "usage": usage(result), **extra, **(service.grounding(passages, result.text) if service.grounded else {}),
         })
 
     async def api_error(request: Request, exc: ApiError) -> Response:
