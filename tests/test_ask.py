@@ -244,8 +244,25 @@ def test_grounded_ask_without_chunks_is_a_clear_error_before_loading_the_model(t
         ask.ask(config_for(tmp_path / "run", Path("unused")), "What is LoRA?", stream=io.StringIO())
 
 
-def test_chat_grounds_every_question(tmp_path, talking_model, word_embedder, monkeypatch):
+def test_an_answer_the_passages_do_not_support_is_reported_as_declined(tmp_path, talking_model, word_embedder,
+                                                                       monkeypatch):
     config = grounded_config(tmp_path / "run", talking_model)
+    fake_model_answer(monkeypatch, "Zebras graze on the savanna at dawn [1].")
+    stream = io.StringIO()
+    result = ask.ask(config, QUESTION, stream=stream, base_only=True)
+    assert result["answer"] == "Zebras graze on the savanna at dawn [1]." and result["checked_answer"] == ABSTAIN
+    assert result["abstained"] and result["cited"] == []
+    assert ask.UNSUPPORTED in stream.getvalue() and ask.DECLINED not in stream.getvalue()
+    # Supported, with the citation on the wrong passage: the check moves it, and the sources mark that one.
+    fake_model_answer(monkeypatch, "It routes every token to the top two experts [3].")
+    moved = ask.ask(config, QUESTION, stream=io.StringIO(), base_only=True)
+    assert moved["passages"][0]["chunk_id"] == "moe.pdf#0002"
+    assert moved["checked_answer"] == "It routes every token to the top two experts [1]." and moved["cited"] == [1]
+    assert not moved["abstained"]
+
+
+def test_chat_grounds_every_question(tmp_path, talking_model, word_embedder, monkeypatch):
+    config = grounded_config(tmp_path / "run", talking_model, "retrieval.min_support=0")
     seen = fake_model_answer(monkeypatch, "An answer [2].")
     stream = io.StringIO()
     assert ask.chat(config, [QUESTION + "\n", "What is NormalFloat4?\n"], stream=stream, base_only=True) == 2

@@ -275,3 +275,24 @@ def test_a_citation_is_moved_to_the_passage_that_holds_the_answer(tmp_path, embe
     assert found.check_citations(answer, []) == answer
     # Rare words weigh more: "RoBERTa" (one chunk) outweighs two words that three chunks share.
     assert found.rarity["roberta"] > found.rarity["weights"]
+
+
+def test_an_answer_no_passage_supports_becomes_the_decline(tmp_path, embedded):
+    from papertune.chat import ABSTAIN
+
+    found = retriever(tmp_path, "bm25")
+    passages = found.search("low-rank adaptation weights matrices", k=2)
+    supported = "It freezes the pretrained weights and trains two small matrices per layer [1]."
+    assert found.check_answer(supported, passages) == supported
+    assert found.support_share(supported, passages) == pytest.approx(1.0)
+    invented = "It distils a teacher into a student with temperature scaling [1]."  # no word in a passage
+    assert found.support_share(invented, passages) == 0.0 and found.check_answer(invented, passages) == ABSTAIN
+    # Half supported by rarity: "weights" is in three chunks, the rest in none.
+    half = "The weights are distilled with temperature [1]."
+    assert 0 < found.support_share(half, passages) < 0.5 and found.check_answer(half, passages) == ABSTAIN
+    # A decline in the model's own words, and an answer without content words, stand as they are.
+    own = "The passages don't mention distillation."
+    assert found.check_answer(own, passages) == own and found.check_answer("Yes [1].", passages) == "Yes [1]."
+    # min_support 0: the check only moves citations.
+    lenient = retriever(tmp_path, "bm25", min_support=0.0)
+    assert lenient.check_answer(invented, passages) == invented

@@ -10,9 +10,9 @@ Grounded (``retrieval.grounded``, the default): the ``retrieval.top_k`` passages
 that :class:`papertune.retrieval.Retriever` ranks first go into the prompt, numbered from 1
 (``chat.render_prompt`` with ``passages``: the prompt of RAFT training examples). After the answer come the
 sources, numbered as in the prompt, each with its document, page and section, the ones the answer cites
-([n]) marked; an answer that says the passages do not hold the answer is reported as declined. Citations
-are checked (``Retriever.check_citations``): where another passage holds clearly more of the answer than
-the one cited, the answer is printed again citing it, and the sources mark that one.
+([n]) marked; an answer that says the passages do not hold the answer is reported as declined. The answer
+is checked (``Retriever.check_answer``): one its passages do not support is reported as declined, and
+where another passage holds clearly more of it than the one cited, it is printed again citing that one.
 
 Closed book (``--closed-book``, ``retrieval.grounded: false``): the question alone; ``--cite`` then lists
 the passages retrieval finds for the question below the answer (the model did not see them).
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 DECLINED = "(The model declined: the retrieved passages do not contain the answer.)"
-CHECKED_NOTE = "another passage holds more of the answer than the one cited:"
+CHECKED_NOTE = "Citations checked: another passage holds more of the answer than the one cited:"
+UNSUPPORTED = "(The retrieved passages do not support this answer: most of its words are in none of them.)"
 
 
 def generate_answer(model: Any, tokenizer: Any, question: str, system_prompt: str | None, *, max_new_tokens: int,
@@ -93,8 +94,9 @@ class Assistant:
                  f"grounded in {config.retrieval.top_k} passages" if self.grounded else "closed book")
 
     def answer(self, question: str, stream: TextIO | None = None) -> dict[str, Any]:
-        """Answer ``question`` (streamed to ``stream``, then the sources); returns the answer, the passages
-        (``Passage.to_json``), the numbers the answer cites and whether it declined."""
+        """Answer ``question`` (streamed to ``stream``, then the sources); returns the model's answer, grounded
+        the answer checked (``checked_answer``), the passages (``Passage.to_json``), the numbers the checked
+        answer cites and whether it declined."""
         stream = sys.stdout if stream is None else stream
         passages = self.retriever.search(question) if self.retriever is not None else []
         text = generate_answer(self.model, self.tokenizer, question, self.config.build.system_prompt,
@@ -102,19 +104,27 @@ class Assistant:
                                passages=[p.chunk for p in passages] if self.grounded else None)
         record: dict[str, Any] = {"question": question, "answer": text, "grounded": self.grounded}
         if self.grounded:
-            checked = self.retriever.check_citations(text, passages)
+            checked = self.retriever.check_answer(text, passages)
             if checked != text:  # streamed as the model wrote it; the sources mark the passages checked
-                stream.write(f"(citations checked: {CHECKED_NOTE} {checked})\n")
-                record.update(answer=checked, model_answer=text)
+                if abstains(checked):
+                    stream.write(UNSUPPORTED + "\n")
+                else:
+                    stream.write(f"({CHECKED_NOTE} {checked})\n")
+            record["checked_answer"] = checked
             text = checked
         cited = [n for n in cited_numbers(text) if 1 <= n <= len(passages)] if self.grounded else []
         abstained = self.grounded and abstains(text)
-        if abstained:
+        if abstained and checked_equal(record):  # the model's own decline (the check's is said above)
             stream.write(DECLINED + "\n")
         if self.retriever is not None:
             stream.write(format_sources(passages, cited, grounded=self.grounded) + "\n")
         stream.flush()
         return {**record, "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
+
+
+def checked_equal(record: dict[str, Any]) -> bool:
+    """Whether the check left a grounded answer as the model wrote it."""
+    return record.get("checked_answer", record["answer"]) == record["answer"]
 
 
 def ask(config: PapertuneConfig, question: str, *, stream: TextIO | None = None, **options: Any) -> dict[str, Any]:

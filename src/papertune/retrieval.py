@@ -11,8 +11,9 @@ over the rankers that place it in their top ``candidates``):
   embedding model or ``retrieval.window_words`` changes).
 ``retrieval.method`` picks ``hybrid`` (both), ``bm25`` or ``embedding``. Ask, chat, serve, build (RAFT
 distractors) and evaluate all retrieve through :class:`Retriever`, and check a grounded answer's citations
-with :meth:`Retriever.check_citations` (a cited passage that holds clearly less of the answer than another
-passage is replaced by that one).
+with :meth:`Retriever.check_answer`: an answer its passages do not support (its best passage holds less than
+``retrieval.min_support`` of its words) becomes the decline, and a cited passage that holds clearly less of
+the answer than another passage is replaced by that one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import cited_numbers, passage_label, renumber_citations
+from papertune.chat import ABSTAIN, abstains, cited_numbers, passage_label, renumber_citations, strip_citations
 from papertune.config import RetrievalConfig
 from papertune.index import ChunkIndex
 from papertune.text import STOPWORDS, words
@@ -178,11 +179,35 @@ class Retriever:
         df = Counter(w for cid in self.ids for w in content_words(self.chunks[cid]["text"]))
         return {w: math.log((len(self.ids) + 1) / (n + 0.5)) for w, n in df.items()}
 
+    def weight(self, words: set[str]) -> float:
+        """The summed rarity of ``words`` (a word in no chunk weighs most)."""
+        top = math.log((len(self.ids) + 1) / 0.5)
+        return sum(self.rarity.get(w, top) for w in words)
+
     def support(self, answer: str, passage: dict) -> float:
-        """How much of ``answer`` a passage (a chunk dict) holds: its content words shared with the passage,
-        each weighted by its rarity over the chunks (a word in no chunk weighs most)."""
-        top = math.log((len(self.ids) + 1) / 0.5)  # a word in no chunk
-        return sum(self.rarity.get(w, top) for w in content_words(answer) & content_words(passage["text"]))
+        """How much of ``answer`` (its "[n]" markers left out) a passage (a chunk dict) holds: the
+        :meth:`weight` of the content words they share."""
+        return self.weight(content_words(strip_citations(answer)) & content_words(passage["text"]))
+
+    def support_share(self, answer: str, passages: Sequence[Passage]) -> float | None:
+        """The largest share of ``answer``'s content words (by :meth:`weight`) that one passage holds; None when
+        the answer has no content words."""
+        total = self.weight(content_words(strip_citations(answer)))
+        if total <= 0:
+            return None
+        return max((self.support(answer, p.chunk) / total for p in passages), default=0.0)
+
+    def check_answer(self, answer: str, passages: Sequence[Passage]) -> str:
+        """A grounded answer as papertune shows it: :data:`papertune.chat.ABSTAIN` when no passage holds
+        ``retrieval.min_support`` of it (the passages do not support it: it was invented, or comes from the
+        model's memory; a model that declines in its own words is left as it is), otherwise the answer with
+        its citations checked (:meth:`check_citations`)."""
+        if abstains(answer):
+            return answer
+        share = self.support_share(answer, passages)
+        if share is not None and share < self.cfg.min_support:
+            return ABSTAIN
+        return self.check_citations(answer, passages)
 
     def check_citations(self, answer: str, passages: Sequence[Passage]) -> str:
         """``answer`` with its citations checked against ``passages`` (numbered from 1): when no cited passage

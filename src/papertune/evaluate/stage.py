@@ -175,9 +175,10 @@ def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple
 def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hits: list[Any] | None,
                 retriever: Any) -> dict[str, Any]:
     """One answer of ``answers.jsonl`` with its scores (answerable sets: against the answer without "[n]"). With
-    passages, ``answer`` is the model's with its citations checked (``Retriever.check_citations``, as ask and
-    serve show it) and ``model_answer`` the model's own; both citations are scored."""
-    answer = model_answer if hits is None else retriever.check_citations(model_answer, hits)
+    passages, ``answer`` is the model's as ask and serve show it (``Retriever.check_answer``: the decline
+    where its passages do not support it, else its citations checked) and ``model_answer`` the model's own;
+    the citations of both are scored."""
+    answer = model_answer if hits is None else retriever.check_answer(model_answer, hits)
     scores: dict[str, Any] = {}
     if set_name in ANSWERABLE_SETS:
         plain = strip_citations(answer)

@@ -81,13 +81,13 @@ def citation(passage: Passage, cited: bool | None = None) -> dict[str, Any]:
 
 
 def grounding(passages: list[Passage], answer: str, checked: str) -> dict[str, Any]:
-    """What a grounded answer adds to its response: its passages, each ``cited`` or not by the answer with
-    its citations checked (``checked``: ``Retriever.check_citations``; ``papertune_checked_answer`` when it
-    differs from the model's ``answer``), and whether it declined (``papertune_abstained``: the passages do
-    not hold the answer)."""
+    """What a grounded answer adds to its response: its passages, each ``cited`` or not by the checked answer
+    (``checked``: ``Retriever.check_answer``, given as ``papertune_checked_answer`` when it differs from the
+    model's ``answer``), and whether it declined (``papertune_abstained``: the passages do not hold the
+    answer, as the model said or as the check found)."""
     cited = set(cited_numbers(checked))
     out = {"papertune_citations": [citation(p, p.n in cited) for p in passages],
-           "papertune_abstained": abstains(answer)}
+           "papertune_abstained": abstains(checked)}
     return out if checked == answer else {**out, "papertune_checked_answer": checked}
 
 
@@ -172,7 +172,7 @@ class Service:
 
     def grounding(self, passages: list[Passage], answer: str) -> dict[str, Any]:
         """:func:`grounding` of a grounded answer, its citations checked by the retriever."""
-        return grounding(passages, answer, self.retriever.check_citations(answer, passages))
+        return grounding(passages, answer, self.retriever.check_answer(answer, passages))
 
     def retrieve(self, query: str, top_k: int | None = None) -> list[Passage]:
         """The passages retrieval ranks first for ``query`` (``retrieval.top_k``); [] without the retriever."""
