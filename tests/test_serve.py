@@ -864,5 +864,5 @@ def test_headless_browser_shows_the_cited_sources_and_a_declined_answer(scripted
     assert 'class="notice" hidden=""' in html and 'data-abstained="false"' in html
     declined = headless_chromium(tmp_path / "profile", "--dump-dom",
                                  f"{url}/?q={quote('Which optimizer did they use?')}")  # streamed
-    assert 'data-abstained="true"' in declined and '<div class="notice">The model declined' in declined
+    assert 'data-abstained="true"' in declined and '<div class="notice">Not in the documents' in declined
     assert "the answer cites none" in declined
