@@ -45,7 +45,7 @@ def main() -> None:
     retriever = Retriever.for_run(run, cfg, exclude_sources=outside)
     chunks = retriever.index.chunks
     print(f"{len(rows)} answers; {', '.join(args.overrides) or 'default settings'} "
-          f"(min_support {cfg.min_support})")
+          f"(min_support {cfg.min_support}, min_question_support {cfg.min_question_support})")
     print("| system | set | correct, model | correct, checked | declines, model | declines, checked "
           "| citation acc., model | citation acc., checked |\n|---|---|---|---|---|---|---|---|")
     for system in dict.fromkeys(r["system"] for r in rows if r["mode"] == "retrieval"):
@@ -58,7 +58,7 @@ def main() -> None:
             for r in sub:
                 model = r.get("model_answer", r["answer"])
                 passages = [Passage(p["n"], chunks[p["chunk_id"]], p["score"]) for p in r["passages"]]
-                checked = retriever.check_answer(model, passages)
+                checked = retriever.check_answer(r["question"], model, passages)
                 right = r["scores"].get("judge_correct") == 1.0
                 counts["correct"] += right and not abstains(model)
                 counts["correct_c"] += right and not abstains(checked)

@@ -346,7 +346,8 @@ def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_mode
             assert all(cited_numbers(a["model_answer"]) == [1 + len(a["question"]) % 2] and not a["abstained"]
                        for a in rows)
             # The answer scored is the model's with its citations checked, as ask and serve show it.
-            assert all(a["answer"] == retriever.check_citations(a["model_answer"], retriever.search(a["question"]))
+            assert all(a["answer"] == retriever.check_answer(a["question"], a["model_answer"],
+                                                             retriever.search(a["question"]))
                        and a["cited"] == cited_numbers(a["answer"]) for a in rows)
             # F1 of "<reference> [1]" against the reference: the marker is left out.
             assert results[system]["f1"] == pytest.approx(1.0) and results[system]["citation_rate"] == 1.0
@@ -464,7 +465,8 @@ def test_evaluate_engine_vllm_answers_the_base_and_the_adapter_in_one_engine(tmp
     run = grounded_copy(tmp_path, trained_run)
     adapter = run / "train" / "adapter"
     cfg = eval_config(run, tiny_model, "evaluate.max_questions=3", "retrieval.top_k=2", "evaluate.engine=vllm",
-                      "evaluate.memory_share=0.25", "retrieval.min_support=0")  # the answers are stand-ins
+                      "evaluate.memory_share=0.25", "retrieval.min_support=0",  # the answers are stand-ins
+                      "retrieval.min_question_support=0")
     rows = [json.loads(line) for line in (evaluate.run(cfg) / "answers.jsonl").read_text().splitlines()]
 
     (spec, settings), = made
@@ -486,7 +488,7 @@ def test_evaluate_engine_vllm_answers_the_base_and_the_adapter_in_one_engine(tmp
     # Answers of another engine are not vLLM's: transformers answers them anew.
     monkeypatch.setattr(stage, "generate", transformers_generate)
     again = evaluate.run(eval_config(run, tiny_model, "evaluate.max_questions=3", "retrieval.top_k=2",
-                                     "retrieval.min_support=0"))
+                                     "retrieval.min_support=0", "retrieval.min_question_support=0"))
     assert {json.loads(line)["answer"] for line in (again / "answers.jsonl").read_text().splitlines()} == {
         "from transformers"}
 

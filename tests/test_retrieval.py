@@ -282,17 +282,32 @@ def test_an_answer_no_passage_supports_becomes_the_decline(tmp_path, embedded):
 
     found = retriever(tmp_path, "bm25")
     passages = found.search("low-rank adaptation weights matrices", k=2)
+    asked = "How does low-rank adaptation train?"
     supported = "It freezes the pretrained weights and trains two small matrices per layer [1]."
-    assert found.check_answer(supported, passages) == supported
+    assert found.check_answer(asked, supported, passages) == supported
     assert found.support_share(supported, passages) == pytest.approx(1.0)
     invented = "It distils a teacher into a student with temperature scaling [1]."  # no word in a passage
-    assert found.support_share(invented, passages) == 0.0 and found.check_answer(invented, passages) == ABSTAIN
-    # Half supported by rarity: "weights" is in three chunks, the rest in none.
+    assert found.support_share(invented, passages) == 0.0
+    assert found.check_answer(asked, invented, passages) == ABSTAIN
+    # Less than half supported by rarity: "weights" is in three chunks, the rest in none.
     half = "The weights are distilled with temperature [1]."
-    assert 0 < found.support_share(half, passages) < 0.5 and found.check_answer(half, passages) == ABSTAIN
+    assert 0 < found.support_share(half, passages) < 0.5 and found.check_answer(asked, half, passages) == ABSTAIN
+    # A question about something no passage mentions: the decline, however well the answer copies a passage.
+    elsewhere = "What does BADGE select for annotation?"
+    assert found.support_share(elsewhere, passages) == 0.0
+    assert found.check_answer(elsewhere, supported, passages) == ABSTAIN
     # A decline in the model's own words, and an answer without content words, stand as they are.
     own = "The passages don't mention distillation."
-    assert found.check_answer(own, passages) == own and found.check_answer("Yes [1].", passages) == "Yes [1]."
-    # min_support 0: the check only moves citations.
-    lenient = retriever(tmp_path, "bm25", min_support=0.0)
-    assert lenient.check_answer(invented, passages) == invented
+    assert found.check_answer(asked, own, passages) == own
+    assert found.check_answer(asked, "Yes [1].", passages) == "Yes [1]."
+    # Both shares 0: the check only moves citations.
+    lenient = retriever(tmp_path, "bm25", min_support=0.0, min_question_support=0.0)
+    assert lenient.check_answer(elsewhere, invented, passages) == invented
+
+
+def test_the_support_thresholds_are_checked():
+    from papertune.errors import ConfigError
+
+    for name in ("min_support", "min_question_support"):
+        with pytest.raises(ConfigError, match=f"retrieval.{name} must be in"):
+            load_config(None, [f"retrieval.{name}=1.5"])

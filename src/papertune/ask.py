@@ -104,7 +104,7 @@ class Assistant:
                                passages=[p.chunk for p in passages] if self.grounded else None)
         record: dict[str, Any] = {"question": question, "answer": text, "grounded": self.grounded}
         if self.grounded:
-            checked = self.retriever.check_answer(text, passages)
+            checked = self.retriever.check_answer(question, text, passages)
             if checked != text:  # streamed as the model wrote it; the sources mark the passages checked
                 if abstains(checked):
                     stream.write(UNSUPPORTED + "\n")

@@ -150,16 +150,20 @@ class RetrievalConfig:
     # Embeddings per window of this many words, a chunk scoring as its best window (0: one per chunk; the
     # embedding model then reads only its first 256 word pieces with all-MiniLM)
     window_words: int = 80
-    # A grounded answer whose best passage holds less than this share of its content words (rare words
-    # weighing more) is shown as the decline: the passages do not support it (0: off)
+    # A grounded answer is shown as the decline when its best passage holds less than min_support of its
+    # content words, or no passage holds min_question_support of the question's (rare words weigh more):
+    # the passages do not support it (0: off)
     min_support: float = 0.5
+    min_question_support: float = 0.3
     grounded: bool = True  # ask, chat, serve: passages in the prompt; false (or --closed-book): the model alone
 
     def validate(self) -> None:
         p = "retrieval"
         require(self.top_k >= 1, f"{p}.top_k must be >= 1, got {self.top_k}")
         require(self.rrf_k >= 0, f"{p}.rrf_k must be >= 0, got {self.rrf_k}")
-        require(0.0 <= self.min_support <= 1.0, f"{p}.min_support must be in [0, 1] (0: off), got {self.min_support}")
+        for name in ("min_support", "min_question_support"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"{p}.{name} must be in [0, 1] (0: off), got {value}")
         require(self.window_words >= 0, f"{p}.window_words must be >= 0 (0: one embedding per chunk), "
                  f"got {self.window_words}")
         require(self.candidates >= self.top_k,

@@ -11,9 +11,10 @@ over the rankers that place it in their top ``candidates``):
   embedding model or ``retrieval.window_words`` changes).
 ``retrieval.method`` picks ``hybrid`` (both), ``bm25`` or ``embedding``. Ask, chat, serve, build (RAFT
 distractors) and evaluate all retrieve through :class:`Retriever`, and check a grounded answer's citations
-with :meth:`Retriever.check_answer`: an answer its passages do not support (its best passage holds less than
-``retrieval.min_support`` of its words) becomes the decline, and a cited passage that holds clearly less of
-the answer than another passage is replaced by that one.
+with :meth:`Retriever.check_answer`: an answer its passages do not support (no passage holds
+``retrieval.min_question_support`` of the question's words, or ``retrieval.min_support`` of the answer's)
+becomes the decline, and a cited passage that holds clearly less of the answer than another passage is
+replaced by that one.
 """
 
 from __future__ import annotations
@@ -189,23 +190,27 @@ class Retriever:
         :meth:`weight` of the content words they share."""
         return self.weight(content_words(strip_citations(answer)) & content_words(passage["text"]))
 
-    def support_share(self, answer: str, passages: Sequence[Passage]) -> float | None:
-        """The largest share of ``answer``'s content words (by :meth:`weight`) that one passage holds; None when
-        the answer has no content words."""
-        total = self.weight(content_words(strip_citations(answer)))
+    def support_share(self, text: str, passages: Sequence[Passage]) -> float | None:
+        """The largest share of ``text``'s content words (by :meth:`weight`; its "[n]" markers left out) that
+        one passage holds; None when the text has no content words."""
+        total = self.weight(content_words(strip_citations(text)))
         if total <= 0:
             return None
-        return max((self.support(answer, p.chunk) / total for p in passages), default=0.0)
+        return max((self.support(text, p.chunk) / total for p in passages), default=0.0)
 
-    def check_answer(self, answer: str, passages: Sequence[Passage]) -> str:
-        """A grounded answer as papertune shows it: :data:`papertune.chat.ABSTAIN` when no passage holds
-        ``retrieval.min_support`` of it (the passages do not support it: it was invented, or comes from the
-        model's memory; a model that declines in its own words is left as it is), otherwise the answer with
-        its citations checked (:meth:`check_citations`)."""
+    def check_answer(self, question: str, answer: str, passages: Sequence[Passage]) -> str:
+        """A grounded answer as papertune shows it: :data:`papertune.chat.ABSTAIN` when the passages do not
+        support it, otherwise the answer with its citations checked (:meth:`check_citations`). Unsupported:
+        no passage holds ``retrieval.min_question_support`` of the question's content words (the passages
+        are about something else: the model would answer from its memory or from an unrelated passage), or
+        none holds ``retrieval.min_support`` of the answer's (it was invented). A model that declines in its
+        own words is left as it is."""
         if abstains(answer):
             return answer
-        share = self.support_share(answer, passages)
-        if share is not None and share < self.cfg.min_support:
+        asked = self.support_share(question, passages)
+        said = self.support_share(answer, passages)
+        if (asked is not None and asked < self.cfg.min_question_support) or (
+                said is not None and said < self.cfg.min_support):
             return ABSTAIN
         return self.check_citations(answer, passages)
 

@@ -178,7 +178,7 @@ def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hit
     passages, ``answer`` is the model's as ask and serve show it (``Retriever.check_answer``: the decline
     where its passages do not support it, else its citations checked) and ``model_answer`` the model's own;
     the citations of both are scored."""
-    answer = model_answer if hits is None else retriever.check_answer(model_answer, hits)
+    answer = model_answer if hits is None else retriever.check_answer(row["question"], model_answer, hits)
     scores: dict[str, Any] = {}
     if set_name in ANSWERABLE_SETS:
         plain = strip_citations(answer)

@@ -170,9 +170,9 @@ class Service:
         budget = min(self.config.evaluate.max_new_tokens, self.config.serve.max_tokens)
         return budget if context is None else min(budget, context - prompt_tokens)
 
-    def grounding(self, passages: list[Passage], answer: str) -> dict[str, Any]:
-        """:func:`grounding` of a grounded answer, its citations checked by the retriever."""
-        return grounding(passages, answer, self.retriever.check_answer(answer, passages))
+    def grounding(self, question: str, passages: list[Passage], answer: str) -> dict[str, Any]:
+        """:func:`grounding` of a grounded answer to ``question``, checked by the retriever."""
+        return grounding(passages, answer, self.retriever.check_answer(question, answer, passages))
 
     def retrieve(self, query: str, top_k: int | None = None) -> list[Passage]:
         """The passages retrieval ranks first for ``query`` (``retrieval.top_k``); [] without the retriever."""
@@ -291,7 +291,7 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
                     if error is not None:
                         yield sse(error.body())
                     else:
-                        final = service.grounding(passages, result.text) if service.grounded else {}
+                        final = service.grounding(chat.question, passages, result.text) if service.grounded else {}
                         yield sse(completion_chunk(job.id, service.model_name, created, {}, result.finish_reason,
                                                    **final))
                         if chat.include_usage:
@@ -331,7 +331,8 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
             "id": job.id, "object": "chat.completion", "created": created, "model": service.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                          "finish_reason": result.finish_reason}],
-            "usage": usage(result), **extra, **(service.grounding(passages, result.text) if service.grounded else {}),
+            "usage": usage(result), **extra,
+            **(service.grounding(chat.question, passages, result.text) if service.grounded else {}),
         })
 
     async def api_error(request: Request, exc: ApiError) -> Response:
