@@ -35,7 +35,7 @@ def main(*named: str) -> int:
     sets = [s for s in ("test", "heldout") if s in raft.get("results", {})]
     header = ["system"]
     for s in sets:
-        header += [f"{s} correct", f"{s} F1", f"{s} citation acc.", f"{s} declines"]
+        header += [f"{s} correct", f"{s} F1", f"{s} citation acc. (model's own)", f"{s} declines"]
     if "outside" in raft.get("results", {}):
         header.append("outside declines")
     print("| " + " | ".join(header) + " |")
@@ -44,8 +44,9 @@ def main(*named: str) -> int:
         cells = [label]
         for s in sets:
             r = metrics.get("results", {}).get(s, {}).get(system, {})
+            own = f" ({_pct(r['model_citation_accuracy'])})" if r.get("model_citation_accuracy") is not None else ""
             cells += [_pct(r.get("judge_correct")), "-" if r.get("f1") is None else f"{r['f1']:.3f}",
-                      _pct(r.get("citation_accuracy")), _pct(r.get("abstention_rate"))]
+                      _pct(r.get("citation_accuracy")) + own, _pct(r.get("abstention_rate"))]
         if "outside" in raft.get("results", {}):
             cells.append(_pct(metrics.get("results", {}).get("outside", {}).get(system, {}).get("abstention_rate")))
         print("| " + " | ".join(cells) + " |")
