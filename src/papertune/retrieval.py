@@ -31,7 +31,7 @@ from typing import Any
 from papertune.chat import ABSTAIN, abstains, cited_numbers, passage_label, renumber_citations, strip_citations
 from papertune.config import RetrievalConfig
 from papertune.index import ChunkIndex
-from papertune.text import STOPWORDS, words
+from papertune.text import content_words
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,6 @@ def lexical_text(chunk: dict) -> str:
 
 # A cited passage stands when it holds at least this share of the best passage's support for the answer.
 CITATION_MARGIN = 0.8
-
-
-def content_words(text: str) -> set[str]:
-    """The lower-cased words of ``text`` that are not English function words."""
-    return {w.lower() for w in words(text)} - STOPWORDS
 
 
 def bm25_tokens(texts: list[str], *, ids: bool) -> Any:

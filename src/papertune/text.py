@@ -38,6 +38,11 @@ def words(text: str) -> list[str]:
     return _WORD_RE.findall(text)
 
 
+def content_words(text: str) -> set[str]:
+    """The lower-cased words of ``text`` that are not English function words (:data:`STOPWORDS`)."""
+    return {w.lower() for w in words(text)} - STOPWORDS
+
+
 @functools.cache
 def stemmer() -> Callable[[str], str]:
     """NLTK's Porter stemmer, memoised per word."""

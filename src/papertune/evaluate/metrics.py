@@ -23,7 +23,7 @@ from typing import Any
 from papertune.chat import cited_numbers
 from papertune.errors import InputError
 from papertune.index import embed_texts
-from papertune.text import STOPWORDS, counts_f1, words
+from papertune.text import content_words, counts_f1
 
 MODELS = ("base", "tuned")
 GROUPS = ("in_domain", "held_out_document")
@@ -59,11 +59,6 @@ def token_f1(prediction: str, reference: str) -> float:
     if not pred or not ref:
         return float(pred == ref)
     return counts_f1(Counter(pred), Counter(ref))
-
-
-def content_words(text: str) -> set[str]:
-    """The lower-cased words of ``text`` that are not English function words (``papertune.text.STOPWORDS``)."""
-    return {w.lower() for w in words(text)} - STOPWORDS
 
 
 def passage_contains(passage_text: str, reference: str) -> bool:
