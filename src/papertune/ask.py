@@ -103,28 +103,19 @@ class Assistant:
                                max_new_tokens=self.max_new_tokens, temperature=self.temperature, stream=stream,
                                passages=[p.chunk for p in passages] if self.grounded else None)
         record: dict[str, Any] = {"question": question, "answer": text, "grounded": self.grounded}
+        checked = self.retriever.check_answer(question, text, passages) if self.grounded else text
         if self.grounded:
-            checked = self.retriever.check_answer(question, text, passages)
-            if checked != text:  # streamed as the model wrote it; the sources mark the passages checked
-                if abstains(checked):
-                    stream.write(UNSUPPORTED + "\n")
-                else:
-                    stream.write(f"({CHECKED_NOTE} {checked})\n")
             record["checked_answer"] = checked
-            text = checked
-        cited = [n for n in cited_numbers(text) if 1 <= n <= len(passages)] if self.grounded else []
-        abstained = self.grounded and abstains(text)
-        if abstained and checked_equal(record):  # the model's own decline (the check's is said above)
+        if checked != text:  # streamed as the model wrote it: say what the check changed
+            stream.write((UNSUPPORTED if abstains(checked) else f"({CHECKED_NOTE} {checked})") + "\n")
+        elif self.grounded and abstains(text):  # the model's own decline
             stream.write(DECLINED + "\n")
+        cited = [n for n in cited_numbers(checked) if 1 <= n <= len(passages)] if self.grounded else []
+        abstained = self.grounded and abstains(checked)
         if self.retriever is not None:
             stream.write(format_sources(passages, cited, grounded=self.grounded) + "\n")
         stream.flush()
         return {**record, "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
-
-
-def checked_equal(record: dict[str, Any]) -> bool:
-    """Whether the check left a grounded answer as the model wrote it."""
-    return record.get("checked_answer", record["answer"]) == record["answer"]
 
 
 def ask(config: PapertuneConfig, question: str, *, stream: TextIO | None = None, **options: Any) -> dict[str, Any]:

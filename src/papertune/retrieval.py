@@ -170,9 +170,14 @@ class Retriever:
         return results
 
     @functools.cached_property
+    def chunk_words(self) -> dict[str, set[str]]:
+        """Each chunk's content words, computed once (the answer check asks for them per passage)."""
+        return {cid: content_words(self.chunks[cid]["text"]) for cid in self.ids}
+
+    @functools.cached_property
     def rarity(self) -> dict[str, float]:
         """Each content word's inverse document frequency over the chunks (``log((N + 1) / (df + 0.5))``)."""
-        df = Counter(w for cid in self.ids for w in content_words(self.chunks[cid]["text"]))
+        df = Counter(w for words in self.chunk_words.values() for w in words)
         return {w: math.log((len(self.ids) + 1) / (n + 0.5)) for w, n in df.items()}
 
     def weight(self, words: set[str]) -> float:
@@ -183,7 +188,10 @@ class Retriever:
     def support(self, answer: str, passage: dict) -> float:
         """How much of ``answer`` (its "[n]" markers left out) a passage (a chunk dict) holds: the
         :meth:`weight` of the content words they share."""
-        return self.weight(content_words(strip_citations(answer)) & content_words(passage["text"]))
+        held = self.chunk_words.get(passage["id"])
+        if held is None:  # a chunk this retriever does not hold
+            held = content_words(passage["text"])
+        return self.weight(content_words(strip_citations(answer)) & held)
 
     def support_share(self, text: str, passages: Sequence[Passage]) -> float | None:
         """The largest share of ``text``'s content words (by :meth:`weight`; its "[n]" markers left out) that
@@ -214,14 +222,15 @@ class Retriever:
         holds :data:`CITATION_MARGIN` of the support (:meth:`support`) of the passage that holds most of the
         answer, the answer's citations become that passage. A small model cites the wrong one of four
         passages often, most often a neighbour of the right one; an answer citing nothing is left as it is."""
-        cited = [n for n in cited_numbers(answer) if 1 <= n <= len(passages)]
-        if not cited_numbers(answer) or not passages:
+        numbers = cited_numbers(answer)
+        if not numbers or not passages:
             return answer
         scores = [self.support(answer, p.chunk) for p in passages]
         best = max(range(len(scores)), key=scores.__getitem__) + 1
+        cited = [n for n in numbers if 1 <= n <= len(passages)]
         if scores[best - 1] <= 0 or any(scores[n - 1] >= CITATION_MARGIN * scores[best - 1] for n in cited):
             return answer
-        return renumber_citations(answer, {n: best for n in cited_numbers(answer)})
+        return renumber_citations(answer, {n: best for n in numbers})
 
     def search(self, query: str, k: int | None = None) -> list[Passage]:
         """The top ``k`` passages for ``query``, best first, numbered from 1."""

@@ -198,7 +198,6 @@ def answer_summary(rows: Sequence[dict], *, answerable: bool, retrieval: bool) -
     summary["citation_rate"] = len(citing) / len(rows) if retrieval and rows else None
     summary["citation_accuracy"] = (mean([float(r["scores"]["citation_correct"]) for r in citing])
                                     if retrieval and answerable and citing else None)
-    summary["model_citation_accuracy"] = (
-        mean([float(r["scores"]["model_citation_correct"]) for r in citing if "model_citation_correct" in r["scores"]])
-        if retrieval and answerable and citing else None)
+    summary["model_citation_accuracy"] = (mean([r["scores"].get("model_citation_correct") for r in citing])
+                                          if retrieval and answerable and citing else None)
     return summary
