@@ -437,6 +437,44 @@ def test_raft_distractors_mixed_are_retrieved_beside_the_source_and_from_other_d
     assert shown[0.0] == {"b.md#0", "b.md#1"}  # declining: other documents only
 
 
+class _RankedOrder(_Ranked):
+    """:class:`_Ranked` that also orders given chunks by its ranking (``Retriever.rank_many``)."""
+
+    def rank_many(self, queries, id_lists):
+        return [sorted(ids, key=self.order.index) for ids in id_lists]
+
+
+def test_raft_order_retrieval_puts_the_passages_in_retrieval_order_and_cites_the_source_there():
+    """``raft_order: retrieval``: the prompt's passages come in the order retrieval ranks them (as when the
+    model answers), the source where it ranks; ``random`` keeps the seeded random position."""
+    from papertune.config import BuildConfig
+    from papertune.raft import assign_passages
+    from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
+
+    texts, chunks, _ = _lora_question("Adapters are merged into the weights after training.")
+    near = NearDuplicates(list(texts.values()), SAME_TEXT_THRESHOLD)
+    rows = [{"id": f"q{i}", "question": "What does LoRA train?", "answer": "Two low-rank matrices per layer.",
+             "chunk_id": "a.md#0", "source": "a.md"} for i in range(40)]
+    order = ["b.md#1", "a.md#0", "b.md#0", "a.md#1", "a.md#2"]
+    by_mode = {}
+    for mode in ("retrieval", "random"):
+        cfg = BuildConfig(raft_source_share=0.5, raft_order=mode)
+        assigned, stats = assign_passages(rows, ["train"] * len(rows), chunks, near, {},
+                                          _RankedOrder(chunks, order), cfg, 3)
+        assert stats["order"] == mode
+        for a in assigned:
+            assert (a.source_passage == 0) == ("a.md#0" not in a.passage_ids)
+            if a.source_passage:
+                assert a.passage_ids[a.source_passage - 1] == "a.md#0"
+        by_mode[mode] = assigned
+    assert all(a.passage_ids == sorted(a.passage_ids, key=order.index) for a in by_mode["retrieval"])
+    with_source = [a for a in by_mode["retrieval"] if a.source_passage]
+    assert with_source and all(a.source_passage == 2 for a in with_source)  # after b.md#1, as ranked
+    assert len({a.source_passage for a in by_mode["random"] if a.source_passage}) > 1
+    # The same rows hold the source and the same passages in either order.
+    assert [sorted(a.passage_ids) for a in by_mode["retrieval"]] == [sorted(a.passage_ids) for a in by_mode["random"]]
+
+
 def test_raft_rows_over_the_length_limit_are_dropped_and_counted(tmp_path: Path, monkeypatch, caplog):
     from helpers import bag_of_words
 

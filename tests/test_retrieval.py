@@ -109,6 +109,21 @@ def test_excluded_documents_and_chunks_are_never_returned(tmp_path, embedded):
     assert [p.n for p in per_query[0]] == [1, 2, 3]  # numbered from 1 after the exclusions
 
 
+def test_rank_many_orders_given_chunks_as_search_would(tmp_path, embedded):
+    """RAFT's ``retrieval`` order: given chunks come back in the order search ranks them, whatever their
+    given order; a chunk the retriever does not hold comes last."""
+    r = retriever(tmp_path)
+    question = "low-rank adaptation trains small matrices"
+    searched = ids(r.search(question, k=4))
+    given = list(reversed(searched))
+    assert r.rank_many([question], [given]) == [searched]
+    assert r.rank_many([question, question], [["elsewhere#1", searched[2], searched[0]], []]) == [
+        [searched[0], searched[2], "elsewhere#1"], []]
+    whole = Retriever.for_run(tmp_path / "run", RetrievalConfig(embedding_model="concepts"),
+                              exclude_sources={c["source"] for c in CHUNKS})
+    assert whole.rank_many([question], [["b", "a"]]) == [["b", "a"]]  # no chunks: the given order
+
+
 @pytest.mark.parametrize("query", ["", "   ", "the of and is", "???"])
 def test_empty_and_stopword_only_queries_do_not_crash(tmp_path, embedded, query):
     assert retriever(tmp_path, "bm25").search(query) == []

@@ -364,6 +364,9 @@ class BuildConfig:
     raft_source_share: float = 0.8
     raft_without_source: Literal["abstain", "answer"] = "abstain"
     raft_distractors: Literal["other_documents", "retrieved", "mixed"] = "other_documents"
+    # The passages' order in a RAFT prompt: random (the source at any position, as in the RAFT paper) or
+    # retrieval (best first, as retrieval hands passages to the model when it answers: the source mostly [1]).
+    raft_order: Literal["random", "retrieval"] = "random"
     # Documents kept out of training, evaluated apart (a seeded draw of document names, shares of the
     # documents with pairs): heldout ones stay in the retrieval index, outside ones are left out of it too
     # (their questions test abstention).

@@ -2,8 +2,9 @@
 
 Every train and test pair is asked after ``retrieval.top_k`` passages. With probability
 ``build.raft_source_share`` (drawn per pair, seeded by ``build.seed`` and the pair's id, so a rebuild draws
-the same) its source chunk is one of them, at a random position, and the target answer cites it
-(``chat.cited_answer``); otherwise every passage is a distractor and the target is ``chat.ABSTAIN``
+the same) its source chunk is one of them, at a random position (``build.raft_order: random``) or where
+retrieval ranks it among them (``retrieval``: the order the model sees when it answers), and the target
+answer cites it (``chat.cited_answer``); otherwise every passage is a distractor and the target is ``chat.ABSTAIN``
 (``raft_without_source: abstain``) or the plain answer (``answer``).
 
 Distractors are hard negatives: the chunks :class:`papertune.retrieval.Retriever` ranks highest for the
@@ -157,6 +158,10 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
             out.append(RaftPassages(distractors, at + 1))
         else:
             out.append(RaftPassages(distractors, 0))
+    if cfg.raft_order == "retrieval":
+        ranked = retriever.rank_many([r["question"] for r in rows], [p.passage_ids for p in out])
+        out = [RaftPassages(ids, ids.index(row["chunk_id"]) + 1 if p.source_passage else 0)
+               for ids, p, row in zip(ranked, out, rows, strict=True)]
     stats = {
         "source_share": cfg.raft_source_share,
         "without_source_target": cfg.raft_without_source,
@@ -167,5 +172,7 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
         "passed_over_holding_the_answer": len(holding),
         "rows_with_fewer_passages": short_rows,
         "passages_per_row": top_k,
+        "order": cfg.raft_order,
+        "source_first": sum(p.source_passage == 1 for p in out),
     }
     return out, stats

@@ -77,6 +77,8 @@ def lexical_text(chunk: dict) -> str:
     return f"{head}\n{chunk['text']}" if head else chunk["text"]
 
 
+_RANK_BATCH = 256  # queries scored at once by rank_many (each holds a score per chunk and ranker)
+
 # A cited passage stands when it holds at least this share of the best passage's support for the answer.
 CITATION_MARGIN = 0.8
 
@@ -155,19 +157,45 @@ class Retriever:
                 allowed[[self.row[c] for c in exclude_ids[i] if c in self.row]] = False
             if exclude_sources is not None and exclude_sources[i]:
                 allowed &= ~np.isin(self.sources, list(exclude_sources[i]))
-            fused = np.full(len(self.ids), -np.inf)
-            for scores in rankings:
-                masked = np.where(allowed, scores, -np.inf)
-                top = np.argsort(-masked, kind="stable")[: self.cfg.candidates]
-                top = top[np.isfinite(masked[top])]
-                if len(rankings) == 1:
-                    fused[top] = masked[top]
-                else:  # ranks from 1: a chunk ranked r adds 1 / (rrf_k + r)
-                    fused[top] = np.where(np.isfinite(fused[top]), fused[top], 0.0)
-                    fused[top] += 1.0 / (self.cfg.rrf_k + 1 + np.arange(len(top)))
+            fused = self._fuse(rankings, allowed)
             order = [j for j in np.argsort(-fused, kind="stable")[:k] if np.isfinite(fused[j])]
             results.append([Passage(n, self.chunks[self.ids[j]], float(fused[j])) for n, j in enumerate(order, 1)])
         return results
+
+    def _fuse(self, rankings: list[Any], allowed: Any) -> Any:
+        """One query's fused score for every chunk (-inf: ranked by no ranker among the ``allowed`` chunks):
+        a single ranker's own scores, or reciprocal rank over each ranker's top ``retrieval.candidates``."""
+        import numpy as np
+
+        fused = np.full(len(self.ids), -np.inf)
+        for scores in rankings:
+            masked = np.where(allowed, scores, -np.inf)
+            top = np.argsort(-masked, kind="stable")[: self.cfg.candidates]
+            top = top[np.isfinite(masked[top])]
+            if len(rankings) == 1:
+                fused[top] = masked[top]
+            else:  # ranks from 1: a chunk ranked r adds 1 / (rrf_k + r)
+                fused[top] = np.where(np.isfinite(fused[top]), fused[top], 0.0)
+                fused[top] += 1.0 / (self.cfg.rrf_k + 1 + np.arange(len(top)))
+        return fused
+
+    def rank_many(self, queries: Sequence[str], id_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Each ``id_lists[i]`` in the order retrieval would hand those chunks to a model asked ``queries[i]``
+        (best first, by the fused score over all chunks); chunks it would not rank, or does not hold, come
+        last in their given order."""
+        import numpy as np
+
+        if not self.ids:
+            return [list(ids) for ids in id_lists]
+        out: list[list[str]] = []
+        allowed = np.ones(len(self.ids), dtype=bool)
+        for start in range(0, len(queries), _RANK_BATCH):
+            batch = self._scores(queries[start:start + _RANK_BATCH])
+            for rankings, ids in zip(batch, id_lists[start:start + _RANK_BATCH], strict=True):
+                fused = self._fuse(rankings, allowed)
+                score = {cid: fused[self.row[cid]] if cid in self.row else -np.inf for cid in ids}
+                out.append(sorted(ids, key=lambda cid: -score[cid]))  # sorted is stable: ties keep their order
+        return out
 
     @functools.cached_property
     def chunk_words(self) -> dict[str, set[str]]:
