@@ -12,7 +12,8 @@
 # STUDENTS picks the run directories: raft, raft_retrieved, closed_book, raft_p90 (RAFT with the source
 # passage in 90% of the rows instead of 80%: fewer rows teach declining) and raft_mixed (distractors as
 # retrieval returns them beside the source, from other documents in the rows that teach declining), and
-# raft_ranked (raft_p90 with the passages in retrieval's order, build.raft_order: retrieval). The
+# raft_ranked (raft_p90 with the passages in retrieval's order, build.raft_order: retrieval; raft_ranked_mixed:
+# the same with mixed distractors, so the source is [1] about as often as when the model answers). The
 # first one evaluated gives the base model's figures. Evaluation answers with vLLM (evaluate.engine: vllm).
 # Needs on the GPU machine: /tmp/models/qwen2.5-coder-{1.5b,0.5b}-instruct-q4_k_m.gguf (staged in parts with
 # ../shared/gpu/stage-file.sh), the all-MiniLM wheel in /tmp/models (retrieval's embeddings), and
@@ -39,6 +40,7 @@ settings() {
     raft_p90) echo "--set build.mode=raft --set build.raft_source_share=0.9" ;;
     raft_mixed) echo "--set build.mode=raft --set build.raft_distractors=mixed" ;;
     raft_ranked) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval" ;;
+    raft_ranked_mixed) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval --set build.raft_distractors=mixed" ;;
     *) echo "--set build.mode=$1" ;;
   esac
 }
