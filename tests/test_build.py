@@ -286,6 +286,10 @@ def test_raft_rows_hold_their_source_at_the_recorded_position_among_distractors_
     assert raft["with_source"] == with_source and raft["passages_per_row"] == 4
     assert raft["with_source"] + raft["without_source"] == len(ds["train"]) + len(ds["test"])
     assert raft["dropped_for_length"] == 0
+    first = sum(1 for split in ("train", "test") for row in ds[split] if row["source_passage"] == 1)
+    assert (raft["order"], raft["source_first"]) == ("random", first)
+    card = (raft_run / "dataset_card.md").read_text()
+    assert f"Passages in random order: the source is passage 1 in {first} of the {with_source} rows" in card
 
 
 def test_raft_never_shows_a_test_chunk_or_a_kept_out_document_in_training(raft_run):

@@ -186,7 +186,8 @@ def _raft(report: dict, example: dict | None, chunks: dict[str, dict]) -> list[s
              + ("that the passages do not contain the answer" if raft["without_source_target"] == "abstain"
                 else "without a citation")
              + f". Distractors filled at random where retrieval found too few: {raft['distractor_fallbacks']}. "
-             f"Dropped for length: {raft['dropped_for_length']}."]
+             f"Dropped for length: {raft['dropped_for_length']}. Passages in {raft['order']} order: the source "
+             f"is passage 1 in {raft['source_first']} of the {raft['with_source']} rows that hold it."]
     if example:
         lines += ["", f"Example: **{example['question']}**", ""]
         for n, cid in enumerate(example["passage_ids"], 1):
