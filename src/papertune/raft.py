@@ -4,8 +4,8 @@ Every train and test pair is asked after ``retrieval.top_k`` passages. With prob
 ``build.raft_source_share`` (drawn per pair, seeded by ``build.seed`` and the pair's id, so a rebuild draws
 the same) its source chunk is one of them, at a random position (``build.raft_order: random``) or where
 retrieval ranks it among them (``retrieval``: the order the model sees when it answers), and the target
-answer cites it (``chat.cited_answer``); otherwise every passage is a distractor and the target is ``chat.ABSTAIN``
-(``raft_without_source: abstain``) or the plain answer (``answer``).
+answer cites it (``chat.cited_answer``); otherwise every passage is a distractor and the target is
+``chat.ABSTAIN`` (``raft_without_source: abstain``) or the plain answer (``answer``).
 
 Distractors are hard negatives: the chunks :class:`papertune.retrieval.Retriever` ranks highest for the
 question, never near-duplicates of the source chunk or of each other, never a chunk of a held-out or outside
@@ -31,7 +31,7 @@ from papertune.errors import InputError
 from papertune.split import NearDuplicates
 from papertune.text import carried_share
 
-_SEARCH_BATCH = 256  # questions scored at once (each holds a score per chunk and ranker)
+_SEARCH_BATCH = 256  # questions searched or ranked at once (each holds a score per chunk and ranker)
 
 
 @dataclass
@@ -159,7 +159,10 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
         else:
             out.append(RaftPassages(distractors, 0))
     if cfg.raft_order == "retrieval":
-        ranked = retriever.rank_many([r["question"] for r in rows], [p.passage_ids for p in out])
+        ranked: list[list[str]] = []
+        for start in range(0, len(rows), _SEARCH_BATCH):
+            ranked += retriever.rank_many([r["question"] for r in rows[start:start + _SEARCH_BATCH]],
+                                          [p.passage_ids for p in out[start:start + _SEARCH_BATCH]])
         out = [RaftPassages(ids, ids.index(row["chunk_id"]) + 1 if p.source_passage else 0)
                for ids, p, row in zip(ranked, out, rows, strict=True)]
     stats = {

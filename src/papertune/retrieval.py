@@ -77,8 +77,6 @@ def lexical_text(chunk: dict) -> str:
     return f"{head}\n{chunk['text']}" if head else chunk["text"]
 
 
-_RANK_BATCH = 256  # queries scored at once by rank_many (each holds a score per chunk and ranker)
-
 # A cited passage stands when it holds at least this share of the best passage's support for the answer.
 CITATION_MARGIN = 0.8
 
@@ -189,12 +187,10 @@ class Retriever:
             return [list(ids) for ids in id_lists]
         out: list[list[str]] = []
         allowed = np.ones(len(self.ids), dtype=bool)
-        for start in range(0, len(queries), _RANK_BATCH):
-            batch = self._scores(queries[start:start + _RANK_BATCH])
-            for rankings, ids in zip(batch, id_lists[start:start + _RANK_BATCH], strict=True):
-                fused = self._fuse(rankings, allowed)
-                score = {cid: fused[self.row[cid]] if cid in self.row else -np.inf for cid in ids}
-                out.append(sorted(ids, key=lambda cid: -score[cid]))  # sorted is stable: ties keep their order
+        for rankings, ids in zip(self._scores(queries), id_lists, strict=True):
+            fused = self._fuse(rankings, allowed)
+            score = {cid: fused[self.row[cid]] if cid in self.row else -np.inf for cid in ids}
+            out.append(sorted(ids, key=lambda cid: -score[cid]))  # sorted is stable: ties keep their order
         return out
 
     @functools.cached_property
