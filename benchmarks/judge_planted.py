@@ -1,6 +1,7 @@
 """Can curate's judge tell a planted wrong answer from a genuine one?
 
-    python benchmarks/judge_planted.py RUN_DIR [--n 20] [--gguf FILE.gguf | --base-url URL --model NAME]
+    python benchmarks/judge_planted.py RUN_DIR [--n 20] [--gguf FILE.gguf | --base-url URL --model NAME |
+                                                --vllm MODEL]
 
 Takes the kept pairs of a run (``RUN/qa_curated.jsonl`` and ``RUN/chunks.jsonl``) and plants N wrong
 answers: a pair's answer is swapped for the answer of ANOTHER pair, from a different chunk of the SAME
@@ -15,7 +16,8 @@ asked "is this answer correct according to the passage?" (a JSON boolean). Print
 genuine kept (y/M) and reply tokens/s (counted with the Qwen2.5 BPE) for each.
 
 ``--gguf`` starts llama.cpp's server in this process (xllamacpp) on that file and talks to it as an
-OpenAI-compatible server; ``--base-url`` uses a server already running. Replies are greedy.
+OpenAI-compatible server; ``--base-url`` uses a server already running; ``--vllm`` judges with vLLM in this
+process (a GPU machine: the judge's settings of benchmarks/raft_gpu.yaml). Replies are greedy.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", help="start llama.cpp's server on this GGUF file")
     parser.add_argument("--base-url", help="an OpenAI-compatible server already running (…/v1)")
     parser.add_argument("--model", default="judge", help="the model name the server knows")
+    parser.add_argument("--vllm", help="judge with vLLM in this process on this model (GGUF file or folder)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=2048, help="tokens per conversation")
     parser.add_argument("--parallel", type=int, default=4, help="conversations decoded at once (server slots)")
@@ -117,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the judge's replies here (DIR/curate/judge_cache.jsonl): a rerun with other "
                              "thresholds judges nothing again; default: a fresh temporary folder")
     args = parser.parse_args(argv)
-    if not args.gguf and not args.base_url:
-        parser.error("give --gguf FILE or --base-url URL")
+    if sum(map(bool, (args.gguf, args.base_url, args.vllm))) != 1:
+        parser.error("give one of --gguf FILE, --base-url URL or --vllm MODEL")
 
     chunks = {c["id"]: c["text"] for c in read_jsonl(args.run_dir / CHUNKS)}
     kept = list(read_jsonl(args.run_dir / QA_CURATED))
@@ -134,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     base_url = args.base_url
     if args.gguf:
         server, base_url = start_server(args.gguf, args.ctx, args.threads, args.parallel)
-    cfg.judge = LLMConfig(backend="openai", model=args.model, base_url=base_url, concurrency=args.parallel,
-                          timeout_s=900, max_new_tokens=args.max_new_tokens)
+    if args.vllm:
+        cfg.judge = LLMConfig(backend="vllm", model=args.vllm, batch_size=1024, max_new_tokens=args.max_new_tokens,
+                              context_length=4096, memory_share=0.5, constrain_json=True)
+    else:
+        cfg.judge = LLMConfig(backend="openai", model=args.model, base_url=base_url, concurrency=args.parallel,
+                              timeout_s=900, max_new_tokens=args.max_new_tokens)
     model = make_chat_model(cfg.judge, "curate.judge")
     rows = genuine + planted
     with tempfile.TemporaryDirectory() as tmp:  # without --cache-dir, a fresh cache: every pair is judged
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         plain, seconds, tokens = plain_judge(model, rows, chunks)
         table.append(("plain 'correct?' judge", sum(v is not True for v in plain[m:]), sum(v is True for v in plain[:m]),
                       round(tokens / seconds, 1), sum(v is None for v in plain)))
-    print(f"\n| judge ({args.gguf or args.model}) | planted dropped | genuine kept | reply tokens/s | unreadable |")
+    print(f"\n| judge ({args.gguf or args.vllm or args.model}) | planted dropped | genuine kept | reply tokens/s | unreadable |")
     print("|---|---|---|---|---|")
     for name, dropped, kept_n, tps, bad in table:
         print(f"| {name} | {dropped}/{n} | {kept_n}/{m} | {tps} | {bad} |")
