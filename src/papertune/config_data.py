@@ -276,9 +276,6 @@ class CurateConfig:
     judge_min_quote_match: float = 0.9  # share of the quote's words found, in runs of 3, in the chunk
     judge_min_quote_support: float = 0.5  # share of the answer's content words in the quote (and all its numbers)
     judge_min_agreement: float = 0.4  # blind answer vs the pair's answer (F1, containment, or blind quote support)
-    # When only the blind quote agrees, the two answers themselves (F1 or containment) at least this much: a
-    # true sentence of the chunk that answers another question is carried by a long quote, not by the answer.
-    judge_min_answer_agreement: float = 0.15
     # A blind answer that agrees at least this much with the pair's answer vouches for it when the judge's own
     # quote is paraphrased (quote_not_in_chunk): two readings, one without the answer, found the same (0: off).
     judge_blind_vouches: float = 0.8
@@ -308,8 +305,7 @@ class CurateConfig:
         require(1 <= self.min_answer_words <= self.max_answer_words,
                  "curate.min_answer_words must be >= 1 and <= curate.max_answer_words")
         require(1 <= self.judge_min_score <= 5, f"curate.judge_min_score must be between 1 and 5, got {self.judge_min_score}")
-        for name in ("judge_min_quote_match", "judge_min_quote_support", "judge_min_agreement", "judge_min_answer_agreement",
-                     "judge_blind_vouches"):
+        for name in ("judge_min_quote_match", "judge_min_quote_support", "judge_min_agreement", "judge_blind_vouches"):
             value = getattr(self, name)
             require(0 <= value <= 1, f"curate.{name} must be in [0, 1], got {value}")
         if self.judge_enabled:

@@ -25,12 +25,7 @@ A pair passes only if every check holds (the detail of a drop names each one tha
   of the two answers, the share of the blind answer's content words the pair's answer says too (a long
   answer holding a short blind one), or the share of the pair's answer carried by the blind quote (when that
   quote is in the chunk); >= ``curate.judge_min_agreement``. Measured, not asked: a second "same meaning?"
-  call would be one more question a small model answers with yes;
-- ``answers_another_question``: when the blind quote alone made them agree, the two answers themselves still
-  share words (content-word F1 or containment >= ``curate.judge_min_answer_agreement``). A true sentence of the
-  chunk that answers another question is carried by a long blind quote too ("What is an inverse autoregressive
-  flow?" answered with "The base distribution of an IAF model is ..."), but the judge's own answer, written
-  without it, says something else.
+  call would be one more question a small model answers with yes.
 
 Replies are cached in ``RUN/curate/judge_cache.jsonl`` by judge model, prompt, chunk and pair, so a rerun
 judges only new or changed pairs (thresholds can change without judging again). A failed request stops the
@@ -62,8 +57,7 @@ PROMPT_VERSION = 3  # part of the cache key: change it when the prompts or schem
 RUBRIC = ("answerable", "correct", "self_contained", "useful")
 # Fields an unconstrained reply may leave out: the verdict only repeats what the rubric's scores say.
 MAY_BE_LEFT_OUT = frozenset({"verdict"})
-CHECKS = ("unparseable", "rubric", "quote_not_in_chunk", "quote_without_answer", "blind_disagrees",
-          "answers_another_question")
+CHECKS = ("unparseable", "rubric", "quote_not_in_chunk", "quote_without_answer", "blind_disagrees")
 QUOTE_RUN_WORDS = 3
 MIN_CONTAINED_WORDS = 3
 
@@ -218,8 +212,7 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
     support = carried_share(row["answer"], grade["quote"])
     blind_match = quote_match(blind["quote"], chunk)
     blind_support = carried_share(row["answer"], blind["quote"]) if blind_match >= cfg.judge_min_quote_match else 0.0
-    answers_agree = max(content_f1(blind["answer"], row["answer"]), contained(blind["answer"], row["answer"]))
-    agreement = max(answers_agree, blind_support)
+    agreement = max(content_f1(blind["answer"], row["answer"]), blind_support, contained(blind["answer"], row["answer"]))
 
     failed, why = [], []
     low = [f"{k} {v}" for k, v in scores.items() if v < cfg.judge_min_score]
@@ -245,16 +238,10 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
         failed.append("blind_disagrees")
         why.append(f"blind_disagrees: the judge answered {_excerpt(blind['answer'])} without seeing the answer, "
                    f"agreement {agreement:.2f} (curate.judge_min_agreement={cfg.judge_min_agreement:g})")
-    elif answers_agree < min(cfg.judge_min_answer_agreement, cfg.judge_min_agreement):  # the quote agreed
-        failed.append("answers_another_question")
-        why.append(f"answers_another_question: the blind quote carries the answer, but the judge answered "
-                   f"{_excerpt(blind['answer'])} without seeing it, agreement {answers_agree:.2f} "
-                   f"(curate.judge_min_answer_agreement={cfg.judge_min_answer_agreement:g})")
     record = {
         "passed": not failed, "failed": failed, "scores": scores, "verdict": grade["verdict"],
         "quote": grade["quote"], "quote_match": round(match, 3), "quote_support": round(support, 3),
         "blind_answer": blind["answer"], "blind_quote": blind["quote"], "agreement": round(agreement, 3),
-        "answers_agreement": round(answers_agree, 3),
         "vouched_by_blind": vouched,
     }
     return JudgeVerdict(not failed, "; ".join(why), failed, record)
@@ -301,7 +288,6 @@ class JudgeStats:
             "reply_tokens_per_s": round(self.reply_tokens / self.seconds, 1) if self.seconds else None,
             "thresholds": {"min_score": cfg.judge_min_score, "min_quote_match": cfg.judge_min_quote_match,
                            "min_quote_support": cfg.judge_min_quote_support, "min_agreement": cfg.judge_min_agreement,
-                           "min_answer_agreement": cfg.judge_min_answer_agreement,
                            "blind_vouches": cfg.judge_blind_vouches},
         }
 

@@ -166,6 +166,11 @@ def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple
                                                [p.chunk for p in flat_hits[k]] if flat_hits else None),
                                  add_special_tokens=False)["input_ids"]) for k, (_, row) in enumerate(flat)),
                   default=0)
+    import torch
+
+    # vLLM sizes its cache from the memory free when it starts: hand back what the losses' logits left cached
+    # (a batch of long RAFT prompts holds most of the card).
+    torch.cuda.empty_cache()
     return VLLMEngine(config.train.model, setting="train", flag="evaluate.engine", instead="use evaluate.engine: auto",
                       memory_share=cfg.memory_share,
                       max_model_len=max(longest, config.train.max_seq_length) + cfg.max_new_tokens,
