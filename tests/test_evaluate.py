@@ -436,18 +436,20 @@ def test_evaluate_engine_vllm_answers_the_base_and_the_adapter_in_one_engine(tmp
                                                                              monkeypatch):
     """evaluate.engine=vllm: one engine on train.model with room for the adapter's rank and the longest prompt;
     the base systems ask it alone, the tuned ones with the adapter; the prompts are the token ids transformers
-    would be given; the engine is released before scoring; its answers are cached apart from transformers'."""
+    would be given; the engine is released before scoring; its answers are cached apart from transformers';
+    PyTorch's cached GPU memory (the losses' logits) is handed back before the engine starts."""
     from transformers import AutoTokenizer
 
     import papertune.evaluate.stage as stage
     from papertune.chat import render_prompt
     from papertune.inference import Completion
 
-    made, calls, released = [], [], []
+    made, calls, released, events = [], [], [], []
 
     class Engine:
         def __init__(self, spec, **settings):
             made.append((spec, settings))
+            events.append("engine")
 
         def generate(self, prompts, decoding, *, json_schema=None, adapter=None):
             calls.append((prompts, adapter, decoding.max_new_tokens))
@@ -461,6 +463,7 @@ def test_evaluate_engine_vllm_answers_the_base_and_the_adapter_in_one_engine(tmp
 
     monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
     monkeypatch.setattr(stage, "VLLMEngine", Engine)
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: events.append("empty_cache"))
     monkeypatch.setattr(stage, "generate", lambda *a, **k: pytest.fail("transformers should not answer"))
     run = grounded_copy(tmp_path, trained_run)
     adapter = run / "train" / "adapter"
@@ -482,6 +485,7 @@ def test_evaluate_engine_vllm_answers_the_base_and_the_adapter_in_one_engine(tmp
     assert {r["answer"].split()[0] for r in rows if r["model"] == "tuned"} == {"tuned"}
     assert {r["answer"].split()[0] for r in rows if r["model"] == "base"} == {"base"}
     assert released == [True]
+    assert events == ["empty_cache", "engine"]
     # A rerun finds every answer in the cache: vLLM is not even loaded.
     evaluate.run(cfg)
     assert len(made) == 1 and len(calls) == 4
