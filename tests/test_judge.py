@@ -298,8 +298,9 @@ def test_the_judge_reads_only_the_generators_it_is_given(tmp_path: Path):
 
 def test_a_blind_answer_that_agrees_vouches_for_a_paraphrased_quote():
     """The judge paraphrased its quote (not in the chunk), but its blind reading, which never saw the
-    answer, gave the same answer: kept at curate.judge_blind_vouches (0.8), dropped with it off; a blind
-    answer that disagrees never vouches."""
+    answer, gave the same answer: kept at curate.judge_blind_vouches (0.95), dropped with it off; a blind
+    answer that says a little more (agreement 0.89) vouches only at a laxer setting; one that disagrees never
+    vouches."""
     row = {"question": "What stays frozen during LoRA training?", "answer": "The pretrained weights stay frozen."}
     chunk = FREEZE + " Two small matrices are trained."
     paraphrase = grade("During LoRA the weights that were pretrained do not change at all.")
@@ -308,6 +309,10 @@ def test_a_blind_answer_that_agrees_vouches_for_a_paraphrased_quote():
     assert verdict.passed and verdict.record["vouched_by_blind"]
     off = assess(row, chunk, paraphrase, agreeing, CurateConfig(judge_blind_vouches=0.0))
     assert not off.passed and off.failed == ["quote_not_in_chunk"]
+    close = json.dumps({"quote": "", "answer": "The pretrained weights stay frozen during training."})
+    verdict = assess(row, chunk, paraphrase, close, CurateConfig())
+    assert verdict.failed == ["quote_not_in_chunk"] and verdict.record["agreement"] == 0.889
+    assert assess(row, chunk, paraphrase, close, CurateConfig(judge_blind_vouches=0.8)).passed
     disagreeing = json.dumps({"quote": "", "answer": "Two small matrices per layer are trained."})
     assert not assess(row, chunk, paraphrase, disagreeing, CurateConfig()).passed
 
