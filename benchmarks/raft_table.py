@@ -25,7 +25,13 @@ def main(*named: str) -> int:
     runs = {}
     for arg in named:
         name, _, path = arg.partition("=")
+        if not Path(path).is_file():  # its evaluation failed: the others still make a table
+            print(f"raft_table: no metrics for {name} ({path}): see its evaluate log", file=sys.stderr)
+            continue
         runs[name] = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not runs:
+        print("raft_table: no student has metrics", file=sys.stderr)
+        return 1
     first_name = next(iter(runs))
     raft = runs[first_name]
     rows = [("base closed-book", raft, "base_closed_book"), ("base + retrieval", raft, "base_retrieval")]
