@@ -17,33 +17,16 @@ chunk; the key (which pair is which) goes to FILE.key, to be read after the shee
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import random
 import sys
 from pathlib import Path
-from typing import Any
 
 from papertune.config import CurateConfig, load_config
+from papertune.errors import ConfigError
 from papertune.curate.judge import assess, cache_key
 from papertune.rundir import CHUNKS, QA_CURATED, QA_DROPPED, read_jsonl
 
 CACHE = "curate/judge_cache.jsonl"
-
-
-def with_settings(cfg: CurateConfig, settings: list[str]) -> CurateConfig:
-    """``cfg`` with each ``curate.KEY=VALUE`` applied (values read as JSON, else as text)."""
-    changes: dict[str, Any] = {}
-    for item in settings:
-        key, _, value = item.partition("=")
-        name = key.removeprefix("curate.")
-        if not hasattr(cfg, name):
-            sys.exit(f"judge_thresholds: {key!r} is no curate setting")
-        try:
-            changes[name] = json.loads(value)
-        except json.JSONDecodeError:
-            changes[name] = value
-    return dataclasses.replace(cfg, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,33 +43,38 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.sheet) != bool(args.compare):
         parser.error("--sheet and --compare go together")
 
-    base = load_config(args.config, []).curate
+    def settings(change: str) -> CurateConfig:  # CONFIG with "curate.KEY=V[,curate.KEY=V]" set, checked
+        return load_config(args.config, change.split(",") if change else []).curate
+
+    base = settings("")
     chunks = {c["id"]: c for c in read_jsonl(args.run_dir / CHUNKS)}
     cache = {r["key"]: r for r in read_jsonl(args.run_dir / CACHE)}
     pairs: dict[tuple[str, str, str], dict] = {}
+    unjudged_kept: set[str] = set()  # chunks with a kept pair the judge did not read (other generators)
     for name in (QA_CURATED, QA_DROPPED):
         for row in read_jsonl(args.run_dir / name):
             pairs.setdefault((row["chunk_id"], row["question"], row["answer"]), row)
+            if name == QA_CURATED and "judge" not in row:
+                unjudged_kept.add(row["chunk_id"])
     judged = [(row, cache[k]) for row in pairs.values()
               if (k := cache_key(base.judge, chunks[row["chunk_id"]]["text"], row["question"], row["answer"])) in cache]
     if not judged:
         sys.exit("judge_thresholds: no pair of the run has a cached reply under these judge settings "
                  "(is --config the run's config?)")
-    # Pairs the judge did not read (other generators) keep their curate decision.
-    unjudged_kept = {row["chunk_id"] for row in read_jsonl(args.run_dir / QA_CURATED) if "judge" not in row}
 
     def passing(cfg: CurateConfig) -> list[bool]:
         return [assess(row, chunks[row["chunk_id"]]["text"], replies["grade"], replies["blind"], cfg).passed
                 for row, replies in judged]
 
+    before = passing(base)
     print("| setting | judged | pass the judge | chunks with a pair |\n|---|---|---|---|")
-    for label, settings in [("the config's", [])] + [(t, t.split(",")) for t in args.tries]:
-        ok = passing(with_settings(base, settings))
+    for label, change in [("the config's", "")] + [(t, t) for t in args.tries]:
+        ok = passing(settings(change)) if change else before
         covered = unjudged_kept | {row["chunk_id"] for (row, _), p in zip(judged, ok) if p}
         print(f"| {label} | {len(judged)} | {sum(ok)} | {len(covered)} |")
 
     if args.sheet:
-        before, after = passing(base), passing(with_settings(base, args.compare.split(",")))
+        after = passing(settings(args.compare))
         dropped = [row for (row, _), b, a in zip(judged, before, after) if b and not a]
         kept = [row for (row, _), b, a in zip(judged, before, after) if b and a]
         rng = random.Random(args.seed)
@@ -105,4 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as exc:
+        sys.exit(f"judge_thresholds: {exc}")
