@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +97,11 @@ def write_chunks(run: Path, chunks=CHUNKS) -> None:
 
 def bag_of_words(texts, spec, setting="evaluate.embedding_model"):
     """A deterministic stand-in for all-MiniLM (the signature of ``embed_texts``): hashed word counts, unit
-    length."""
+    length, the same in every run."""
     out = np.zeros((len(texts), 512), dtype=np.float32)
     for row, text in enumerate(texts):
         for word in re.findall(r"\w+", text.lower()):
-            out[row, hash(word) % 512] += 1.0
+            out[row, zlib.crc32(word.encode()) % 512] += 1.0  # not hash(): the same buckets in every process
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 

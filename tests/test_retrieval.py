@@ -262,6 +262,23 @@ def test_bag_of_words_index_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.embeddings, second.embeddings)
 
 
+def test_a_query_scores_the_same_alone_as_in_a_batch(tmp_path):
+    """ask embeds one question, evaluate a batch: BLAS sums a batch in another order, so near ties could fall
+    either way; scoring each query on its own makes a question's ranking the same in both."""
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((300, 64)).astype(np.float32)
+    starts = np.arange(0, 300, 3, dtype=np.int64)
+    ids = [f"d.md#{i:04d}" for i in range(len(starts))]
+    index = ChunkIndex(tmp_path, embeddings, starts, ids, {i: {"id": i, "text": ""} for i in ids}, "m", built=False)
+    queries = rng.standard_normal((9, 64)).astype(np.float32)
+    batch = index.scores(queries)
+    assert batch.shape == (9, 100)
+    for row, query in zip(batch, queries, strict=True):
+        np.testing.assert_array_equal(index.scores(query[None, :])[0], row)  # bit for bit
+    np.testing.assert_allclose(batch, np.maximum.reduceat(queries @ embeddings.T, starts, axis=1), atol=1e-5)
+    assert index.scores(np.zeros((0, 64), dtype=np.float32)).shape == (0, 100)
+
+
 @pytest.mark.slow
 def test_hybrid_with_all_minilm_finds_the_chunk_a_question_comes_from(tmp_path):
     run = tmp_path / "run"

@@ -126,12 +126,17 @@ class ChunkIndex:
 
     def scores(self, vectors: Any) -> Any:
         """Cosine of each query vector (rows of ``vectors``) to each chunk (its best window): one row per query,
-        one column per chunk in :attr:`ids` order."""
+        one column per chunk in :attr:`ids` order. Each query is scored on its own, so its scores (and the
+        order of near ties) do not depend on which other queries share the batch: BLAS sums a batch in
+        another order than one vector, and ask must rank a question as evaluate does."""
         import numpy as np
 
+        vectors = np.asarray(vectors)
         if not len(self.ids):
             return np.zeros((len(vectors), 0), dtype=np.float32)
-        return np.maximum.reduceat(np.asarray(vectors) @ self.embeddings.T, self.starts, axis=1)
+        cosines = np.stack([self.embeddings @ v for v in vectors]) if len(vectors) else \
+            np.zeros((0, self.embeddings.shape[0]), dtype=np.float32)
+        return np.maximum.reduceat(cosines, self.starts, axis=1)
 
     def embed(self, texts: list[str]) -> Any:
         """``texts`` (queries) embedded with the model of the index, comparable with :attr:`embeddings`."""
