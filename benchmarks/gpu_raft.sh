@@ -15,7 +15,8 @@
 # passage in 90% of the rows instead of 80%: fewer rows teach declining) and raft_mixed (distractors as
 # retrieval returns them beside the source, from other documents in the rows that teach declining), and
 # raft_ranked (raft_p90 with the passages in retrieval's order, build.raft_order: retrieval; raft_ranked_mixed:
-# the same with mixed distractors, so the source is [1] about as often as when the model answers). A name
+# the same with mixed distractors, so the source is [1] about as often as when the model answers;
+# raft_ranked_p100: the source passage in every row, declining left to the answer check). A name
 # ending in _1.5b trains the 1.5B model instead of the 0.5B (raft_ranked_1.5b, closed_book_1.5b). BASE names
 # the students whose evaluation also gives their base model's figures (default: the first one evaluated).
 # Evaluation answers with vLLM (evaluate.engine: vllm).
@@ -46,6 +47,7 @@ settings() {
     raft_p90) echo "--set build.mode=raft --set build.raft_source_share=0.9" ;;
     raft_mixed) echo "--set build.mode=raft --set build.raft_distractors=mixed" ;;
     raft_ranked) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval" ;;
+    raft_ranked_p100) echo "--set build.mode=raft --set build.raft_source_share=1.0 --set build.raft_order=retrieval" ;;
     raft_ranked_mixed) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval --set build.raft_distractors=mixed" ;;
     *) echo "--set build.mode=${1%_1.5b}" ;;
   esac
