@@ -274,6 +274,46 @@ def test_a_pair_asking_an_amount_it_does_not_give_is_dropped_unless_switched_off
     assert [r["id"] for r in results(tmp_path)[0]] == ["vague", "given"]
 
 
+def test_a_comparison_answered_about_one_side_only_is_found():
+    """Found in a hand check of a real teacher's kept pairs: "How does RACE differ from SQuAD ...?" answered
+    with RACE's size alone. Both sides named, named by initials or in a possessive, or a generic side
+    ("other methods"), pass; so does a question that compares nothing."""
+    one_sided = curate.one_sided_comparison
+    assert one_sided("How does RACE differ from SQuAD in terms of the number of passages and questions?",
+                     "RACE has more than 28,000 passages and nearly 100,000 questions.") == "SQuAD"
+    assert one_sided("What is the main difference between BART and BERT?",
+                     "BERT is a denoising autoencoder with a bidirectional encoder.") == "BART"
+    assert one_sided("What limitation does TD learning have compared to Monte-Carlo methods?",
+                     "TD learning cannot learn from incomplete episodes.") == "Monte-Carlo methods"
+    assert one_sided("How do adapters compare to LoRA?", "Adapters add latency at inference.") == "LoRA"
+    for question, answer in [
+        ("What is the difference between LoRA and full fine-tuning?",
+         "LoRA trains two low-rank matrices per layer, while full fine-tuning updates every weight."),
+        ("How does Proximal Policy Optimization differ from TRPO?",
+         "PPO clips the probability ratio instead of TRPO's KL constraint."),
+        ("How does GAN's training differ from WGAN's?", "GAN minimises JS divergence; WGAN the Wasserstein distance."),
+        ("How does ELECTRA differ from other pre-training methods?", "ELECTRA detects replaced tokens."),
+        ("How does QLoRA differ from traditional fine-tuning in memory?", "QLoRA keeps the base model in 4 bits."),
+        ("What does LoRA freeze?", "The pretrained weights."),
+    ]:
+        assert one_sided(question, answer) is None, question
+
+
+def test_a_one_sided_comparison_is_dropped_unless_switched_off(tmp_path: Path):
+    rows = [pair("half", "How does LoRA differ from full fine-tuning in the weights it trains?",
+                 "LoRA freezes the pretrained weights and trains two low-rank matrices per layer."),
+            pair("both", "What is the difference between LoRA and full fine-tuning in the weights they train?",
+                 "LoRA freezes the pretrained weights and trains two low-rank matrices per layer, unlike full "
+                 "fine-tuning.")]
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path))
+    kept, dropped, report = results(tmp_path)
+    assert [r["id"] for r in kept] == ["both"] and dropped == {"half": "one_sided_comparison"}
+    assert report["dropped_by_reason"]["one_sided_comparison"] == 1
+    curate.run(config(tmp_path, drop_one_sided_comparison="false"))
+    assert [r["id"] for r in results(tmp_path)[0]] == ["half", "both"]
+
+
 def test_answer_in_question_can_be_switched_off(tmp_path: Path):
     write_run(tmp_path, [pair("x", "Does LoRA train two low-rank matrices per layer?", "two low-rank matrices")])
     curate.run(config(tmp_path, drop_answer_in_question="false"))

@@ -268,6 +268,8 @@ class CurateConfig:
     max_answer_words: int = 200
     drop_answer_in_question: bool = True
     drop_amount_not_given: bool = True  # "How much ...?" answered without a number, formula or number word
+    # "How does X differ from Y?" answered without naming Y (or X): a comparison that compares nothing
+    drop_one_sided_comparison: bool = True
     # A judge model that reads each pair's chunk (papertune.curate.judge): it quotes the supporting sentence and
     # scores the pair, and answers the question blind; papertune checks the quote and compares the answers.
     judge_enabled: bool = False

@@ -11,6 +11,9 @@ Each pair of ``RUN/qa.jsonl`` is checked, in this order, and dropped with the fi
 - ``answer_in_question``: the question already contains its answer (``curate.drop_answer_in_question``);
 - ``amount_not_given``: the question asks how much or how many and the answer gives no number, formula or
   number word ("How much does it cost?" answered "It is cheaper."; ``curate.drop_amount_not_given``);
+- ``one_sided_comparison``: the question compares two named things and the answer never names one of them
+  ("How does RACE differ from SQuAD?" answered "RACE has 28,000 passages."; ``curate.drop_one_sided_comparison``);
+- ``not_self_contained``: the question leans on a passage the reader does not see ("the table", "this paper");
 - ``unsupported_answer``: the answer is not supported by its chunk (``curate.support``: the share of the
   answer's content words found in the chunk, or the embedding cosine of answer and chunk);
 - ``judge`` (``curate.judge_enabled``): a judge model reading the chunk cannot back the pair up: its quote
@@ -29,8 +32,8 @@ Modules: :mod:`~papertune.curate.filters` (the checks), :mod:`~papertune.curate.
 
 
 from papertune.curate.filters import (REASONS, amount_not_given, answer_in_question, content_stems, curate_rows,
-                                      overlap_support)
+                                      one_sided_comparison, overlap_support)
 from papertune.curate.stage import SPEC, run
 
 __all__ = ["REASONS", "SPEC", "amount_not_given", "answer_in_question", "content_stems", "curate_rows",
-           "overlap_support", "run"]
+           "one_sided_comparison", "overlap_support", "run"]

@@ -1,7 +1,7 @@
 """The checks of the curate stage: which generated pairs are dropped, and why (see :mod:`papertune.curate`).
 
 Lexical and embedding checks (injection, ids, lengths, answer in question, an amount asked for and not
-given, support in the chunk, duplicates) and the order they run in (:func:`curate_rows`); the grounded
+given, a comparison answered about one side only, support in the chunk, duplicates) and the order they run in (:func:`curate_rows`); the grounded
 judge, when enabled, is handed in by the stage (:mod:`papertune.curate.judge`).
 """
 
@@ -29,6 +29,7 @@ REASONS = (
     "unfinished_answer",
     "answer_in_question",
     "amount_not_given",
+    "one_sided_comparison",
     "not_self_contained",
     "unsupported_answer",
     "judge",
@@ -82,6 +83,50 @@ def amount_not_given(question: str, answer: str) -> bool:
     or a number word): "How much does fine-tuning the adapter cost?" answered "It is computationally cheaper."
     """
     return bool(_ASKS_AMOUNT.search(question)) and not _STATES_AMOUNT.search(answer)
+
+
+# A question comparing two things ("What is the difference between X and Y?", "How does X differ from Y?",
+# "X compared to Y"); the sides end before a qualifier ("in terms of ...", "when ...").
+_SIDE_END = r"(?=\?|$|,|\s(?:in terms of|in|when|for|with|by|on)\s)"
+_COMPARES = tuple(re.compile(p, re.I) for p in (
+    rf"\bdifferences? between (?P<x>.+?) and (?P<y>.+?){_SIDE_END}",
+    rf"\b(?:does|do|is|are) (?P<x>.+?) (?:differ|different) from (?P<y>.+?){_SIDE_END}",
+    rf"\b(?:does|do|is|are) (?P<x>.+?) compare (?:to|with) (?P<y>.+?){_SIDE_END}",
+    rf"^(?P<x>.+?) (?:compared (?:to|with)|versus|vs\.?) (?P<y>.+?){_SIDE_END}",
+))
+# A side the answer need not name: "other methods", "traditional supervised learning", "previous work".
+_UNNAMED_SIDE = re.compile(r"^(?:the |a |an )?(?:other|others|traditional|previous|prior|existing|standard|"
+                           r"conventional|earlier|similar|alternative|competing)\b", re.I)
+
+
+def _named_in(side: str, answer_words: set[str], answer_stems: set[str]) -> bool:
+    """Whether the answer names ``side``: a content word of it, or its initials ("Proximal Policy
+    Optimization" as PPO), or a word in capitals of it."""
+    side = re.sub(r"'s\b", "", side)
+    stems = set(content_stems(side))
+    tokens = [w for w in words(side) if w.lower() not in ("the", "a", "an")]
+    initials = "".join(w[0] for w in tokens if w[0].isupper()).lower()
+    return (not stems or bool(stems & answer_stems)
+            or (len(initials) > 1 and initials in answer_words))
+
+
+def one_sided_comparison(question: str, answer: str) -> str | None:
+    """The side of a comparison the answer never names, if the question compares two named things ("How does
+    RACE differ from SQuAD?" answered "RACE has more than 28,000 passages." -> "SQuAD"); None otherwise.
+    Generic sides ("other methods") need not be named."""
+    for pattern in _COMPARES:
+        match = pattern.search(question.strip())
+        if match is None:
+            continue
+        clean = re.sub(r"'s\b", "", answer)
+        answer_words = {w.lower() for w in words(clean)}
+        answer_stems = set(content_stems(clean))
+        for side in (match["x"], match["y"]):
+            side = side.strip()
+            if not _UNNAMED_SIDE.match(side) and not _named_in(side, answer_words, answer_stems):
+                return side
+        return None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +277,9 @@ def curate_rows(
             verdicts[i] = ("answer_in_question", "the question contains the whole answer")
         if verdicts[i] is None and cfg.drop_amount_not_given and amount_not_given(row["question"], row["answer"]):
             verdicts[i] = ("amount_not_given", "the question asks how much or how many; the answer gives no amount")
+        if verdicts[i] is None and cfg.drop_one_sided_comparison and \
+                (side := one_sided_comparison(row["question"], row["answer"])):
+            verdicts[i] = ("one_sided_comparison", f"the question compares two things; the answer never names {side!r}")
         if verdicts[i] is None and (leans_on := context_dependence(row["question"])):
             verdicts[i] = ("not_self_contained", leans_on)  # whoever wrote qa.jsonl
 
