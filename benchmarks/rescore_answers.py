@@ -7,7 +7,7 @@ check turns into the decline counts as not correct), declines and citation accur
 and as checked. Nothing is generated or judged again: a CPU check of settings on a GPU run's answers.
 
     python benchmarks/rescore_answers.py --chunks RUN/chunks.jsonl --answers RUN/eval/answers.jsonl \\
-        --set retrieval.min_support=0.5
+        --set retrieval.min_support=0.5 [--citation-margin 0.8]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import papertune.retrieval  # noqa: E402
 from papertune.chat import abstains  # noqa: E402
 from papertune.config import load_config  # noqa: E402
 from papertune.evaluate.metrics import citation_correct  # noqa: E402
@@ -36,7 +37,11 @@ def main() -> None:
     ap.add_argument("--chunks", type=Path, required=True)
     ap.add_argument("--answers", type=Path, required=True)
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="a config override, KEY=VALUE")
+    ap.add_argument("--citation-margin", type=float, default=papertune.retrieval.CITATION_MARGIN,
+                    help="share of the best passage's support a cited passage must hold to stand "
+                         "(papertune.retrieval.CITATION_MARGIN, default %(default)s)")
     args = ap.parse_args()
+    papertune.retrieval.CITATION_MARGIN = args.citation_margin  # read by check_citations at each call
     rows = [json.loads(line) for line in args.answers.read_text(encoding="utf-8").splitlines() if line.strip()]
     outside = {r["source"] for r in rows if r["set"] == "outside"}
     run = Path(tempfile.mkdtemp(prefix="rescore_"))
@@ -45,7 +50,8 @@ def main() -> None:
     retriever = Retriever.for_run(run, cfg, exclude_sources=outside)
     chunks = retriever.index.chunks
     print(f"{len(rows)} answers; {', '.join(args.overrides) or 'default settings'} "
-          f"(min_support {cfg.min_support}, min_question_support {cfg.min_question_support})")
+          f"(min_support {cfg.min_support}, min_question_support {cfg.min_question_support}, "
+          f"citation margin {args.citation_margin})")
     print("| system | set | correct, model | correct, checked | declines, model | declines, checked "
           "| citation acc., model | citation acc., checked |\n|---|---|---|---|---|---|---|---|")
     for system in dict.fromkeys(r["system"] for r in rows if r["mode"] == "retrieval"):
