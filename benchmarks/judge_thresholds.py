@@ -23,10 +23,8 @@ from pathlib import Path
 
 from papertune.config import CurateConfig, load_config
 from papertune.errors import ConfigError
-from papertune.curate.judge import assess, cache_key
+from papertune.curate.judge import CACHE_FILE, assess, cache_key
 from papertune.rundir import CHUNKS, QA_CURATED, QA_DROPPED, read_jsonl
-
-CACHE = "curate/judge_cache.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = settings("")
     chunks = {c["id"]: c for c in read_jsonl(args.run_dir / CHUNKS)}
-    cache = {r["key"]: r for r in read_jsonl(args.run_dir / CACHE)}
+    cache = {r["key"]: r for r in read_jsonl(args.run_dir / CACHE_FILE)}
     pairs: dict[tuple[str, str, str], dict] = {}
     unjudged_kept: set[str] = set()  # chunks with a kept pair the judge did not read (other generators)
     for name in (QA_CURATED, QA_DROPPED):

@@ -131,11 +131,11 @@ class ChunkIndex:
         another order than one vector, and ask must rank a question as evaluate does."""
         import numpy as np
 
-        vectors = np.asarray(vectors)
         if not len(self.ids):
             return np.zeros((len(vectors), 0), dtype=np.float32)
-        cosines = np.stack([self.embeddings @ v for v in vectors]) if len(vectors) else \
-            np.zeros((0, self.embeddings.shape[0]), dtype=np.float32)
+        cosines = np.empty((len(vectors), self.embeddings.shape[0]), dtype=np.float32)
+        for row, vector in zip(cosines, np.asarray(vectors)):
+            row[:] = self.embeddings @ vector
         return np.maximum.reduceat(cosines, self.starts, axis=1)
 
     def embed(self, texts: list[str]) -> Any:

@@ -1,8 +1,9 @@
 """The checks of the curate stage: which generated pairs are dropped, and why (see :mod:`papertune.curate`).
 
 Lexical and embedding checks (injection, ids, lengths, answer in question, an amount asked for and not
-given, a comparison answered about one side only, support in the chunk, duplicates) and the order they run in (:func:`curate_rows`); the grounded
-judge, when enabled, is handed in by the stage (:mod:`papertune.curate.judge`).
+given, a comparison answered about one side only, support in the chunk, duplicates) and the order they run
+in (:func:`curate_rows`); the grounded judge, when enabled, is handed in by the stage
+(:mod:`papertune.curate.judge`).
 """
 
 from __future__ import annotations
@@ -99,33 +100,30 @@ _UNNAMED_SIDE = re.compile(r"^(?:the |a |an )?(?:other|others|traditional|previo
                            r"conventional|earlier|similar|alternative|competing)\b", re.I)
 
 
+def _without_possessives(text: str) -> str:
+    return re.sub(r"'s\b", "", text)  # "WGAN's" names WGAN
+
+
 def _named_in(side: str, answer_words: set[str], answer_stems: set[str]) -> bool:
     """Whether the answer names ``side``: a content word of it, or its initials ("Proximal Policy
-    Optimization" as PPO), or a word in capitals of it."""
-    side = re.sub(r"'s\b", "", side)
+    Optimization" as PPO)."""
     stems = set(content_stems(side))
-    tokens = [w for w in words(side) if w.lower() not in ("the", "a", "an")]
-    initials = "".join(w[0] for w in tokens if w[0].isupper()).lower()
-    return (not stems or bool(stems & answer_stems)
-            or (len(initials) > 1 and initials in answer_words))
+    initials = "".join(w[0] for w in words(side) if w[0].isupper() and w not in ("The", "A", "An")).lower()
+    return not stems or bool(stems & answer_stems) or (len(initials) > 1 and initials in answer_words)
 
 
 def one_sided_comparison(question: str, answer: str) -> str | None:
     """The side of a comparison the answer never names, if the question compares two named things ("How does
     RACE differ from SQuAD?" answered "RACE has more than 28,000 passages." -> "SQuAD"); None otherwise.
     Generic sides ("other methods") need not be named."""
-    for pattern in _COMPARES:
-        match = pattern.search(question.strip())
-        if match is None:
-            continue
-        clean = re.sub(r"'s\b", "", answer)
-        answer_words = {w.lower() for w in words(clean)}
-        answer_stems = set(content_stems(clean))
-        for side in (match["x"], match["y"]):
-            side = side.strip()
-            if not _UNNAMED_SIDE.match(side) and not _named_in(side, answer_words, answer_stems):
-                return side
+    match = next((m for p in _COMPARES if (m := p.search(question.strip()))), None)
+    if match is None:
         return None
+    answer = _without_possessives(answer)
+    answer_words, answer_stems = {w.lower() for w in words(answer)}, set(content_stems(answer))
+    for side in (_without_possessives(match["x"]).strip(), _without_possessives(match["y"]).strip()):
+        if not _UNNAMED_SIDE.match(side) and not _named_in(side, answer_words, answer_stems):
+            return side
     return None
 
 
@@ -279,7 +277,8 @@ def curate_rows(
             verdicts[i] = ("amount_not_given", "the question asks how much or how many; the answer gives no amount")
         if verdicts[i] is None and cfg.drop_one_sided_comparison and \
                 (side := one_sided_comparison(row["question"], row["answer"])):
-            verdicts[i] = ("one_sided_comparison", f"the question compares two things; the answer never names {side!r}")
+            verdicts[i] = ("one_sided_comparison",
+                           f"the question compares two things; the answer never names {side!r}")
         if verdicts[i] is None and (leans_on := context_dependence(row["question"])):
             verdicts[i] = ("not_self_contained", leans_on)  # whoever wrote qa.jsonl
 
