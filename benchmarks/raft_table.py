@@ -1,13 +1,15 @@
 """The four-way table of benchmarks/gpu_raft.sh: the students side by side, per question set.
 
 Usage: ``python benchmarks/raft_table.py NAME=RUN/eval/metrics.json [NAME=...]``, NAME a student's run directory
-(raft, raft_p90, raft_retrieved, closed_book). The first file gives the base model's rows (closed-book and with
-retrieval: the same base model and questions in every run); then each student closed-book and with retrieval.
+(raft, raft_p90, raft_retrieved, closed_book). Each file evaluated with ``evaluate.base`` gives its base model's
+rows (closed-book and with retrieval; students of two model sizes have two bases), the first file's when none
+other has them; then each student closed-book and with retrieval.
 Columns per answerable set (test split, held-out documents): judged correct (``judge_correct``: the judge's
 4 of 5 or more, backed by the reference's words; see ``papertune.evaluate.judge``),
 token F1, citation accuracy and decline rate; recall@k of retrieval; and on documents outside the index, the
-decline rate (there declining is right). Then the targets on held-out documents for each RAFT student
-("tuned closed-book" is the closed_book student's when it is given, else the RAFT student's own).
+decline rate (there declining is right). Then the targets on held-out documents for each RAFT student, against
+its own base model when its file has one, else the first file's ("tuned closed-book" is the closed_book
+student's when it is given, else the RAFT student's own).
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ def main(*named: str) -> int:
         return 1
     first_name = next(iter(runs))
     raft = runs[first_name]
-    rows = [("base closed-book", raft, "base_closed_book"), ("base + retrieval", raft, "base_retrieval")]
+    bases = {name: m for name, m in runs.items() if _has_base(m)} or {first_name: raft}
+    rows = []
+    for name, metrics in bases.items():
+        of = f" ({name}'s model)" if len(bases) > 1 else ""
+        rows += [(f"base{of} closed-book", metrics, "base_closed_book"),
+                 (f"base{of} + retrieval", metrics, "base_retrieval")]
     for name, metrics in runs.items():
         rows += [(f"{name} student, closed-book", metrics, "tuned_closed_book"),
                  (f"{name} student + retrieval", metrics, "tuned_retrieval")]
@@ -63,8 +70,13 @@ def main(*named: str) -> int:
     print("Questions: " + ", ".join(f"{s} {v.get('questions')}" for s, v in raft.get("sets", {}).items()))
     for name, metrics in runs.items():
         if name.startswith("raft"):
-            _targets(name, metrics, raft, runs.get("closed_book"), recall, k)
+            _targets(name, metrics, metrics if _has_base(metrics) else raft, runs.get("closed_book"), recall, k)
     return 0
+
+
+def _has_base(metrics: dict) -> bool:
+    """Whether an evaluation answered with the base model too (``evaluate.base``)."""
+    return any("base_retrieval" in systems for systems in metrics.get("results", {}).values())
 
 
 def _targets(name: str, metrics: dict, base: dict, closed: dict | None, recall: dict, k: int | None) -> None:

@@ -41,7 +41,7 @@ def test_gpu_profiles_train_raft_on_rows_that_fit_their_passages(name: str):
     """The GPU profiles build RAFT rows (the tuned model learns to read what ask, chat and serve retrieve), and
     their sequences hold retrieval.top_k chunks of ingest.chunk_tokens plus the question and the answer."""
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
-    assert (cfg.build.mode, cfg.build.raft_source_share, cfg.build.raft_order) == ("raft", 0.9, "retrieval")
+    assert (cfg.build.mode, cfg.build.raft_source_share, cfg.build.raft_order) == ("raft", 1.0, "retrieval")
     assert cfg.build.max_seq_length == cfg.train.max_seq_length
     assert cfg.build.max_seq_length >= cfg.retrieval.top_k * cfg.ingest.chunk_tokens + 512
 
