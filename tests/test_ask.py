@@ -259,6 +259,13 @@ def test_an_answer_the_passages_do_not_support_is_reported_as_declined(tmp_path,
     assert moved["passages"][0]["chunk_id"] == "moe.pdf#0002"
     assert moved["checked_answer"] == "It routes every token to the top two experts [1]." and moved["cited"] == [1]
     assert not moved["abstained"]
+    # Supported and citing nothing: it cites the passage that holds most of it, and the stream says so.
+    fake_model_answer(monkeypatch, "It routes every token to the top two experts.")
+    stream = io.StringIO()
+    added = ask.ask(config, QUESTION, stream=stream, base_only=True)
+    assert added["checked_answer"] == "It routes every token to the top two experts [1]." and added["cited"] == [1]
+    assert f"({ask.CITED_NOTE} {added['checked_answer']})" in stream.getvalue()
+    assert ask.CHECKED_NOTE not in stream.getvalue()
 
 
 def test_chat_grounds_every_question(tmp_path, talking_model, word_embedder, monkeypatch):

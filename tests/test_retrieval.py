@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import CHUNKS, bag_of_words, write_chunks
+from papertune.chat import strip_citations
 from papertune.config import RetrievalConfig, load_config
 from papertune.errors import InputError
 from papertune.index import ChunkIndex, text_windows
@@ -298,12 +299,15 @@ def test_a_citation_is_moved_to_the_passage_that_holds_the_answer(tmp_path, embe
     lora, glue, nf4 = numbers["lora.pdf#0000"], numbers["lora.pdf#0001"], numbers["qlora.md#0000"]
     answer = f"It freezes the pretrained weights and trains two small matrices per layer [{glue}]."
     assert found.check_citations(answer, passages) == answer.replace(f"[{glue}]", f"[{lora}]")
-    # A citation of a passage holding (nearly) as much of the answer stands; so does an answer citing nothing
-    # or citing a passage while no passage holds any of its words.
+    # A citation of a passage holding (nearly) as much of the answer stands; so does a citation while no
+    # passage holds any of the answer's words. An answer citing nothing cites the passage that holds most of
+    # it, unless no passage holds any of its words.
     right = f"NormalFloat4 is an information-theoretically optimal data type [{nf4}]."
     assert found.check_citations(right, passages) == right
-    assert found.check_citations("It freezes the pretrained weights.", passages) == "It freezes the pretrained weights."
+    assert found.check_citations(strip_citations(right), passages) == right
+    assert found.check_citations("It freezes the pretrained weights", passages) == f"It freezes the pretrained weights [{lora}]"
     assert found.check_citations(f"Zebras graze [{lora}].", passages) == f"Zebras graze [{lora}]."
+    assert found.check_citations("Zebras graze.", passages) == "Zebras graze."
     assert found.check_citations(answer, []) == answer
     # Rare words weigh more: "RoBERTa" (one chunk) outweighs two words that three chunks share.
     assert found.rarity["roberta"] > found.rarity["weights"]

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 EXIT_WORDS = {"exit", "quit", ":q"}
 DECLINED = "(The model declined: the retrieved passages do not contain the answer.)"
 CHECKED_NOTE = "Citations checked: another passage holds more of the answer than the one cited:"
+CITED_NOTE = "Source added: the answer cited no passage; this one holds most of it:"
 UNSUPPORTED = "(The retrieved passages do not support this answer: most of its words are in none of them.)"
 
 
@@ -107,7 +108,8 @@ class Assistant:
         if self.grounded:
             record["checked_answer"] = checked
         if checked != text:  # streamed as the model wrote it: say what the check changed
-            stream.write((UNSUPPORTED if abstains(checked) else f"({CHECKED_NOTE} {checked})") + "\n")
+            note = CHECKED_NOTE if cited_numbers(text) else CITED_NOTE
+            stream.write((UNSUPPORTED if abstains(checked) else f"({note} {checked})") + "\n")
         elif self.grounded and abstains(text):  # the model's own decline
             stream.write(DECLINED + "\n")
         cited = [n for n in cited_numbers(checked) if 1 <= n <= len(passages)] if self.grounded else []

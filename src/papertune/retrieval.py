@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import ABSTAIN, abstains, cited_numbers, passage_label, renumber_citations, strip_citations
+from papertune.chat import (ABSTAIN, abstains, cited_answer, cited_numbers, passage_label, renumber_citations,
+                            strip_citations)
 from papertune.config import RetrievalConfig
 from papertune.index import ChunkIndex
 from papertune.text import content_words
@@ -244,15 +245,21 @@ class Retriever:
     def check_citations(self, answer: str, passages: Sequence[Passage]) -> str:
         """``answer`` with its citations checked against ``passages`` (numbered from 1): when no cited passage
         holds :data:`CITATION_MARGIN` of the support (:meth:`support`) of the passage that holds most of the
-        answer, the answer's citations become that passage. A small model cites the wrong one of four
-        passages often, most often a neighbour of the right one; an answer citing nothing is left as it is."""
-        numbers = cited_numbers(answer)
-        if not numbers or not passages:
+        answer, the answer's citations become that passage, and an answer citing nothing cites that passage
+        (``chat.cited_answer``). A small model cites the wrong one of four passages often, most often a
+        neighbour of the right one, and sometimes none; a base model seldom cites. Left as it is when no
+        passage holds any of the answer's words."""
+        if not passages:
             return answer
         scores = [self.support(answer, p.chunk) for p in passages]
         best = max(range(len(scores)), key=scores.__getitem__) + 1
+        if scores[best - 1] <= 0:
+            return answer
+        numbers = cited_numbers(answer)
+        if not numbers:
+            return cited_answer(answer, best)
         cited = [n for n in numbers if 1 <= n <= len(passages)]
-        if scores[best - 1] <= 0 or any(scores[n - 1] >= CITATION_MARGIN * scores[best - 1] for n in cited):
+        if any(scores[n - 1] >= CITATION_MARGIN * scores[best - 1] for n in cited):
             return answer
         return renumber_citations(answer, {n: best for n in numbers})
 
