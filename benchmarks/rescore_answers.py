@@ -4,8 +4,9 @@ Reads ``RUN/eval/answers.jsonl`` (the model's answers are ``model_answer`` where
 ``answer``) and the run's ``chunks.jsonl``, checks every grounded answer again under the given ``--set``
 overrides, and prints per system and question set: judged correct (the run's judge verdict; an answer the
 check turns into the decline counts as not correct), declines and citation accuracy, as the model answered
-and as checked, and the citations the check added to answers citing nothing (how many were right, overall and
-among the answers judged correct). Nothing is generated or judged again: a CPU check of settings on a GPU run's answers.
+and as checked, and the citations the check added to answers citing nothing (how many were right, overall
+and among the answers judged correct). Nothing is generated or judged again: a CPU check of settings on a GPU
+run's answers.
 
     python benchmarks/rescore_answers.py --chunks RUN/chunks.jsonl --answers RUN/eval/answers.jsonl \\
         --set retrieval.min_support=0.5 [--citation-margin 0.8]

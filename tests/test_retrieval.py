@@ -305,7 +305,8 @@ def test_a_citation_is_moved_to_the_passage_that_holds_the_answer(tmp_path, embe
     right = f"NormalFloat4 is an information-theoretically optimal data type [{nf4}]."
     assert found.check_citations(right, passages) == right
     assert found.check_citations(strip_citations(right), passages) == right
-    assert found.check_citations("It freezes the pretrained weights", passages) == f"It freezes the pretrained weights [{lora}]"
+    uncited = "It freezes the pretrained weights"
+    assert found.check_citations(uncited, passages) == f"{uncited} [{lora}]"
     assert found.check_citations(f"Zebras graze [{lora}].", passages) == f"Zebras graze [{lora}]."
     assert found.check_citations("Zebras graze.", passages) == "Zebras graze."
     assert found.check_citations(answer, []) == answer
