@@ -764,6 +764,14 @@ def _answer_html(html: str) -> str:
     return unescape(shown.group(1))
 
 
+def page_answer(completion: dict) -> str:
+    """What the chat page shows of a whole completion: the checked answer where the answer check changed its
+    citations, else the model's text."""
+    if "papertune_checked_answer" in completion and not completion.get("papertune_abstained"):
+        return completion["papertune_checked_answer"]
+    return completion["choices"][0]["message"]["content"]
+
+
 @pytest.mark.slow
 @NEEDS_CHROMIUM
 def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
@@ -771,7 +779,8 @@ def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
 
     url, _ = server
     question = "How does a gating network route every token to the top two experts?"
-    expected = answer(url, question)
+    completion = chat(url, question).json()
+    model_text, expected = completion["choices"][0]["message"]["content"], page_answer(completion)
     assert expected.strip()
 
     def chromium(*args: str) -> str:
@@ -787,7 +796,7 @@ def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
     # first) and the answer so far: a prefix of the whole one.
     streamed = chromium("--dump-dom", f"{url}/?q={quote(question)}")
     assert 'class="citation" data-source="moe.pdf"' in streamed
-    assert expected.startswith(_answer_html(streamed))
+    assert model_text.startswith(_answer_html(streamed)) or _answer_html(streamed) == expected
 
     shot = tmp_path / "chat.png"
     chromium(f"--screenshot={shot}", "--window-size=1000,700", page)
@@ -809,8 +818,8 @@ def test_headless_browser_asks_and_shows_answer_and_citations(server, tmp_path):
 def test_headless_browser_asks_for_the_api_key_and_then_answers(keyed_url, tmp_path):
     url = keyed_url
     question = "What is LoRA?"
-    expected = _post_chat(url, {"Authorization": f"Bearer {API_KEY}"},
-                          {"messages": [{"role": "user", "content": question}]}).json()["choices"][0]["message"]
+    expected = page_answer(_post_chat(url, {"Authorization": f"Bearer {API_KEY}"},
+                                      {"messages": [{"role": "user", "content": question}]}).json())
     page = f"{url}/?q={quote(question)}&stream=0"
     # Without the key the page shows the key form and asks nothing yet.
     html = headless_chromium(tmp_path / "profile", "--dump-dom", page)
@@ -819,7 +828,7 @@ def test_headless_browser_asks_for_the_api_key_and_then_answers(keyed_url, tmp_p
     # With the key handed over in the address, the page sends it and shows the answer.
     html = headless_chromium(tmp_path / "profile", "--dump-dom", f"{page}#key={API_KEY}")
     assert 'data-state="done"' in html and '<form id="key-form" hidden="">' in html, html[-3000:]
-    assert _answer_html(html) == expected["content"] and API_KEY not in html
+    assert _answer_html(html) == expected and API_KEY not in html
     # A wrong key is refused, and the form comes back.
     html = headless_chromium(tmp_path / "profile2", "--dump-dom", f"{page}#key=not-the-key-0123456789")
     assert 'data-state="key"' in html and "not accepted" in html, html[-3000:]
@@ -827,8 +836,8 @@ def test_headless_browser_asks_for_the_api_key_and_then_answers(keyed_url, tmp_p
 
 @pytest.fixture
 def scripted_server(config, monkeypatch):
-    """A grounded server whose model answers from a script: declines questions about optimizers, and
-    otherwise answers citing passage [1]."""
+    """A grounded server whose model answers from a script: declines questions about optimizers, answers
+    "Which experts ...?" citing nothing, and otherwise answers citing passage [1]."""
     from papertune.inference import Completion
 
     app = serve.create_app(config)
@@ -838,7 +847,9 @@ def scripted_server(config, monkeypatch):
         answers = []
         for request in requests_:
             prompt = tokenizer.decode(request.prompt_ids)
-            text = ABSTAIN if "optimizer" in prompt.rsplit("Question:", 1)[-1] else "Two experts per token [1]."
+            asked = prompt.rsplit("Question:", 1)[-1]
+            text = (ABSTAIN if "optimizer" in asked else "Two experts per token." if "Which experts" in asked
+                    else "Two experts per token [1].")
             if request.on_text is not None:
                 request.on_text(text)
             answers.append(Completion(text, [], "stop", len(request.prompt_ids), 5))
@@ -862,6 +873,15 @@ def test_headless_browser_shows_the_cited_sources_and_a_declined_answer(scripted
     assert re.findall(r'class="citation" data-source="([^"]*)" data-cited="true" value="1"', html) == ["moe.pdf"]
     assert 'data-cited="false"' not in html and "Cited sources" in html and "page 12" in html
     assert 'class="notice" hidden=""' in html and 'data-abstained="false"' in html
+    assert '<div class="checked-note" hidden="">' in html  # the model's citation stood
+    # An answer citing nothing: the page shows the checked answer, citing the passage that holds it.
+    which = "Which experts does the gating network route every token to?"
+    uncited = chat(url, which).json()
+    assert uncited["choices"][0]["message"]["content"] == "Two experts per token."
+    assert uncited["papertune_checked_answer"] == "Two experts per token [1]."
+    html = headless_chromium(tmp_path / "profile", "--dump-dom", f"{url}/?q={quote(which)}")  # streamed
+    assert 'data-state="done"' in html and _answer_html(html) == "Two experts per token [1]."
+    assert '<div class="checked-note">Citations checked' in html and 'data-abstained="false"' in html
     declined = headless_chromium(tmp_path / "profile", "--dump-dom",
                                  f"{url}/?q={quote('Which optimizer did they use?')}")  # streamed
     assert 'data-abstained="true"' in declined and '<div class="notice">Not in the documents' in declined
