@@ -331,6 +331,21 @@ def test_a_blind_quote_that_carries_the_answer_backs_the_pair():
     assert verdict.failed == ["quote_not_in_chunk"]
 
 
+def test_a_blind_quote_on_the_topic_does_not_back_an_answer_the_judge_only_copied():
+    """A true sentence of the chunk given as the answer to another question (a planted answer): the judge
+    "quotes" the answer itself, and the blind reading quotes a sentence that shares most of its words (the same
+    topic) but answers otherwise. The blind quote's words then do not count as agreement: dropped. The same
+    blind reply still backs a pair whose grade quote is no copy of the answer (a broken grade reply)."""
+    row = {"question": "How many trainable parameters does LoRA save?",
+           "answer": "The pretrained weights of LoRA are frozen for every layer."}
+    copied, topical = grade(row["answer"]), blind(FREEZE, "By a factor of ten thousand.")
+    verdict = assess(row, CHUNK["text"], copied, topical, CurateConfig())
+    assert verdict.failed == ["blind_disagrees"], verdict.detail
+    assert verdict.record["answers_agreement"] == 0.0 and verdict.record["quote_match"] < 0.5
+    broken = grade("copy, word for word, the sentence or sentences of the passage that state the answer")
+    assert assess(row, CHUNK["text"], broken, topical, CurateConfig()).passed
+
+
 class TeacherAndJudge(ScriptedJudge):
     """The judge of :data:`SCRIPT`, and a teacher (generate's system prompt) whose every reply is one pair
     about what LoRA freezes; the temperatures the teacher was asked at are kept."""

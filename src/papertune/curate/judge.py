@@ -24,8 +24,9 @@ A pair passes only if every check holds (the detail of a drop names each one tha
 - ``blind_disagrees``: the blind reply agrees with the pair's answer, by the highest of: the content-word F1
   of the two answers, the share of the blind answer's content words the pair's answer says too (a long
   answer holding a short blind one), or the share of the pair's answer carried by the blind quote (when that
-  quote is in the chunk); >= ``curate.judge_min_agreement``. Measured, not asked: a second "same meaning?"
-  call would be one more question a small model answers with yes.
+  quote is in the chunk, unless the grade quote is the answer copied: :data:`COPIED_ANSWER`); >=
+  ``curate.judge_min_agreement``. Measured, not asked: a second "same meaning?" call would be one more
+  question a small model answers with yes.
 
 Replies are cached in ``RUN/curate/judge_cache.jsonl`` by judge model, prompt, chunk and pair, so a rerun
 judges only new or changed pairs (thresholds can change without judging again). A failed request stops the
@@ -60,6 +61,12 @@ MAY_BE_LEFT_OUT = frozenset({"verdict"})
 CHECKS = ("unparseable", "rubric", "quote_not_in_chunk", "quote_without_answer", "blind_disagrees")
 QUOTE_RUN_WORDS = 3
 MIN_CONTAINED_WORDS = 3
+# A grade quote with less than MIN_OWN_QUOTE of its words in the chunk that carries COPIED_ANSWER of the
+# answer's content words is the answer copied, not a quote (a small judge "quotes" the pair's own answer): the
+# judge found no support. Then the blind quote's words shared with the answer (one topic, maybe another fact)
+# do not count as agreement; only the two answers agreeing does.
+MIN_OWN_QUOTE = 0.5
+COPIED_ANSWER = 0.8
 
 _SCORE = {"type": "integer", "enum": [1, 2, 3, 4, 5]}
 # Bounded, so a judge that starts copying the whole passage stops (a sentence or two is what is asked).
@@ -212,7 +219,9 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
     support = carried_share(row["answer"], grade["quote"])
     blind_match = quote_match(blind["quote"], chunk)
     blind_support = carried_share(row["answer"], blind["quote"]) if blind_match >= cfg.judge_min_quote_match else 0.0
-    agreement = max(content_f1(blind["answer"], row["answer"]), blind_support, contained(blind["answer"], row["answer"]))
+    answers_agree = max(content_f1(blind["answer"], row["answer"]), contained(blind["answer"], row["answer"]))
+    copied = match < MIN_OWN_QUOTE and support >= COPIED_ANSWER
+    agreement = answers_agree if copied else max(answers_agree, blind_support)
 
     failed, why = [], []
     low = [f"{k} {v}" for k, v in scores.items() if v < cfg.judge_min_score]
@@ -242,6 +251,7 @@ def assess(row: dict[str, Any], chunk: str, grade_reply: str | None, blind_reply
         "passed": not failed, "failed": failed, "scores": scores, "verdict": grade["verdict"],
         "quote": grade["quote"], "quote_match": round(match, 3), "quote_support": round(support, 3),
         "blind_answer": blind["answer"], "blind_quote": blind["quote"], "agreement": round(agreement, 3),
+        "answers_agreement": round(answers_agree, 3),
         "vouched_by_blind": vouched,
     }
     return JudgeVerdict(not failed, "; ".join(why), failed, record)
