@@ -246,6 +246,22 @@ def test_support_measure():
     assert not curate.answer_in_question("Is it true?", "Yes")  # no content word: never counts
 
 
+def test_an_answer_that_says_nothing_the_question_does_not_is_in_the_question():
+    """Found in a hand check of a real teacher's kept pairs: answers that restate their question, or give only
+    a reference for a "what is" question. An answer whose meaning lies in function words ("the same"), or a
+    reference given to a question asking who, says something."""
+    restated = ("What is the DQN used to stabilize the training with experience replay?",
+                "DQN is used to stabilize the training with experience replay.")
+    assert curate.answer_in_question(*restated)
+    assert curate.answer_in_question("What is Interpretable Decision Sets?",
+                                     "Interpretable Decision Sets (Lakkaraju, Bach & Leskovec, 2016).")
+    assert not curate.answer_in_question("Who proposed Interpretable Decision Sets?",
+                                         "Interpretable Decision Sets (Lakkaraju, Bach & Leskovec, 2016).")
+    assert not curate.answer_in_question("What is the difference between VAE and Beta-VAE when beta is 1?",
+                                         "When beta is 1, Beta-VAE is the same as VAE.")
+    assert not curate.answer_in_question("What is the DQN used for?", restated[1])  # it says what for
+
+
 def test_an_amount_asked_for_must_be_given():
     """Found in a hand check of a real teacher's kept pairs: "how much" answered with "cheaper" or "getting
     big". A number, a formula or a number word is an amount; a question not asking for one is never dropped."""

@@ -59,14 +59,30 @@ def overlap_support(answer: str, chunk_text: str) -> float:
     return sum(t in chunk for t in tokens) / len(tokens)
 
 
+# A parenthesised reference ("(Lakkaraju, Bach & Leskovec, 2016)") tells no more than the question, unless the
+# question asks who or when; words that carry an answer's meaning though no content word ("Beta-VAE is the same
+# as VAE", "it does not") keep it from counting as saying nothing.
+_REFERENCE = re.compile(r"\([^()]*\b(?:1[89]|20)\d\d[a-z]?\)")
+_ASKS_WHO = re.compile(r"^\s*(?:who|when|in which year|which (?:paper|work|authors?|group))\b", re.I)
+_MEANS_BY_FUNCTION_WORDS = re.compile(r"\b(?:same|not|no|never|none|only|identical|equal|equivalent|neither|nor)\b",
+                                      re.I)
+
+
 def answer_in_question(question: str, answer: str) -> bool:
-    """Whether the question holds the whole answer (as words, ignoring case and punctuation).
+    """Whether the answer says nothing the question does not: the question holds the whole answer (as words,
+    ignoring case and punctuation), or every content word of the answer (stemmed; a parenthesised reference
+    left out) is in the question: "What is the DQN used to stabilize the training with experience replay?"
+    answered "DQN is used to stabilize the training with experience replay.".
 
     Answers without any content word ("yes", "it") never count: they occur in many questions by chance.
     """
     if not content_stems(answer):
         return False
-    return f" {normalize(answer)} " in f" {normalize(question)} "
+    if f" {normalize(answer)} " in f" {normalize(question)} ":
+        return True
+    said = content_stems(answer if _ASKS_WHO.match(question) else _REFERENCE.sub(" ", answer))
+    return (bool(said) and not _MEANS_BY_FUNCTION_WORDS.search(answer)
+            and set(said) <= set(content_stems(question)))
 
 
 # A question asking for an amount ("How many layers ...", "By what factor ...") and an answer that states one:
@@ -272,7 +288,7 @@ def curate_rows(
             continue
         verdicts[i] = _length_reason(row, cfg)
         if verdicts[i] is None and cfg.drop_answer_in_question and answer_in_question(row["question"], row["answer"]):
-            verdicts[i] = ("answer_in_question", "the question contains the whole answer")
+            verdicts[i] = ("answer_in_question", "the answer says nothing the question does not")
         if verdicts[i] is None and cfg.drop_amount_not_given and amount_not_given(row["question"], row["answer"]):
             verdicts[i] = ("amount_not_given", "the question asks how much or how many; the answer gives no amount")
         if verdicts[i] is None and cfg.drop_one_sided_comparison and \
