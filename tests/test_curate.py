@@ -276,18 +276,26 @@ def test_an_amount_asked_for_must_be_given():
     assert not curate.amount_not_given("What does LoRA freeze?", "The pretrained weights.")
 
 
-def test_a_pair_asking_an_amount_it_does_not_give_is_dropped_unless_switched_off(tmp_path: Path):
-    rows = [pair("vague", "How much does LoRA reduce the trainable parameters of GPT-3?",
-                 "LoRA reduces the trainable parameters greatly."),
-            pair("given", "By what factor are the trainable parameters cut when LoRA trains low-rank matrices?",
-                 "LoRA reduces the number of trainable parameters by a factor of ten thousand.")]
-    write_run(tmp_path, rows)
+def dropped_unless_switched_off(tmp_path: Path, bad: dict, good: dict, reason: str) -> None:
+    """Curate drops ``bad`` (and only it) as ``reason``, counted in the report, and keeps both pairs with
+    ``curate.drop_<reason>`` off."""
+    write_run(tmp_path, [bad, good])
     curate.run(config(tmp_path))
     kept, dropped, report = results(tmp_path)
-    assert [r["id"] for r in kept] == ["given"] and dropped == {"vague": "amount_not_given"}
-    assert report["dropped_by_reason"]["amount_not_given"] == 1
-    curate.run(config(tmp_path, drop_amount_not_given="false"))
-    assert [r["id"] for r in results(tmp_path)[0]] == ["vague", "given"]
+    assert [r["id"] for r in kept] == [good["id"]] and dropped == {bad["id"]: reason}
+    assert report["dropped_by_reason"][reason] == 1
+    curate.run(config(tmp_path, **{f"drop_{reason}": "false"}))
+    assert [r["id"] for r in results(tmp_path)[0]] == [bad["id"], good["id"]]
+
+
+def test_a_pair_asking_an_amount_it_does_not_give_is_dropped_unless_switched_off(tmp_path: Path):
+    dropped_unless_switched_off(
+        tmp_path,
+        pair("vague", "How much does LoRA reduce the trainable parameters of GPT-3?",
+             "LoRA reduces the trainable parameters greatly."),
+        pair("given", "By what factor are the trainable parameters cut when LoRA trains low-rank matrices?",
+             "LoRA reduces the number of trainable parameters by a factor of ten thousand."),
+        "amount_not_given")
 
 
 def test_a_comparison_answered_about_one_side_only_is_found():
@@ -316,18 +324,14 @@ def test_a_comparison_answered_about_one_side_only_is_found():
 
 
 def test_a_one_sided_comparison_is_dropped_unless_switched_off(tmp_path: Path):
-    rows = [pair("half", "How does LoRA differ from full fine-tuning in the weights it trains?",
-                 "LoRA freezes the pretrained weights and trains two low-rank matrices per layer."),
-            pair("both", "What is the difference between LoRA and full fine-tuning in the weights they train?",
-                 "LoRA freezes the pretrained weights and trains two low-rank matrices per layer, unlike full "
-                 "fine-tuning.")]
-    write_run(tmp_path, rows)
-    curate.run(config(tmp_path))
-    kept, dropped, report = results(tmp_path)
-    assert [r["id"] for r in kept] == ["both"] and dropped == {"half": "one_sided_comparison"}
-    assert report["dropped_by_reason"]["one_sided_comparison"] == 1
-    curate.run(config(tmp_path, drop_one_sided_comparison="false"))
-    assert [r["id"] for r in results(tmp_path)[0]] == ["half", "both"]
+    dropped_unless_switched_off(
+        tmp_path,
+        pair("half", "How does LoRA differ from full fine-tuning in the weights it trains?",
+             "LoRA freezes the pretrained weights and trains two low-rank matrices per layer."),
+        pair("both", "What is the difference between LoRA and full fine-tuning in the weights they train?",
+             "LoRA freezes the pretrained weights and trains two low-rank matrices per layer, unlike full "
+             "fine-tuning."),
+        "one_sided_comparison")
 
 
 def test_answer_in_question_can_be_switched_off(tmp_path: Path):
