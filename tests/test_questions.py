@@ -325,10 +325,14 @@ def test_answers_are_trimmed_to_three_sentences_and_fragments_are_caught():
     # Answers of the model-scale run: cut at a copied '"' (a full stop added after the cut does not finish
     # them) or not; a sentence may end on a preposition.
     for cut in ("Meta-learning, also known as.", "This embedding method is called.", "The retriever and reader models in the R^3 (",
-                "Then the active learning problem can be redefined as:", "It implies that the number of."):
+                "Then the active learning problem can be redefined as:", "It implies that the number of.",
+                "MAGiC selects the next token according to the following equation.", "The loss is defined as follows.",
+                "The update is as shown below."):
         assert unfinished(cut), cut
     for whole in ("It should be easy to sample from.", "It is what it is.", "The value is between -1 and 1.",
-                  "The loss is $L$.", "It is 0.1.", "The classifier is trained on."):
+                  "The loss is $L$.", "It is 0.1.", "The classifier is trained on.",
+                  "The following two methods differ in their loss.", "The error stays below 1% as follows from Eq. 2 "
+                  "and the bound."):
         assert not unfinished(whole), whole
     for fragment in ("training a model on a dataset", "by adding noise to the input.", "to reduce overfitting.",
                      "Yes.", "8"):

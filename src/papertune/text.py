@@ -149,12 +149,19 @@ _DANGLING_WORDS = frozenset(
 )
 
 
+# A sentence that announces what comes next ("... according to the following equation.", "... defined as
+# follows.", "... as shown below.") is unfinished when nothing follows it.
+_ANNOUNCES = re.compile(r"(?:\bthe following(?:\s+[\w-]+){0,2}|\bas follows|\b(?:shown|given|listed|described|"
+                        r"defined|illustrated|written|formulated) below)$", re.I)
+
+
 def unfinished(text: str) -> bool:
-    """Whether ``text`` stops mid-sentence (a full stop added after the cut does not finish it)."""
+    """Whether ``text`` stops mid-sentence (a full stop added after the cut does not finish it), or ends
+    announcing what follows it ("... according to the following equation.")."""
     text = text.rstrip().removesuffix(".").rstrip()
     if not text:
         return False
-    if text.endswith(_OPEN_ENDINGS):
+    if text.endswith(_OPEN_ENDINGS) or _ANNOUNCES.search(text):
         return True
     last = words(text)[-1:] or [""]
     return text[-1].isalnum() and last[0].lower() in _DANGLING_WORDS
