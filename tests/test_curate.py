@@ -262,6 +262,23 @@ def test_an_answer_that_says_nothing_the_question_does_not_is_in_the_question():
     assert not curate.answer_in_question("What is the DQN used for?", restated[1])  # it says what for
 
 
+def test_a_restated_question_with_a_vague_word_or_symbol_labels_says_nothing():
+    """Found in a hand check of a real teacher's kept pairs on new documents: "... is clear." and a restatement
+    that labels the question's nouns with symbols. A symbol that is the answer ("is $\\gamma$"), a value
+    ("with $n = 256$") or a comparison ("performs better") says something."""
+    assert curate.answer_in_question("What is the tradeoff between sample diversity and attack success rate?",
+                                     "The tradeoff between sample diversity and attack success rate is clear.")
+    assert curate.answer_in_question("How does GPTQ treat the weight matrix as a collection of row vectors?",
+                                     "GPTQ treats the weight matrix $\\mathbf{W}$ as a collection of row vectors "
+                                     "${\\mathbf{w}}$.")
+    assert not curate.answer_in_question("What is the discounting factor for future rewards in an MDP?",
+                                         "The discounting factor for future rewards in an MDP is $\\gamma$.")
+    assert not curate.answer_in_question("How can CoCa use attentional poolers for the contrastive loss?",
+                                         "CoCa uses attentional poolers for the contrastive loss with "
+                                         "$n_\\text{query} = 1$.")
+    assert not curate.answer_in_question("How does NPCL perform compared to GCE?", "NPCL performs better than GCE.")
+
+
 def test_an_amount_asked_for_must_be_given():
     """Found in a hand check of a real teacher's kept pairs: "how much" answered with "cheaper" or "getting
     big". A number, a formula or a number word is an amount; a question not asking for one is never dropped."""

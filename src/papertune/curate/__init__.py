@@ -9,7 +9,7 @@ Each pair of ``RUN/qa.jsonl`` is checked, in this order, and dropped with the fi
 - ``question_too_short`` / ``question_too_long`` / ``answer_too_short`` / ``answer_too_long``: word counts
   outside ``curate.min_question_words`` ... ``curate.max_answer_words``;
 - ``answer_in_question``: the answer says nothing its question does not: the question holds it, or every
-  content word of it (``curate.drop_answer_in_question``);
+  content word of it, but for vague words and symbols labelling its nouns (``curate.drop_answer_in_question``);
 - ``amount_not_given``: the question asks how much or how many and the answer gives no number, formula or
   number word ("How much does it cost?" answered "It is cheaper."; ``curate.drop_amount_not_given``);
 - ``one_sided_comparison``: the question compares two named things and the answer never names one of them

@@ -66,13 +66,34 @@ _REFERENCE = re.compile(r"\([^()]*\b(?:1[89]|20)\d\d[a-z]?\)")
 _ASKS_WHO = re.compile(r"^\s*(?:who|when|in which year|which (?:paper|work|authors?|group))\b", re.I)
 _MEANS_BY_FUNCTION_WORDS = re.compile(r"\b(?:same|not|no|never|none|only|identical|equal|equivalent|neither|nor)\b",
                                       re.I)
+# Words that add no fact to a restated question ("The tradeoff between X and Y is clear.").
+_VAGUE = frozenset(content_stems("clear clearly important significant crucial key essential various several many "
+                                 "different effective useful helpful interesting notable common possible simple"))
+# A symbol naming a thing the sentence names ("the weight matrix $\mathbf{W}$"): a formula right after a word
+# that does not lead to a value (not "is $\gamma$", "with $n = 256$"), holding no digit or relation.
+_LEADS_TO_VALUE = re.compile(r"\b(?:is|are|was|were|be|equals?|denoted|called|named|as|of|to|by|with|at|for|from|in|on|"
+                             r"than)\s*$", re.I)
+_INLINE_FORMULA = re.compile(r"\$[^$]{1,40}\$")
+
+
+def _without_symbol_labels(answer: str) -> str:
+    kept, last = [], 0
+    for formula in _INLINE_FORMULA.finditer(answer):
+        before = answer[:formula.start()]
+        if (re.search(r"[A-Za-z)]\s*$", before) and not _LEADS_TO_VALUE.search(before)
+                and not re.search(r"[\d=<>]", formula.group(0))):
+            kept.append(answer[last:formula.start()])
+            last = formula.end()
+    return "".join(kept) + answer[last:]
 
 
 def answer_in_question(question: str, answer: str) -> bool:
     """Whether the answer says nothing the question does not: the question holds the whole answer (as words,
     ignoring case and punctuation), or every content word of the answer (stemmed; a parenthesised reference
-    left out) is in the question: "What is the DQN used to stabilize the training with experience replay?"
-    answered "DQN is used to stabilize the training with experience replay.".
+    and symbols labelling what the sentence names left out) is in the question or adds no fact (:data:`_VAGUE`):
+    "What is the DQN used to stabilize the training with experience replay?" answered "DQN is used to
+    stabilize the training with experience replay.", "What is the tradeoff between X and Y?" answered "The
+    tradeoff between X and Y is clear.".
 
     Answers without any content word ("yes", "it") never count: they occur in many questions by chance.
     """
@@ -80,9 +101,9 @@ def answer_in_question(question: str, answer: str) -> bool:
         return False
     if f" {normalize(answer)} " in f" {normalize(question)} ":
         return True
-    said = content_stems(answer if _ASKS_WHO.match(question) else _REFERENCE.sub(" ", answer))
+    said = content_stems(_without_symbol_labels(answer if _ASKS_WHO.match(question) else _REFERENCE.sub(" ", answer)))
     return (bool(said) and not _MEANS_BY_FUNCTION_WORDS.search(answer)
-            and set(said) <= set(content_stems(question)))
+            and set(said) <= set(content_stems(question)) | _VAGUE)
 
 
 # A question asking for an amount ("How many layers ...", "By what factor ...") and an answer that states one:
