@@ -328,6 +328,35 @@ def test_raft_rebuild_gives_identical_examples(raft_run, tmp_path: Path, monkeyp
         assert again[split]["passage_ids"] == first[split]["passage_ids"]
 
 
+def test_raft_decline_copies_ask_train_pairs_again_without_their_source(raft_run, tmp_path: Path, monkeypatch):
+    """Decline copies are added rows: every train pair keeps its row (with the source: share 1.0), and about
+    half of them are asked again with distractors only, answered with the decline; never a test pair."""
+    from datasets import load_from_disk
+
+    from helpers import bag_of_words
+    from papertune.chat import ABSTAIN
+
+    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
+    run = tmp_path / "copies"
+    write_corpus(run, *corpus())
+    ds = load_from_disk(str(build.run(cfg_for(run, mode="raft", heldout_documents=0.2, outside_documents=0.1,
+                                              raft_source_share=1.0, raft_decline_copies=0.5))))
+    first = load_from_disk(str(raft_run / "dataset"))
+    copies = [r for r in ds["train"] if r["id"].endswith("::decline")]
+    originals = {r["id"]: r for r in ds["train"] if not r["id"].endswith("::decline")}
+    assert set(originals) == set(first["train"]["id"]) and ds["test"]["id"] == first["test"]["id"]
+    assert all(r["source_passage"] for r in originals.values())
+    assert 0.25 * len(originals) <= len(copies) <= 0.75 * len(originals)
+    for copy in copies:
+        pair = originals[copy["parent_id"]]
+        assert copy["id"] == pair["id"] + "::decline" and copy["question"] == pair["question"]
+        assert copy["source_passage"] == 0 and pair["chunk_id"] not in copy["passage_ids"]
+        assert copy["completion"] == ABSTAIN + "<|im_end|>"
+    raft = json.loads((run / "build" / "report.json").read_text())["raft"]
+    assert (raft["decline_copies"], raft["without_source"]) == (len(copies), len(copies))
+    assert f"({len(copies)} of them a train pair asked again without its source)" in (run / "dataset_card.md").read_text()
+
+
 class _NoHits:
     """A retriever that finds nothing: every distractor comes from the seeded random fill."""
 
@@ -346,7 +375,7 @@ def test_raft_source_share_targets_and_random_fill():
 
     chunks, _ = corpus(n_docs=20, twin=False)
     by_id = {c["id"]: c for c in chunks}
-    rows = [{"id": f"q{i}", "question": f"question {i}", "chunk_id": chunks[i % len(chunks)]["id"],
+    rows = [{"id": f"q{i}", "question": f"question {i}", "answer": f"answer {i}", "chunk_id": chunks[i % len(chunks)]["id"],
              "source": chunks[i % len(chunks)]["source"]} for i in range(1000)]
     near = NearDuplicates([c["text"] for c in chunks], SAME_TEXT_THRESHOLD)
     cfg = BuildConfig(raft_source_share=0.8)
@@ -418,6 +447,24 @@ def test_raft_distractors_as_retrieved_come_from_the_source_document_but_never_h
         assert stats["passed_over_holding_the_answer"] == (mode == "retrieved")
     assert picked["retrieved"] == {"a.md#2", "b.md#0"}
     assert picked["other_documents"] == {"b.md#0", "b.md#1"}
+
+
+def test_a_row_that_teaches_declining_never_holds_a_chunk_saying_the_answer():
+    """Without its source, a row's target is the decline: a chunk of another document that says the answer
+    would make that target wrong, so it is passed over (it may stand beside the source)."""
+    from papertune.config import BuildConfig
+    from papertune.raft import assign_passages
+    from papertune.split import SAME_TEXT_THRESHOLD, NearDuplicates
+
+    texts, chunks, row = _lora_question("The rank of the adapter is small.")
+    chunks["b.md#0"]["text"] = "Like LoRA, it trains two low-rank matrices per layer."
+    near = NearDuplicates(list(texts.values()), SAME_TEXT_THRESHOLD)
+    retriever = _Ranked(chunks, ["b.md#0", "b.md#1", "a.md#1", "a.md#2"])
+    for share, holding_shown in ((1.0, True), (0.0, False)):
+        cfg = BuildConfig(raft_source_share=share, raft_distractors="other_documents")
+        (passages,), stats = assign_passages([row], ["train"], chunks, near, {}, retriever, cfg, 2)
+        assert ("b.md#0" in passages.passage_ids) == holding_shown
+        assert stats["passed_over_holding_the_answer"] == (not holding_shown)
 
 
 def test_raft_distractors_mixed_are_retrieved_beside_the_source_and_from_other_documents_without_it():

@@ -22,7 +22,7 @@ from typing import Any
 from papertune.chat import passage_label, render_example, to_messages
 from papertune.config import BuildConfig, PapertuneConfig
 from papertune.errors import InputError
-from papertune.raft import assign_passages, raft_target
+from papertune.raft import assign_passages, decline_copies, raft_target
 from papertune.rundir import (
     BUILD_DIR,
     BUILD_LENGTHS_PLOT,
@@ -182,7 +182,9 @@ def _raft(report: dict, example: dict | None, chunks: dict[str, dict]) -> list[s
     lines = ["", "## RAFT examples", "",
              f"Each train and test question is asked after {raft['passages_per_row']} passages. "
              f"{raft['with_source']} hold the pair's source chunk (share {raft['source_share']}) and answer citing "
-             f"it; {raft['without_source']} hold distractors only and answer "
+             f"it; {raft['without_source']} hold distractors only"
+             + (f" ({raft['decline_copies']} of them a train pair asked again without its source)"
+                if raft.get("decline_copies") else "") + " and answer "
              + ("that the passages do not contain the answer" if raft["without_source_target"] == "abstain"
                 else "without a citation")
              + f". Distractors filled at random where retrieval found too few: {raft['distractor_fallbacks']}. "
@@ -311,6 +313,9 @@ def run(config: PapertuneConfig) -> Path:
 
         assert chunk_list is not None and same_text is not None
         chunks = {c["id"]: c for c in chunk_list}
+        copies = decline_copies([r for r in pool if r["split"] == "train"], cfg)
+        pool += copies
+        rows += copies
         retriever = Retriever.for_run(run_dir, config.retrieval, exclude_sources=documents.heldout + documents.outside)
         assigned, raft_stats = assign_passages(pool, [r["split"] for r in pool], chunks, same_text, twins, retriever,
                                                cfg, config.retrieval.top_k)

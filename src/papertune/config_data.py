@@ -371,6 +371,10 @@ class BuildConfig:
     # The passages' order in a RAFT prompt: random (the source at any position, as in the RAFT paper) or
     # retrieval (best first, as retrieval hands passages to the model when it answers: the source mostly [1]).
     raft_order: Literal["random", "retrieval"] = "random"
+    # This share of the train pairs is asked a second time with distractors only (a decline copy, target as
+    # raft_without_source): the same question with and without its source, so the model learns to look for it
+    # rather than to decline at a rate. Added rows: no pair loses its row with the source. Never test pairs.
+    raft_decline_copies: float = 0.0
     # Documents kept out of training, evaluated apart (a seeded draw of document names, shares of the
     # documents with pairs): heldout ones stay in the retrieval index, outside ones are left out of it too
     # (their questions test abstention).
@@ -381,6 +385,8 @@ class BuildConfig:
         require(0 < self.test_size < 1, f"build.test_size must be between 0 and 1, got {self.test_size}")
         require(0 <= self.raft_source_share <= 1,
                  f"build.raft_source_share must be between 0 and 1, got {self.raft_source_share}")
+        require(0 <= self.raft_decline_copies <= 1,
+                 f"build.raft_decline_copies must be between 0 and 1, got {self.raft_decline_copies}")
         for name in ("heldout_documents", "outside_documents"):
             value = getattr(self, name)
             require(0 <= value < 1, f"build.{name} must be a share of the documents in [0, 1), got {value}")

@@ -13,9 +13,13 @@ document (the retriever leaves those out) and, for a train pair, never a chunk o
 near-duplicate of one. ``build.raft_distractors`` says which documents they come from: ``other_documents``
 (not the source's, nor a file holding the same text), ``retrieved`` (any, as retrieval hands passages
 to the model when it answers: mostly the source's neighbours), then leaving out every chunk that holds
-the answer (:func:`holds_answer`), or ``mixed``: retrieved beside the source, from other documents when
+the answer (:func:`holds_answer`; a row without the source leaves them out whatever the setting), or ``mixed``: retrieved beside the source, from other documents when
 the source is left out (a row that teaches declining then never holds a neighbour that says the answer in
 other words). When retrieval finds too few, seeded random eligible chunks fill the prompt and are counted.
+
+``build.raft_decline_copies`` adds rows instead of replacing them: that share of the train pairs (a seeded
+draw per pair) is asked a second time with distractors only (:func:`decline_copies`), so a question the model
+learns to answer from its source it also learns to decline without it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ def holds_answer(chunk_text: str, answer: str) -> bool:
     return carried_share(answer, chunk_text) >= HOLDS_ANSWER
 
 
+DECLINE_COPY = "::decline"  # the id suffix of a decline copy (its parent_id is the pair's id)
+
+
+def decline_copies(train_rows: list[dict], cfg: BuildConfig) -> list[dict]:
+    """A copy of each train pair drawn with probability ``build.raft_decline_copies`` (seeded by ``build.seed``
+    and the pair's id), to be asked with distractors only: id ``<id>::decline``, ``parent_id`` the pair's id."""
+    return [dict(row, id=row["id"] + DECLINE_COPY, parent_id=row["id"]) for row in train_rows
+            if random.Random(f"{cfg.seed}:raft-decline:{row['id']}").random() < cfg.raft_decline_copies]
+
+
 def _near_ids(chunk_id: str, position: dict[str, int], ids: list[str], near: NearDuplicates) -> set[str]:
     return {ids[j] for j in near.neighbours(position[chunk_id])} if chunk_id in position else set()
 
@@ -87,7 +101,8 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
         banned_for_train |= _near_ids(cid, position, ids, near)
 
     rngs = [random.Random(f"{cfg.seed}:raft:{row['id']}") for row in rows]
-    with_source = [rng.random() < cfg.raft_source_share for rng in rngs]
+    copy = [str(row["id"]).endswith(DECLINE_COPY) for row in rows]
+    with_source = [rng.random() < cfg.raft_source_share and not c for rng, c in zip(rngs, copy)]
     # Per row: are its distractors drawn from other documents only?
     other_documents = [cfg.raft_distractors == "other_documents" or (cfg.raft_distractors == "mixed" and not w)
                        for w in with_source]
@@ -126,8 +141,9 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
         def fits(cid: str) -> bool:
             if cid in repeats:
                 return False
-            # A chunk of the source's own document may say the answer too: then it is no distractor.
-            if not other_documents[i] and holds_answer(chunks[cid]["text"], row["answer"]):
+            # A chunk of the source's own document may say the answer too: then it is no distractor; nor, in a
+            # row that teaches declining, a chunk of any document that says it.
+            if (not other_documents[i] or not with_source[i]) and holds_answer(chunks[cid]["text"], row["answer"]):
                 holding.add(cid)
                 return False
             return True
@@ -170,6 +186,7 @@ def assign_passages(rows: list[dict], sides: list[str], chunks: dict[str, dict],
         "without_source_target": cfg.raft_without_source,
         "with_source": sum(with_source),
         "without_source": len(rows) - sum(with_source),
+        "decline_copies": sum(copy),
         "distractors": cfg.raft_distractors,
         "distractor_fallbacks": fallbacks,
         "passed_over_holding_the_answer": len(holding),
