@@ -17,7 +17,8 @@
 # raft_ranked (raft_p90 with the passages in retrieval's order, build.raft_order: retrieval; raft_ranked_mixed:
 # the same with mixed distractors, so the source is [1] about as often as when the model answers;
 # raft_ranked_p100: the source passage in every row, declining left to the answer check; raft_ranked_p95: in
-# 95% of the rows; raft_ranked_lr2: raft_ranked at twice the learning rate). A name
+# 95% of the rows; raft_ranked_p100_d50: every row, and half the train pairs asked again without their source
+# (build.raft_decline_copies); raft_ranked_lr2: raft_ranked at twice the learning rate). A name
 # ending in _1.5b trains the 1.5B model instead of the 0.5B (raft_ranked_1.5b, closed_book_1.5b). BASE names
 # the students whose evaluation also gives their base model's figures (default: the first one evaluated).
 # Evaluation answers with vLLM (evaluate.engine: vllm).
@@ -50,6 +51,7 @@ settings() {
     raft_ranked) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval" ;;
     raft_ranked_p100) echo "--set build.mode=raft --set build.raft_source_share=1.0 --set build.raft_order=retrieval" ;;
     raft_ranked_p95) echo "--set build.mode=raft --set build.raft_source_share=0.95 --set build.raft_order=retrieval" ;;
+    raft_ranked_p100_d50) echo "--set build.mode=raft --set build.raft_source_share=1.0 --set build.raft_order=retrieval --set build.raft_decline_copies=0.5" ;;
     raft_ranked_lr2) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval --set train.learning_rate=2.0e-4" ;;
     raft_ranked_mixed) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval --set build.raft_distractors=mixed" ;;
     *) echo "--set build.mode=${1%_1.5b}" ;;
