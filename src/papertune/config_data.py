@@ -374,6 +374,7 @@ class BuildConfig:
     # This share of the train pairs is asked a second time with distractors only (a decline copy, target as
     # raft_without_source): the same question with and without its source, so the model learns to look for it
     # rather than to decline at a rate. Added rows: no pair loses its row with the source. Never test pairs.
+    # Measured once (docs/benchmarks.md): a 0.5B student declined at a rate all the same.
     raft_decline_copies: float = 0.0
     # Documents kept out of training, evaluated apart (a seeded draw of document names, shares of the
     # documents with pairs): heldout ones stay in the retrieval index, outside ones are left out of it too
