@@ -13,9 +13,10 @@ document (the retriever leaves those out) and, for a train pair, never a chunk o
 near-duplicate of one. ``build.raft_distractors`` says which documents they come from: ``other_documents``
 (not the source's, nor a file holding the same text), ``retrieved`` (any, as retrieval hands passages
 to the model when it answers: mostly the source's neighbours), then leaving out every chunk that holds
-the answer (:func:`holds_answer`; a row without the source leaves them out whatever the setting), or ``mixed``: retrieved beside the source, from other documents when
+the answer (:func:`holds_answer`), or ``mixed``: retrieved beside the source, from other documents when
 the source is left out (a row that teaches declining then never holds a neighbour that says the answer in
-other words). When retrieval finds too few, seeded random eligible chunks fill the prompt and are counted.
+other words). A row without the source never holds a chunk that says the answer, whatever the setting.
+When retrieval finds too few, seeded random eligible chunks fill the prompt and are counted.
 
 ``build.raft_decline_copies`` adds rows instead of replacing them: that share of the train pairs (a seeded
 draw per pair) is asked a second time with distractors only (:func:`decline_copies`), so a question the model
