@@ -24,9 +24,12 @@ if [ ! -f .gpu-bundle/site.tgz ]; then
   echo "$(basename "$0"): needs .gpu-bundle/site.tgz: build it with ../shared/gpu/make-bundle.sh and carry .gpu-bundle" >&2
   exit 2
 fi
-# Once per machine: an entry started by another one (bench_two_gpus.sh BUILD_MIX_BESIDE=1) finds it done.
+# Once per machine: an entry started by another one (bench_two_gpus.sh BUILD_MIX_BESIDE=1) finds it done, and
+# so does a later call that carries only its data (the bundle is not carried again: an empty
+# .gpu-bundle/site.tgz passes the check above). A bundle that fails to unpack is not marked done.
 if [ ! -f /tmp/s/.unpacked ]; then
-  rm -rf /tmp/s && mkdir -p /tmp/s && tar xzf .gpu-bundle/site.tgz -C /tmp/s
+  rm -rf /tmp/s && mkdir -p /tmp/s
+  tar xzf .gpu-bundle/site.tgz -C /tmp/s || { echo "$(basename "$0"): .gpu-bundle/site.tgz did not unpack" >&2; exit 2; }
   # Extra pure-Python wheels carried in .whl (e.g. liger-kernel), next to the bundle's packages.
   if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site .whl/*.whl

