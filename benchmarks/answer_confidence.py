@@ -8,7 +8,7 @@ built it (``papertune.chat.render_prompt``, the record's passages), one forward 
 - ``abs_mean``: the mean token log-probability of the decline (``papertune.chat.ABSTAIN``) in its place;
 - ``ver_tuned`` / ``ver_base``: P(yes) / (P(yes) + P(no)) when the tuned model, and the base model (adapter
   off), is asked in a new conversation whether the answer's passage (its first citation after the check,
-  else passage 1) contains the answer to the question (:func:`verify_user`); ``ver_max``: the tuned model's
+  else passage 1) contains the answer to the question (``papertune.chat.verify_turn``); ``ver_max``: the tuned model's
   highest over the four passages;
 - ``sup_tuned`` / ``sup_base``: the same for "does the passage support this answer?" with the answer shown.
 Then for each score: AUROC of held-out answers against outside ones, and the share of outside questions
@@ -23,16 +23,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from papertune.chat import ABSTAIN, passage_label, render_prompt, strip_citations  # noqa: E402
+from papertune.chat import ABSTAIN, render_prompt, strip_citations, verify_turn  # noqa: E402
 from papertune.config import load_config  # noqa: E402
 from papertune.inference.loading import load_for_answering  # noqa: E402
 
-
-
-def verify_user(question: str, chunk: dict) -> str:
-    """The user turn asking whether one passage contains the answer to ``question``."""
-    return (f"Passage: {passage_label(chunk)}\n{chunk['text'].strip()}\n\nQuestion: {question}\n\n"
-            "Does the passage contain the answer to the question? Reply yes or no.")
 
 ASK_SUPPORTS = ("Passage:\n{passage}\n\nQuestion: {question}\nAnswer: {answer}\n\n"
                 "Does the passage state this answer to the question? Reply yes or no.")
@@ -121,14 +115,14 @@ def main() -> None:
         n = (r.get("cited") or [1])[0]
         chunk = passages[n - 1 if 1 <= n <= len(passages) else 0]
         passage = chunk["text"].strip()
-        contains = verify_user(r["question"], chunk)
+        contains = verify_turn(r["question"], chunk)
         supports = ASK_SUPPORTS.format(passage=passage, question=r["question"], answer=strip_citations(own))
         row = {"set": r["set"], "id": r["id"], "question": r["question"], "answer": own,
                "abstained": bool(r["abstained"]), "f1": r["scores"].get("f1"),
                "ans_mean": sum(ans) / len(ans), "ans_min": min(ans), "ans_head": sum(ans[:8]) / len(ans[:8]),
                "abs_mean": sum(abst) / len(abst),
                "ver_tuned": yes_share(model, tok, contains, yes_ids, no_ids, system),
-               "ver_max": max(yes_share(model, tok, verify_user(r["question"], c), yes_ids, no_ids, system)
+               "ver_max": max(yes_share(model, tok, verify_turn(r["question"], c), yes_ids, no_ids, system)
                               for c in passages),
                "sup_tuned": yes_share(model, tok, supports, yes_ids, no_ids)}
         with model.disable_adapter():

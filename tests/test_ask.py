@@ -10,7 +10,7 @@ import pytest
 
 from helpers import CHUNKS, FAST_EVAL, bag_of_words, tiny_overrides, write_chunks
 from papertune import ask, cli
-from papertune.chat import ABSTAIN, render_prompt
+from papertune.chat import ABSTAIN, render_prompt, render_verify_prompt
 from papertune.config import load_config
 from papertune.errors import InputError
 from papertune.inference import Completion
@@ -275,3 +275,45 @@ def test_chat_grounds_every_question(tmp_path, talking_model, word_embedder, mon
     assert ask.chat(config, [QUESTION + "\n", "What is NormalFloat4?\n"], stream=stream, base_only=True) == 2
     assert len(seen) == 2 and stream.getvalue().count("Sources (* cited in the answer):") == 2
     assert stream.getvalue().count("* [2] ") == 2
+
+
+def fake_model_replies(monkeypatch, *replies: str) -> list[list[int]]:
+    """The model's replies, in turn (the answer, then the verification reply); returns the prompt ids."""
+    seen, queue = [], list(replies)
+
+    def generate(model, tokenizer, requests, **kwargs):
+        seen.append(list(requests[0].prompt_ids))
+        text = queue.pop(0)
+        if requests[0].on_text is not None:
+            requests[0].on_text(text)
+        return [Completion(text, [], "stop", len(requests[0].prompt_ids), 1)]
+
+    monkeypatch.setattr("papertune.ask.generate_batch", generate)
+    return seen
+
+
+def test_verify_asks_the_model_about_the_cited_passage_and_a_no_declines(tmp_path, talking_model, word_embedder,
+                                                                         monkeypatch):
+    """retrieval.verify: after an answer passes the check, the model is asked whether the passage the checked
+    answer cites contains the answer (the verification prompt build trains on); "no" is the decline."""
+    config = grounded_config(tmp_path / "run", talking_model, "retrieval.verify=true")
+    answer = "It routes every token to the top two experts [3]."  # the check moves the citation to [1]
+    seen = fake_model_replies(monkeypatch, answer, "No")
+    assistant = ask.Assistant(config, base_only=True)
+    stream = io.StringIO()
+    result = assistant.answer(QUESTION, stream)
+    assert result["verify_reply"] == "No" and result["checked_answer"] == ABSTAIN and result["abstained"]
+    assert ask.NOT_VERIFIED.format(n=1) in stream.getvalue() and result["cited"] == []
+    first = {c["id"]: c for c in CHUNKS}[result["passages"][0]["chunk_id"]]
+    prompt = render_verify_prompt(assistant.tokenizer, QUESTION, first, config.build.system_prompt)
+    assert len(seen) == 2 and seen[1] == assistant.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # "yes" lets the checked answer stand; a declined answer is not verified; verify off asks nothing more.
+    fake_model_replies(monkeypatch, answer, "yes")
+    kept = assistant.answer(QUESTION, io.StringIO())
+    assert kept["checked_answer"] == "It routes every token to the top two experts [1]." and not kept["abstained"]
+    seen = fake_model_replies(monkeypatch, ABSTAIN)
+    assert "verify_reply" not in assistant.answer(QUESTION, io.StringIO()) and len(seen) == 1
+    seen = fake_model_replies(monkeypatch, answer)
+    plain = ask.Assistant(grounded_config(tmp_path / "run", talking_model), base_only=True).answer(QUESTION, io.StringIO())
+    assert "verify_reply" not in plain and not plain["abstained"] and len(seen) == 1
+

@@ -357,6 +357,46 @@ def test_raft_decline_copies_ask_train_pairs_again_without_their_source(raft_run
     assert f"({len(copies)} of them a train pair asked again without its source)" in (run / "dataset_card.md").read_text()
 
 
+def test_raft_verify_rows_teach_yes_for_the_source_and_no_for_a_distractor(raft_run, tmp_path: Path, monkeypatch):
+    """Verification rows are added train rows: for each train pair with its source, the source passage alone
+    answered "yes" and a distractor that does not hold the answer answered "no", in chat.verify_turn's
+    prompt; the pairs' own rows and the test split are as without them."""
+    from datasets import load_from_disk
+
+    from helpers import bag_of_words
+    from papertune.chat import VERIFY_INSTRUCTION, verify_turn
+    from papertune.raft import holds_answer
+
+    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
+    run = tmp_path / "verify"
+    write_corpus(run, *corpus())
+    ds = load_from_disk(str(build.run(cfg_for(run, mode="raft", heldout_documents=0.2, outside_documents=0.1,
+                                              raft_verify_rows=True))))
+    first = load_from_disk(str(raft_run / "dataset"))
+    checks = [r for r in ds["train"] if r["verify"]]
+    pairs = {r["id"]: r for r in ds["train"] if not r["verify"]}
+    assert set(pairs) == set(first["train"]["id"]) and ds["test"]["text"] == first["test"]["text"]
+    assert [pairs[i]["text"] for i in first["train"]["id"]] == first["train"]["text"]
+    chunks = {c["id"]: c for c in map(json.loads, (run / "chunks.jsonl").read_text().splitlines())}
+    yes = [r for r in checks if r["verify"] == "yes"]
+    no = [r for r in checks if r["verify"] == "no"]
+    assert len(yes) == sum(1 for r in pairs.values() if r["source_passage"]) and 0 < len(no) <= len(yes)
+    for row in checks:
+        pair = pairs[row["parent_id"]]
+        assert row["id"] == f"{pair['id']}::verify-{row['verify']}" and row["question"] == pair["question"]
+        [cid] = row["passage_ids"]
+        if row["verify"] == "yes":
+            assert cid == pair["chunk_id"] and row["source_passage"] == 1
+        else:
+            assert cid in pair["passage_ids"] and cid != pair["chunk_id"] and row["source_passage"] == 0
+            assert not holds_answer(chunks[cid]["text"], pair["answer"])
+        assert row["completion"] == row["verify"] + "<|im_end|>"
+        assert verify_turn(row["question"], chunks[cid]) in row["prompt"] and VERIFY_INSTRUCTION in row["prompt"]
+    raft = json.loads((run / "build" / "report.json").read_text())["raft"]
+    assert raft["verify_rows"] == len(checks)
+    assert f"{len(checks)} train rows teach verification" in (run / "dataset_card.md").read_text()
+
+
 class _NoHits:
     """A retriever that finds nothing: every distractor comes from the seeded random fill."""
 

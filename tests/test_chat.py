@@ -12,8 +12,11 @@ from papertune.chat import (
     cited_numbers,
     grounded_question,
     passage_label,
+    passage_to_verify,
     render_example,
     render_prompt,
+    render_verify_prompt,
+    verify_says_no,
 )
 
 # A tiny known chat template, so the whole prompt can be written out here.
@@ -57,6 +60,41 @@ def test_closed_book_prompt_is_the_question_alone(tokenizer):
     # An empty list of passages is still grounded (the model must abstain), unlike None.
     assert render_prompt(tokenizer, "What is LoRA?", None, []) != render_prompt(tokenizer, "What is LoRA?", None)
     assert ABSTAIN in render_prompt(tokenizer, "What is LoRA?", None, [])
+
+
+GOLDEN_VERIFY = (
+    "<system>Be brief.</system>\n"
+    "<user>Passage: moe.pdf, page 12 [Routing]\n"
+    "A gating network routes every token to the top two experts and adds a load-balancing loss.\n"
+    "\n"
+    "Question: What data type does QLoRA use?\n"
+    "\n"
+    "Does the passage contain the answer to the question? Reply yes or no.</user>\n"
+    "<assistant>"
+)
+
+
+def test_verification_prompt_is_the_golden_string_and_its_example_the_same_prompt(tokenizer):
+    prompt = render_verify_prompt(tokenizer, "What data type does QLoRA use?", CHUNKS[3], "Be brief.")
+    assert prompt == GOLDEN_VERIFY
+    from papertune.chat import verify_turn
+
+    example = render_example(tokenizer, "What data type does QLoRA use?", "no", "Be brief.",
+                             user=verify_turn("What data type does QLoRA use?", CHUNKS[3]))
+    assert example["prompt"] == prompt and example["completion"] == "no</assistant>"
+
+
+@pytest.mark.parametrize("reply, no", [("no", True), ("No.", True), (" NO", True), ("no</s>", True), ("yes", False),
+                                       ("Yes.", False), ("", False), ("not sure", False), ("nope", False)])
+def test_only_a_reply_whose_first_word_is_no_declines(reply, no):
+    assert verify_says_no(reply) is no
+
+
+def test_the_passage_verified_is_the_first_cited_else_the_first():
+    assert passage_to_verify("Two experts [3], see [1].", 4) == 3
+    assert passage_to_verify("Two experts [9] and [2].", 4) == 2  # [9] is no passage
+    assert passage_to_verify("Two experts.", 4) == 1
+    assert passage_to_verify(ABSTAIN, 4) is None and passage_to_verify("Two experts [1].", 0) is None
 
 
 @pytest.mark.parametrize("template", [TEMPLATE, None])  # None: SmolLM2's own template

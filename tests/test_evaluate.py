@@ -381,6 +381,60 @@ def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_mode
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def test_verify_asks_each_retrieval_answer_about_its_cited_passage(tmp_path, trained_run, tiny_model, word_embedder,
+                                                                   monkeypatch):
+    """retrieval.verify: each retrieval answer that passes the check is followed by the verification prompt of
+    the passage it cites (as ask and serve send it); "no" makes the scored answer the decline."""
+    import papertune.evaluate.stage as stage
+    from papertune.chat import ABSTAIN, VERIFY_INSTRUCTION, render_verify_prompt
+    from papertune.inference import Completion
+
+    run = grounded_copy(tmp_path, trained_run)
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(run / "dataset"))
+    reference_of = {r["question"]: r["answer"] for split in ("test", "heldout", "outside") for r in ds[split]}
+    asked: list[str] = []
+
+    def scripted(model, tokenizer, batch, decoding, *, batch_size=1, progress=None, engine="auto"):
+        replies = []
+        for prompt in batch:
+            question = max((q for q in reference_of if q in prompt), key=lambda q: (prompt.rfind(q) + len(q), len(q)))
+            if VERIFY_INSTRUCTION in prompt:
+                asked.append(prompt)
+                assert decoding.max_new_tokens == 2 and decoding.temperature == 0
+                replies.append("No." if len(question) % 2 else "Yes")
+            else:
+                replies.append(f"{reference_of[question]} [1]")
+        return [Completion(r, [], "stop", 0, 0) for r in replies]
+
+    monkeypatch.setattr(stage, "generate", scripted)
+    cfg = eval_config(run, tiny_model, "evaluate.max_questions=4", "retrieval.top_k=2", "retrieval.verify=true")
+    out = evaluate.run(cfg)
+    answers = _read_answers(out)
+    verify = json.loads((out / "metrics.json").read_text())["retrieval"]["verify"]
+    for system in ("base_retrieval", "tuned_retrieval"):
+        rows = [a for a in answers if a["system"] == system]
+        assert verify[system] == {"asked": sum(a["verify_reply"] is not None for a in rows),
+                                  "declined": sum(a["verify_reply"] == "No." for a in rows)}
+    _, tokenizer = load_base(cfg)
+    chunks = {json.loads(line)["id"]: json.loads(line) for line in (run / "chunks.jsonl").read_text().splitlines()}
+    grounded = [a for a in answers if a["mode"] == "retrieval"]
+    checked = [a for a in grounded if a["verify_reply"] is not None]
+    assert checked and len(asked) == len(checked)
+    assert all(a["verify_reply"] is None for a in answers if a["mode"] == "closed_book")
+    for a in grounded:
+        if a["verify_reply"] is None:  # not asked: the check had declined it
+            assert a["answer"] == ABSTAIN
+            continue
+        expected_no = bool(len(a["question"]) % 2)
+        assert a["verify_reply"] == ("No." if expected_no else "Yes") and a["abstained"] == expected_no
+        assert (a["answer"] == ABSTAIN) == expected_no and a["model_answer"].endswith("[1]")
+        passage = chunks[a["passages"][0]["chunk_id"]]  # the answer cites [1]
+        assert render_verify_prompt(tokenizer, a["question"], passage, cfg.build.system_prompt) in asked
+    assert any(a["abstained"] for a in checked) and not all(a["abstained"] for a in checked)
+
+
 def test_evaluate_writes_metrics_answers_report_and_charts(tmp_path, trained_run, tiny_model, word_embedder):
     """Real generation on an older dataset (train and test only): four systems on the test split."""
     from datasets import load_from_disk

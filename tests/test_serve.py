@@ -871,6 +871,47 @@ def scripted_server(config, monkeypatch):
         yield url
 
 
+def test_verify_asks_the_model_through_the_worker_and_a_no_declines(cited_run, talking_model, monkeypatch):
+    """retrieval.verify: after the answer, the worker is asked the verification prompt of the passage the checked
+    answer cites; "no" makes the response a decline, streamed or not, "yes" leaves it as it was."""
+    from papertune.chat import VERIFY_INSTRUCTION, render_verify_prompt
+    from papertune.inference import Completion
+
+    app = serve.create_app(serve_config(cited_run, talking_model, "retrieval.verify=true"))
+    service = app.state.service
+    verified = []
+
+    def generate(model, tok, requests_, **kwargs):
+        out = []
+        for request in requests_:
+            prompt = service.tokenizer.decode(request.prompt_ids)
+            if VERIFY_INSTRUCTION in prompt:
+                verified.append(list(request.prompt_ids))
+                text = "no" if "How does" in prompt.rsplit("Question:", 1)[-1] else "yes"
+            else:
+                text = "Two experts per token [1]."
+            if request.on_text is not None:
+                request.on_text(text)
+            out.append(Completion(text, [], "stop", len(request.prompt_ids), 2))
+        return out
+
+    monkeypatch.setattr("papertune.serve.worker.generate_batch", generate)
+    gating = "How does a gating network route every token to the top two experts?"
+    with serve.serve_in_background(app) as url:
+        declined = chat(url, gating).json()
+        passage = service.retrieve(gating)[0].chunk
+        prompt = render_verify_prompt(service.tokenizer, gating, passage, service.config.build.system_prompt)
+        assert verified == [service.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        assert declined["choices"][0]["message"]["content"] == "Two experts per token [1]."
+        assert declined["papertune_abstained"] is True and declined["papertune_checked_answer"] == ABSTAIN
+        assert not any(c["cited"] for c in declined["papertune_citations"])
+        finish = [e for e in stream_events(url, gating) if isinstance(e, dict) and e.get("choices")][-1]
+        assert finish["papertune_abstained"] is True and finish["papertune_checked_answer"] == ABSTAIN
+        kept = chat(url, "Which experts does the gating network route every token to?").json()
+        assert kept["papertune_abstained"] is False and "papertune_checked_answer" not in kept
+        assert len(verified) == 3
+
+
 @pytest.mark.slow
 @NEEDS_CHROMIUM
 def test_headless_browser_shows_the_cited_sources_and_a_declined_answer(scripted_server, tmp_path):

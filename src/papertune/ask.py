@@ -13,6 +13,8 @@ sources, numbered as in the prompt, each with its document, page and section, th
 ([n]) marked; an answer that says the passages do not hold the answer is reported as declined. The answer
 is checked (``Retriever.check_answer``): one its passages do not support is reported as declined, and
 where another passage holds clearly more of it than the one cited, it is printed again citing that one.
+With ``retrieval.verify`` the model is then asked whether the passage the answer cites contains the answer
+(``chat.verify_turn``); a "no" is reported as declined.
 
 Closed book (``--closed-book``, ``retrieval.grounded: false``): the question alone; ``--cite`` then lists
 the passages retrieval finds for the question below the answer (the model did not see them).
@@ -26,7 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from papertune.chat import abstains, cited_numbers, render_prompt
+from papertune.chat import (ABSTAIN, VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_prompt,
+                            render_verify_prompt, verify_says_no)
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
 from papertune.inference import Decoding, GenerationRequest, generate_batch, load_for_answering
@@ -39,6 +42,7 @@ DECLINED = "(The model declined: the retrieved passages do not contain the answe
 CHECKED_NOTE = "Citations checked: another passage holds more of the answer than the one cited:"
 CITED_NOTE = "Source added: the answer cited no passage; this one holds most of it:"
 UNSUPPORTED = "(The retrieved passages do not support this answer: most of its words are in none of them.)"
+NOT_VERIFIED = "(Asked whether passage [{n}] contains the answer, the model says no: declined.)"
 
 
 def generate_answer(model: Any, tokenizer: Any, question: str, system_prompt: str | None, *, max_new_tokens: int,
@@ -105,9 +109,16 @@ class Assistant:
                                passages=[p.chunk for p in passages] if self.grounded else None)
         record: dict[str, Any] = {"question": question, "answer": text, "grounded": self.grounded}
         checked = self.retriever.check_answer(question, text, passages) if self.grounded else text
+        verify_n = passage_to_verify(checked, len(passages)) if self.grounded and self.config.retrieval.verify else None
+        if verify_n is not None:
+            record["verify_reply"] = self.verify(question, passages[verify_n - 1])
+            if verify_says_no(record["verify_reply"]):
+                checked = ABSTAIN
         if self.grounded:
             record["checked_answer"] = checked
-        if checked != text:  # streamed as the model wrote it: say what the check changed
+        if verify_n is not None and checked == ABSTAIN:
+            stream.write(NOT_VERIFIED.format(n=verify_n) + "\n")
+        elif checked != text:  # streamed as the model wrote it: say what the check changed
             note = CHECKED_NOTE if cited_numbers(text) else CITED_NOTE
             stream.write((UNSUPPORTED if abstains(checked) else f"({note} {checked})") + "\n")
         elif self.grounded and abstains(text):  # the model's own decline
@@ -118,6 +129,15 @@ class Assistant:
             stream.write(format_sources(passages, cited, grounded=self.grounded) + "\n")
         stream.flush()
         return {**record, "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
+
+
+    def verify(self, question: str, passage: Passage) -> str:
+        """The model's reply (a word) when asked whether ``passage`` contains the answer to ``question``
+        (``retrieval.verify``; ``chat.verify_turn``)."""
+        prompt = render_verify_prompt(self.tokenizer, question, passage.chunk, self.config.build.system_prompt)
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        request = GenerationRequest(list(ids), Decoding(max_new_tokens=VERIFY_TOKENS))
+        return generate_batch(self.model, self.tokenizer, [request])[0].text
 
 
 def ask(config: PapertuneConfig, question: str, *, stream: TextIO | None = None, **options: Any) -> dict[str, Any]:

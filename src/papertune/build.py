@@ -19,10 +19,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import passage_label, render_example, to_messages
+from papertune.chat import passage_label, render_example, to_messages, verify_turn
 from papertune.config import BuildConfig, PapertuneConfig
 from papertune.errors import InputError
-from papertune.raft import assign_passages, decline_copies, raft_target
+from papertune.raft import assign_passages, decline_copies, raft_target, verify_rows
 from papertune.rundir import (
     BUILD_DIR,
     BUILD_LENGTHS_PLOT,
@@ -61,7 +61,7 @@ INPUT_FILES = (QA_AUGMENTED, QA_CURATED, QA)
 KEPT_OUT = ("heldout", "outside")
 # The pair fields every split keeps, besides the rendered example.
 PAIR_FIELDS = ("id", "question", "answer", "chunk_id", "source", "title", "section", "page_start", "page_end",
-               "generator", "kind", "augmentation", "parent_id", "passage_ids", "source_passage")
+               "generator", "kind", "augmentation", "parent_id", "passage_ids", "source_passage", "verify")
 # What a passage shows in a prompt (chat.grounded_question).
 PASSAGE_FIELDS = ("id", "text", "source", "section", "page_start", "page_end")
 # More RAFT rows than this share dropped for length is worth a loud warning.
@@ -75,11 +75,13 @@ def format_batch(batch: dict[str, list], tokenizer: Any, system_prompt: str, max
                  chunks: dict[str, dict], without_source: str) -> dict:
     """Render a batch of rows: closed book when a row has no passages, else its RAFT prompt and target."""
     out: dict[str, list] = {"messages": [], "prompt": [], "completion": [], "text": [], "n_tokens": [], "truncated": []}
-    for question, answer, passage_ids, source_passage in zip(batch["question"], batch["answer"],
-                                                             batch["passage_ids"], batch["source_passage"]):
+    for question, answer, passage_ids, source_passage, verify in zip(
+            batch["question"], batch["answer"], batch["passage_ids"], batch["source_passage"], batch["verify"]):
         passages = [chunks[cid] for cid in passage_ids] if passage_ids else None
-        target = raft_target(answer, source_passage, without_source) if passages else answer
-        example = render_example(tokenizer, question, target, system_prompt, passages)
+        # A verification row: its one passage and the question, the target "yes" or "no" (raft.verify_rows).
+        user = verify_turn(question, passages[0]) if verify and passages else None
+        target = verify if user else raft_target(answer, source_passage, without_source) if passages else answer
+        example = render_example(tokenizer, question, target, system_prompt, passages, user=user)
         ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"]
         truncated = False
         if len(ids) > max_len and overlength == "truncate":
@@ -89,7 +91,7 @@ def format_batch(batch: dict[str, list], tokenizer: Any, system_prompt: str, max
                 example["text"] = example["prompt"] + example["completion"]
                 ids = ids[:max_len]
                 truncated = True
-        out["messages"].append(to_messages(question, target, system_prompt, passages))
+        out["messages"].append(to_messages(question, target, system_prompt, passages, user=user))
         for key in ("prompt", "completion", "text"):
             out[key].append(example[key])
         out["n_tokens"].append(len(ids))
@@ -189,7 +191,10 @@ def _raft(report: dict, example: dict | None, chunks: dict[str, dict]) -> list[s
                 else "without a citation")
              + f". Distractors filled at random where retrieval found too few: {raft['distractor_fallbacks']}. "
              f"Dropped for length: {raft['dropped_for_length']}. Passages in {raft['order']} order: the source "
-             f"is passage 1 in {raft['source_first']} of the {raft['with_source']} rows that hold it."]
+             f"is passage 1 in {raft['source_first']} of the {raft['with_source']} rows that hold it."
+             + (f" {raft['verify_rows']} train rows teach verification: one passage and the question, the "
+                "answer whether the passage contains the answer (yes for the source, no for a distractor)."
+                if raft.get("verify_rows") else "")]
     if example:
         lines += ["", f"Example: **{example['question']}**", ""]
         for n, cid in enumerate(example["passage_ids"], 1):
@@ -232,7 +237,7 @@ def dataset_card(run_dir: Path, report: dict, splits: dict[str, list[dict]],
               f"| plain random rows (the report's split) | {leak['random']['test_rows_with_near_duplicate_in_train']} | "
               f"{leak['random']['test_rows_sharing_a_chunk_with_train']} |",
               "", f"Over {report['max_seq_length']} tokens: {report['overlength']} ({report['overlength_action']})."]
-    example = next((r for r in splits["train"] if r.get("source_passage")), None)
+    example = next((r for r in splits["train"] if r.get("source_passage") and not r.get("verify")), None)
     lines += _raft(report, example, chunks or {})
     lines += ["", "## Lengths", "", f"![question and answer lengths]({BUILD_LENGTHS_PLOT})", "", "## Examples", ""]
     for row in splits["train"][:3] + splits["test"][:2]:
@@ -322,6 +327,10 @@ def run(config: PapertuneConfig) -> Path:
         for row, chosen in zip(pool, assigned):
             row["passage_ids"], row["source_passage"] = chosen.passage_ids, chosen.source_passage
             passages.update({cid: {k: chunks[cid].get(k) for k in PASSAGE_FIELDS} for cid in chosen.passage_ids})
+        if cfg.raft_verify_rows:  # from passages already chosen: they are in `passages`
+            checks = verify_rows([r for r in pool if r["split"] == "train"], chunks)
+            rows += checks
+            raft_stats["verify_rows"] = len(checks)
     write_jsonl_atomic(run_dir / OUTPUT_JSON, rows)
 
     names = ["train", "test"] + [name for name in KEPT_OUT if getattr(documents, name)]

@@ -5,7 +5,9 @@ so the prompt a tuned model sees when asked is byte-identical to the prompt it w
 
 A grounded question carries numbered passages (retrieved chunks) before it and asks for an answer that
 cites them as [n], or :data:`ABSTAIN` when they do not hold the answer; a closed-book question is the
-question alone. Build (RAFT examples), evaluate, ask and serve all render through these functions.
+question alone. A verification question (:func:`verify_turn`) shows one passage and asks whether it
+contains the answer: "yes" or "no". Build (RAFT and verification examples), evaluate, ask and serve all
+render through these functions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ GROUNDED_INSTRUCTION = (
     "Answer the question from the numbered passages below and cite the passages you use as [1], [2], ... "
     f'If the passages do not contain the answer, reply exactly: "{ABSTAIN}"'
 )
+VERIFY_INSTRUCTION = "Does the passage contain the answer to the question? Reply yes or no."
+VERIFY_YES, VERIFY_NO = "yes", "no"
+VERIFY_TOKENS = 2  # tokens generated for a verification reply (its first word is what counts)
 _CITATION = re.compile(r"\[(\d{1,2})\]")  # a citation marker, "[n]"
 _CITATION_WITH_SPACE = re.compile(r"\s*" + _CITATION.pattern)
 
@@ -41,6 +46,28 @@ def grounded_question(question: str, passages: Sequence[dict]) -> str:
     document, page and section), then the question. ``passages`` are chunk dicts (``text``, ``source``, ...)."""
     blocks = [f"[{n}] {passage_label(chunk)}\n{chunk['text'].strip()}" for n, chunk in enumerate(passages, 1)]
     return GROUNDED_INSTRUCTION + "\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
+
+
+def verify_turn(question: str, passage: dict) -> str:
+    """The user turn asking whether one passage (a chunk dict) contains the answer to ``question``; the reply
+    a model is trained to give is :data:`VERIFY_YES` or :data:`VERIFY_NO`."""
+    return (f"Passage: {passage_label(passage)}\n{passage['text'].strip()}\n\n"
+            f"Question: {question}\n\n{VERIFY_INSTRUCTION}")
+
+
+def verify_says_no(reply: str) -> bool:
+    """Whether a reply to :func:`verify_turn` says the passage does not contain the answer (its first word is
+    "no"); any other reply lets the answer stand."""
+    first = re.match(r"\W*(\w+)", reply)
+    return bool(first) and first.group(1).lower() == VERIFY_NO
+
+
+def passage_to_verify(answer: str, passages: int) -> int | None:
+    """Which of ``passages`` (numbered from 1) a grounded answer is verified against: the first one it cites,
+    else the first; None when it declines or there are none."""
+    if not passages or abstains(answer):
+        return None
+    return next((n for n in cited_numbers(answer) if 1 <= n <= passages), 1)
 
 
 def user_turn(question: str, passages: Sequence[dict] | None) -> str:
@@ -93,34 +120,42 @@ def abstains(answer: str) -> bool:
 
 
 def to_messages(question: str, answer: str | None, system_prompt: str | None,
-                passages: Sequence[dict] | None = None) -> list[Message]:
+                passages: Sequence[dict] | None = None, *, user: str | None = None) -> list[Message]:
+    """The conversation: system prompt, the user turn (``user`` as given, else :func:`user_turn`), answer."""
     messages: list[Message] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
-    messages.append({"role": "user", "content": user_turn(question, passages)})
+    messages.append({"role": "user", "content": user if user is not None else user_turn(question, passages)})
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
 
 
 def render_prompt(tokenizer: Any, question: str, system_prompt: str | None,
-                  passages: Sequence[dict] | None = None) -> str:
-    """The text a model is given when asked ``question`` (with ``passages``: grounded): everything up to the
-    assistant's first token."""
+                  passages: Sequence[dict] | None = None, *, user: str | None = None) -> str:
+    """The text a model is given when asked ``question`` (with ``passages``: grounded; with ``user``: that
+    user turn, e.g. :func:`verify_turn`): everything up to the assistant's first token."""
     return tokenizer.apply_chat_template(
-        to_messages(question, None, system_prompt, passages), tokenize=False, add_generation_prompt=True
+        to_messages(question, None, system_prompt, passages, user=user), tokenize=False, add_generation_prompt=True
     )
 
 
+def render_verify_prompt(tokenizer: Any, question: str, passage: dict, system_prompt: str | None) -> str:
+    """The prompt asking whether ``passage`` contains the answer to ``question`` (:func:`verify_turn`), as
+    build renders a verification row's."""
+    return render_prompt(tokenizer, question, system_prompt, user=verify_turn(question, passage))
+
+
 def render_example(tokenizer: Any, question: str, answer: str, system_prompt: str | None,
-                   passages: Sequence[dict] | None = None) -> dict[str, str]:
+                   passages: Sequence[dict] | None = None, *, user: str | None = None) -> dict[str, str]:
     """A training example as ``prompt`` + ``completion`` (= the full ``text``).
 
     The completion is the answer and the end-of-turn token; whatever the template puts after that
     (Qwen and ChatML add a newline) is left out, so no loss is spent on it.
     """
-    prompt = render_prompt(tokenizer, question, system_prompt, passages)
-    text = tokenizer.apply_chat_template(to_messages(question, answer, system_prompt, passages), tokenize=False)
+    prompt = render_prompt(tokenizer, question, system_prompt, passages, user=user)
+    text = tokenizer.apply_chat_template(to_messages(question, answer, system_prompt, passages, user=user),
+                                         tokenize=False)
     if not text.startswith(prompt):
         raise ValueError(
             "the chat template renders the conversation differently from its prompt; cannot split prompt "

@@ -376,6 +376,10 @@ class BuildConfig:
     # rather than to decline at a rate. Added rows: no pair loses its row with the source. Never test pairs.
     # Measured once (docs/benchmarks.md): a 0.5B student declined at a rate all the same.
     raft_decline_copies: float = 0.0
+    # Each train pair with its source also teaches verification (chat.verify_turn): its source passage alone,
+    # "does the passage contain the answer?" -> "yes", and its first distractor that does not hold the answer
+    # -> "no". A model so trained can check its own answers (retrieval.verify).
+    raft_verify_rows: bool = False
     # Documents kept out of training, evaluated apart (a seeded draw of document names, shares of the
     # documents with pairs): heldout ones stay in the retrieval index, outside ones are left out of it too
     # (their questions test abstention).

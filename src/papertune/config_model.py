@@ -159,6 +159,10 @@ class RetrievalConfig:
     min_support: float = 0.5
     min_question_support: float = 0.3
     grounded: bool = True  # ask, chat, serve: passages in the prompt; false (or --closed-book): the model alone
+    # After a grounded answer passes the check, the same model is asked whether the passage it cites contains
+    # the answer (chat.verify_turn, one token); "no" makes it the decline. For a model trained with
+    # build.raft_verify_rows (an untrained one judges about at chance).
+    verify: bool = False
 
     def validate(self) -> None:
         p = "retrieval"

@@ -20,7 +20,9 @@ When retrieval finds too few, seeded random eligible chunks fill the prompt and 
 
 ``build.raft_decline_copies`` adds rows instead of replacing them: that share of the train pairs (a seeded
 draw per pair) is asked a second time with distractors only (:func:`decline_copies`), so a question the model
-learns to answer from its source it also learns to decline without it.
+learns to answer from its source it also learns to decline without it. ``build.raft_verify_rows`` adds
+verification rows (:func:`verify_rows`): one passage and the question, the target whether the passage
+contains the answer (``retrieval.verify`` asks the tuned model the same after each grounded answer).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from papertune.chat import ABSTAIN, cited_answer
+from papertune.chat import ABSTAIN, VERIFY_NO, VERIFY_YES, cited_answer
 from papertune.config import BuildConfig
 from papertune.errors import InputError
 from papertune.split import NearDuplicates
@@ -72,6 +74,28 @@ def decline_copies(train_rows: list[dict], cfg: BuildConfig) -> list[dict]:
     and the pair's id), to be asked with distractors only: id ``<id>::decline``, ``parent_id`` the pair's id."""
     return [dict(row, id=row["id"] + DECLINE_COPY, parent_id=row["id"]) for row in train_rows
             if random.Random(f"{cfg.seed}:raft-decline:{row['id']}").random() < cfg.raft_decline_copies]
+
+
+VERIFY_ROW = "::verify-"  # the id of a verification row: <pair id>::verify-yes or ::verify-no
+
+
+def verify_rows(train_rows: list[dict], chunks: dict[str, dict]) -> list[dict]:
+    """Verification rows of the train pairs whose RAFT passages hold their source (decline copies left out):
+    the source passage alone with ``verify`` "yes", and the first of the other passages (in prompt order) that
+    does not hold the answer (:func:`holds_answer`) with "no". ``parent_id`` is the pair's id."""
+    out: list[dict] = []
+    for row in train_rows:
+        if not row["source_passage"] or row["id"].endswith(DECLINE_COPY):
+            continue
+        base = dict(row, parent_id=row["id"])
+        out.append(dict(base, id=f"{row['id']}{VERIFY_ROW}{VERIFY_YES}", passage_ids=[row["chunk_id"]],
+                        source_passage=1, verify=VERIFY_YES))
+        negative = next((cid for cid in row["passage_ids"]
+                         if cid != row["chunk_id"] and not holds_answer(chunks[cid]["text"], row["answer"])), None)
+        if negative is not None:
+            out.append(dict(base, id=f"{row['id']}{VERIFY_ROW}{VERIFY_NO}", passage_ids=[negative],
+                            source_passage=0, verify=VERIFY_NO))
+    return out
 
 
 def _near_ids(chunk_id: str, position: dict[str, int], ids: list[str], near: NearDuplicates) -> set[str]:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import abstains, cited_numbers, render_prompt, strip_citations
+from papertune.chat import (ABSTAIN, VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_prompt,
+                            render_verify_prompt, strip_citations, verify_says_no)
 from papertune.config import EVAL_MODES, PapertuneConfig
 from papertune.evaluate.answer_cache import AnswerCache, model_identity
 from papertune.evaluate.judge import judge_answers
@@ -83,6 +84,16 @@ def generate_answers(model: Any, tokenizer: Any, questions: Sequence[str], syste
     ``adapter`` when given."""
     prompts = [render_prompt(tokenizer, q, system_prompt, None if passages is None else passages[i])
                for i, q in enumerate(questions)]
+    return generate_texts(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, desc=desc, engine=engine, cache=cache,
+                          identity=identity, vllm=vllm, adapter=adapter)
+
+
+def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int, max_new_tokens: int,
+                   temperature: float = 0.0, seed: int = 3407, desc: str = "answers", engine: str = "auto",
+                   cache: AnswerCache | None = None, identity: dict[str, Any] | None = None,
+                   vllm: Callable[[], VLLMEngine] | None = None, adapter: Path | None = None) -> list[str]:
+    """:func:`generate_answers` for prompts already rendered (the answers, or the verification replies)."""
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     if vllm is not None:
@@ -177,13 +188,37 @@ def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple
                       trust_remote_code=config.train.trust_remote_code, seed=cfg.seed, lora_rank=rank)
 
 
+def verify_replies(model: Any, tokenizer: Any, config: PapertuneConfig, questions: Sequence[str],
+                   answers: Sequence[str], hits: Sequence[Sequence[Any]], retriever: Any,
+                   **generation: Any) -> list[str | None]:
+    """With ``retrieval.verify``: the model's reply, per grounded answer that passes the check, when asked
+    whether the passage it cites contains the answer (as ask and serve ask it); None where not asked.
+    ``generation``: :func:`generate_texts`'s settings besides the token limit and the temperature."""
+    asked: list[int] = []
+    prompts: list[str] = []
+    for k, (question, answer, passages) in enumerate(zip(questions, answers, hits, strict=True)):
+        n = passage_to_verify(retriever.check_answer(question, answer, passages), len(passages))
+        if n is not None:
+            asked.append(k)
+            prompts.append(render_verify_prompt(tokenizer, question, passages[n - 1].chunk,
+                                                config.build.system_prompt))
+    replies: list[str | None] = [None] * len(questions)
+    if prompts:
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=VERIFY_TOKENS, temperature=0.0, **generation)
+        for k, reply in zip(asked, texts, strict=True):
+            replies[k] = reply
+    return replies
+
+
 def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hits: list[Any] | None,
-                retriever: Any) -> dict[str, Any]:
+                retriever: Any, verify_reply: str | None = None) -> dict[str, Any]:
     """One answer of ``answers.jsonl`` with its scores (answerable sets: against the answer without "[n]"). With
     passages, ``answer`` is the model's as ask and serve show it (``Retriever.check_answer``: the decline
-    where its passages do not support it, else its citations checked) and ``model_answer`` the model's own;
-    the citations of both are scored."""
+    where its passages do not support it, else its citations checked; with ``retrieval.verify``, the decline
+    where ``verify_reply`` says no) and ``model_answer`` the model's own; the citations of both are scored."""
     answer = model_answer if hits is None else retriever.check_answer(row["question"], model_answer, hits)
+    if verify_reply is not None and verify_says_no(verify_reply):
+        answer = ABSTAIN
     scores: dict[str, Any] = {}
     if set_name in ANSWERABLE_SETS:
         plain = strip_citations(answer)
@@ -198,7 +233,7 @@ def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hit
         "system": system.name, "model": system.model, "mode": system.mode, "set": set_name, "id": row.get("id"),
         "question": row["question"], "reference": row["answer"], "answer": answer, "model_answer": model_answer,
         "passages": None if hits is None else [p.to_json() for p in hits],
-        "cited": cited_numbers(answer), "abstained": abstains(answer), "scores": scores,
+        "cited": cited_numbers(answer), "abstained": abstains(answer), "verify_reply": verify_reply, "scores": scores,
         "source": row.get("source"), "page": row.get("page_start"), "chunk_id": row.get("chunk_id"),
         "group": row["group"], "augmentation": row.get("augmentation"),
     }
@@ -246,6 +281,7 @@ def run(config: PapertuneConfig) -> Path:
     flat = [(name, row) for name, rows in questions.items() for row in rows]
     flat_hits = [h for name in questions for h in hits.get(name, [])]
     answers: dict[str, list[str]] = {}
+    verdicts: dict[str, list[str | None]] = {}  # retrieval.verify: the model's verification replies
     cache = AnswerCache(run_dir)
     vllm = None
     if cfg.engine == "vllm":  # loaded only when an answer is not in the cache
@@ -260,17 +296,23 @@ def run(config: PapertuneConfig) -> Path:
         per_example_loss[name] = dict(zip(keep, losses))
         for system in (s for s in systems if s.model == name):
             grounded = [[p.chunk for p in h] for h in flat_hits] if system.mode == "retrieval" else None
+            generation = {"batch_size": cfg.batch_size, "seed": cfg.seed, "engine": cfg.engine, "cache": cache,
+                          "identity": identity, "vllm": vllm, "adapter": adapter if name == "tuned" else None}
             answers[system.name] = generate_answers(
                 model, tokenizer, [r["question"] for _, r in flat], config.build.system_prompt, passages=grounded,
-                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                seed=cfg.seed, desc=f"answers ({system.label})", engine=cfg.engine, cache=cache, identity=identity,
-                vllm=vllm, adapter=adapter if name == "tuned" else None)
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, desc=f"answers ({system.label})",
+                **generation)
+            if system.mode == "retrieval" and config.retrieval.verify:
+                verdicts[system.name] = verify_replies(
+                    model, tokenizer, config, [r["question"] for _, r in flat], answers[system.name], flat_hits,
+                    retriever, desc=f"verification ({system.label})", **generation)
     del model
     if vllm is not None and vllm.cache_info().currsize:
         vllm().release()  # the judge (and the embeddings) get the card
 
     answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None,
-                               retriever) for s in systems for k, (set_name, row) in enumerate(flat)]
+                               retriever, verdicts[s.name][k] if s.name in verdicts else None)
+                   for s in systems for k, (set_name, row) in enumerate(flat)]
     answerable = [a for a in answer_rows if a["set"] in ANSWERABLE_SETS]
     if cfg.embedding_model and answerable:
         cosines = embedding_cosines([strip_citations(a["answer"]) for a in answerable],
@@ -312,6 +354,10 @@ def run(config: PapertuneConfig) -> Path:
         metrics["retrieval"] = {
             "method": config.retrieval.method, "top_k": config.retrieval.top_k,
             "outside_documents": sorted(excluded),
+            # retrieval.verify: per system, the answers the model was asked about and those its "no" declined
+            "verify": {name: {"asked": sum(r is not None for r in replies),
+                              "declined": sum(r is not None and verify_says_no(r) for r in replies)}
+                       for name, replies in verdicts.items()} if verdicts else None,
             # The source chunk among the top k; outside documents are in no index, so no recall there.
             "recall_at_k": {name: recall_at_k([r.get("chunk_id") for r in rows],
                                               [[p.chunk_id for p in h] for h in hits[name]])

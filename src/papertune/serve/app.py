@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import abstains, cited_numbers
+from papertune.chat import (ABSTAIN, VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_verify_prompt,
+                            verify_says_no)
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError, PapertuneError
 from papertune.inference import Completion, Decoding, GenerationRequest, load_for_answering
@@ -170,9 +171,34 @@ class Service:
         budget = min(self.config.evaluate.max_new_tokens, self.config.serve.max_tokens)
         return budget if context is None else min(budget, context - prompt_tokens)
 
-    def grounding(self, question: str, passages: list[Passage], answer: str) -> dict[str, Any]:
-        """:func:`grounding` of a grounded answer to ``question``, checked by the retriever."""
-        return grounding(passages, answer, self.retriever.check_answer(question, answer, passages))
+    async def grounding(self, question: str, passages: list[Passage], answer: str) -> dict[str, Any]:
+        """:func:`grounding` of a grounded answer to ``question``, checked by the retriever and, with
+        ``retrieval.verify``, by the model (asked whether the passage it cites contains the answer, through
+        the worker: a "no" makes it the decline)."""
+        checked = self.retriever.check_answer(question, answer, passages)
+        n = passage_to_verify(checked, len(passages)) if self.config.retrieval.verify else None
+        if n is not None and verify_says_no(await self.verify(question, passages[n - 1])):
+            checked = ABSTAIN
+        return grounding(passages, answer, checked)
+
+    async def verify(self, question: str, passage: Passage) -> str:
+        """The model's reply (a word) when asked whether ``passage`` contains the answer to ``question``."""
+        prompt = render_verify_prompt(self.tokenizer, question, passage.chunk, self.config.build.system_prompt)
+        with self.tokenizer_lock:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def resolve(result: Completion | None, error: ApiError | None) -> None:
+            if not done.done():
+                done.set_result((result, error))
+
+        self.worker.submit(Job(GenerationRequest(list(ids), Decoding(max_new_tokens=VERIFY_TOKENS)),
+                               on_done=lambda r, e: loop.call_soon_threadsafe(resolve, r, e)))
+        result, error = await done
+        if error is not None:
+            raise error
+        return result.text
 
     def retrieve(self, query: str, top_k: int | None = None) -> list[Passage]:
         """The passages retrieval ranks first for ``query`` (``retrieval.top_k``); [] without the retriever."""
@@ -291,7 +317,7 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
                     if error is not None:
                         yield sse(error.body())
                     else:
-                        final = service.grounding(chat.question, passages, result.text) if service.grounded else {}
+                        final = await service.grounding(chat.question, passages, result.text) if service.grounded else {}
                         yield sse(completion_chunk(job.id, service.model_name, created, {}, result.finish_reason,
                                                    **final))
                         if chat.include_usage:
@@ -327,12 +353,12 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
         result, error = done.result()
         if error is not None:
             raise error
+        final = await service.grounding(chat.question, passages, result.text) if service.grounded else {}
         return JSONResponse({
             "id": job.id, "object": "chat.completion", "created": created, "model": service.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                          "finish_reason": result.finish_reason}],
-            "usage": usage(result), **extra,
-            **(service.grounding(chat.question, passages, result.text) if service.grounded else {}),
+            "usage": usage(result), **extra, **final,
         })
 
     async def api_error(request: Request, exc: ApiError) -> Response:
