@@ -417,6 +417,9 @@ def test_verify_asks_each_retrieval_answer_about_its_cited_passage(tmp_path, tra
         rows = [a for a in answers if a["system"] == system]
         assert verify[system] == {"asked": sum(a["verify_reply"] is not None for a in rows),
                                   "declined": sum(a["verify_reply"] == "No." for a in rows)}
+    report = (out / "report.md").read_text()
+    assert "Verification (`retrieval.verify`)" in report
+    assert f"tuned + retrieval asked {verify['tuned_retrieval']['asked']}, declined " in report
     _, tokenizer = load_base(cfg)
     chunks = {json.loads(line)["id"]: json.loads(line) for line in (run / "chunks.jsonl").read_text().splitlines()}
     grounded = [a for a in answers if a["mode"] == "retrieval"]

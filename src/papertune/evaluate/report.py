@@ -156,6 +156,12 @@ def render_report(run_dir: Path, metrics: dict, answer_rows: list[dict]) -> str:
         r = metrics["retrieval"]
         lines += [f"Retrieval: {r['method']}, top {r['top_k']} passages in the prompt, as ask and serve answer; "
                   f"{len(r['outside_documents'])} outside documents left out of the index.", ""]
+        if r.get("verify"):
+            labels = {s["name"]: s["label"] for s in metrics["systems"]}
+            lines += ["Verification (`retrieval.verify`): after each answer that passed the answer check, the model "
+                      "was asked whether the passage it cites contains the answer; a no is counted as a decline: "
+                      + "; ".join(f"{labels[name]} asked {v['asked']}, declined {v['declined']}"
+                                  for name, v in r["verify"].items()) + ".", ""]
     explained = ["Scores of answerable questions are computed on the answer without its [n] markers. Declines: "
                  "answers saying the passages do not contain the answer (wrong on answerable questions, right on "
                  "documents outside the index)."]
