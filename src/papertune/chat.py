@@ -62,6 +62,12 @@ def verify_says_no(reply: str) -> bool:
     return bool(first) and first.group(1).lower() == VERIFY_NO
 
 
+def verified_answer(checked: str, reply: str | None) -> str:
+    """A checked grounded answer as shown after verification: :data:`ABSTAIN` when the model's ``reply`` to
+    :func:`verify_turn` says no (:func:`verify_says_no`), else ``checked`` (also when it was not asked)."""
+    return ABSTAIN if reply is not None and verify_says_no(reply) else checked
+
+
 def passage_to_verify(answer: str, passages: int) -> int | None:
     """Which of ``passages`` (numbered from 1) a grounded answer is verified against: the first one it cites,
     else the first; None when it declines or there are none."""

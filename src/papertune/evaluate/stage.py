@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import (ABSTAIN, VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_prompt,
-                            render_verify_prompt, strip_citations, verify_says_no)
+from papertune.chat import (VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_prompt,
+                            render_verify_prompt, strip_citations, verified_answer, verify_says_no)
 from papertune.config import EVAL_MODES, PapertuneConfig
 from papertune.evaluate.answer_cache import AnswerCache, model_identity
 from papertune.evaluate.judge import judge_answers
@@ -189,15 +189,15 @@ def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple
 
 
 def verify_replies(model: Any, tokenizer: Any, config: PapertuneConfig, questions: Sequence[str],
-                   answers: Sequence[str], hits: Sequence[Sequence[Any]], retriever: Any,
-                   **generation: Any) -> list[str | None]:
-    """With ``retrieval.verify``: the model's reply, per grounded answer that passes the check, when asked
-    whether the passage it cites contains the answer (as ask and serve ask it); None where not asked.
-    ``generation``: :func:`generate_texts`'s settings besides the token limit and the temperature."""
+                   checked: Sequence[str], hits: Sequence[Sequence[Any]], **generation: Any) -> list[str | None]:
+    """With ``retrieval.verify``: the model's reply, per grounded answer the check let through (``checked``:
+    ``Retriever.check_answer``'s), when asked whether the passage it cites contains the answer (as ask and
+    serve ask it); None where not asked. ``generation``: :func:`generate_texts`'s settings besides the token
+    limit and the temperature."""
     asked: list[int] = []
     prompts: list[str] = []
-    for k, (question, answer, passages) in enumerate(zip(questions, answers, hits, strict=True)):
-        n = passage_to_verify(retriever.check_answer(question, answer, passages), len(passages))
+    for k, (question, answer, passages) in enumerate(zip(questions, checked, hits, strict=True)):
+        n = passage_to_verify(answer, len(passages))
         if n is not None:
             asked.append(k)
             prompts.append(render_verify_prompt(tokenizer, question, passages[n - 1].chunk,
@@ -211,14 +211,13 @@ def verify_replies(model: Any, tokenizer: Any, config: PapertuneConfig, question
 
 
 def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hits: list[Any] | None,
-                retriever: Any, verify_reply: str | None = None) -> dict[str, Any]:
+                checked: str | None, verify_reply: str | None = None) -> dict[str, Any]:
     """One answer of ``answers.jsonl`` with its scores (answerable sets: against the answer without "[n]"). With
-    passages, ``answer`` is the model's as ask and serve show it (``Retriever.check_answer``: the decline
-    where its passages do not support it, else its citations checked; with ``retrieval.verify``, the decline
-    where ``verify_reply`` says no) and ``model_answer`` the model's own; the citations of both are scored."""
-    answer = model_answer if hits is None else retriever.check_answer(row["question"], model_answer, hits)
-    if verify_reply is not None and verify_says_no(verify_reply):
-        answer = ABSTAIN
+    passages, ``answer`` is the model's as ask and serve show it (``checked``: ``Retriever.check_answer``'s,
+    the decline where its passages do not support it, else its citations checked; with ``retrieval.verify``,
+    the decline where ``verify_reply`` says no) and ``model_answer`` the model's own; the citations of both
+    are scored."""
+    answer = model_answer if checked is None else verified_answer(checked, verify_reply)
     scores: dict[str, Any] = {}
     if set_name in ANSWERABLE_SETS:
         plain = strip_citations(answer)
@@ -281,6 +280,7 @@ def run(config: PapertuneConfig) -> Path:
     flat = [(name, row) for name, rows in questions.items() for row in rows]
     flat_hits = [h for name in questions for h in hits.get(name, [])]
     answers: dict[str, list[str]] = {}
+    checked: dict[str, list[str]] = {}  # retrieval systems: the answers as the answer check leaves them
     verdicts: dict[str, list[str | None]] = {}  # retrieval.verify: the model's verification replies
     cache = AnswerCache(run_dir)
     vllm = None
@@ -302,16 +302,20 @@ def run(config: PapertuneConfig) -> Path:
                 model, tokenizer, [r["question"] for _, r in flat], config.build.system_prompt, passages=grounded,
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, desc=f"answers ({system.label})",
                 **generation)
-            if system.mode == "retrieval" and config.retrieval.verify:
-                verdicts[system.name] = verify_replies(
-                    model, tokenizer, config, [r["question"] for _, r in flat], answers[system.name], flat_hits,
-                    retriever, desc=f"verification ({system.label})", **generation)
+            if system.mode == "retrieval":  # each grounded answer checked once, as ask and serve check it
+                checked[system.name] = [retriever.check_answer(r["question"], a, h)
+                                        for (_, r), a, h in zip(flat, answers[system.name], flat_hits, strict=True)]
+                if config.retrieval.verify:
+                    verdicts[system.name] = verify_replies(
+                        model, tokenizer, config, [r["question"] for _, r in flat], checked[system.name], flat_hits,
+                        desc=f"verification ({system.label})", **generation)
     del model
     if vllm is not None and vllm.cache_info().currsize:
         vllm().release()  # the judge (and the embeddings) get the card
 
     answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None,
-                               retriever, verdicts[s.name][k] if s.name in verdicts else None)
+                               checked[s.name][k] if s.name in checked else None,
+                               verdicts[s.name][k] if s.name in verdicts else None)
                    for s in systems for k, (set_name, row) in enumerate(flat)]
     answerable = [a for a in answer_rows if a["set"] in ANSWERABLE_SETS]
     if cfg.embedding_model and answerable:

@@ -19,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import (ABSTAIN, VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_verify_prompt,
-                            verify_says_no)
+from papertune.chat import (VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_verify_prompt,
+                            verified_answer)
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError, PapertuneError
 from papertune.inference import Completion, Decoding, GenerationRequest, load_for_answering
@@ -177,8 +177,8 @@ class Service:
         the worker: a "no" makes it the decline)."""
         checked = self.retriever.check_answer(question, answer, passages)
         n = passage_to_verify(checked, len(passages)) if self.config.retrieval.verify else None
-        if n is not None and verify_says_no(await self.verify(question, passages[n - 1])):
-            checked = ABSTAIN
+        if n is not None:
+            checked = verified_answer(checked, await self.verify(question, passages[n - 1]))
         return grounding(passages, answer, checked)
 
     async def verify(self, question: str, passage: Passage) -> str:
