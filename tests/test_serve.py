@@ -33,7 +33,9 @@ from papertune.chat import ABSTAIN, abstains, cited_numbers, render_prompt, user
 from papertune.config import load_config
 from papertune.errors import ConfigError, InputError
 from papertune.index import embed_texts
+from papertune.inference import Completion, Decoding, GenerationRequest
 from papertune.retrieval import Passage
+from papertune.serve.worker import GenerationWorker, Job
 
 MAX_REQUEST_BYTES = 16384
 QUESTIONS = [
@@ -431,6 +433,34 @@ def test_client_disconnect_mid_stream_stops_generation_and_the_next_request_work
     status = _wait_idle(service)
     assert status["cancelled"] == cancelled + 1 and status["recent"][-1]["completion_tokens"] < 300
     assert_still_serving(url)
+
+
+def test_a_request_waiting_for_batch_mates_is_running_in_the_status(monkeypatch):
+    """Between leaving the queue and generating, a greedy request waits serve.batch_wait_ms for others; status()
+    must not call the worker idle then (a client that hung up in that window is counted as cancelled)."""
+    release = threading.Event()
+
+    def generate(model, tokenizer, requests_, tokenizer_lock=None):
+        release.wait(10)
+        return [Completion("", [], "cancelled" if r.cancelled.is_set() else "stop", 1, 0) for r in requests_]
+
+    monkeypatch.setattr("papertune.serve.worker.generate_batch", generate)
+    worker = GenerationWorker(None, None, threading.Lock(), max_batch_size=4, batch_wait_s=1.0, max_queue=4)
+    done = threading.Event()
+    job = Job(GenerationRequest([1, 2], Decoding(max_new_tokens=8)), on_done=lambda result, error: done.set())
+    worker.submit(job)
+    deadline = time.monotonic() + 10
+    while worker.status()["queued"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    status = worker.status()
+    assert status["running"] == 1 and status["batches"] == 0, status  # still waiting for batch-mates
+    job.cancel()
+    release.set()
+    assert done.wait(10)
+    status = worker.status()
+    assert status["running"] == 0 and status["cancelled"] == 1 and status["recent"][-1]["finish_reason"] == "cancelled"
+    worker.stop()
 
 
 def test_a_full_queue_is_a_503_and_a_closed_book_server_without_citations_says_so(config):
@@ -849,8 +879,6 @@ def test_headless_browser_asks_for_the_api_key_and_then_answers(keyed_url, tmp_p
 def scripted_server(config, monkeypatch):
     """A grounded server whose model answers from a script: declines questions about optimizers, answers
     "Which experts ...?" citing nothing, and otherwise answers citing passage [1]."""
-    from papertune.inference import Completion
-
     app = serve.create_app(config)
     tokenizer = app.state.service.tokenizer
 
@@ -875,7 +903,6 @@ def test_verify_asks_the_model_through_the_worker_and_a_no_declines(cited_run, t
     """retrieval.verify: after the answer, the worker is asked the verification prompt of the passage the checked
     answer cites; "no" makes the response a decline, streamed or not, "yes" leaves it as it was."""
     from papertune.chat import VERIFY_INSTRUCTION, render_verify_prompt
-    from papertune.inference import Completion
 
     app = serve.create_app(serve_config(cited_run, talking_model, "retrieval.verify=true"))
     service = app.state.service

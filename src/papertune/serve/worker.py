@@ -123,6 +123,7 @@ class GenerationWorker:
                 self._finish_cancelled(first)
                 return []
             batch = [first]
+            self._running = batch  # while it waits for batch-mates it is running, not idle, in status()
             if first.batchable and self.max_batch_size > 1:
                 deadline = time.monotonic() + self.batch_wait_s
                 while (sum(j.batchable for j in self._pending) < self.max_batch_size - 1
@@ -135,7 +136,6 @@ class GenerationWorker:
                     else:
                         kept.append(job)
                 self._pending = kept
-            self._running = batch
             return batch
 
     def _loop(self) -> None:
