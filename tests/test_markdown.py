@@ -92,6 +92,43 @@ def test_references_section_dropped_by_default(tmp_path: Path):
     assert "Hu et al. LoRA. 2021." in all_text(kept)
 
 
+CITE_THIS = """# Sparse experts
+
+Each token is routed to two experts.
+
+---
+Cited as:
+
+> Doe, Jane. (May 2024). Sparse experts. Blog. https://example.org/moe/.
+
+Or
+
+```
+@article{doe2024moe, title = "Sparse experts", author = "Doe, Jane", year = "2024"}
+```
+
+## Further reading
+
+A survey of routing follows.
+
+## How to cite this post
+
+Doe, Jane. Sparse experts. 2024.
+
+## Appendix
+
+The router is a linear layer.
+"""
+
+
+def test_a_how_to_cite_block_is_dropped_up_to_the_next_heading(tmp_path: Path):
+    _, paragraphs = read(tmp_path, CITE_THIS, code="keep")
+    assert [p.text for p in paragraphs] == ["Each token is routed to two experts.", "A survey of routing follows.",
+                                            "The router is a linear layer."]
+    _, kept = read(tmp_path, CITE_THIS, drop_references=False)
+    assert "Cited as:" in all_text(kept) and "Doe, Jane. Sparse experts. 2024." in all_text(kept)
+
+
 def test_code_tables_math_by_config(tmp_path: Path):
     _, default = read(tmp_path)
     text = all_text(default)

@@ -188,6 +188,18 @@ def is_references_heading(text: str) -> bool:
     return bool(_REFERENCES_HEADING.match(text))
 
 
+# A "how to cite this" block: a heading or a lead-in line ("Cited as:", "Please cite this work as:") followed by
+# the document's own reference and BibTeX. Nothing in it is worth a question.
+_CITE_THIS = re.compile(r"^\s*(?:(?:[0-9]+\.?\s*)?citation|cited as|how to cite(?: this(?: \w+)?)?|"
+                        r"please cite(?: this(?: \w+)?| us)?(?: as)?|to cite this(?: \w+)?|citing this(?: \w+)?|"
+                        r"bibtex(?: citation)?)\s*:?\s*$", re.IGNORECASE)
+
+
+def is_cite_this(text: str) -> bool:
+    """Whether a heading or a line opens a "how to cite this document" block."""
+    return bool(_CITE_THIS.match(text))
+
+
 # Characters a broken text layer is made of: replacement characters, private-use code points, controls.
 _UNPRINTABLE = re.compile("[\ufffd\ue000-\uf8ff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 

@@ -22,7 +22,7 @@ from mdit_py_plugins.front_matter import front_matter_plugin
 
 from papertune.config import IngestConfig
 from papertune.errors import DocumentError
-from papertune.ingest.clean import clean_paragraph, is_references_heading, normalize_unicode, squash_whitespace
+from papertune.ingest.clean import clean_paragraph, is_cite_this, is_references_heading, normalize_unicode, squash_whitespace
 from papertune.ingest.document import Paragraph, ReadDocument
 
 _LIQUID_BLOCK = re.compile(r"\{%-?\s*(raw|comment)\s*-?%\}.*?\{%-?\s*end\1\s*-?%\}", re.DOTALL)
@@ -170,6 +170,7 @@ def read_markdown(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
         if text:
             paragraphs.append(Paragraph(text=text, section=section()))
 
+    citing = False  # inside a "how to cite this" block
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -178,6 +179,7 @@ def read_markdown(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
             text = squash_whitespace(normalize_unicode(_inline_text(tokens[i + 1], cfg)))
             if cfg.drop_references and is_references_heading(text):
                 break  # the reference list and everything after it
+            citing = cfg.drop_references and is_cite_this(text)  # "how to cite this" up to the next heading
             if level == 1 and title is None and not paragraphs:
                 title, title_level = text, 1
             elif level == 1 and title is not None and text == title and not paragraphs:
@@ -188,8 +190,13 @@ def read_markdown(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
                 headings[level] = text
             i += 3
             continue
-        if tok.type == "inline":
-            emit(_inline_text(tok, cfg))
+        if citing:
+            pass
+        elif tok.type == "inline":
+            text = _inline_text(tok, cfg)
+            citing = cfg.drop_references and is_cite_this(squash_whitespace(text))
+            if not citing:
+                emit(text)
         elif tok.type in ("fence", "code_block"):
             if cfg.code == "keep" and tok.content.strip():
                 # Code keeps its lines: it is one paragraph of its own, not prose to re-flow.
