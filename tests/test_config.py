@@ -115,6 +115,8 @@ def test_int_is_accepted_for_float_and_converted():
         ("ingest", "--set expects section.key=value"),
         ("ingest.workers.deeper=1", "ingest.workers must be an integer"),
         ("run_dir.x=1", "run_dir must be a string"),
+        ("build.raft_verify_rows=true", "with build.mode closed_book there are none"),
+        ("build.raft_decline_copies=0.5", "with build.mode closed_book there are none"),
     ],
 )
 def test_errors_name_the_field(override: str, fragment: str):

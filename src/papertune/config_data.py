@@ -392,6 +392,10 @@ class BuildConfig:
                  f"build.raft_source_share must be between 0 and 1, got {self.raft_source_share}")
         require(0 <= self.raft_decline_copies <= 1,
                  f"build.raft_decline_copies must be between 0 and 1, got {self.raft_decline_copies}")
+        if self.mode == "closed_book":  # options that add RAFT rows mean nothing without RAFT
+            require(not self.raft_verify_rows and self.raft_decline_copies == 0,
+                     "build.raft_verify_rows and build.raft_decline_copies add RAFT rows; with build.mode "
+                     "closed_book there are none: set build.mode=raft, or leave them off")
         for name in ("heldout_documents", "outside_documents"):
             value = getattr(self, name)
             require(0 <= value < 1, f"build.{name} must be a share of the documents in [0, 1), got {value}")
