@@ -6,7 +6,8 @@
 # and the base model). Results (answers, metrics, scores, tables) go to $OUT/NAME.
 #   bash benchmarks/gpu_confidence.sh c2 c1
 # SCORE=0 skips the scoring; EVAL_SETS adds evaluate settings (EVAL_SETS="--set retrieval.verify=true": the
-# product's verification after each answer).
+# product's verification after each answer); RETRY=1 then compares declining on the verifier's "no" with
+# answering again from the passage it says yes to (benchmarks/verify_retry.py).
 # A run directory built with verification rows (build.raft_verify_rows: true) trains a student that is also
 # taught to say whether a passage answers a question.
 # Needs /tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf and the all-MiniLM wheel in /tmp/models (staged
@@ -30,6 +31,14 @@ for name in "$@"; do
     || { echo "$name: evaluate failed"; tail -20 "$OUT/$name/eval.log"; exit 1; }
   t_eval=$((SECONDS - start)); start=$SECONDS
   cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
+  if [ "${RETRY:-0}" = 1 ]; then
+    start=$SECONDS
+    python3 benchmarks/verify_retry.py --run-dir "$R" --answers "$R/eval/answers.jsonl" \
+      --out "$OUT/$name/retried.jsonl" > "$OUT/$name/retry.md" 2> "$OUT/$name/retry.log" \
+      || { echo "$name: verify_retry failed"; tail -20 "$OUT/$name/retry.log"; exit 1; }
+    echo "## $name: decline or retry on the verifier's no ($((SECONDS - start)) s)"
+    cat "$OUT/$name/retry.md"
+  fi
   if [ "${SCORE:-1}" = 0 ]; then echo "## $name (train ${t_train} s, evaluate ${t_eval} s; not scored)"; continue; fi
   python3 benchmarks/answer_confidence.py --run-dir "$R" --answers "$R/eval/answers.jsonl" \
     --out "$OUT/$name/scores.jsonl" > "$OUT/$name/table.md" 2> "$OUT/$name/scores.log" \

@@ -48,6 +48,8 @@ class IngestConfig:
     citations: Literal["drop", "keep"] = "drop"
     # Code: Markdown code blocks and monospaced PDF blocks. Tables and math: Markdown (PDF tables and
     # formulas come out as the text layer has them).
+    # The references section and what follows; in Markdown also a "how to cite this" block (a "Citation"
+    # heading or a "Cited as:" line, up to the next heading).
     drop_references: bool = True
     code: Literal["drop", "keep"] = "drop"
     tables: Literal["drop", "keep"] = "keep"
