@@ -22,7 +22,8 @@ from mdit_py_plugins.front_matter import front_matter_plugin
 
 from papertune.config import IngestConfig
 from papertune.errors import DocumentError
-from papertune.ingest.clean import clean_paragraph, is_cite_this, is_references_heading, normalize_unicode, squash_whitespace
+from papertune.ingest.clean import (clean_paragraph, is_cite_this, is_references_heading, normalize_unicode,
+                                    squash_whitespace)
 from papertune.ingest.document import Paragraph, ReadDocument
 
 _LIQUID_BLOCK = re.compile(r"\{%-?\s*(raw|comment)\s*-?%\}.*?\{%-?\s*end\1\s*-?%\}", re.DOTALL)
@@ -190,9 +191,10 @@ def read_markdown(path: Path, source: str, cfg: IngestConfig) -> ReadDocument:
                 headings[level] = text
             i += 3
             continue
-        if citing:
-            pass
-        elif tok.type == "inline":
+        if citing:  # its lines, quotes and code are left out
+            i += 1
+            continue
+        if tok.type == "inline":
             text = _inline_text(tok, cfg)
             citing = cfg.drop_references and is_cite_this(squash_whitespace(text))
             if not citing:
