@@ -6,8 +6,9 @@
 # and the base model). Results (answers, metrics, scores, tables) go to $OUT/NAME.
 #   bash benchmarks/gpu_confidence.sh c2 c1
 # SCORE=0 skips the scoring; EVAL_SETS adds evaluate settings (EVAL_SETS="--set retrieval.verify=true": the
-# product's verification after each answer); RETRY=1 then compares declining on the verifier's "no" with
-# answering again from the passage it says yes to (benchmarks/verify_retry.py); JUDGE=1 keeps the run directory's
+# product's verification after each answer); RETRY=1 then evaluates twice more, reusing the cached answers, with
+# retrieval.verify (a "no" declines) and with retrieval.verify_retry too (a "no" answers again from the passage the
+# model says yes to), and prints the three side by side (benchmarks/raft_table.py); JUDGE=1 keeps the run directory's
 # evaluate.judge (the 1.5B through vLLM: /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf and
 # /tmp/models/vllm_bundle.tar staged, installed by benchmarks/gpu_vllm.sh), so answers are judged too.
 # A run directory built with verification rows (build.raft_verify_rows: true) trains a student that is also
@@ -40,11 +41,18 @@ for name in "$@"; do
   cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
   if [ "${RETRY:-0}" = 1 ]; then
     start=$SECONDS
-    python3 benchmarks/verify_retry.py --run-dir "$R" --answers "$R/eval/answers.jsonl" \
-      --out "$OUT/$name/retried.jsonl" > "$OUT/$name/retry.md" 2> "$OUT/$name/retry.log" \
-      || { echo "$name: verify_retry failed"; tail -20 "$OUT/$name/retry.log"; exit 1; }
-    echo "## $name: decline or retry on the verifier's no ($((SECONDS - start)) s)"
-    cat "$OUT/$name/retry.md"
+    for policy in verify retry; do
+      sets="--set retrieval.verify=true"
+      [ "$policy" = retry ] && sets="$sets --set retrieval.verify_retry=true"
+      # shellcheck disable=SC2086  # $judge, EVAL_SETS and $sets: evaluate settings
+      pt evaluate --run-dir "$R" -q --set evaluate.engine=static $judge --set evaluate.base=false \
+        --set 'evaluate.modes=[retrieval]' ${EVAL_SETS:-} $sets > "$OUT/$name/eval_$policy.log" 2>&1 \
+        || { echo "$name: evaluate ($policy) failed"; tail -20 "$OUT/$name/eval_$policy.log"; exit 1; }
+      mkdir -p "$OUT/$name/$policy" && cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/$policy/"
+    done
+    echo "## $name: the answer check alone, a verifier's no declining, and retrying ($((SECONDS - start)) s)"
+    python3 benchmarks/raft_table.py "raft_check=$OUT/$name/metrics.json" "raft_verify=$OUT/$name/verify/metrics.json" \
+      "raft_retry=$OUT/$name/retry/metrics.json"
   fi
   if [ "${SCORE:-1}" = 0 ]; then echo "## $name (train ${t_train} s, evaluate ${t_eval} s; not scored)"; continue; fi
   python3 benchmarks/answer_confidence.py --run-dir "$R" --answers "$R/eval/answers.jsonl" \

@@ -282,11 +282,14 @@ def fake_model_replies(monkeypatch, *replies: str) -> list[list[int]]:
     seen, queue = [], list(replies)
 
     def generate(model, tokenizer, requests, **kwargs):
-        seen.append(list(requests[0].prompt_ids))
-        text = queue.pop(0)
-        if requests[0].on_text is not None:
-            requests[0].on_text(text)
-        return [Completion(text, [], "stop", len(requests[0].prompt_ids), 1)]
+        out = []
+        for request in requests:  # a batch (the other passages, with a retry) takes one reply each
+            seen.append(list(request.prompt_ids))
+            text = queue.pop(0)
+            if request.on_text is not None:
+                request.on_text(text)
+            out.append(Completion(text, [], "stop", len(request.prompt_ids), 1))
+        return out
 
     monkeypatch.setattr("papertune.ask.generate_batch", generate)
     return seen
@@ -317,3 +320,31 @@ def test_verify_asks_the_model_about_the_cited_passage_and_a_no_declines(tmp_pat
     plain = ask.Assistant(grounded_config(tmp_path / "run", talking_model), base_only=True).answer(QUESTION, io.StringIO())
     assert "verify_reply" not in plain and not plain["abstained"] and len(seen) == 1
 
+
+
+def test_verify_retry_answers_again_from_the_passage_the_model_says_holds_the_answer(tmp_path, talking_model,
+                                                                                    word_embedder, monkeypatch):
+    """retrieval.verify_retry: after the model's "no", it is asked about the other passages; the first it says
+    yes to moves to [1] and the question is answered again (checked, verified), cited as the sources are shown."""
+    config = grounded_config(tmp_path / "run", talking_model, "retrieval.verify=true", "retrieval.verify_retry=true")
+    assistant = ask.Assistant(config, base_only=True)
+    passages = assistant.retriever.search(QUESTION)
+    third = passages[2].chunk
+    again = f"{third['text'].rstrip('.')} [1]."  # the model answers from the passage moved to [1]
+    seen = fake_model_replies(monkeypatch, "It routes every token to the top two experts [1].", "No", "No", "Yes",
+                              again, "Yes")
+    stream = io.StringIO()
+    result = assistant.answer(QUESTION, stream)
+    shown = f"{third['text'].rstrip('.')} [3]."
+    assert result["checked_answer"] == shown and result["cited"] == [3] and not result["abstained"]
+    assert result["retry"] == {"passage": 3, "answer": shown, "verify_reply": "Yes"}
+    assert ask.RETRIED.format(n=1, m=3, answer=shown) in stream.getvalue()
+    assert "* [3] " in stream.getvalue()
+    moved = [third] + [p.chunk for p in passages[:2]]
+    prompt = render_prompt(assistant.tokenizer, QUESTION, config.build.system_prompt, moved)
+    assert len(seen) == 6 and seen[4] == assistant.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # No other passage said to hold it: declined, as without the retry.
+    fake_model_replies(monkeypatch, "It routes every token to the top two experts [1].", "No", "No", "No")
+    stream = io.StringIO()
+    declined = assistant.answer(QUESTION, stream)
+    assert declined["abstained"] and "retry" not in declined and ask.NOT_VERIFIED.format(n=1) in stream.getvalue()

@@ -438,6 +438,54 @@ def test_verify_asks_each_retrieval_answer_about_its_cited_passage(tmp_path, tra
     assert any(a["abstained"] for a in checked) and not all(a["abstained"] for a in checked)
 
 
+def test_verify_retry_answers_again_and_counts_it(tmp_path, trained_run, tiny_model, word_embedder, monkeypatch):
+    """retrieval.verify_retry: a "no" about the cited passage asks about the other one; a "yes" answers the
+    question again with that passage first, and answers, metrics and report say how many were answered again.
+    The scripted model says no to the passage holding the reference and yes to the other, and answers from
+    whichever passage comes first."""
+    import papertune.evaluate.stage as stage
+    from papertune.chat import VERIFY_INSTRUCTION
+    from papertune.inference import Completion
+
+    run = grounded_copy(tmp_path, trained_run)
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(run / "dataset"))
+    reference_of = {r["question"]: r["answer"] for split in ("test", "heldout", "outside") for r in ds[split]}
+    texts = [json.loads(line)["text"] for line in (run / "chunks.jsonl").read_text().splitlines()]
+
+    def scripted(model, tokenizer, batch, decoding, *, batch_size=1, progress=None, engine="auto"):
+        replies = []
+        for prompt in batch:
+            question = max((q for q in reference_of if q in prompt), key=lambda q: (prompt.rfind(q) + len(q), len(q)))
+            first = min((t for t in texts if t.strip() in prompt), key=lambda t: prompt.index(t.strip()),
+                        default="")  # closed book: none
+            if VERIFY_INSTRUCTION in prompt:
+                replies.append("No." if reference_of[question] in first else "Yes")
+            else:
+                replies.append(f"{reference_of[question]} [1]" if not first or reference_of[question] in first
+                               else f"{first.strip()} [1]")
+        return [Completion(r, [], "stop", 0, 0) for r in replies]
+
+    monkeypatch.setattr(stage, "generate", scripted)
+    cfg = eval_config(run, tiny_model, "evaluate.max_questions=4", "retrieval.top_k=2", "retrieval.verify=true",
+                      "retrieval.verify_retry=true", "evaluate.base=false")
+    out = evaluate.run(cfg)
+    answers = [a for a in _read_answers(out) if a["mode"] == "retrieval"]
+    verify = json.loads((out / "metrics.json").read_text())["retrieval"]["verify"]["tuned_retrieval"]
+    asked = [a for a in answers if a["verify_reply"] is not None]
+    retried = [a for a in answers if a["retry"] is not None]
+    assert asked and retried == asked and all(a["verify_reply"] == "No." for a in asked)
+    assert verify == {"asked": len(asked), "said_no": len(asked), "answered_again": len(asked), "kept": len(asked),
+                      "declined": 0}
+    chunks = {c["id"]: c["text"] for c in map(json.loads, (run / "chunks.jsonl").read_text().splitlines())}
+    for a in retried:  # answered from the second passage, cited as the passages are listed
+        other = chunks[a["passages"][1]["chunk_id"]].strip()
+        assert a["retry"] == {"passage": 2, "answer": f"{other} [2]", "verify_reply": "Yes"}
+        assert a["answer"] == f"{other} [2]" and a["cited"] == [2] and not a["abstained"]
+    assert "answered again" in (out / "report.md").read_text()
+
+
 def test_evaluate_writes_metrics_answers_report_and_charts(tmp_path, trained_run, tiny_model, word_embedder):
     """Real generation on an older dataset (train and test only): four systems on the test split."""
     from datasets import load_from_disk

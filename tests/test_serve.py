@@ -939,6 +939,47 @@ def test_verify_asks_the_model_through_the_worker_and_a_no_declines(cited_run, t
         assert len(verified) == 3
 
 
+def test_verify_retry_answers_again_through_the_worker(cited_run, talking_model, monkeypatch):
+    """retrieval.verify_retry: after a "no", the worker is asked about the other passage; it says yes, so the
+    question is answered again with that passage first, and the response carries that answer, cited as the
+    passages were listed, streamed or not."""
+    from papertune.chat import VERIFY_INSTRUCTION
+
+    app = serve.create_app(serve_config(cited_run, talking_model, "retrieval.verify=true",
+                                        "retrieval.verify_retry=true"))
+    service = app.state.service
+    gating = "How does a gating network route every token to the top two experts?"
+    first, second = (p.chunk["text"] for p in service.retrieve(gating))
+    again = f"{second.strip().rstrip('.')} [1]."
+    prompts: list[str] = []
+
+    def generate(model, tok, requests_, **kwargs):
+        out = []
+        for request in requests_:
+            prompt = service.tokenizer.decode(request.prompt_ids)
+            prompts.append(prompt)
+            if VERIFY_INSTRUCTION in prompt:
+                text = "yes" if second in prompt else "no"
+            else:
+                text = again if prompt.index(second) < prompt.index(first) else "Two experts per token [1]."
+            if request.on_text is not None:
+                request.on_text(text)
+            out.append(Completion(text, [], "stop", len(request.prompt_ids), 2))
+        return out
+
+    monkeypatch.setattr("papertune.serve.worker.generate_batch", generate)
+    shown = f"{second.strip().rstrip('.')} [2]."
+    with serve.serve_in_background(app) as url:
+        answered = chat(url, gating).json()
+        assert answered["choices"][0]["message"]["content"] == "Two experts per token [1]."
+        assert answered["papertune_abstained"] is False and answered["papertune_checked_answer"] == shown
+        assert [c["cited"] for c in answered["papertune_citations"]] == [False, True]
+        # the answer, its passage (no), the other one (yes), the answer again, its passage (yes)
+        assert [VERIFY_INSTRUCTION in p for p in prompts] == [False, True, True, False, True]
+        finish = [e for e in stream_events(url, gating) if isinstance(e, dict) and e.get("choices")][-1]
+        assert finish["papertune_checked_answer"] == shown and finish["papertune_abstained"] is False
+
+
 @pytest.mark.slow
 @NEEDS_CHROMIUM
 def test_headless_browser_shows_the_cited_sources_and_a_declined_answer(scripted_server, tmp_path):

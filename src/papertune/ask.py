@@ -14,7 +14,8 @@ sources, numbered as in the prompt, each with its document, page and section, th
 is checked (``Retriever.check_answer``): one its passages do not support is reported as declined, and
 where another passage holds clearly more of it than the one cited, it is printed again citing that one.
 With ``retrieval.verify`` the model is then asked whether the passage the answer cites contains the answer
-(``chat.verify_turn``); a "no" is reported as declined.
+(``chat.verify_turn``); a "no" is reported as declined, or with ``retrieval.verify_retry`` the question is
+answered again from the passage the model says does (``papertune.verify``).
 
 Closed book (``--closed-book``, ``retrieval.grounded: false``): the question alone; ``--cite`` then lists
 the passages retrieval finds for the question below the answer (the model did not see them).
@@ -28,12 +29,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from papertune.chat import (ABSTAIN, VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_prompt,
-                            render_verify_prompt, verified_answer)
+from papertune.chat import abstains, cited_numbers, render_prompt, verify_says_no
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
 from papertune.inference import Decoding, GenerationRequest, generate_batch, load_for_answering
 from papertune.retrieval import Passage, Retriever
+from papertune.verify import Settled, settle_answers
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ CHECKED_NOTE = "Citations checked: another passage holds more of the answer than
 CITED_NOTE = "Source added: the answer cited no passage; this one holds most of it:"
 UNSUPPORTED = "(The retrieved passages do not support this answer: most of its words are in none of them.)"
 NOT_VERIFIED = "(Asked whether passage [{n}] contains the answer, the model says no: declined.)"
+RETRIED = ("(Asked whether passage [{n}] contains the answer, the model says no; it says passage [{m}] does. "
+           "Answered again from it: {answer})")
+RETRY_DECLINED = ("(Asked whether passage [{n}] contains the answer, the model says no; it says passage [{m}] "
+                  "does, but its answer from it did not hold either: declined.)")
 
 
 def generate_answer(model: Any, tokenizer: Any, question: str, system_prompt: str | None, *, max_new_tokens: int,
@@ -79,6 +84,21 @@ def format_sources(passages: Sequence[Passage], cited: Sequence[int], *, grounde
     return "\n".join(lines)
 
 
+def answer_note(text: str, settled: Settled) -> str | None:
+    """What to print below a grounded answer streamed as the model wrote it (``text``): how the check and the
+    model's verification changed it (:mod:`papertune.verify`), or that it declined; None: as streamed."""
+    shown = settled.answer
+    if settled.retry is not None:
+        return (RETRY_DECLINED if abstains(shown) else RETRIED).format(n=settled.verified, m=settled.retry["passage"],
+                                                                       answer=shown)
+    if settled.verify_reply is not None and verify_says_no(settled.verify_reply):
+        return NOT_VERIFIED.format(n=settled.verified)
+    if shown != text:
+        note = CHECKED_NOTE if cited_numbers(text) else CITED_NOTE
+        return UNSUPPORTED if abstains(shown) else f"({note} {shown})"
+    return DECLINED if abstains(text) else None
+
+
 class Assistant:
     """A loaded model (and the retriever, when grounded or with ``cite``) answering one question after another."""
 
@@ -108,20 +128,18 @@ class Assistant:
                                max_new_tokens=self.max_new_tokens, temperature=self.temperature, stream=stream,
                                passages=[p.chunk for p in passages] if self.grounded else None)
         record: dict[str, Any] = {"question": question, "answer": text, "grounded": self.grounded}
-        checked = self.retriever.check_answer(question, text, passages) if self.grounded else text
-        verify_n = passage_to_verify(checked, len(passages)) if self.grounded and self.config.retrieval.verify else None
-        if verify_n is not None:
-            record["verify_reply"] = self.verify(question, passages[verify_n - 1])
-            checked = verified_answer(checked, record["verify_reply"])
+        checked = text
         if self.grounded:
-            record["checked_answer"] = checked
-        if verify_n is not None and checked == ABSTAIN:
-            stream.write(NOT_VERIFIED.format(n=verify_n) + "\n")
-        elif checked != text:  # streamed as the model wrote it: say what the check changed
-            note = CHECKED_NOTE if cited_numbers(text) else CITED_NOTE
-            stream.write((UNSUPPORTED if abstains(checked) else f"({note} {checked})") + "\n")
-        elif self.grounded and abstains(text):  # the model's own decline
-            stream.write(DECLINED + "\n")
+            settled = settle_answers([question], [text], [passages], retriever=self.retriever,
+                                     tokenizer=self.tokenizer, config=self.config, generate=self.generate,
+                                     answer_decoding=Decoding(max_new_tokens=self.max_new_tokens,
+                                                              temperature=self.temperature))[0]
+            checked = record["checked_answer"] = settled.answer
+            record.update({k: v for k, v in (("verify_reply", settled.verify_reply), ("retry", settled.retry))
+                           if v is not None})
+            note = answer_note(text, settled)
+            if note:
+                stream.write(note + "\n")
         cited = [n for n in cited_numbers(checked) if 1 <= n <= len(passages)] if self.grounded else []
         abstained = self.grounded and abstains(checked)
         if self.retriever is not None:
@@ -129,13 +147,11 @@ class Assistant:
         stream.flush()
         return {**record, "passages": [p.to_json() for p in passages], "cited": cited, "abstained": abstained}
 
-    def verify(self, question: str, passage: Passage) -> str:
-        """The model's reply (a word) when asked whether ``passage`` contains the answer to ``question``
-        (``retrieval.verify``; ``chat.verify_turn``)."""
-        prompt = render_verify_prompt(self.tokenizer, question, passage.chunk, self.config.build.system_prompt)
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        request = GenerationRequest(list(ids), Decoding(max_new_tokens=VERIFY_TOKENS))
-        return generate_batch(self.model, self.tokenizer, [request])[0].text
+    def generate(self, prompts: list[str], decoding: Decoding) -> list[str]:
+        """The model's texts for rendered prompts, in one batch (how :func:`settle_answers` asks it)."""
+        requests = [GenerationRequest(list(self.tokenizer(p, add_special_tokens=False)["input_ids"]), decoding)
+                    for p in prompts]
+        return [c.text for c in generate_batch(self.model, self.tokenizer, requests)]
 
 
 def ask(config: PapertuneConfig, question: str, *, stream: TextIO | None = None, **options: Any) -> dict[str, Any]:

@@ -268,7 +268,7 @@ SPEC = StageSpec(
     # build formats with build.model's chat template (train warns when train.model differs); RAFT distractors
     # come from the retriever's ranking.
     settings=("build", "retrieval.method", "retrieval.top_k", "retrieval.embedding_model", "retrieval.rrf_k",
-              "retrieval.candidates"),
+              "retrieval.candidates", "retrieval.window_words"),
     outputs=(DATASET, OUTPUT_JSON, DATASET_CARD, BUILD_REPORT, BUILD_LENGTHS_PLOT),
     inputs=_inputs,
 )

@@ -163,9 +163,14 @@ class RetrievalConfig:
     # the answer (chat.verify_turn, one token); "no" makes it the decline. For a model trained with
     # build.raft_verify_rows (an untrained one judges about at chance).
     verify: bool = False
+    # With verify: a "no" first asks the same of the other passages; the first the model says holds the
+    # answer moves to [1] and the question is answered once more (checked and verified again; papertune.verify).
+    verify_retry: bool = False
 
     def validate(self) -> None:
         p = "retrieval"
+        require(self.verify or not self.verify_retry, f"{p}.verify_retry retries after the model's own check; "
+                f"set {p}.verify=true as well, or leave {p}.verify_retry off")
         require(self.top_k >= 1, f"{p}.top_k must be >= 1, got {self.top_k}")
         require(self.rrf_k >= 0, f"{p}.rrf_k must be >= 0, got {self.rrf_k}")
         for name in ("min_support", "min_question_support"):

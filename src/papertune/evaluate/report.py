@@ -158,9 +158,14 @@ def render_report(run_dir: Path, metrics: dict, answer_rows: list[dict]) -> str:
                   f"{len(r['outside_documents'])} outside documents left out of the index.", ""]
         if r.get("verify"):
             labels = {s["name"]: s["label"] for s in metrics["systems"]}
+            retry = any("answered_again" in v for v in r["verify"].values())
             lines += ["Verification (`retrieval.verify`): after each answer that passed the answer check, the model "
-                      "was asked whether the passage it cites contains the answer; a no is counted as a decline: "
+                      "was asked whether the passage it cites contains the answer; a no is counted as a decline"
+                      + (" unless the model said yes to another passage and its answer from that one held "
+                         "(`retrieval.verify_retry`)" if retry else "") + ": "
                       + "; ".join(f"{labels[name]} asked {v['asked']}, declined {v['declined']}"
+                                  + (f" (said no {v['said_no']}, answered again {v['answered_again']}, "
+                                     f"kept {v['kept']})" if "answered_again" in v else "")
                                   for name, v in r["verify"].items()) + ".", ""]
     explained = ["Scores of answerable questions are computed on the answer without its [n] markers. Declines: "
                  "answers saying the passages do not contain the answer (wrong on answerable questions, right on "

@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import (VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_prompt,
-                            render_verify_prompt, strip_citations, verified_answer, verify_says_no)
+from papertune.chat import abstains, cited_numbers, render_prompt, strip_citations
 from papertune.config import EVAL_MODES, PapertuneConfig
 from papertune.evaluate.answer_cache import AnswerCache, model_identity
 from papertune.evaluate.judge import judge_answers
@@ -34,6 +33,7 @@ from papertune.evaluate.metrics import (
     example_losses,
     recall_at_k,
     rouge_l,
+    verify_counts,
     token_f1,
 )
 from papertune.evaluate.report import log_summary, render_report, write_charts
@@ -47,6 +47,7 @@ from papertune.evaluate.sets import (
 )
 from papertune.inference import Decoding, adapter_path, attach_adapter, check_adapter, generate, load_for_answering
 from papertune.inference.vllm_engine import VLLMEngine
+from papertune.verify import Settled, settle_answers
 from papertune.rundir import (
     BUILD_REPORT,
     CHUNKS,
@@ -146,8 +147,9 @@ SPEC = StageSpec(
     # evaluate loads train.model with the training dtype and prompt, and skips rows over max_seq_length.
     # retrieval.grounded only picks ask's and serve's default mode; evaluate.modes picks evaluate's.
     settings=("evaluate", "retrieval.method", "retrieval.top_k", "retrieval.embedding_model", "retrieval.rrf_k",
-              "retrieval.candidates", "train.model", "train.dtype", "train.max_seq_length",
-              "train.trust_remote_code", "build.system_prompt"),
+              "retrieval.candidates", "retrieval.window_words", "retrieval.min_support",
+              "retrieval.min_question_support", "retrieval.verify", "retrieval.verify_retry", "train.model",
+              "train.dtype", "train.max_seq_length", "train.trust_remote_code", "build.system_prompt"),
     outputs=(EVAL_METRICS, EVAL_ANSWERS, EVAL_REPORT_MD, EVAL_METRICS_PLOT, EVAL_PER_DOCUMENT_PLOT,
              EVAL_FOUR_WAY_PLOT),
     inputs=_inputs,
@@ -188,36 +190,13 @@ def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple
                       trust_remote_code=config.train.trust_remote_code, seed=cfg.seed, lora_rank=rank)
 
 
-def verify_replies(model: Any, tokenizer: Any, config: PapertuneConfig, questions: Sequence[str],
-                   checked: Sequence[str], hits: Sequence[Sequence[Any]], **generation: Any) -> list[str | None]:
-    """With ``retrieval.verify``: the model's reply, per grounded answer the check let through (``checked``:
-    ``Retriever.check_answer``'s), when asked whether the passage it cites contains the answer (as ask and
-    serve ask it); None where not asked. ``generation``: :func:`generate_texts`'s settings besides the token
-    limit and the temperature."""
-    asked: list[int] = []
-    prompts: list[str] = []
-    for k, (question, answer, passages) in enumerate(zip(questions, checked, hits, strict=True)):
-        n = passage_to_verify(answer, len(passages))
-        if n is not None:
-            asked.append(k)
-            prompts.append(render_verify_prompt(tokenizer, question, passages[n - 1].chunk,
-                                                config.build.system_prompt))
-    replies: list[str | None] = [None] * len(questions)
-    if prompts:
-        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=VERIFY_TOKENS, temperature=0.0, **generation)
-        for k, reply in zip(asked, texts, strict=True):
-            replies[k] = reply
-    return replies
-
-
 def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hits: list[Any] | None,
-                checked: str | None, verify_reply: str | None = None) -> dict[str, Any]:
+                settled: Settled | None) -> dict[str, Any]:
     """One answer of ``answers.jsonl`` with its scores (answerable sets: against the answer without "[n]"). With
-    passages, ``answer`` is the model's as ask and serve show it (``checked``: ``Retriever.check_answer``'s,
-    the decline where its passages do not support it, else its citations checked; with ``retrieval.verify``,
-    the decline where ``verify_reply`` says no) and ``model_answer`` the model's own; the citations of both
-    are scored."""
-    answer = model_answer if checked is None else verified_answer(checked, verify_reply)
+    passages, ``answer`` is the model's as ask and serve show it (``settled``: :func:`settle_answers`'s: the
+    decline where its passages do not support it, else its citations checked; with ``retrieval.verify``, the
+    model's verification and retry) and ``model_answer`` the model's own; the citations of both are scored."""
+    answer = model_answer if settled is None else settled.answer
     scores: dict[str, Any] = {}
     if set_name in ANSWERABLE_SETS:
         plain = strip_citations(answer)
@@ -232,7 +211,9 @@ def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hit
         "system": system.name, "model": system.model, "mode": system.mode, "set": set_name, "id": row.get("id"),
         "question": row["question"], "reference": row["answer"], "answer": answer, "model_answer": model_answer,
         "passages": None if hits is None else [p.to_json() for p in hits],
-        "cited": cited_numbers(answer), "abstained": abstains(answer), "verify_reply": verify_reply, "scores": scores,
+        "cited": cited_numbers(answer), "abstained": abstains(answer),
+        "verify_reply": settled.verify_reply if settled else None, "retry": settled.retry if settled else None,
+        "scores": scores,
         "source": row.get("source"), "page": row.get("page_start"), "chunk_id": row.get("chunk_id"),
         "group": row["group"], "augmentation": row.get("augmentation"),
     }
@@ -280,8 +261,7 @@ def run(config: PapertuneConfig) -> Path:
     flat = [(name, row) for name, rows in questions.items() for row in rows]
     flat_hits = [h for name in questions for h in hits.get(name, [])]
     answers: dict[str, list[str]] = {}
-    checked: dict[str, list[str]] = {}  # retrieval systems: the answers as the answer check leaves them
-    verdicts: dict[str, list[str | None]] = {}  # retrieval.verify: the model's verification replies
+    settled: dict[str, list[Settled]] = {}  # retrieval systems: the answers as ask and serve show them
     cache = AnswerCache(run_dir)
     vllm = None
     if cfg.engine == "vllm":  # loaded only when an answer is not in the cache
@@ -302,20 +282,22 @@ def run(config: PapertuneConfig) -> Path:
                 model, tokenizer, [r["question"] for _, r in flat], config.build.system_prompt, passages=grounded,
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, desc=f"answers ({system.label})",
                 **generation)
-            if system.mode == "retrieval":  # each grounded answer checked once, as ask and serve check it
-                checked[system.name] = [retriever.check_answer(r["question"], a, h)
-                                        for (_, r), a, h in zip(flat, answers[system.name], flat_hits, strict=True)]
-                if config.retrieval.verify:
-                    verdicts[system.name] = verify_replies(
-                        model, tokenizer, config, [r["question"] for _, r in flat], checked[system.name], flat_hits,
-                        desc=f"verification ({system.label})", **generation)
+            if system.mode == "retrieval":  # each grounded answer settled as ask and serve settle it
+                def texts(prompts: list[str], decoding: Decoding, model: Any = model, generation: dict = generation,
+                          label: str = system.label) -> list[str]:
+                    return generate_texts(model, tokenizer, prompts, max_new_tokens=decoding.max_new_tokens,
+                                          temperature=decoding.temperature, desc=f"checks ({label})", **generation)
+
+                settled[system.name] = settle_answers(
+                    [r["question"] for _, r in flat], answers[system.name], flat_hits, retriever=retriever,
+                    tokenizer=tokenizer, config=config, generate=texts,
+                    answer_decoding=Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature))
     del model
     if vllm is not None and vllm.cache_info().currsize:
         vllm().release()  # the judge (and the embeddings) get the card
 
     answer_rows = [_answer_row(s, set_name, row, answers[s.name][k], flat_hits[k] if s.mode == "retrieval" else None,
-                               checked[s.name][k] if s.name in checked else None,
-                               verdicts[s.name][k] if s.name in verdicts else None)
+                               settled[s.name][k] if s.name in settled else None)
                    for s in systems for k, (set_name, row) in enumerate(flat)]
     answerable = [a for a in answer_rows if a["set"] in ANSWERABLE_SETS]
     if cfg.embedding_model and answerable:
@@ -358,10 +340,8 @@ def run(config: PapertuneConfig) -> Path:
         metrics["retrieval"] = {
             "method": config.retrieval.method, "top_k": config.retrieval.top_k,
             "outside_documents": sorted(excluded),
-            # retrieval.verify: per system, the answers the model was asked about and those its "no" declined
-            "verify": {name: {"asked": sum(r is not None for r in replies),
-                              "declined": sum(r is not None and verify_says_no(r) for r in replies)}
-                       for name, replies in verdicts.items()} if verdicts else None,
+            "verify": {name: verify_counts(rows, config.retrieval.verify_retry)
+                       for name, rows in settled.items()} if config.retrieval.verify else None,
             # The source chunk among the top k; outside documents are in no index, so no recall there.
             "recall_at_k": {name: recall_at_k([r.get("chunk_id") for r in rows],
                                               [[p.chunk_id for p in h] for h in hits[name]])

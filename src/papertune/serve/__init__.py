@@ -13,8 +13,10 @@ status for a bad request and 5xx when the server cannot answer):
   document, pages, section, score). Grounded (``retrieval.grounded``, the default) the answer is written
   from them, and the response (when streaming, its last chunk, the one with ``finish_reason``) carries them
   again, each with ``cited`` (the answer cites it as [n]), and ``papertune_abstained`` (the answer says the
-  passages do not contain it). Closed book (``serve --closed-book``) the passages are only listed
-  (``serve.cite``; ``--no-cite``: none).
+  passages do not contain it). The answer is settled as ask settles it (:mod:`papertune.verify`: the answer
+  check, and with ``retrieval.verify`` the model's own, asked through the worker); where that changes it,
+  ``papertune_checked_answer`` is the answer to show. Closed book (``serve --closed-book``) the passages are
+  only listed (``serve.cite``; ``--no-cite``: none).
 - ``POST /v1/citations`` with ``{"query": ..., "top_k": k}``: those passages alone.
 - ``GET /health``: the model's name, the queue and counters.
 - ``GET /``: a chat page; ``/?q=QUESTION`` asks on load.

@@ -19,8 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import (VERIFY_TOKENS, abstains, cited_numbers, passage_to_verify, render_verify_prompt,
-                            verified_answer)
+from papertune.chat import abstains, cited_numbers
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError, PapertuneError
 from papertune.inference import Completion, Decoding, GenerationRequest, load_for_answering
@@ -40,6 +39,7 @@ from papertune.serve.protocol import (
 )
 from papertune.serve.security import AccessGuard, resolve_api_key
 from papertune.serve.worker import GenerationWorker, Job
+from papertune.verify import settle_answers
 
 log = logging.getLogger(__name__)
 
@@ -171,34 +171,38 @@ class Service:
         budget = min(self.config.evaluate.max_new_tokens, self.config.serve.max_tokens)
         return budget if context is None else min(budget, context - prompt_tokens)
 
-    async def grounding(self, question: str, passages: list[Passage], answer: str) -> dict[str, Any]:
-        """:func:`grounding` of a grounded answer to ``question``, checked by the retriever and, with
-        ``retrieval.verify``, by the model (asked whether the passage it cites contains the answer, through
-        the worker: a "no" makes it the decline)."""
-        checked = self.retriever.check_answer(question, answer, passages)
-        n = passage_to_verify(checked, len(passages)) if self.config.retrieval.verify else None
-        if n is not None:
-            checked = verified_answer(checked, await self.verify(question, passages[n - 1]))
-        return grounding(passages, answer, checked)
+    async def grounding(self, question: str, passages: list[Passage], answer: str,
+                        decoding: Decoding) -> dict[str, Any]:
+        """:func:`grounding` of a grounded answer to ``question``, settled as ask settles it
+        (:func:`papertune.verify.settle_answers`: the retriever's check and, with ``retrieval.verify``, the
+        model's own, through the worker; a retry answers with ``decoding``, the request's)."""
+        settled = (await asyncio.to_thread(
+            settle_answers, [question], [answer], [passages], retriever=self.retriever, tokenizer=self.tokenizer,
+            config=self.config, generate=self.generate, answer_decoding=decoding))[0]
+        return grounding(passages, answer, settled.answer)
 
-    async def verify(self, question: str, passage: Passage) -> str:
-        """The model's reply (a word) when asked whether ``passage`` contains the answer to ``question``."""
-        prompt = render_verify_prompt(self.tokenizer, question, passage.chunk, self.config.build.system_prompt)
+    def generate(self, prompts: list[str], decoding: Decoding) -> list[str]:
+        """The model's texts for rendered prompts, each a job of the worker; waits for all of them (call it from
+        a thread, never the event loop)."""
         with self.tokenizer_lock:
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
+            ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        results: list[tuple[Completion | None, ApiError | None]] = [(None, None)] * len(ids)
+        left = threading.Semaphore(0)
 
-        def resolve(result: Completion | None, error: ApiError | None) -> None:
-            if not done.done():
-                done.set_result((result, error))
+        def on_done(k: int) -> Any:
+            def done(result: Completion | None, error: ApiError | None) -> None:
+                results[k] = (result, error)
+                left.release()
+            return done
 
-        self.worker.submit(Job(GenerationRequest(list(ids), Decoding(max_new_tokens=VERIFY_TOKENS)),
-                               on_done=lambda r, e: loop.call_soon_threadsafe(resolve, r, e)))
-        result, error = await done
-        if error is not None:
-            raise error
-        return result.text
+        for k, prompt_ids in enumerate(ids):
+            self.worker.submit(Job(GenerationRequest(list(prompt_ids), decoding), on_done=on_done(k)))
+        for _ in ids:
+            left.acquire()
+        for result, error in results:
+            if error is not None:
+                raise error
+        return [result.text for result, _ in results if result is not None]
 
     def retrieve(self, query: str, top_k: int | None = None) -> list[Passage]:
         """The passages retrieval ranks first for ``query`` (``retrieval.top_k``); [] without the retriever."""
@@ -317,7 +321,8 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
                     if error is not None:
                         yield sse(error.body())
                     else:
-                        final = await service.grounding(chat.question, passages, result.text) if service.grounded else {}
+                        final = (await service.grounding(chat.question, passages, result.text, decoding)
+                                 if service.grounded else {})
                         yield sse(completion_chunk(job.id, service.model_name, created, {}, result.finish_reason,
                                                    **final))
                         if chat.include_usage:
@@ -353,7 +358,7 @@ def create_app(config: PapertuneConfig, *, merged: str | Path | None = None, bas
         result, error = done.result()
         if error is not None:
             raise error
-        final = await service.grounding(chat.question, passages, result.text) if service.grounded else {}
+        final = await service.grounding(chat.question, passages, result.text, decoding) if service.grounded else {}
         return JSONResponse({
             "id": job.id, "object": "chat.completion", "created": created, "model": service.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,

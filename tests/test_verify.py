@@ -1,0 +1,126 @@
+"""Settling a grounded answer (papertune.verify): the answer check, the model's own verification, the retry."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import CHUNKS, write_chunks
+from papertune.chat import ABSTAIN, VERIFY_INSTRUCTION, cited_numbers
+from papertune.config import load_config
+from papertune.inference import Decoding
+from papertune.retrieval import Passage, Retriever
+from papertune.verify import moved_first, settle_answers
+
+TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+QUESTION = "What data type does QLoRA use for the weights?"
+NF4 = "NormalFloat4 is an information-theoretically optimal data type for normally distributed weights"
+MOE = "A gating network routes every token to the top two experts"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+@pytest.fixture
+def hits(tmp_path):
+    write_chunks(tmp_path / "run", CHUNKS)
+    retriever = Retriever.for_run(tmp_path / "run", load_config(None, ["retrieval.method=bm25"]).retrieval)
+    # As retrieval might hand them over: the experts passage first, the NF4 one third.
+    order = ["moe.pdf#0002", "lora.pdf#0000", "qlora.md#0000", "lora.pdf#0001"]
+    chunk = {c["id"]: c for c in CHUNKS}
+    return retriever, [Passage(n, chunk[cid], 1.0 / n) for n, cid in enumerate(order, 1)]
+
+
+def scripted(says_yes: set[str], again: str, calls: list):
+    """A model that says yes about the passages whose chunk ids are in ``says_yes`` and answers ``again``."""
+    def generate(prompts: list[str], decoding: Decoding) -> list[str]:
+        calls.append((prompts, decoding))
+        out = []
+        for prompt in prompts:
+            if VERIFY_INSTRUCTION in prompt:
+                assert decoding.max_new_tokens == 2 and decoding.temperature == 0
+                holds = [c["id"] for c in CHUNKS if c["text"] in prompt]
+                assert len(holds) == 1, "a verification prompt shows one passage"
+                out.append("Yes" if holds[0] in says_yes else "No.")
+            else:
+                assert decoding == Decoding(max_new_tokens=64, temperature=0.3)
+                out.append(again)
+        return out
+    return generate
+
+
+def settle(config_overrides, retriever, passages, tokenizer, generate, answer):
+    config = load_config(None, ["retrieval.method=bm25", *config_overrides])
+    return settle_answers([QUESTION], [answer], [passages], retriever=retriever, tokenizer=tokenizer, config=config,
+                          generate=generate, answer_decoding=Decoding(max_new_tokens=64, temperature=0.3))[0]
+
+
+def test_moved_first_keeps_the_others_in_order_and_maps_numbers_back(hits):
+    _, passages = hits
+    moved, shown = moved_first(passages, 3)
+    assert [p.n for p in moved] == [1, 2, 3, 4]
+    assert [p.chunk_id for p in moved] == [passages[2].chunk_id, passages[0].chunk_id, passages[1].chunk_id,
+                                           passages[3].chunk_id]
+    assert shown == {1: 3, 2: 1, 3: 2, 4: 4}
+
+
+def test_without_verify_the_answer_is_only_checked(hits, tokenizer):
+    retriever, passages = hits
+    calls: list = []
+    moe = next(p.n for p in passages if p.chunk_id == "moe.pdf#0002")
+    settled = settle([], retriever, passages, tokenizer, scripted(set(), "", calls), f"{MOE} [{moe}].")
+    assert settled.answer == f"{MOE} [{moe}]." and settled.verify_reply is None and not calls
+
+
+def test_a_no_declines_and_a_yes_keeps_the_answer(hits, tokenizer):
+    retriever, passages = hits
+    moe = next(p.n for p in passages if p.chunk_id == "moe.pdf#0002")
+    calls: list = []
+    no = settle(["retrieval.verify=true"], retriever, passages, tokenizer, scripted(set(), "", calls),
+                f"{MOE} [{moe}].")
+    assert (no.answer, no.verify_reply, no.verified, no.retry) == (ABSTAIN, "No.", moe, None)
+    assert len(calls) == 1 and len(calls[0][0]) == 1 and MOE in calls[0][0][0]
+    yes = settle(["retrieval.verify=true"], retriever, passages, tokenizer, scripted({"moe.pdf#0002"}, "", []),
+                 f"{MOE} [{moe}].")
+    assert (yes.answer, yes.verify_reply) == (f"{MOE} [{moe}].", "Yes")
+
+
+def test_a_retry_answers_again_from_the_passage_the_model_says_holds_it(hits, tokenizer):
+    retriever, passages = hits
+    moe = next(p.n for p in passages if p.chunk_id == "moe.pdf#0002")
+    nf4 = next(p.n for p in passages if p.chunk_id == "qlora.md#0000")
+    calls: list = []
+    generate = scripted({"qlora.md#0000"}, f"{NF4} [1].", calls)
+    settled = settle(["retrieval.verify=true", "retrieval.verify_retry=true"], retriever, passages, tokenizer,
+                     generate, f"{MOE} [{moe}].")
+    # The cited passage, then the three others, then the second answer, then its passage: four calls.
+    assert [len(prompts) for prompts, _ in calls] == [1, 3, 1, 1]
+    second = calls[2][0][0]
+    assert second.index(NF4) < min(second.index(c["text"]) for c in CHUNKS if c["id"] != "qlora.md#0000")
+    assert NF4 in calls[3][0][0]
+    # Numbered back as the passages were shown: the sources list and the citations agree.
+    assert settled.answer == f"{NF4} [{nf4}]." and cited_numbers(settled.answer) == [nf4]
+    assert settled.verify_reply == "No." and settled.verified == moe
+    assert settled.retry == {"passage": nf4, "answer": f"{NF4} [{nf4}].", "verify_reply": "Yes"}
+
+
+def test_a_retry_declines_when_no_passage_holds_it_or_the_second_answer_fails(hits, tokenizer):
+    retriever, passages = hits
+    moe = next(p.n for p in passages if p.chunk_id == "moe.pdf#0002")
+    retry = ["retrieval.verify=true", "retrieval.verify_retry=true"]
+    calls: list = []
+    nowhere = settle(retry, retriever, passages, tokenizer, scripted(set(), "", calls), f"{MOE} [{moe}].")
+    assert (nowhere.answer, nowhere.retry) == (ABSTAIN, None) and [len(p) for p, _ in calls] == [1, 3]
+    # The model says yes to the NF4 passage, but answers from it about experts again: the verifier, asked about
+    # the passage that answer cites, says no.
+    calls = []
+    wrong = settle(retry, retriever, passages, tokenizer, scripted({"qlora.md#0000"}, f"{MOE} [4].", calls),
+                   f"{MOE} [{moe}].")
+    assert wrong.answer == ABSTAIN and wrong.retry["verify_reply"] == "No."
+    assert wrong.retry["answer"] != ABSTAIN and [len(p) for p, _ in calls] == [1, 3, 1, 1]
