@@ -33,8 +33,8 @@ from papertune.evaluate.metrics import (
     example_losses,
     recall_at_k,
     rouge_l,
-    verify_counts,
     token_f1,
+    verify_counts,
 )
 from papertune.evaluate.report import log_summary, render_report, write_charts
 from papertune.evaluate.sets import (
@@ -47,7 +47,6 @@ from papertune.evaluate.sets import (
 )
 from papertune.inference import Decoding, adapter_path, attach_adapter, check_adapter, generate, load_for_answering
 from papertune.inference.vllm_engine import VLLMEngine
-from papertune.verify import Settled, settle_answers
 from papertune.rundir import (
     BUILD_REPORT,
     CHUNKS,
@@ -66,6 +65,7 @@ from papertune.rundir import (
     write_text_atomic,
 )
 from papertune.stage import StageSpec
+from papertune.verify import Settled, settle_answers
 
 log = logging.getLogger(__name__)
 
