@@ -973,11 +973,45 @@ def test_verify_retry_answers_again_through_the_worker(cited_run, talking_model,
         answered = chat(url, gating).json()
         assert answered["choices"][0]["message"]["content"] == "Two experts per token [1]."
         assert answered["papertune_abstained"] is False and answered["papertune_checked_answer"] == shown
+        assert answered["papertune_retry"] == {"passage": 2, "answer": shown, "verify_reply": "yes"}
         assert [c["cited"] for c in answered["papertune_citations"]] == [False, True]
         # the answer, its passage (no), the other one (yes), the answer again, its passage (yes)
         assert [VERIFY_INSTRUCTION in p for p in prompts] == [False, True, True, False, True]
         finish = [e for e in stream_events(url, gating) if isinstance(e, dict) and e.get("choices")][-1]
         assert finish["papertune_checked_answer"] == shown and finish["papertune_abstained"] is False
+        assert finish["papertune_retry"]["passage"] == 2
+
+
+@pytest.mark.slow
+@NEEDS_CHROMIUM
+def test_headless_browser_says_when_the_answer_was_written_again(cited_run, talking_model, monkeypatch, tmp_path):
+    """The chat page shows the second answer of retrieval.verify_retry and says which passage it came from."""
+    from papertune.chat import VERIFY_INSTRUCTION
+
+    app = serve.create_app(serve_config(cited_run, talking_model, "retrieval.verify=true",
+                                        "retrieval.verify_retry=true"))
+    service = app.state.service
+    gating = "How does a gating network route every token to the top two experts?"
+    first, second = (p.chunk["text"] for p in service.retrieve(gating))
+
+    def generate(model, tok, requests_, **kwargs):
+        out = []
+        for request in requests_:
+            prompt = service.tokenizer.decode(request.prompt_ids)
+            if VERIFY_INSTRUCTION in prompt:
+                text = "yes" if second in prompt else "no"
+            else:
+                text = (f"{second.strip().rstrip('.')} [1]." if prompt.index(second) < prompt.index(first)
+                        else "Two experts per token [1].")
+            out.append(Completion(text, [], "stop", len(request.prompt_ids), 2))
+        return out
+
+    monkeypatch.setattr("papertune.serve.worker.generate_batch", generate)
+    with serve.serve_in_background(app) as url:
+        html = headless_chromium(tmp_path / "profile", "--dump-dom", f"{url}/?q={quote(gating)}&stream=0")
+    assert 'data-state="done"' in html and _answer_html(html) == f"{second.strip().rstrip('.')} [2]."
+    assert "Answered again from passage [2]: the model said the passage the first answer cited" in html
+    assert '<div class="checked-note">' in html and 'data-abstained="false"' in html
 
 
 @pytest.mark.slow

@@ -81,14 +81,18 @@ def citation(passage: Passage, cited: bool | None = None) -> dict[str, Any]:
     return entry if cited is None else {**entry, "cited": cited}
 
 
-def grounding(passages: list[Passage], answer: str, checked: str) -> dict[str, Any]:
+def grounding(passages: list[Passage], answer: str, checked: str,
+              retry: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a grounded answer adds to its response: its passages, each ``cited`` or not by the checked answer
-    (``checked``: ``Retriever.check_answer``, given as ``papertune_checked_answer`` when it differs from the
-    model's ``answer``), and whether it declined (``papertune_abstained``: the passages do not hold the
-    answer, as the model said or as the check found)."""
+    (``checked``: as :mod:`papertune.verify` settled it, given as ``papertune_checked_answer`` when it differs
+    from the model's ``answer``), whether it declined (``papertune_abstained``: the passages do not hold the
+    answer, as the model said or as the checks found), and with a retry (``retrieval.verify_retry``)
+    ``papertune_retry``: the passage the question was answered again from, that answer, the model's reply."""
     cited = set(cited_numbers(checked))
     out = {"papertune_citations": [citation(p, p.n in cited) for p in passages],
            "papertune_abstained": abstains(checked)}
+    if retry is not None:
+        out["papertune_retry"] = retry
     return out if checked == answer else {**out, "papertune_checked_answer": checked}
 
 
@@ -179,7 +183,7 @@ class Service:
         settled = (await asyncio.to_thread(
             settle_answers, [question], [answer], [passages], retriever=self.retriever, tokenizer=self.tokenizer,
             config=self.config, generate=self.generate, answer_decoding=decoding))[0]
-        return grounding(passages, answer, settled.answer)
+        return grounding(passages, answer, settled.answer, settled.retry)
 
     def generate(self, prompts: list[str], decoding: Decoding) -> list[str]:
         """The model's texts for rendered prompts, each a job of the worker; waits for all of them (call it from
