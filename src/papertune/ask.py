@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from papertune.chat import abstains, cited_numbers, render_prompt, verify_says_no
+from papertune.chat import abstains, cited_numbers, render_prompt
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
 from papertune.inference import Decoding, GenerationRequest, generate_batch, load_for_answering
@@ -91,7 +91,7 @@ def answer_note(text: str, settled: Settled) -> str | None:
     if settled.retry is not None:
         return (RETRY_DECLINED if abstains(shown) else RETRIED).format(n=settled.verified, m=settled.retry["passage"],
                                                                        answer=shown)
-    if settled.verify_reply is not None and verify_says_no(settled.verify_reply):
+    if settled.said_no:
         return NOT_VERIFIED.format(n=settled.verified)
     if shown != text:
         note = CHECKED_NOTE if cited_numbers(text) else CITED_NOTE

@@ -39,6 +39,11 @@ class Settled:
     verified: int | None = None
     retry: dict[str, Any] | None = None
 
+    @property
+    def said_no(self) -> bool:
+        """Whether the model said the passage the checked answer cites does not hold the answer."""
+        return self.verify_reply is not None and verify_says_no(self.verify_reply)
+
 
 def moved_first(passages: Sequence[Passage], n: int) -> tuple[list[Passage], dict[int, int]]:
     """``passages`` with passage ``n`` first and the others in their order, numbered again from 1, and each
@@ -74,8 +79,7 @@ def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Seque
     if not config.retrieval.verify_retry:
         return settled
 
-    others = [(k, p) for k, _ in asked if verify_says_no(settled[k].verify_reply or "")
-              for p in hits[k] if p.n != cited[k]]
+    others = [(k, p) for k, _ in asked if settled[k].said_no for p in hits[k] if p.n != cited[k]]
     chosen: dict[int, int] = {}  # question -> the first other passage the model says holds the answer
     for (k, p), reply in zip(others, ask(others), strict=True):
         if k not in chosen and not verify_says_no(reply):

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from papertune.chat import abstains, cited_numbers, verify_says_no
+from papertune.chat import abstains, cited_numbers
 from papertune.errors import InputError
 from papertune.index import embed_texts
 from papertune.text import content_words, counts_f1
@@ -98,7 +98,7 @@ def verify_counts(settled: Sequence[Any], retry: bool) -> dict[str, int]:
     """``retrieval.verify`` for one system (``papertune.verify.Settled`` answers): the answers the model was
     asked about and those shown as the decline for its "no"; with ``retrieval.verify_retry`` also how many it
     said no to, how many were answered again (it said yes to another passage) and how many of those were kept."""
-    said_no = [s for s in settled if s.verify_reply is not None and verify_says_no(s.verify_reply)]
+    said_no = [s for s in settled if s.said_no]
     counts = {"asked": sum(s.verify_reply is not None for s in settled),
               "declined": sum(abstains(s.answer) for s in said_no)}
     if retry:

@@ -8,7 +8,9 @@ worker, behind the access checks of :mod:`.security`; :func:`run` serves until i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -180,9 +182,11 @@ class Service:
         """:func:`grounding` of a grounded answer to ``question``, settled as ask settles it
         (:func:`papertune.verify.settle_answers`: the retriever's check and, with ``retrieval.verify``, the
         model's own, through the worker; a retry answers with ``decoding``, the request's)."""
-        settled = (await asyncio.to_thread(
-            settle_answers, [question], [answer], [passages], retriever=self.retriever, tokenizer=self.tokenizer,
-            config=self.config, generate=self.generate, answer_decoding=decoding))[0]
+        settle = functools.partial(settle_answers, [question], [answer], [passages], retriever=self.retriever,
+                                   tokenizer=self.tokenizer, config=self.config, generate=self.generate,
+                                   answer_decoding=decoding)
+        # The model's own check waits for the worker: off the event loop. The retriever's alone is quick.
+        settled = (await asyncio.to_thread(settle) if self.config.retrieval.verify else settle())[0]
         return grounding(passages, answer, settled.answer, settled.retry)
 
     def generate(self, prompts: list[str], decoding: Decoding) -> list[str]:
@@ -190,23 +194,13 @@ class Service:
         a thread, never the event loop)."""
         with self.tokenizer_lock:
             ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        results: list[tuple[Completion | None, ApiError | None]] = [(None, None)] * len(ids)
-        left = threading.Semaphore(0)
-
-        def on_done(k: int) -> Any:
-            def done(result: Completion | None, error: ApiError | None) -> None:
-                results[k] = (result, error)
-                left.release()
-            return done
-
-        for k, prompt_ids in enumerate(ids):
-            self.worker.submit(Job(GenerationRequest(list(prompt_ids), decoding), on_done=on_done(k)))
-        for _ in ids:
-            left.acquire()
-        for result, error in results:
-            if error is not None:
-                raise error
-        return [result.text for result, _ in results if result is not None]
+        futures: list[concurrent.futures.Future] = []
+        for prompt_ids in ids:
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            futures.append(future)
+            self.worker.submit(Job(GenerationRequest(list(prompt_ids), decoding),
+                                   on_done=lambda r, e, f=future: f.set_exception(e) if e else f.set_result(r)))
+        return [future.result().text for future in futures]
 
     def retrieve(self, query: str, top_k: int | None = None) -> list[Passage]:
         """The passages retrieval ranks first for ``query`` (``retrieval.top_k``); [] without the retriever."""
