@@ -5,6 +5,7 @@
 # benchmarks/answer_confidence.py (token log-probabilities, the decline's, yes/no verification by the tuned
 # and the base model). Results (answers, metrics, scores, tables) go to $OUT/NAME.
 #   bash benchmarks/gpu_confidence.sh c2 c1
+# The first evaluation is the answer check alone (retrieval.verify off, whatever the run's config says).
 # SCORE=0 skips the scoring; EVAL_SETS adds evaluate settings (EVAL_SETS="--set retrieval.verify=true": the
 # product's verification after each answer); RETRY=1 then evaluates twice more, reusing the cached answers, with
 # retrieval.verify (a "no" declines) and with retrieval.verify_retry too (a "no" answers again from the passage the
@@ -34,16 +35,17 @@ for name in "$@"; do
   pt train --run-dir "$R" -q > "$OUT/$name/train.log" 2>&1 || { echo "$name: train failed"; tail -20 "$OUT/$name/train.log"; exit 1; }
   t_train=$((SECONDS - start)); start=$SECONDS
   # shellcheck disable=SC2086  # $judge (empty, or the judge turned off) and EVAL_SETS (more evaluate settings)
-  pt evaluate --run-dir "$R" -q --set evaluate.engine=static $judge \
-    --set evaluate.base=false --set 'evaluate.modes=[retrieval]' ${EVAL_SETS:-} > "$OUT/$name/eval.log" 2>&1 \
+  pt evaluate --run-dir "$R" -q --set evaluate.engine=static $judge --set evaluate.base=false \
+    --set 'evaluate.modes=[retrieval]' --set retrieval.verify=false --set retrieval.verify_retry=false \
+    ${EVAL_SETS:-} > "$OUT/$name/eval.log" 2>&1 \
     || { echo "$name: evaluate failed"; tail -20 "$OUT/$name/eval.log"; exit 1; }
   t_eval=$((SECONDS - start)); start=$SECONDS
   cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
   if [ "${RETRY:-0}" = 1 ]; then
     start=$SECONDS
     for policy in verify retry; do
-      sets="--set retrieval.verify=true"
-      [ "$policy" = retry ] && sets="$sets --set retrieval.verify_retry=true"
+      sets="--set retrieval.verify=true --set retrieval.verify_retry=false"
+      [ "$policy" = retry ] && sets="--set retrieval.verify=true --set retrieval.verify_retry=true"
       # shellcheck disable=SC2086  # $judge, EVAL_SETS and $sets: evaluate settings
       pt evaluate --run-dir "$R" -q --set evaluate.engine=static $judge --set evaluate.base=false \
         --set 'evaluate.modes=[retrieval]' ${EVAL_SETS:-} $sets > "$OUT/$name/eval_$policy.log" 2>&1 \

@@ -51,6 +51,8 @@ settings() {
     raft_ranked_p100_d50) echo "--set build.mode=raft --set build.raft_source_share=1.0 --set build.raft_order=retrieval --set build.raft_decline_copies=0.5" ;;
     raft_ranked_lr2) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval --set train.learning_rate=2.0e-4" ;;
     raft_ranked_mixed) echo "--set build.mode=raft --set build.raft_source_share=0.9 --set build.raft_order=retrieval --set build.raft_distractors=mixed" ;;
+    # closed_book: no RAFT rows, so no verification rows and no verifying either (raft_gpu.yaml turns both on)
+    closed_book) echo "--set build.mode=closed_book --set build.raft_verify_rows=false --set retrieval.verify=false --set retrieval.verify_retry=false" ;;
     *) echo "--set build.mode=${1%_1.5b}" ;;
   esac
 }

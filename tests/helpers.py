@@ -112,6 +112,8 @@ TOPICS = ["attention heads", "low-rank adapters", "NF4 quantization", "reward mo
 
 # Evaluate settings that keep a tiny run fast: no embedding model, four new tokens, batches of four.
 FAST_EVAL = ["evaluate.embedding_model=", "evaluate.max_new_tokens=4", "evaluate.batch_size=4"]
+# The model checks its own answers: retrieval.verify, for a model trained to (build.raft_verify_rows).
+VERIFYING = ["build.mode=raft", "build.raft_verify_rows=true", "retrieval.verify=true"]
 
 
 def qa_rows(n_chunks: int = 10, per_chunk: int = 3, variants: bool = True) -> list[dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CHUNKS, FAST_EVAL, bag_of_words, tiny_overrides, write_chunks
+from helpers import CHUNKS, FAST_EVAL, VERIFYING, bag_of_words, tiny_overrides, write_chunks
 from papertune import ask, cli
 from papertune.chat import ABSTAIN, render_prompt, render_verify_prompt
 from papertune.config import load_config
@@ -299,10 +299,10 @@ def test_verify_asks_the_model_about_the_cited_passage_and_a_no_declines(tmp_pat
                                                                          monkeypatch):
     """retrieval.verify: after an answer passes the check, the model is asked whether the passage the checked
     answer cites contains the answer (the verification prompt build trains on); "no" is the decline."""
-    config = grounded_config(tmp_path / "run", talking_model, "retrieval.verify=true")
+    config = grounded_config(tmp_path / "run", talking_model, *VERIFYING)
     answer = "It routes every token to the top two experts [3]."  # the check moves the citation to [1]
     seen = fake_model_replies(monkeypatch, answer, "No")
-    assistant = ask.Assistant(config, base_only=True)
+    assistant = ask.Assistant(config, merged=talking_model)  # the tuned model, merged
     stream = io.StringIO()
     result = assistant.answer(QUESTION, stream)
     assert result["verify_reply"] == "No" and result["checked_answer"] == ABSTAIN and result["abstained"]
@@ -319,6 +319,10 @@ def test_verify_asks_the_model_about_the_cited_passage_and_a_no_declines(tmp_pat
     seen = fake_model_replies(monkeypatch, answer)
     plain = ask.Assistant(grounded_config(tmp_path / "run", talking_model), base_only=True).answer(QUESTION, io.StringIO())
     assert "verify_reply" not in plain and not plain["abstained"] and len(seen) == 1
+    # The base model is never asked: it was not trained to judge.
+    seen = fake_model_replies(monkeypatch, answer, "No")
+    base = ask.Assistant(config, base_only=True).answer(QUESTION, io.StringIO())
+    assert "verify_reply" not in base and not base["abstained"] and len(seen) == 1
 
 
 
@@ -326,8 +330,8 @@ def test_verify_retry_answers_again_from_the_passage_the_model_says_holds_the_an
                                                                                     word_embedder, monkeypatch):
     """retrieval.verify_retry: after the model's "no", it is asked about the other passages; the first it says
     yes to moves to [1] and the question is answered again (checked, verified), cited as the sources are shown."""
-    config = grounded_config(tmp_path / "run", talking_model, "retrieval.verify=true", "retrieval.verify_retry=true")
-    assistant = ask.Assistant(config, base_only=True)
+    config = grounded_config(tmp_path / "run", talking_model, *VERIFYING, "retrieval.verify_retry=true")
+    assistant = ask.Assistant(config, merged=talking_model)
     passages = assistant.retriever.search(QUESTION)
     third = passages[2].chunk
     again = f"{third['text'].rstrip('.')} [1]."  # the model answers from the passage moved to [1]

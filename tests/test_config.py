@@ -46,6 +46,20 @@ def test_gpu_profiles_train_raft_on_rows_that_fit_their_passages(name: str):
     assert cfg.build.max_seq_length >= cfg.retrieval.top_k * cfg.ingest.chunk_tokens + 512
 
 
+@pytest.mark.parametrize("name", ["gpu", "gpu-fast"])
+def test_gpu_profiles_train_the_model_to_verify_its_answers_and_the_closed_book_line_works(name: str):
+    """The GPU profiles add verification rows and have the tuned model check each grounded answer (with the
+    retry); the closed-book override the error message and the profile's comment give loads as written."""
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert (cfg.build.raft_verify_rows, cfg.retrieval.verify, cfg.retrieval.verify_retry) == (True, True, True)
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / f"{name}.yaml", ["build.mode=closed_book"])
+    line = str(err.value).split("closed book: ")[1].rstrip(")")
+    assert line in " ".join((REPO / "configs" / f"{name}.yaml").read_text().replace("#", " ").split())
+    closed = load_config(REPO / "configs" / f"{name}.yaml", line.replace("--set ", "").split())
+    assert (closed.build.mode, closed.build.raft_verify_rows, closed.retrieval.verify) == ("closed_book", False, False)
+
+
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 def test_every_profile_loads_and_validates(profile: Path):
     cfg = load_config(profile)
@@ -117,6 +131,7 @@ def test_int_is_accepted_for_float_and_converted():
         ("run_dir.x=1", "run_dir must be a string"),
         ("build.raft_verify_rows=true", "with build.mode closed_book there are none"),
         ("build.raft_decline_copies=0.5", "with build.mode closed_book there are none"),
+        ("retrieval.verify=true", "which it learns from build.raft_verify_rows"),
     ],
 )
 def test_errors_name_the_field(override: str, fragment: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FAST_EVAL, REPO, bag_of_words, built_run, qa_rows, tiny_overrides, write_rows
+from helpers import FAST_EVAL, REPO, VERIFYING, bag_of_words, built_run, qa_rows, tiny_overrides, write_rows
 from papertune import build, evaluate, train
 from papertune.config import SMOLLM2_PACKAGED, load_config
 from papertune.errors import ConfigError, InputError
@@ -383,8 +383,9 @@ def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_mode
 
 def test_verify_asks_each_retrieval_answer_about_its_cited_passage(tmp_path, trained_run, tiny_model, word_embedder,
                                                                    monkeypatch):
-    """retrieval.verify: each retrieval answer that passes the check is followed by the verification prompt of
-    the passage it cites (as ask and serve send it); "no" makes the scored answer the decline."""
+    """retrieval.verify: each tuned retrieval answer that passes the check is followed by the verification prompt
+    of the passage it cites (as ask and serve send it); "no" makes the scored answer the decline. The base model's
+    answers are only checked: it was never trained to judge."""
     import papertune.evaluate.stage as stage
     from papertune.chat import ABSTAIN, VERIFY_INSTRUCTION, render_verify_prompt
     from papertune.inference import Completion
@@ -409,20 +410,20 @@ def test_verify_asks_each_retrieval_answer_about_its_cited_passage(tmp_path, tra
         return [Completion(r, [], "stop", 0, 0) for r in replies]
 
     monkeypatch.setattr(stage, "generate", scripted)
-    cfg = eval_config(run, tiny_model, "evaluate.max_questions=4", "retrieval.top_k=2", "retrieval.verify=true")
+    cfg = eval_config(run, tiny_model, "evaluate.max_questions=4", "retrieval.top_k=2", *VERIFYING)
     out = evaluate.run(cfg)
     answers = _read_answers(out)
     verify = json.loads((out / "metrics.json").read_text())["retrieval"]["verify"]
-    for system in ("base_retrieval", "tuned_retrieval"):
-        rows = [a for a in answers if a["system"] == system]
-        assert verify[system] == {"asked": sum(a["verify_reply"] is not None for a in rows),
-                                  "declined": sum(a["verify_reply"] == "No." for a in rows)}
+    rows = [a for a in answers if a["system"] == "tuned_retrieval"]
+    assert verify == {"tuned_retrieval": {"asked": sum(a["verify_reply"] is not None for a in rows),
+                                          "declined": sum(a["verify_reply"] == "No." for a in rows)}}
+    assert all(a["verify_reply"] is None for a in answers if a["model"] == "base")
     report = (out / "report.md").read_text()
     assert "Verification (`retrieval.verify`)" in report
     assert f"tuned + retrieval asked {verify['tuned_retrieval']['asked']}, declined " in report
     _, tokenizer = load_base(cfg)
     chunks = {json.loads(line)["id"]: json.loads(line) for line in (run / "chunks.jsonl").read_text().splitlines()}
-    grounded = [a for a in answers if a["mode"] == "retrieval"]
+    grounded = [a for a in answers if a["mode"] == "retrieval" and a["model"] == "tuned"]
     checked = [a for a in grounded if a["verify_reply"] is not None]
     assert checked and len(asked) == len(checked)
     assert all(a["verify_reply"] is None for a in answers if a["mode"] == "closed_book")
@@ -468,7 +469,7 @@ def test_verify_retry_answers_again_and_counts_it(tmp_path, trained_run, tiny_mo
         return [Completion(r, [], "stop", 0, 0) for r in replies]
 
     monkeypatch.setattr(stage, "generate", scripted)
-    cfg = eval_config(run, tiny_model, "evaluate.max_questions=4", "retrieval.top_k=2", "retrieval.verify=true",
+    cfg = eval_config(run, tiny_model, "evaluate.max_questions=4", "retrieval.top_k=2", *VERIFYING,
                       "retrieval.verify_retry=true", "evaluate.base=false")
     out = evaluate.run(cfg)
     answers = [a for a in _read_answers(out) if a["mode"] == "retrieval"]

@@ -165,11 +165,13 @@ def test_fingerprint_of_cross_section_settings_and_folders(tmp_path):
     assert ev.value == _fingerprint("evaluate", run, "train.learning_rate=0.1").value
     assert ev.value != _fingerprint("evaluate", run, "train.model=other/model").value
     # what ranks the passages, checks the answers and verifies them; not ask's and serve's default mode
-    for setting in ("retrieval.window_words=40", "retrieval.min_support=0.7", "retrieval.min_question_support=0.1",
-                    "retrieval.verify=true"):
+    for setting in ("retrieval.window_words=40", "retrieval.min_support=0.7", "retrieval.min_question_support=0.1"):
         assert ev.value != _fingerprint("evaluate", run, setting).value, setting
-    verified = _fingerprint("evaluate", run, "retrieval.verify=true").value
-    assert verified != _fingerprint("evaluate", run, "retrieval.verify=true", "retrieval.verify_retry=true").value
+    trained_to_verify = ("build.mode=raft", "build.raft_verify_rows=true")  # as retrieval.verify requires
+    verified = _fingerprint("evaluate", run, *trained_to_verify, "retrieval.verify=true").value
+    assert verified != _fingerprint("evaluate", run, *trained_to_verify).value
+    assert verified != _fingerprint("evaluate", run, *trained_to_verify, "retrieval.verify=true",
+                                    "retrieval.verify_retry=true").value
     assert ev.value == _fingerprint("evaluate", run, "retrieval.grounded=false").value
     assert _fingerprint("build", run).value != _fingerprint("build", run, "retrieval.window_words=40").value
     assert "train/adapter" not in _fingerprint("evaluate", run, "evaluate.tuned=false").inputs

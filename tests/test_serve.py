@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 
-from helpers import FAST_EVAL, bag_of_words, built_run, tiny_overrides, write_chunks
+from helpers import FAST_EVAL, VERIFYING, bag_of_words, built_run, tiny_overrides, write_chunks
 from papertune import ask, cli, serve, train
 from papertune.chat import ABSTAIN, abstains, cited_numbers, render_prompt, user_turn
 from papertune.config import load_config
@@ -904,7 +904,7 @@ def test_verify_asks_the_model_through_the_worker_and_a_no_declines(cited_run, t
     answer cites; "no" makes the response a decline, streamed or not, "yes" leaves it as it was."""
     from papertune.chat import VERIFY_INSTRUCTION, render_verify_prompt
 
-    app = serve.create_app(serve_config(cited_run, talking_model, "retrieval.verify=true"))
+    app = serve.create_app(serve_config(cited_run, talking_model, *VERIFYING))
     service = app.state.service
     verified = []
 
@@ -945,7 +945,7 @@ def test_verify_retry_answers_again_through_the_worker(cited_run, talking_model,
     passages were listed, streamed or not."""
     from papertune.chat import VERIFY_INSTRUCTION
 
-    app = serve.create_app(serve_config(cited_run, talking_model, "retrieval.verify=true",
+    app = serve.create_app(serve_config(cited_run, talking_model, *VERIFYING,
                                         "retrieval.verify_retry=true"))
     service = app.state.service
     gating = "How does a gating network route every token to the top two experts?"
@@ -988,7 +988,7 @@ def test_headless_browser_says_when_the_answer_was_written_again(cited_run, talk
     """The chat page shows the second answer of retrieval.verify_retry and says which passage it came from."""
     from papertune.chat import VERIFY_INSTRUCTION
 
-    app = serve.create_app(serve_config(cited_run, talking_model, "retrieval.verify=true",
+    app = serve.create_app(serve_config(cited_run, talking_model, *VERIFYING,
                                         "retrieval.verify_retry=true"))
     service = app.state.service
     gating = "How does a gating network route every token to the top two experts?"

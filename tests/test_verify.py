@@ -55,10 +55,13 @@ def scripted(says_yes: set[str], again: str, calls: list):
     return generate
 
 
-def settle(config_overrides, retriever, passages, tokenizer, generate, answer):
-    config = load_config(None, ["retrieval.method=bm25", *config_overrides])
+def settle(config_overrides, retriever, passages, tokenizer, generate, answer, tuned=True):
+    # A model trained to verify (build.raft_verify_rows), as retrieval.verify requires.
+    config = load_config(None, ["retrieval.method=bm25", "build.mode=raft", "build.raft_verify_rows=true",
+                                *config_overrides])
     return settle_answers([QUESTION], [answer], [passages], retriever=retriever, tokenizer=tokenizer, config=config,
-                          generate=generate, answer_decoding=Decoding(max_new_tokens=64, temperature=0.3))[0]
+                          generate=generate, answer_decoding=Decoding(max_new_tokens=64, temperature=0.3),
+                          tuned=tuned)[0]
 
 
 def test_moved_first_keeps_the_others_in_order_and_maps_numbers_back(hits):
@@ -76,6 +79,17 @@ def test_without_verify_the_answer_is_only_checked(hits, tokenizer):
     moe = next(p.n for p in passages if p.chunk_id == "moe.pdf#0002")
     settled = settle([], retriever, passages, tokenizer, scripted(set(), "", calls), f"{MOE} [{moe}].")
     assert settled.answer == f"{MOE} [{moe}]." and settled.verify_reply is None and not calls
+
+
+def test_the_base_model_is_never_asked_to_verify(hits, tokenizer):
+    """Only the tuned model learned to judge (build.raft_verify_rows): a base model's answer is only checked,
+    with verify and retry on."""
+    retriever, passages = hits
+    calls: list = []
+    moe = next(p.n for p in passages if p.chunk_id == "moe.pdf#0002")
+    settled = settle(["retrieval.verify=true", "retrieval.verify_retry=true"], retriever, passages, tokenizer,
+                     scripted(set(), "", calls), f"{MOE} [{moe}].", tuned=False)
+    assert (settled.answer, settled.verify_reply, settled.retry) == (f"{MOE} [{moe}].", None, None) and not calls
 
 
 def test_a_no_declines_and_a_yes_keeps_the_answer(hits, tokenizer):

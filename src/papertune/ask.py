@@ -115,6 +115,7 @@ class Assistant:
                           if self.grounded or cite else None)
         loaded = load_for_answering(config, merged=merged, base_only=base_only)
         self.model, self.tokenizer, self.description = loaded.model, loaded.tokenizer, loaded.description
+        self.tuned = loaded.tuned  # only the tuned model verifies its answers (papertune.verify)
         log.info("answering with %s (%s)", self.description,
                  f"grounded in {config.retrieval.top_k} passages" if self.grounded else "closed book")
 
@@ -133,7 +134,7 @@ class Assistant:
             settled = settle_answers([question], [text], [passages], retriever=self.retriever,
                                      tokenizer=self.tokenizer, config=self.config, generate=self.generate,
                                      answer_decoding=Decoding(max_new_tokens=self.max_new_tokens,
-                                                              temperature=self.temperature))[0]
+                                                              temperature=self.temperature), tuned=self.tuned)[0]
             checked = record["checked_answer"] = settled.answer
             record.update({k: v for k, v in (("verify_reply", settled.verify_reply), ("retry", settled.retry))
                            if v is not None})

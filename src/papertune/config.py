@@ -97,6 +97,11 @@ class PapertuneConfig:
         self.retrieval.validate()
         self.evaluate.validate()
         self.serve.validate()
+        require(not self.retrieval.verify or self.build.raft_verify_rows,
+                "retrieval.verify asks the tuned model whether a passage holds its answer, which it learns from "
+                "build.raft_verify_rows (untrained, its yes or no is about chance): set build.raft_verify_rows=true "
+                "(build.mode raft) and build and train again, or set retrieval.verify=false and "
+                "retrieval.verify_retry=false")
 
 
 

@@ -397,7 +397,9 @@ class BuildConfig:
         if self.mode == "closed_book":  # options that add RAFT rows mean nothing without RAFT
             require(not self.raft_verify_rows and self.raft_decline_copies == 0,
                      "build.raft_verify_rows and build.raft_decline_copies add RAFT rows; with build.mode "
-                     "closed_book there are none: set build.mode=raft, or leave them off")
+                     "closed_book there are none: set build.mode=raft, or leave them off (the GPU profiles' "
+                     "closed book: --set build.mode=closed_book --set build.raft_verify_rows=false "
+                     "--set retrieval.verify=false --set retrieval.verify_retry=false)")
         for name in ("heldout_documents", "outside_documents"):
             value = getattr(self, name)
             require(0 <= value < 1, f"build.{name} must be a share of the documents in [0, 1), got {value}")

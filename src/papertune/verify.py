@@ -4,8 +4,9 @@ The one policy ``ask``, ``chat``, ``serve`` and ``evaluate`` apply to the model'
 its own way to generate; :func:`settle_answers` does the rest, for one question or a whole evaluation):
 
 1. the answer check (``Retriever.check_answer``): unsupported answers become the decline, citations fixed;
-2. with ``retrieval.verify``, the model is asked whether the passage the checked answer cites contains the
-   answer (``chat.verify_turn``); a "no" makes it the decline;
+2. with ``retrieval.verify``, the tuned model is asked whether the passage the checked answer cites contains
+   the answer (``chat.verify_turn``); a "no" makes it the decline. A base model is not asked: it was never
+   trained to judge (``build.raft_verify_rows``), and untrained its yes/no is about chance;
 3. with ``retrieval.verify_retry``, a "no" first asks the same of the other passages: the first one the model
    says holds the answer moves to [1] and the question is answered once more, checked and verified again
    (its citations numbered back as the passages were shown); no "yes", or a second "no": the decline.
@@ -54,14 +55,15 @@ def moved_first(passages: Sequence[Passage], n: int) -> tuple[list[Passage], dic
 
 def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Sequence[Sequence[Passage]], *,
                    retriever: Retriever, tokenizer: Any, config: PapertuneConfig, generate: Generate,
-                   answer_decoding: Decoding) -> list[Settled]:
+                   answer_decoding: Decoding, tuned: bool) -> list[Settled]:
     """Each grounded answer (``answers[i]`` to ``questions[i]`` from passages ``hits[i]``) settled as the module
-    says, with ``generate`` asked at most four times (verification, the other passages, the second answers
-    with ``answer_decoding``, their verification), each time for all the questions that need it."""
+    says, with ``generate`` (the tuned model when ``tuned``) asked at most four times (verification, the other
+    passages, the second answers with ``answer_decoding``, their verification), each time for all the questions
+    that need it."""
     system = config.build.system_prompt
     checked = [retriever.check_answer(q, a, h) for q, a, h in zip(questions, answers, hits, strict=True)]
     settled = [Settled(c) for c in checked]
-    if not config.retrieval.verify:
+    if not (config.retrieval.verify and tuned):
         return settled
     verify = Decoding(max_new_tokens=VERIFY_TOKENS)
 

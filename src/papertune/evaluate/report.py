@@ -159,8 +159,9 @@ def render_report(run_dir: Path, metrics: dict, answer_rows: list[dict]) -> str:
         if r.get("verify"):
             labels = {s["name"]: s["label"] for s in metrics["systems"]}
             retry = any("answered_again" in v for v in r["verify"].values())
-            lines += ["Verification (`retrieval.verify`): after each answer that passed the answer check, the model "
-                      "was asked whether the passage it cites contains the answer; a no is counted as a decline"
+            lines += ["Verification (`retrieval.verify`): after each answer that passed the answer check, the tuned "
+                      "model was asked whether the passage it cites contains the answer (the base model is not: "
+                      "it was never trained to judge); a no is counted as a decline"
                       + (" unless the model said yes to another passage and its answer from that one held "
                          "(`retrieval.verify_retry`)" if retry else "") + ": "
                       + "; ".join(f"{labels[name]} asked {v['asked']}, declined {v['declined']}"

@@ -291,7 +291,8 @@ def run(config: PapertuneConfig) -> Path:
                 settled[system.name] = settle_answers(
                     [r["question"] for _, r in flat], answers[system.name], flat_hits, retriever=retriever,
                     tokenizer=tokenizer, config=config, generate=texts,
-                    answer_decoding=Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature))
+                    answer_decoding=Decoding(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
+                    tuned=name == "tuned")
     del model
     if vllm is not None and vllm.cache_info().currsize:
         vllm().release()  # the judge (and the embeddings) get the card
@@ -340,8 +341,10 @@ def run(config: PapertuneConfig) -> Path:
         metrics["retrieval"] = {
             "method": config.retrieval.method, "top_k": config.retrieval.top_k,
             "outside_documents": sorted(excluded),
-            "verify": {name: verify_counts(rows, config.retrieval.verify_retry)
-                       for name, rows in settled.items()} if config.retrieval.verify else None,
+            # Only the tuned model verifies (papertune.verify): the base model's answers get the check alone.
+            "verify": ({s.name: verify_counts(settled[s.name], config.retrieval.verify_retry)
+                        for s in systems if s.name in settled and s.model == "tuned"}
+                       if config.retrieval.verify else None),
             # The source chunk among the top k; outside documents are in no index, so no recall there.
             "recall_at_k": {name: recall_at_k([r.get("chunk_id") for r in rows],
                                               [[p.chunk_id for p in h] for h in hits[name]])

@@ -20,11 +20,13 @@ from papertune.rundir import sample_digest
 
 @dataclass
 class LoadedModel:
-    """A model ready to answer, its tokenizer, and a line saying what it is (for logs and /health)."""
+    """A model ready to answer, its tokenizer, a line saying what it is (for logs and /health), and whether it
+    is the tuned one (base + adapter, or merged) rather than the base model alone."""
 
     model: Any
     tokenizer: Any
     description: str
+    tuned: bool = True
 
 
 def adapter_path(config: PapertuneConfig) -> Path:
@@ -122,5 +124,5 @@ def load_for_answering(config: PapertuneConfig, *, merged: str | Path | None = N
         check_adapter(adapter, config)
     model, tokenizer = load_base(config)
     if base_only:
-        return LoadedModel(model, tokenizer, f"base model {config.train.model}")
+        return LoadedModel(model, tokenizer, f"base model {config.train.model}", tuned=False)
     return LoadedModel(attach_adapter(model, adapter), tokenizer, f"{config.train.model} + adapter {adapter}")

@@ -105,7 +105,7 @@ class Service:
     retriever (when there is one) only lists them as ``papertune_citations``."""
 
     def __init__(self, config: PapertuneConfig, model: Any, tokenizer: Any, description: str,
-                 retriever: Retriever | None = None) -> None:
+                 retriever: Retriever | None = None, *, tuned: bool = True) -> None:
         if config.retrieval.grounded and retriever is None:
             raise ConfigError("grounded answers need the retriever over RUN/chunks.jsonl; set retrieval.grounded: "
                               "false (serve --closed-book) to serve without it")
@@ -115,6 +115,7 @@ class Service:
         self.description = description
         self.retriever = retriever
         self.grounded = config.retrieval.grounded
+        self.tuned = tuned  # the tuned model, not the base alone: it verifies its answers (papertune.verify)
         self.model_name = config.serve.model_name
         self.created = int(time.time())
         self.context_length = _context_length(model, tokenizer)
@@ -144,7 +145,7 @@ class Service:
         loaded = load_for_answering(config, merged=merged, base_only=base_only)
         log.info("loaded %s", loaded.description)  # the paths, for the operator's log only
         return cls(config, loaded.model, loaded.tokenizer, model_label(config, merged=merged, base_only=base_only),
-                   retriever)
+                   retriever, tuned=loaded.tuned)
 
     def model_card(self) -> dict[str, Any]:
         """The ``/v1/models`` entry of the model served."""
@@ -184,9 +185,9 @@ class Service:
         model's own, through the worker; a retry answers with ``decoding``, the request's)."""
         settle = functools.partial(settle_answers, [question], [answer], [passages], retriever=self.retriever,
                                    tokenizer=self.tokenizer, config=self.config, generate=self.generate,
-                                   answer_decoding=decoding)
+                                   answer_decoding=decoding, tuned=self.tuned)
         # The model's own check waits for the worker: off the event loop. The retriever's alone is quick.
-        settled = (await asyncio.to_thread(settle) if self.config.retrieval.verify else settle())[0]
+        settled = (await asyncio.to_thread(settle) if self.config.retrieval.verify and self.tuned else settle())[0]
         return grounding(passages, answer, settled.answer, settled.retry)
 
     def generate(self, prompts: list[str], decoding: Decoding) -> list[str]:
