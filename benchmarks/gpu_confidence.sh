@@ -11,7 +11,8 @@
 # retrieval.verify (a "no" declines) and with retrieval.verify_retry too (a "no" answers again from the passage the
 # model says yes to), and prints the three side by side (benchmarks/raft_table.py); JUDGE=1 keeps the run directory's
 # evaluate.judge (the 1.5B through vLLM: /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf and
-# /tmp/models/vllm_bundle.tar staged, installed by benchmarks/gpu_vllm.sh), so answers are judged too.
+# /tmp/models/vllm_bundle.tar staged, installed by benchmarks/gpu_vllm.sh), so answers are judged too; ENGINE=vllm
+# answers in vLLM (the student's adapter as a LoRA) instead of transformers' static batches.
 # A run directory built with verification rows (build.raft_verify_rows: true) trains a student that is also
 # taught to say whether a passage answers a question.
 # Needs /tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf and the all-MiniLM wheel in /tmp/models (staged
@@ -24,10 +25,11 @@ export REFERENCE_MODEL=0
 source benchmarks/gpu_env.sh
 pt() { python3 -m papertune "$@"; }
 judge="--set evaluate.judge_enabled=false"
-if [ "${JUDGE:-0}" = 1 ]; then
+engine=${ENGINE:-static}
+if [ "${JUDGE:-0}" = 1 ] || [ "$engine" = vllm ]; then
   bash benchmarks/gpu_vllm.sh /tmp/models/vllm_bundle.tar || { echo "vLLM did not install"; exit 1; }
-  judge=""
 fi
+[ "${JUDGE:-0}" = 1 ] && judge=""
 for name in "$@"; do
   R=/tmp/conf/$name
   mkdir -p "$OUT/$name" && rm -rf "$R" && mkdir -p /tmp/conf && cp -r ".gpu-data/$name" "$R"
@@ -35,7 +37,7 @@ for name in "$@"; do
   pt train --run-dir "$R" -q > "$OUT/$name/train.log" 2>&1 || { echo "$name: train failed"; tail -20 "$OUT/$name/train.log"; exit 1; }
   t_train=$((SECONDS - start)); start=$SECONDS
   # shellcheck disable=SC2086  # $judge (empty, or the judge turned off) and EVAL_SETS (more evaluate settings)
-  pt evaluate --run-dir "$R" -q --set evaluate.engine=static $judge --set evaluate.base=false \
+  pt evaluate --run-dir "$R" -q --set evaluate.engine=$engine $judge --set evaluate.base=false \
     --set 'evaluate.modes=[retrieval]' --set retrieval.verify=false --set retrieval.verify_retry=false \
     ${EVAL_SETS:-} > "$OUT/$name/eval.log" 2>&1 \
     || { echo "$name: evaluate failed"; tail -20 "$OUT/$name/eval.log"; exit 1; }
@@ -47,7 +49,7 @@ for name in "$@"; do
       sets="--set retrieval.verify=true --set retrieval.verify_retry=false"
       [ "$policy" = retry ] && sets="--set retrieval.verify=true --set retrieval.verify_retry=true"
       # shellcheck disable=SC2086  # $judge, EVAL_SETS and $sets: evaluate settings
-      pt evaluate --run-dir "$R" -q --set evaluate.engine=static $judge --set evaluate.base=false \
+      pt evaluate --run-dir "$R" -q --set evaluate.engine=$engine $judge --set evaluate.base=false \
         --set 'evaluate.modes=[retrieval]' ${EVAL_SETS:-} $sets > "$OUT/$name/eval_$policy.log" 2>&1 \
         || { echo "$name: evaluate ($policy) failed"; tail -20 "$OUT/$name/eval_$policy.log"; exit 1; }
       mkdir -p "$OUT/$name/$policy" && cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/$policy/"
