@@ -4,6 +4,7 @@ default, closed-book with ``--closed-book``."""
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -296,7 +297,7 @@ def fake_model_replies(monkeypatch, *replies: str) -> list[list[int]]:
 
 
 def test_verify_asks_the_model_about_the_cited_passage_and_a_no_declines(tmp_path, talking_model, word_embedder,
-                                                                         monkeypatch):
+                                                                         monkeypatch, caplog):
     """retrieval.verify: after an answer passes the check, the model is asked whether the passage the checked
     answer cites contains the answer (the verification prompt build trains on); "no" is the decline."""
     config = grounded_config(tmp_path / "run", talking_model, *VERIFYING)
@@ -319,10 +320,13 @@ def test_verify_asks_the_model_about_the_cited_passage_and_a_no_declines(tmp_pat
     seen = fake_model_replies(monkeypatch, answer)
     plain = ask.Assistant(grounded_config(tmp_path / "run", talking_model), base_only=True).answer(QUESTION, io.StringIO())
     assert "verify_reply" not in plain and not plain["abstained"] and len(seen) == 1
-    # The base model is never asked: it was not trained to judge.
+    # The base model is never asked: it was not trained to judge (the log says so once, when it loads).
     seen = fake_model_replies(monkeypatch, answer, "No")
-    base = ask.Assistant(config, base_only=True).answer(QUESTION, io.StringIO())
-    assert "verify_reply" not in base and not base["abstained"] and len(seen) == 1
+    with caplog.at_level(logging.INFO, logger="papertune.verify"):
+        base = ask.Assistant(config, base_only=True)
+    assert "the base model's answers get the answer check only" in caplog.text
+    result = base.answer(QUESTION, io.StringIO())
+    assert "verify_reply" not in result and not result["abstained"] and len(seen) == 1
 
 
 

@@ -34,7 +34,7 @@ from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
 from papertune.inference import Decoding, GenerationRequest, generate_batch, load_for_answering
 from papertune.retrieval import Passage, Retriever
-from papertune.verify import Settled, settle_answers
+from papertune.verify import Settled, note_base_model, settle_answers
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class Assistant:
         loaded = load_for_answering(config, merged=merged, base_only=base_only)
         self.model, self.tokenizer, self.description = loaded.model, loaded.tokenizer, loaded.description
         self.tuned = loaded.tuned  # only the tuned model verifies its answers (papertune.verify)
+        note_base_model(config, tuned=self.tuned)
         log.info("answering with %s (%s)", self.description,
                  f"grounded in {config.retrieval.top_k} passages" if self.grounded else "closed book")
 

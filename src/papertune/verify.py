@@ -14,6 +14,7 @@ its own way to generate; :func:`settle_answers` does the rest, for one question 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from papertune.chat import (VERIFY_TOKENS, passage_to_verify, render_prompt, ren
 from papertune.config import PapertuneConfig
 from papertune.inference import Decoding
 from papertune.retrieval import Passage, Retriever
+
+log = logging.getLogger(__name__)
 
 # Greedy texts for rendered prompts (chat template applied, no added special tokens), in order.
 Generate = Callable[[list[str], Decoding], list[str]]
@@ -46,6 +49,18 @@ class Settled:
         return self.verify_reply is not None and verify_says_no(self.verify_reply)
 
 
+def verifies(config: PapertuneConfig, *, tuned: bool) -> bool:
+    """Whether the model answering checks its own answers: with ``retrieval.verify``, the tuned model only."""
+    return config.retrieval.verify and tuned
+
+
+def note_base_model(config: PapertuneConfig, *, tuned: bool) -> None:
+    """Say in the log, when a model is loaded to answer, that a base model's answers will not be verified."""
+    if config.retrieval.verify and not tuned:
+        log.info("retrieval.verify: the base model's answers get the answer check only (it was not trained to "
+                 "verify them)")
+
+
 def moved_first(passages: Sequence[Passage], n: int) -> tuple[list[Passage], dict[int, int]]:
     """``passages`` with passage ``n`` first and the others in their order, numbered again from 1, and each
     new number's number as shown before."""
@@ -63,7 +78,7 @@ def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Seque
     system = config.build.system_prompt
     checked = [retriever.check_answer(q, a, h) for q, a, h in zip(questions, answers, hits, strict=True)]
     settled = [Settled(c) for c in checked]
-    if not (config.retrieval.verify and tuned):
+    if not verifies(config, tuned=tuned):
         return settled
     verify = Decoding(max_new_tokens=VERIFY_TOKENS)
 

@@ -41,7 +41,7 @@ from papertune.serve.protocol import (
 )
 from papertune.serve.security import AccessGuard, resolve_api_key
 from papertune.serve.worker import GenerationWorker, Job
-from papertune.verify import settle_answers
+from papertune.verify import note_base_model, settle_answers, verifies
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ class Service:
             retriever = Retriever.for_run(run_dir, config.retrieval)
         loaded = load_for_answering(config, merged=merged, base_only=base_only)
         log.info("loaded %s", loaded.description)  # the paths, for the operator's log only
+        note_base_model(config, tuned=loaded.tuned)
         return cls(config, loaded.model, loaded.tokenizer, model_label(config, merged=merged, base_only=base_only),
                    retriever, tuned=loaded.tuned)
 
@@ -187,7 +188,7 @@ class Service:
                                    tokenizer=self.tokenizer, config=self.config, generate=self.generate,
                                    answer_decoding=decoding, tuned=self.tuned)
         # The model's own check waits for the worker: off the event loop. The retriever's alone is quick.
-        settled = (await asyncio.to_thread(settle) if self.config.retrieval.verify and self.tuned else settle())[0]
+        settled = (await asyncio.to_thread(settle) if verifies(self.config, tuned=self.tuned) else settle())[0]
         return grounding(passages, answer, settled.answer, settled.retry)
 
     def generate(self, prompts: list[str], decoding: Decoding) -> list[str]:
