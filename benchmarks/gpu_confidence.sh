@@ -12,7 +12,9 @@
 # model says yes to), and prints the three side by side (benchmarks/raft_table.py); JUDGE=1 keeps the run directory's
 # evaluate.judge (the 1.5B through vLLM: /tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf and
 # /tmp/models/vllm_bundle.tar staged, installed by benchmarks/gpu_vllm.sh), so answers are judged too; ENGINE=vllm
-# answers in vLLM (the student's adapter as a LoRA) instead of transformers' static batches.
+# answers in vLLM (the student's adapter as a LoRA) instead of transformers' static batches; VERIFY_ENGINES=1 (with
+# RETRY=1 or EVAL_SETS turning retrieval.verify on) then compares the student's P(yes) on its verification prompts in
+# transformers and in vLLM (benchmarks/verify_engines.py).
 # A run directory built with verification rows (build.raft_verify_rows: true) trains a student that is also
 # taught to say whether a passage answers a question.
 # Needs /tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf and the all-MiniLM wheel in /tmp/models (staged
@@ -26,7 +28,7 @@ source benchmarks/gpu_env.sh
 pt() { python3 -m papertune "$@"; }
 judge="--set evaluate.judge_enabled=false"
 engine=${ENGINE:-static}
-if [ "${JUDGE:-0}" = 1 ] || [ "$engine" = vllm ]; then
+if [ "${JUDGE:-0}" = 1 ] || [ "$engine" = vllm ] || [ "${VERIFY_ENGINES:-0}" = 1 ]; then
   bash benchmarks/gpu_vllm.sh /tmp/models/vllm_bundle.tar || { echo "vLLM did not install"; exit 1; }
 fi
 [ "${JUDGE:-0}" = 1 ] && judge=""
@@ -57,6 +59,12 @@ for name in "$@"; do
     echo "## $name: the answer check alone, a verifier's no declining, and retrying ($((SECONDS - start)) s)"
     python3 benchmarks/raft_table.py "raft_check=$OUT/$name/metrics.json" "raft_verify=$OUT/$name/verify/metrics.json" \
       "raft_retry=$OUT/$name/retry/metrics.json"
+  fi
+  if [ "${VERIFY_ENGINES:-0}" = 1 ]; then  # this student's P(yes) on its verification prompts: transformers vs vLLM
+    python3 benchmarks/verify_engines.py --run-dir "$R" --answers "$R/eval/answers.jsonl" --engines hf hf-padded vllm \
+      > "$OUT/$name/engines.md" \
+      2> "$OUT/$name/engines.log" || { echo "$name: verify_engines failed"; tail -20 "$OUT/$name/engines.log"; exit 1; }
+    echo "## $name: the verifier in transformers and in vLLM"; cat "$OUT/$name/engines.md"
   fi
   if [ "${SCORE:-1}" = 0 ]; then echo "## $name (train ${t_train} s, evaluate ${t_eval} s; not scored)"; continue; fi
   python3 benchmarks/answer_confidence.py --run-dir "$R" --answers "$R/eval/answers.jsonl" \
