@@ -146,6 +146,7 @@ def test_models_list_and_health(url, config):
     card = models["data"][0]
     assert card["object"] == "model" and card["owned_by"] == "papertune"
     assert "adapter" in card["papertune_description"] and card["papertune_context_length"] == 512
+    assert card["papertune_grounded"] is True and card["papertune_verifies"] is False  # retrieval.verify is off
     assert requests.get(f"{url}/v1/models/papertune", timeout=10).json()["id"] == "papertune"
     missing = requests.get(f"{url}/v1/models/gpt-4", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
@@ -925,6 +926,7 @@ def test_verify_asks_the_model_through_the_worker_and_a_no_declines(cited_run, t
     monkeypatch.setattr("papertune.serve.worker.generate_batch", generate)
     gating = "How does a gating network route every token to the top two experts?"
     with serve.serve_in_background(app) as url:
+        assert requests.get(f"{url}/v1/models/papertune", timeout=10).json()["papertune_verifies"] is True
         declined = chat(url, gating).json()
         passage = service.retrieve(gating)[0].chunk
         prompt = render_verify_prompt(service.tokenizer, gating, passage, service.config.build.system_prompt)

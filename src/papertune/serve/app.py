@@ -152,7 +152,8 @@ class Service:
         """The ``/v1/models`` entry of the model served."""
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "papertune",
                 "papertune_description": self.description, "papertune_context_length": self.context_length,
-                "papertune_citations": self.retriever is not None, "papertune_grounded": self.grounded}
+                "papertune_citations": self.retriever is not None, "papertune_grounded": self.grounded,
+                "papertune_verifies": self.grounded and verifies(self.config, tuned=self.tuned)}
 
     def encode(self, request: ChatRequest, passages: list[Passage]) -> list[int]:
         """The prompt ids of a chat request, grounded in ``passages`` when the service is (no added special
