@@ -2,7 +2,8 @@
 
 For each verified answer in an ``answers.jsonl`` (evaluated with ``retrieval.verify``), the verification prompt
 of its question and the passage it cites (``papertune.chat.render_verify_prompt``), and P(yes) / (P(yes) +
-P(no)) for the first reply token ("yes"/"Yes" against "no"/"No"), from its top-20 log-probabilities (a word
+P(no)) for the first reply token ("yes"/"Yes" against "no"/"No", also after a space; the words of
+``answer_confidence.py``'s ``yes_share``), from its top-20 log-probabilities (a word
 outside them counts as the lowest of them). The model is the run's ``train.model`` with its adapter, as ``ask``
 and ``evaluate`` load it (``--base``: without), and it runs:
 - ``hf``: in transformers, one prompt at a time (as ``ask`` verifies);
@@ -10,8 +11,8 @@ and ``evaluate`` load it (``--base``: without), and it runs:
   engine verifies);
 - ``vllm``: in vLLM, the adapter as a LoRA (as ``evaluate.engine: vllm``; needs a CUDA GPU and vLLM).
 Prints one table: per way, the answers it says no to (P(yes) < 0.5) and the mean P(yes); then each other way
-against the first: the mean change and the decisions that flip each way. ``--set`` changes the run's settings (e.g. a CPU check:
-``--set train.model=packaged:qwen2.5-coder-0.5b-instruct --set train.dtype=bfloat16 --base``).
+against the first: the mean change and the decisions that flip each way. ``--set`` changes the run's settings
+(a CPU check: ``--set train.model=packaged:qwen2.5-coder-0.5b-instruct --set train.dtype=bfloat16 --base``).
 
     python benchmarks/verify_engines.py --run-dir R --answers OUT/verify/answers.jsonl --engines hf hf-padded vllm
 """
@@ -106,8 +107,9 @@ def main() -> None:
     cited = [chunks[r["passages"][r["cited"][0] - 1]["chunk_id"]] for r in rows]
     ids = [tokenizer(render_verify_prompt(tokenizer, r["question"], chunk, config.build.system_prompt),
                      add_special_tokens=False)["input_ids"] for r, chunk in zip(rows, cited)]
-    yes = [tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes")]
-    no = [tokenizer.encode(w, add_special_tokens=False)[0] for w in ("no", "No")]
+    # The words answer_confidence.py reads too, with and without a leading space.
+    yes = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")})
+    no = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("no", "No", " no", " No")})
     probs: dict[str, list[float]] = {}
     for engine in args.engines:
         if engine == "vllm":

@@ -65,7 +65,7 @@ from papertune.rundir import (
     write_text_atomic,
 )
 from papertune.stage import StageSpec
-from papertune.verify import Settled, settle_answers
+from papertune.verify import Settled, settle_answers, verifies
 
 log = logging.getLogger(__name__)
 
@@ -341,9 +341,9 @@ def run(config: PapertuneConfig) -> Path:
         metrics["retrieval"] = {
             "method": config.retrieval.method, "top_k": config.retrieval.top_k,
             "outside_documents": sorted(excluded),
-            # Only the tuned model verifies (papertune.verify): the base model's answers get the check alone.
+            # The systems whose model verifies (papertune.verify.verifies: the tuned one, not the base).
             "verify": ({s.name: verify_counts(settled[s.name], config.retrieval.verify_retry)
-                        for s in systems if s.name in settled and s.model == "tuned"}
+                        for s in systems if s.name in settled and verifies(config, tuned=s.model == "tuned")}
                        if config.retrieval.verify else None),
             # The source chunk among the top k; outside documents are in no index, so no recall there.
             "recall_at_k": {name: recall_at_k([r.get("chunk_id") for r in rows],
