@@ -14,7 +14,8 @@
 # /tmp/models/vllm_bundle.tar staged, installed by benchmarks/gpu_vllm.sh), so answers are judged too; ENGINE=vllm
 # answers in vLLM (the student's adapter as a LoRA) instead of transformers' static batches; VERIFY_ENGINES=1 (with
 # RETRY=1 or EVAL_SETS turning retrieval.verify on) then compares the student's P(yes) on its verification prompts in
-# transformers and in vLLM (benchmarks/verify_engines.py).
+# transformers and in vLLM (benchmarks/verify_engines.py). Without RETRY=1 the one evaluation's table is printed, with
+# its quote rate (a run directory built with build.raft_quote: true trains a student that quotes, then answers).
 # A run directory built with verification rows (build.raft_verify_rows: true) trains a student that is also
 # taught to say whether a passage answers a question.
 # Needs /tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf and the all-MiniLM wheel in /tmp/models (staged
@@ -36,7 +37,8 @@ for name in "$@"; do
   R=/tmp/conf/$name
   mkdir -p "$OUT/$name" && rm -rf "$R" && mkdir -p /tmp/conf && cp -r ".gpu-data/$name" "$R"
   start=$SECONDS
-  pt train --run-dir "$R" -q > "$OUT/$name/train.log" 2>&1 || { echo "$name: train failed"; tail -20 "$OUT/$name/train.log"; exit 1; }
+  # shellcheck disable=SC2086  # TRAIN_SETS: train settings (e.g. --set train.model=... for a larger student)
+  pt train --run-dir "$R" -q ${TRAIN_SETS:-} > "$OUT/$name/train.log" 2>&1 || { echo "$name: train failed"; tail -20 "$OUT/$name/train.log"; exit 1; }
   t_train=$((SECONDS - start)); start=$SECONDS
   # shellcheck disable=SC2086  # $judge (empty, or the judge turned off) and EVAL_SETS (more evaluate settings)
   pt evaluate --run-dir "$R" -q --set evaluate.engine=$engine $judge --set evaluate.base=false \
@@ -45,6 +47,12 @@ for name in "$@"; do
     || { echo "$name: evaluate failed"; tail -20 "$OUT/$name/eval.log"; exit 1; }
   t_eval=$((SECONDS - start)); start=$SECONDS
   cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
+  if [ "${RETRY:-0}" != 1 ]; then  # one evaluation (EVAL_SETS may make it the product's policy): its table
+    echo "## $name: one evaluation (${EVAL_SETS:-the answer check alone}; $t_eval s)"
+    python3 benchmarks/raft_table.py "$name=$OUT/$name/metrics.json"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"]
+print("quote rate (answers shown with a quote found in a passage):", {s: v["tuned_retrieval"].get("quote_rate") for s, v in r.items()})' "$OUT/$name/metrics.json"
+  fi
   if [ "${RETRY:-0}" = 1 ]; then
     start=$SECONDS
     for policy in verify retry; do

@@ -267,6 +267,20 @@ def test_an_answer_the_passages_do_not_support_is_reported_as_declined(tmp_path,
     assert added["checked_answer"] == "It routes every token to the top two experts [1]." and added["cited"] == [1]
     assert f"({ask.CITED_NOTE} {added['checked_answer']})" in stream.getvalue()
     assert ask.CHECKED_NOTE not in stream.getvalue()
+    # A quoting reply: the quote found in passage [1] is the evidence shown, and the answer cites that passage;
+    # a quote found in no passage is said to be none.
+    fake_model_answer(monkeypatch, 'Quote [3]: "A gating network routes every token to the top two experts"\n'
+                                   'Answer: It routes every token to the top two experts [3].')
+    stream = io.StringIO()
+    quoted = ask.ask(config, QUESTION, stream=stream, base_only=True)
+    assert quoted["checked_answer"] == "It routes every token to the top two experts [1]." and quoted["cited"] == [1]
+    assert quoted["quote"] == {"n": 1, "text": "A gating network routes every token to the top two experts"}
+    fake_model_answer(monkeypatch, 'Quote [1]: "Experts are chosen by a coin"\n'
+                                   'Answer: It routes every token to the top two experts [1].')
+    stream = io.StringIO()
+    invented = ask.ask(config, QUESTION, stream=stream, base_only=True)
+    assert invented["checked_answer"] == "It routes every token to the top two experts [1]." and "quote" not in invented
+    assert ask.QUOTE_NOT_FOUND in stream.getvalue()
 
 
 def test_chat_grounds_every_question(tmp_path, talking_model, word_embedder, monkeypatch):

@@ -213,6 +213,19 @@ def raft_run(tmp_path_factory) -> Path:
     return run
 
 
+def raft_variant(run: Path, monkeypatch, **settings):
+    """The raft_run build again in ``run`` with more build settings: its dataset and chunks by id."""
+    from datasets import load_from_disk
+
+    from helpers import bag_of_words
+
+    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
+    write_corpus(run, *corpus())
+    ds = load_from_disk(str(build.run(cfg_for(run, mode="raft", heldout_documents=0.2, outside_documents=0.1,
+                                              **settings))))
+    return ds, {c["id"]: c for c in map(json.loads, (run / "chunks.jsonl").read_text().splitlines())}
+
+
 def test_documents_kept_out_are_seeded_disjoint_and_keep_their_twins_and_variants(tmp_path: Path):
     from datasets import load_from_disk
 
@@ -363,21 +376,16 @@ def test_raft_verify_rows_teach_yes_for_the_source_and_no_for_a_distractor(raft_
     prompt; the pairs' own rows and the test split are as without them."""
     from datasets import load_from_disk
 
-    from helpers import bag_of_words
     from papertune.chat import VERIFY_INSTRUCTION, verify_turn
     from papertune.raft import holds_answer
 
-    monkeypatch.setattr("papertune.index.embed_texts", bag_of_words)
     run = tmp_path / "verify"
-    write_corpus(run, *corpus())
-    ds = load_from_disk(str(build.run(cfg_for(run, mode="raft", heldout_documents=0.2, outside_documents=0.1,
-                                              raft_verify_rows=True))))
+    ds, chunks = raft_variant(run, monkeypatch, raft_verify_rows=True)
     first = load_from_disk(str(raft_run / "dataset"))
     checks = [r for r in ds["train"] if r["verify"]]
     pairs = {r["id"]: r for r in ds["train"] if not r["verify"]}
     assert set(pairs) == set(first["train"]["id"]) and ds["test"]["text"] == first["test"]["text"]
     assert [pairs[i]["text"] for i in first["train"]["id"]] == first["train"]["text"]
-    chunks = {c["id"]: c for c in map(json.loads, (run / "chunks.jsonl").read_text().splitlines())}
     yes = [r for r in checks if r["verify"] == "yes"]
     no = [r for r in checks if r["verify"] == "no"]
     assert len(yes) == sum(1 for r in pairs.values() if r["source_passage"]) and 0 < len(no) <= len(yes)
@@ -395,6 +403,53 @@ def test_raft_verify_rows_teach_yes_for_the_source_and_no_for_a_distractor(raft_
     raft = json.loads((run / "build" / "report.json").read_text())["raft"]
     assert raft["verify_rows"] == len(checks)
     assert f"{len(checks)} train rows teach verification" in (run / "dataset_card.md").read_text()
+
+
+def test_raft_quote_targets_quote_the_source_sentence_then_answer(raft_run, tmp_path: Path, monkeypatch):
+    """build.raft_quote: each row that holds its source (train and test) answers 'Quote [n]: "..."' with a
+    sentence of the source chunk, then the target it had without the quote; the prompts are unchanged."""
+    from datasets import load_from_disk
+
+    from papertune.chat import split_quote
+    from papertune.text import normalize
+
+    run = tmp_path / "quote"
+    ds, chunks = raft_variant(run, monkeypatch, raft_quote=True)
+    first = load_from_disk(str(raft_run / "dataset"))
+    quoted = 0
+    for split in ("train", "test"):
+        assert ds[split]["prompt"] == first[split]["prompt"]
+        for row, plain in zip(ds[split], first[split], strict=True):
+            if not row["source_passage"]:
+                assert row["completion"] == plain["completion"] and row["quote"] is None
+                continue
+            quote, n, answer = split_quote(row["completion"].removesuffix("<|im_end|>"))
+            assert answer + "<|im_end|>" == plain["completion"]
+            if quote is not None:
+                quoted += 1
+                assert quote == row["quote"] and n == row["source_passage"]
+                assert normalize(quote) in normalize(chunks[row["chunk_id"]]["text"])
+    assert quoted > 0
+    raft = json.loads((run / "build" / "report.json").read_text())["raft"]
+    assert raft["quoted"] == quoted
+    assert f"{quoted} of the rows that hold the source first quote" in (run / "dataset_card.md").read_text()
+
+
+def test_supporting_quote_is_the_sentence_that_carries_the_answer():
+    from papertune.raft import QUOTE_MAX_WORDS, supporting_quote
+
+    chunk = ("QLoRA fine-tunes quantized models.  It stores the base weights in 4-bit NormalFloat "
+             "and computes in bfloat16. Paged optimizers absorb memory spikes. Gradients flow into the adapters.")
+    assert supporting_quote(chunk, "The base weights are stored in 4-bit NormalFloat.", "nupunkt") == (
+        "It stores the base weights in 4-bit NormalFloat and computes in bfloat16.")
+    # Two adjacent sentences when each carries only half of the answer.
+    assert supporting_quote(chunk, "Paged optimizers absorb spikes while gradients flow into adapters.",
+                            "nupunkt") == "Paged optimizers absorb memory spikes. Gradients flow into the adapters."
+    assert supporting_quote(chunk, "Mixture-of-experts routing uses a gating network.", "nupunkt") is None
+    # A wrong number is carried by no sentence.
+    assert supporting_quote(chunk, "The base weights are stored in 8-bit NormalFloat.", "nupunkt") is None
+    long = " ".join(["NormalFloat"] * (QUOTE_MAX_WORDS + 1)) + "."
+    assert supporting_quote(long, "NormalFloat.", "nupunkt") is None
 
 
 class _NoHits:

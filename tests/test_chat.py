@@ -13,9 +13,11 @@ from papertune.chat import (
     grounded_question,
     passage_label,
     passage_to_verify,
+    quoted_answer,
     render_example,
     render_prompt,
     render_verify_prompt,
+    split_quote,
     verify_says_no,
 )
 
@@ -173,3 +175,22 @@ def test_abstains_on_abstain_and_its_rewordings(answer):
 ])
 def test_real_answers_containing_not_are_not_abstentions(answer):
     assert not abstains(answer)
+
+
+def test_a_quoting_target_is_the_golden_string_and_reads_back():
+    quote = 'NF4 is an "optimal"\n  data type for normal weights.'
+    target = quoted_answer(quote, 2, "QLoRA stores weights in NF4.")
+    assert target == 'Quote [2]: "NF4 is an "optimal" data type for normal weights."\nAnswer: QLoRA stores weights in NF4 [2].'
+    assert split_quote(target) == ('NF4 is an "optimal" data type for normal weights.', 2,
+                                   "QLoRA stores weights in NF4 [2].")
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("QLoRA stores weights in NF4 [2].", (None, None, "QLoRA stores weights in NF4 [2].")),
+    (ABSTAIN, (None, None, ABSTAIN)),
+    ('Quote [3]: "NF4 is optimal."', ("NF4 is optimal.", 3, "NF4 is optimal [3].")),  # cut off before the answer
+    ('Quote [3]: "NF4 is opti', (None, None, 'Quote [3]: "NF4 is opti')),  # cut off inside the quote
+    ('Quote [1]: "NF4."\n\nNF4 [1].', ("NF4.", 1, "NF4 [1].")),  # the answer without its label
+])
+def test_split_quote_reads_replies_with_and_without_a_quote(reply, expected):
+    assert split_quote(reply) == expected

@@ -131,6 +131,7 @@ def test_int_is_accepted_for_float_and_converted():
         ("run_dir.x=1", "run_dir must be a string"),
         ("build.raft_verify_rows=true", "with build.mode closed_book there are none"),
         ("build.raft_decline_copies=0.5", "with build.mode closed_book there are none"),
+        ("build.raft_quote=true", "with build.mode closed_book there are none"),
         ("retrieval.verify=true", "which it learns from build.raft_verify_rows"),
     ],
 )

@@ -142,8 +142,11 @@ def test_system_summary_counts_citations_and_declines():
     assert grounded["citation_rate"] == pytest.approx(3 / 4)
     assert grounded["citation_accuracy"] == pytest.approx(2 / 3)  # of the answers that cite
     assert grounded["abstention_rate"] == pytest.approx(1 / 4)
+    assert grounded["quote_rate"] == 0.0  # no answer came with a quote
+    rows[0]["quote"] = {"n": 2, "text": "NF4 is optimal."}
+    assert answer_summary(rows, answerable=True, retrieval=True)["quote_rate"] == pytest.approx(1 / 3)  # of 3 answered
     closed = answer_summary(rows, answerable=True, retrieval=False)
-    assert closed["citation_rate"] is None and closed["citation_accuracy"] is None
+    assert closed["citation_rate"] is None and closed["citation_accuracy"] is None and closed["quote_rate"] is None
     outside = answer_summary(rows, answerable=False, retrieval=True)  # declining is the right answer there
     assert outside["f1"] is None and outside["citation_accuracy"] is None and outside["abstention_rate"] == 0.25
 

@@ -229,6 +229,11 @@ def test_grounding_marks_the_cited_passages_and_abstentions():
     assert [c["page_start"] for c in cited["papertune_citations"]] == [1, 2, 3]
     declined = serve.grounding(passages, ABSTAIN, ABSTAIN)
     assert declined["papertune_abstained"] is True and not any(c["cited"] for c in declined["papertune_citations"])
+    # A quoting model's reply: the quote, placed in its passage, is given beside the checked answer.
+    quoted = serve.grounding(passages, 'Quote [2]: "Passage 2."\nAnswer: NF4 [2].', "NF4 [2].", None,
+                             {"n": 2, "text": "Passage 2."})
+    assert quoted["papertune_quote"] == {"n": 2, "text": "Passage 2."} and quoted["papertune_checked_answer"] == "NF4 [2]."
+    assert "papertune_quote" not in cited
 
 
 def test_a_conversation_is_grounded_in_its_last_question_only(server):

@@ -9,7 +9,7 @@ from papertune.chat import ABSTAIN, VERIFY_INSTRUCTION, cited_numbers
 from papertune.config import load_config
 from papertune.inference import Decoding
 from papertune.retrieval import Passage, Retriever
-from papertune.verify import moved_first, settle_answers
+from papertune.verify import moved_first, placed_quote, settle_answers
 
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -138,3 +138,39 @@ def test_a_retry_declines_when_no_passage_holds_it_or_the_second_answer_fails(hi
                    f"{MOE} [{moe}].")
     assert wrong.answer == ABSTAIN and wrong.retry["verify_reply"] == "No."
     assert wrong.retry["answer"] != ABSTAIN and [len(p) for p, _ in calls] == [1, 3, 1, 1]
+
+
+def test_a_quote_is_placed_in_the_passage_that_holds_it_and_the_answer_cites_that_one(hits, tokenizer):
+    """A quoting reply (build.raft_quote): the quote is looked up in the passages (spacing and case aside);
+    the answer cites the passage the quote is in, whatever number the model gave; a quote in no passage is
+    dropped and the answer is checked as written."""
+    retriever, passages = hits
+    nf4 = next(p.n for p in passages if p.chunk_id == "qlora.md#0000")
+    wrong = nf4 % 4 + 1
+    answer = "NormalFloat4 is an optimal data type for normally distributed weights"
+    reply = f'Quote [{wrong}]: "normalfloat4 is an  information-theoretically optimal data type"\nAnswer: {answer} [{wrong}].'
+    assert placed_quote(reply, passages) == (
+        f"{answer} [{nf4}].", {"n": nf4, "text": "normalfloat4 is an  information-theoretically optimal data type"})
+    uncited = f'Quote [1]: "NormalFloat4 is an information-theoretically optimal data type"\nAnswer: {answer}.'
+    assert placed_quote(uncited, passages)[0] == f"{answer} [{nf4}]."
+    invented = f'Quote [{nf4}]: "NormalFloat4 was invented in 1990"\nAnswer: {answer} [{nf4}].'
+    assert placed_quote(invented, passages) == (f"{answer} [{nf4}].", None)
+    assert placed_quote(f"{answer} [{nf4}].", passages) == (f"{answer} [{nf4}].", None)
+
+    settled = settle([], retriever, passages, tokenizer, scripted(set(), "", []), reply)
+    assert settled.answer == f"{answer} [{nf4}]." and settled.quote["n"] == nf4
+    # A quote is evidence for an answer: a declined answer shows none.
+    declined = settle(["retrieval.verify=true"], retriever, passages, tokenizer, scripted(set(), "", []), reply)
+    assert declined.answer == ABSTAIN and declined.quote is None
+
+
+def test_a_retried_quote_is_numbered_as_the_passages_were_shown(hits, tokenizer):
+    retriever, passages = hits
+    moe = next(p.n for p in passages if p.chunk_id == "moe.pdf#0002")
+    nf4 = next(p.n for p in passages if p.chunk_id == "qlora.md#0000")
+    # Answered again from the NF4 passage, moved to [1] for the second answer.
+    again = f'Quote [1]: "{NF4}."\nAnswer: {NF4} [1].'
+    settled = settle(["retrieval.verify=true", "retrieval.verify_retry=true"], retriever, passages, tokenizer,
+                     scripted({"qlora.md#0000"}, again, []), f"{MOE} [{moe}].")
+    assert settled.answer == f"{NF4} [{nf4}]." and settled.quote == {"n": nf4, "text": f"{NF4}."}
+    assert settled.retry["answer"] == f'Quote [{nf4}]: "{NF4}."\nAnswer: {NF4} [{nf4}].'

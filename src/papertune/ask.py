@@ -15,7 +15,8 @@ is checked (``Retriever.check_answer``): one its passages do not support is repo
 where another passage holds clearly more of it than the one cited, it is printed again citing that one.
 With ``retrieval.verify`` the model is then asked whether the passage the answer cites contains the answer
 (``chat.verify_turn``); a "no" is reported as declined, or with ``retrieval.verify_retry`` the question is
-answered again from the passage the model says does (``papertune.verify``).
+answered again from the passage the model says does (``papertune.verify``). A model trained to quote
+(``build.raft_quote``) writes the sentence it answers from first; the answer cites the passage that holds it.
 
 Closed book (``--closed-book``, ``retrieval.grounded: false``): the question alone; ``--cite`` then lists
 the passages retrieval finds for the question below the answer (the model did not see them).
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from papertune.chat import abstains, cited_numbers, render_prompt
+from papertune.chat import abstains, cited_numbers, render_prompt, split_quote
 from papertune.config import PapertuneConfig
 from papertune.errors import ConfigError, InputError
 from papertune.inference import Decoding, GenerationRequest, generate_batch, load_for_answering
@@ -46,6 +47,7 @@ UNSUPPORTED = "(The retrieved passages do not support this answer: most of its w
 NOT_VERIFIED = "(Asked whether passage [{n}] contains the answer, the model says no: declined.)"
 RETRIED = ("(Asked whether passage [{n}] contains the answer, the model says no; it says passage [{m}] does. "
            "Answered again from it: {answer})")
+QUOTE_NOT_FOUND = "(The quote is in none of the retrieved passages: it is not evidence for the answer.)"
 RETRY_DECLINED = ("(Asked whether passage [{n}] contains the answer, the model says no; it says passage [{m}] "
                   "does, but its answer from it did not hold either: declined.)")
 
@@ -88,6 +90,9 @@ def answer_note(text: str, settled: Settled) -> str | None:
     """What to print below a grounded answer streamed as the model wrote it (``text``): how the check and the
     model's verification changed it (:mod:`papertune.verify`), or that it declined; None: as streamed."""
     shown = settled.answer
+    quote, _, text = split_quote(text)
+    if quote is not None and settled.quote is None and settled.retry is None and not abstains(shown):
+        return QUOTE_NOT_FOUND if shown == text else f"{QUOTE_NOT_FOUND}\n({CHECKED_NOTE} {shown})"
     if settled.retry is not None:
         return (RETRY_DECLINED if abstains(shown) else RETRIED).format(n=settled.verified, m=settled.retry["passage"],
                                                                        answer=shown)
@@ -137,8 +142,8 @@ class Assistant:
                                      answer_decoding=Decoding(max_new_tokens=self.max_new_tokens,
                                                               temperature=self.temperature), tuned=self.tuned)[0]
             checked = record["checked_answer"] = settled.answer
-            record.update({k: v for k, v in (("verify_reply", settled.verify_reply), ("retry", settled.retry))
-                           if v is not None})
+            record.update({k: v for k, v in (("verify_reply", settled.verify_reply), ("retry", settled.retry),
+                                             ("quote", settled.quote)) if v is not None})
             note = answer_note(text, settled)
             if note:
                 stream.write(note + "\n")

@@ -22,7 +22,7 @@ from typing import Any
 from papertune.chat import passage_label, render_example, to_messages, verify_turn
 from papertune.config import BuildConfig, PapertuneConfig
 from papertune.errors import InputError
-from papertune.raft import assign_passages, decline_copies, raft_target, verify_rows
+from papertune.raft import assign_passages, decline_copies, raft_target, supporting_quote, verify_rows
 from papertune.rundir import (
     BUILD_DIR,
     BUILD_LENGTHS_PLOT,
@@ -61,7 +61,7 @@ INPUT_FILES = (QA_AUGMENTED, QA_CURATED, QA)
 KEPT_OUT = ("heldout", "outside")
 # The pair fields every split keeps, besides the rendered example.
 PAIR_FIELDS = ("id", "question", "answer", "chunk_id", "source", "title", "section", "page_start", "page_end",
-               "generator", "kind", "augmentation", "parent_id", "passage_ids", "source_passage", "verify")
+               "generator", "kind", "augmentation", "parent_id", "passage_ids", "source_passage", "verify", "quote")
 # What a passage shows in a prompt (chat.grounded_question).
 PASSAGE_FIELDS = ("id", "text", "source", "section", "page_start", "page_end")
 # More RAFT rows than this share dropped for length is worth a loud warning.
@@ -75,12 +75,14 @@ def format_batch(batch: dict[str, list], tokenizer: Any, system_prompt: str, max
                  chunks: dict[str, dict], without_source: str) -> dict:
     """Render a batch of rows: closed book when a row has no passages, else its RAFT prompt and target."""
     out: dict[str, list] = {"messages": [], "prompt": [], "completion": [], "text": [], "n_tokens": [], "truncated": []}
-    for question, answer, passage_ids, source_passage, verify in zip(
-            batch["question"], batch["answer"], batch["passage_ids"], batch["source_passage"], batch["verify"]):
+    for question, answer, passage_ids, source_passage, verify, quote in zip(
+            batch["question"], batch["answer"], batch["passage_ids"], batch["source_passage"], batch["verify"],
+            batch["quote"]):
         passages = [chunks[cid] for cid in passage_ids] if passage_ids else None
         # A verification row: its one passage and the question, the target "yes" or "no" (raft.verify_rows).
         user = verify_turn(question, passages[0]) if verify and passages else None
-        target = verify if user else raft_target(answer, source_passage, without_source) if passages else answer
+        target = (verify if user else raft_target(answer, source_passage, without_source, quote) if passages
+                  else answer)
         example = render_example(tokenizer, question, target, system_prompt, passages, user=user)
         ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"]
         truncated = False
@@ -194,7 +196,9 @@ def _raft(report: dict, example: dict | None, chunks: dict[str, dict]) -> list[s
              f"is passage 1 in {raft['source_first']} of the {raft['with_source']} rows that hold it."
              + (f" {raft['verify_rows']} train rows teach verification: one passage and the question, the "
                 "answer whether the passage contains the answer (yes for the source, no for a distractor)."
-                if raft.get("verify_rows") else "")]
+                if raft.get("verify_rows") else "")
+             + (f" {raft['quoted']} of the rows that hold the source first quote its sentence that carries the "
+                "answer, then answer." if "quoted" in raft else "")]
     if example:
         lines += ["", f"Example: **{example['question']}**", ""]
         for n, cid in enumerate(example["passage_ids"], 1):
@@ -327,6 +331,10 @@ def run(config: PapertuneConfig) -> Path:
         for row, chosen in zip(pool, assigned):
             row["passage_ids"], row["source_passage"] = chosen.passage_ids, chosen.source_passage
             passages.update({cid: {k: chunks[cid].get(k) for k in PASSAGE_FIELDS} for cid in chosen.passage_ids})
+            if cfg.raft_quote and chosen.source_passage:
+                row["quote"] = supporting_quote(chunks[row["chunk_id"]]["text"], row["answer"], config.ingest.segmenter)
+        if cfg.raft_quote:
+            raft_stats["quoted"] = sum(1 for r in pool if r.get("quote"))
         if cfg.raft_verify_rows:  # from passages already chosen: they are in `passages`
             checks = verify_rows([r for r in pool if r["split"] == "train"], chunks)
             rows += checks

@@ -5,7 +5,8 @@ so the prompt a tuned model sees when asked is byte-identical to the prompt it w
 
 A grounded question carries numbered passages (retrieved chunks) before it and asks for an answer that
 cites them as [n], or :data:`ABSTAIN` when they do not hold the answer; a closed-book question is the
-question alone. A verification question (:func:`verify_turn`) shows one passage and asks whether it
+question alone. A model trained on quoting targets (``build.raft_quote``) first quotes the sentence of its
+passage that carries the answer, then answers (:func:`quoted_answer`; read back by :func:`split_quote`). A verification question (:func:`verify_turn`) shows one passage and asks whether it
 contains the answer: "yes" or "no". Build (RAFT and verification examples), evaluate, ask and serve all
 render through these functions.
 """
@@ -29,6 +30,8 @@ VERIFY_YES, VERIFY_NO = "yes", "no"
 VERIFY_TOKENS = 2  # tokens generated for a verification reply (its first word is what counts)
 _CITATION = re.compile(r"\[(\d{1,2})\]")  # a citation marker, "[n]"
 _CITATION_WITH_SPACE = re.compile(r"\s*" + _CITATION.pattern)
+# A quoting reply: 'Quote [n]: "..."', a line break, then 'Answer: ...' (cut off before it: the quote alone).
+_QUOTED = re.compile(r'\s*Quote \[(\d{1,2})\]:\s*"(.*?)"[ \t]*(?:\n\s*(?:Answer:\s*)?(.*))?\Z', re.S)
 
 
 def passage_label(chunk: dict) -> str:
@@ -87,6 +90,23 @@ def cited_answer(answer: str, n: int) -> str:
     if answer.endswith((".", "!", "?")):
         return f"{answer[:-1]} [{n}]{answer[-1]}"
     return f"{answer} [{n}]"
+
+
+def quoted_answer(quote: str, n: int, answer: str) -> str:
+    """A quoting target: the sentence of passage ``n`` that carries the answer, quoted on one line, then the
+    answer citing passage ``n`` (``Quote [2]: "..."`` / ``Answer: ... [2].``)."""
+    return f'Quote [{n}]: "{" ".join(quote.split())}"\nAnswer: {cited_answer(answer, n)}'
+
+
+def split_quote(reply: str) -> tuple[str | None, int | None, str]:
+    """A reply read as :func:`quoted_answer` writes it: (the quote, the passage it names, the answer). A reply
+    without a quote: (None, None, the reply). A quote cut off before its answer is the answer, citing its
+    passage."""
+    match = _QUOTED.match(reply)
+    if match is None:
+        return None, None, reply
+    n, quote, answer = int(match.group(1)), match.group(2).strip(), (match.group(3) or "").strip()
+    return quote, n, answer or cited_answer(quote, n)
 
 
 def cited_numbers(answer: str) -> list[int]:

@@ -382,6 +382,13 @@ class BuildConfig:
     # "does the passage contain the answer?" -> "yes", and its first distractor that does not hold the answer
     # -> "no". A model so trained can check its own answers (retrieval.verify).
     raft_verify_rows: bool = False
+    # A RAFT target that cites its source first quotes the source's sentence that carries the answer
+    # ('Quote [n]: "..."', then 'Answer: ... [n]'), as RAFT's answers quote the golden passage; ask, serve and
+    # evaluate show the quote and cite the passage it is found in (papertune.raft.supporting_quote). Off:
+    # measured on two corpora (docs/benchmarks.md), a 0.5B student that quotes first answers 3-11 points fewer
+    # right (it commits to a wrong sentence); a 1.5B one answers as many, with a checkable quote. Answers get
+    # longer: give evaluate.max_new_tokens room for a sentence more (the runs used 320).
+    raft_quote: bool = False
     # Documents kept out of training, evaluated apart (a seeded draw of document names, shares of the
     # documents with pairs): heldout ones stay in the retrieval index, outside ones are left out of it too
     # (their questions test abstention).
@@ -395,9 +402,9 @@ class BuildConfig:
         require(0 <= self.raft_decline_copies <= 1,
                  f"build.raft_decline_copies must be between 0 and 1, got {self.raft_decline_copies}")
         if self.mode == "closed_book":  # options that add RAFT rows mean nothing without RAFT
-            require(not self.raft_verify_rows and self.raft_decline_copies == 0,
-                     "build.raft_verify_rows and build.raft_decline_copies add RAFT rows; with build.mode "
-                     "closed_book there are none: set build.mode=raft, or leave them off (the GPU profiles' "
+            require(not self.raft_verify_rows and self.raft_decline_copies == 0 and not self.raft_quote,
+                     "build.raft_verify_rows, build.raft_decline_copies and build.raft_quote shape RAFT rows; with "
+                     "build.mode closed_book there are none: set build.mode=raft, or leave them off (the GPU profiles' "
                      "closed book: --set build.mode=closed_book --set build.raft_verify_rows=false "
                      "--set retrieval.verify=false --set retrieval.verify_retry=false)")
         for name in ("heldout_documents", "outside_documents"):

@@ -18,6 +18,11 @@ the source is left out (a row that teaches declining then never holds a neighbou
 other words). A row without the source never holds a chunk that says the answer, whatever the setting.
 When retrieval finds too few, seeded random eligible chunks fill the prompt and are counted.
 
+With ``build.raft_quote`` a target that cites its source first quotes the source's sentence (or two adjacent
+sentences) that carries most of the answer (:func:`supporting_quote`, ``chat.quoted_answer``), as RAFT's
+answers quote the golden passage before answering; a pair whose answer no such span carries keeps the
+plain target.
+
 ``build.raft_decline_copies`` adds rows instead of replacing them: that share of the train pairs (a seeded
 draw per pair) is asked a second time with distractors only (:func:`decline_copies`), so a question the model
 learns to answer from its source it also learns to decline without it. ``build.raft_verify_rows`` adds
@@ -32,11 +37,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from papertune.chat import ABSTAIN, VERIFY_NO, VERIFY_YES, cited_answer
+from papertune.chat import ABSTAIN, VERIFY_NO, VERIFY_YES, cited_answer, quoted_answer
 from papertune.config import BuildConfig
 from papertune.errors import InputError
+from papertune.ingest.segment import split_sentences
 from papertune.split import NearDuplicates
-from papertune.text import carried_share
+from papertune.text import carried_share, words
 
 _SEARCH_BATCH = 256  # questions searched or ranked at once (each holds a score per chunk and ranker)
 
@@ -49,12 +55,40 @@ class RaftPassages:
     source_passage: int  # 1-based; 0 when the source chunk is not among the passages
 
 
-def raft_target(answer: str, source_passage: int, without_source: str) -> str:
-    """What a RAFT example teaches the model to reply: the answer citing its source passage, or, when the
-    source is absent, :data:`papertune.chat.ABSTAIN` (``abstain``) or the answer uncited (``answer``)."""
+def raft_target(answer: str, source_passage: int, without_source: str, quote: str | None = None) -> str:
+    """What a RAFT example teaches the model to reply: the answer citing its source passage (after ``quote``,
+    the source's words that carry it, when given), or, when the source is absent,
+    :data:`papertune.chat.ABSTAIN` (``abstain``) or the answer uncited (``answer``)."""
     if source_passage:
-        return cited_answer(answer, source_passage)
+        return quoted_answer(quote, source_passage, answer) if quote else cited_answer(answer, source_passage)
     return ABSTAIN if without_source == "abstain" else answer
+
+
+QUOTE_MAX_WORDS = 60  # a longer span is no quote a reader checks at a glance
+QUOTE_MIN_SHARE = 0.5  # the share of the answer's content words a quote must carry (text.carried_share)
+QUOTE_PAIR_GAIN = 0.15  # two adjacent sentences are quoted only when they carry this much more than one
+
+
+def supporting_quote(chunk_text: str, answer: str, segmenter: str) -> str | None:
+    """The span of ``chunk_text`` a quoting target quotes: the sentence (or two adjacent sentences, when they
+    carry clearly more) holding the largest share of ``answer``'s content words, at most
+    :data:`QUOTE_MAX_WORDS` words, its spacing made single; None when no span carries
+    :data:`QUOTE_MIN_SHARE`."""
+    sentences = [" ".join(s.split()) for s in split_sentences(chunk_text, segmenter)]
+    sentences = [s for s in sentences if s]
+
+    def best(spans: list[str]) -> tuple[float, str | None]:
+        scored = [(carried_share(answer, s), -len(words(s)), s) for s in spans if len(words(s)) <= QUOTE_MAX_WORDS]
+        if not scored:
+            return 0.0, None
+        share, _, span = max(scored)
+        return share, span
+
+    share, quote = best(sentences)
+    pair_share, pair = best([f"{a} {b}" for a, b in zip(sentences, sentences[1:])])
+    if pair is not None and pair_share >= share + QUOTE_PAIR_GAIN:
+        share, quote = pair_share, pair
+    return quote if share >= QUOTE_MIN_SHARE else None
 
 
 # A chunk holding this share of an answer's content words (stemmed), and all its numbers, holds the answer.
@@ -87,7 +121,7 @@ def verify_rows(train_rows: list[dict], chunks: dict[str, dict]) -> list[dict]:
     for row in train_rows:
         if not row["source_passage"] or row["id"].endswith(DECLINE_COPY):
             continue
-        base = dict(row, parent_id=row["id"])
+        base = dict(row, parent_id=row["id"], quote=None)  # a yes or no quotes nothing
         out.append(dict(base, id=f"{row['id']}{VERIFY_ROW}{VERIFY_YES}", passage_ids=[row["chunk_id"]],
                         source_passage=1, verify=VERIFY_YES))
         negative = next((cid for cid in row["passage_ids"]

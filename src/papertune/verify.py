@@ -3,6 +3,8 @@
 The one policy ``ask``, ``chat``, ``serve`` and ``evaluate`` apply to the model's grounded answers (each brings
 its own way to generate; :func:`settle_answers` does the rest, for one question or a whole evaluation):
 
+0. a quoting reply (``build.raft_quote``) is split into its quote and its answer (:func:`placed_quote`): the
+   answer cites the passage the quote is found in; a quote found in none is not shown;
 1. the answer check (``Retriever.check_answer``): unsupported answers become the decline, citations fixed;
 2. with ``retrieval.verify``, the tuned model is asked whether the passage the checked answer cites contains
    the answer (``chat.verify_turn``); a "no" makes it the decline. A base model is not asked: it was never
@@ -19,11 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from papertune.chat import (VERIFY_TOKENS, passage_to_verify, render_prompt, render_verify_prompt, renumber_citations,
-                            verified_answer, verify_says_no)
+from papertune.chat import (VERIFY_TOKENS, abstains, cited_answer, cited_numbers, passage_to_verify, render_prompt,
+                            render_verify_prompt, renumber_citations, split_quote, verified_answer, verify_says_no)
 from papertune.config import PapertuneConfig
 from papertune.inference import Decoding
 from papertune.retrieval import Passage, Retriever
+from papertune.text import normalize
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,14 @@ class Settled:
     """One grounded answer settled: ``answer`` as shown; the model's ``verify_reply`` about ``verified``, the
     passage the checked answer cites (None: not asked); with a retry, ``retry`` = {"passage": the passage
     moved to [1] (numbered as shown), "answer": the model's second answer (numbered as shown),
-    "verify_reply": its reply about the passage that one cites}."""
+    "verify_reply": its reply about the passage that one cites}; ``quote``: {"n": the passage it is found in,
+    "text": the words the model quoted} (:func:`placed_quote`), None without one or when it declined."""
 
     answer: str
     verify_reply: str | None = None
     verified: int | None = None
     retry: dict[str, Any] | None = None
+    quote: dict[str, Any] | None = None
 
     @property
     def said_no(self) -> bool:
@@ -68,6 +73,20 @@ def moved_first(passages: Sequence[Passage], n: int) -> tuple[list[Passage], dic
     return [Passage(i, p.chunk, p.score) for i, p in enumerate(order, 1)], {i: p.n for i, p in enumerate(order, 1)}
 
 
+def placed_quote(reply: str, passages: Sequence[Passage]) -> tuple[str, dict[str, Any] | None]:
+    """A reply's answer and its quote (``chat.split_quote``), the quote placed: the first passage whose words
+    hold the quote's words in order (``text.normalize``), and the answer's citations of the number the quote
+    named, or none, made that passage's. A quote found in no passage is dropped (None) and the answer left as
+    written: the answer check judges it."""
+    quote, named, answer = split_quote(reply)
+    wanted = normalize(quote) if quote else ""
+    found = next((p.n for p in passages if wanted and wanted in normalize(p.chunk["text"])), None)
+    if found is None:
+        return answer, None
+    answer = renumber_citations(answer, {named: found}) if cited_numbers(answer) else cited_answer(answer, found)
+    return answer, {"n": found, "text": quote}
+
+
 def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Sequence[Sequence[Passage]], *,
                    retriever: Retriever, tokenizer: Any, config: PapertuneConfig, generate: Generate,
                    answer_decoding: Decoding, tuned: bool) -> list[Settled]:
@@ -75,11 +94,23 @@ def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Seque
     says, with ``generate`` (the tuned model when ``tuned``) asked at most four times (verification, the other
     passages, the second answers with ``answer_decoding``, their verification), each time for all the questions
     that need it."""
+    placed = [placed_quote(a, h) for a, h in zip(answers, hits, strict=True)]
+    checked = [retriever.check_answer(q, a, h) for q, (a, _), h in zip(questions, placed, hits, strict=True)]
+    settled = [Settled(c, quote=q) for c, (_, q) in zip(checked, placed, strict=True)]
+    if verifies(config, tuned=tuned):
+        _verify(settled, checked, questions, hits, tokenizer=tokenizer, config=config, generate=generate,
+                answer_decoding=answer_decoding, retriever=retriever)
+    for s in settled:
+        if abstains(s.answer):
+            s.quote = None
+    return settled
+
+
+def _verify(settled: list[Settled], checked: list[str], questions: Sequence[str], hits: Sequence[Sequence[Passage]],
+            *, tokenizer: Any, config: PapertuneConfig, generate: Generate, answer_decoding: Decoding,
+            retriever: Retriever) -> None:
+    """Steps 2 and 3 of the module's policy on ``settled`` (the checked answers ``checked``), in place."""
     system = config.build.system_prompt
-    checked = [retriever.check_answer(q, a, h) for q, a, h in zip(questions, answers, hits, strict=True)]
-    settled = [Settled(c) for c in checked]
-    if not verifies(config, tuned=tuned):
-        return settled
     verify = Decoding(max_new_tokens=VERIFY_TOKENS)
 
     def ask(items: list[tuple[int, Passage]]) -> list[str]:
@@ -94,7 +125,7 @@ def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Seque
         settled[k].verify_reply, settled[k].verified = reply, cited[k]
         settled[k].answer = verified_answer(checked[k], reply)
     if not config.retrieval.verify_retry:
-        return settled
+        return
 
     others = [(k, p) for k, _ in asked if settled[k].said_no for p in hits[k] if p.n != cited[k]]
     chosen: dict[int, int] = {}  # question -> the first other passage the model says holds the answer
@@ -107,7 +138,8 @@ def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Seque
         moved[k], shown[k] = moved_first(hits[k], chosen[k])
     texts = generate([render_prompt(tokenizer, questions[k], system, [p.chunk for p in moved[k]]) for k in retried],
                      answer_decoding) if retried else []
-    again = {k: retriever.check_answer(questions[k], text, moved[k]) for k, text in zip(retried, texts, strict=True)}
+    placed = {k: placed_quote(text, moved[k]) for k, text in zip(retried, texts, strict=True)}
+    again = {k: retriever.check_answer(questions[k], placed[k][0], moved[k]) for k in retried}
     again_cited = {k: passage_to_verify(again[k], len(moved[k])) for k in retried}
     asked_again = [(k, moved[k][again_cited[k] - 1]) for k in retried if again_cited[k] is not None]
     replies = dict(zip([k for k, _ in asked_again], ask(asked_again), strict=True))
@@ -115,4 +147,5 @@ def settle_answers(questions: Sequence[str], answers: Sequence[str], hits: Seque
         reply = replies.get(k)
         settled[k].answer = renumber_citations(verified_answer(again[k], reply), shown[k])
         settled[k].retry = {"passage": chosen[k], "answer": renumber_citations(text, shown[k]), "verify_reply": reply}
-    return settled
+        quote = placed[k][1]
+        settled[k].quote = None if quote is None else {**quote, "n": shown[k][quote["n"]]}

@@ -202,7 +202,9 @@ def answer_summary(rows: Sequence[dict], *, answerable: bool, retrieval: bool) -
     """The number of answers of one system, the mean of each answer metric (answerable questions only; None
     where none has it), and its grounding shares: ``abstention_rate`` always; ``citation_rate`` and
     ``citation_accuracy`` (over the answers that cite) when it answered from passages, with
-    ``model_citation_accuracy``: the same for the model's own citations, before they were checked."""
+    ``model_citation_accuracy``: the same for the model's own citations, before they were checked; and
+    ``quote_rate``: the share of the answers that did not decline shown with a quote found in a passage (a
+    model trained with ``build.raft_quote``; ``papertune.verify.placed_quote``)."""
     summary: dict[str, Any] = {"questions": len(rows)}
     for metric in ANSWER_METRICS:
         summary[metric] = mean([r["scores"].get(metric) for r in rows]) if answerable else None
@@ -213,4 +215,7 @@ def answer_summary(rows: Sequence[dict], *, answerable: bool, retrieval: bool) -
                                     if retrieval and answerable and citing else None)
     summary["model_citation_accuracy"] = (mean([r["scores"].get("model_citation_correct") for r in citing])
                                           if retrieval and answerable and citing else None)
+    answered = [r for r in rows if not r["abstained"]]
+    summary["quote_rate"] = (mean([float(r.get("quote") is not None) for r in answered])
+                             if retrieval and answered else None)
     return summary

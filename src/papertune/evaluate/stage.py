@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from papertune.chat import abstains, cited_numbers, render_prompt, strip_citations
+from papertune.chat import abstains, cited_numbers, render_prompt, split_quote, strip_citations
 from papertune.config import EVAL_MODES, PapertuneConfig
 from papertune.evaluate.answer_cache import AnswerCache, model_identity
 from papertune.evaluate.judge import judge_answers
@@ -205,14 +205,15 @@ def _answer_row(system: System, set_name: str, row: dict, model_answer: str, hit
         if hits is not None:
             chunks = [p.chunk for p in hits]
             scores["citation_correct"] = citation_correct(answer, chunks, row.get("chunk_id"), row["answer"])
-            scores["model_citation_correct"] = citation_correct(model_answer, chunks, row.get("chunk_id"),
-                                                                row["answer"])
+            scores["model_citation_correct"] = citation_correct(split_quote(model_answer)[2], chunks,
+                                                                row.get("chunk_id"), row["answer"])
     return {
         "system": system.name, "model": system.model, "mode": system.mode, "set": set_name, "id": row.get("id"),
         "question": row["question"], "reference": row["answer"], "answer": answer, "model_answer": model_answer,
         "passages": None if hits is None else [p.to_json() for p in hits],
         "cited": cited_numbers(answer), "abstained": abstains(answer),
         "verify_reply": settled.verify_reply if settled else None, "retry": settled.retry if settled else None,
+        "quote": settled.quote if settled else None,
         "scores": scores,
         "source": row.get("source"), "page": row.get("page_start"), "chunk_id": row.get("chunk_id"),
         "group": row["group"], "augmentation": row.get("augmentation"),

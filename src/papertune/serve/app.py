@@ -83,18 +83,22 @@ def citation(passage: Passage, cited: bool | None = None) -> dict[str, Any]:
     return entry if cited is None else {**entry, "cited": cited}
 
 
-def grounding(passages: list[Passage], answer: str, checked: str,
-              retry: dict[str, Any] | None = None) -> dict[str, Any]:
+def grounding(passages: list[Passage], answer: str, checked: str, retry: dict[str, Any] | None = None,
+              quote: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a grounded answer adds to its response: its passages, each ``cited`` or not by the checked answer
     (``checked``: as :mod:`papertune.verify` settled it, given as ``papertune_checked_answer`` when it differs
     from the model's ``answer``), whether it declined (``papertune_abstained``: the passages do not hold the
     answer, as the model said or as the checks found), and with a retry (``retrieval.verify_retry``)
-    ``papertune_retry``: the passage the question was answered again from, that answer, the model's reply."""
+    ``papertune_retry``: the passage the question was answered again from, that answer, the model's reply; a
+    model trained to quote (``build.raft_quote``) adds ``papertune_quote``: the passage its quote is in, and
+    the quote (``papertune.verify.placed_quote``)."""
     cited = set(cited_numbers(checked))
     out = {"papertune_citations": [citation(p, p.n in cited) for p in passages],
            "papertune_abstained": abstains(checked)}
     if retry is not None:
         out["papertune_retry"] = retry
+    if quote is not None:
+        out["papertune_quote"] = quote
     return out if checked == answer else {**out, "papertune_checked_answer": checked}
 
 
@@ -190,7 +194,7 @@ class Service:
                                    answer_decoding=decoding, tuned=self.tuned)
         # The model's own check waits for the worker: off the event loop. The retriever's alone is quick.
         settled = (await asyncio.to_thread(settle) if verifies(self.config, tuned=self.tuned) else settle())[0]
-        return grounding(passages, answer, settled.answer, settled.retry)
+        return grounding(passages, answer, settled.answer, settled.retry, settled.quote)
 
     def generate(self, prompts: list[str], decoding: Decoding) -> list[str]:
         """The model's texts for rendered prompts, each a job of the worker; waits for all of them (call it from
