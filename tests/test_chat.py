@@ -191,6 +191,7 @@ def test_a_quoting_target_is_the_golden_string_and_reads_back():
     ('Quote [3]: "NF4 is optimal."', ("NF4 is optimal.", 3, "NF4 is optimal [3].")),  # cut off before the answer
     ('Quote [3]: "NF4 is opti', (None, None, 'Quote [3]: "NF4 is opti')),  # cut off inside the quote
     ('Quote [1]: "NF4."\n\nNF4 [1].', ("NF4.", 1, "NF4 [1].")),  # the answer without its label
+    ('Quote [1]: "NF4 is "optimal"." Answer: NF4 [1].', ('NF4 is "optimal".', 1, "NF4 [1].")),  # on one line
 ])
 def test_split_quote_reads_replies_with_and_without_a_quote(reply, expected):
     assert split_quote(reply) == expected

@@ -848,3 +848,17 @@ def test_loss_batches_are_capped_by_tokens_and_give_the_same_losses(tiny_model, 
     assert sum(rows for rows, _ in shapes) == len(examples)
     for (loss_a, n_a), (loss_b, n_b) in zip(one_by_one, capped, strict=True):
         assert n_a == n_b and loss_b == pytest.approx(loss_a, rel=1e-4)
+
+
+def test_four_way_table_shows_the_quote_rate_only_for_a_model_that_quotes():
+    from papertune.evaluate.report import four_way_table
+
+    def metrics(quote_rate):
+        row = {"judge_correct": 0.5, "abstention_rate": 0.1, "quote_rate": quote_rate}
+        return {"systems": [{"name": "tuned_retrieval", "label": "tuned + retrieval", "mode": "retrieval"}],
+                "retrieval": None, "sets": {"heldout": {"answerable": True, "questions": 10}},
+                "results": {"heldout": {"tuned_retrieval": row}}}
+
+    assert not any("quote" in line for line in four_way_table(metrics(0.0)))
+    assert not any("quote" in line for line in four_way_table(metrics(None)))
+    assert "|  | answers with a quote found in a passage | 0.900 |" in four_way_table(metrics(0.9))

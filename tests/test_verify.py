@@ -174,3 +174,11 @@ def test_a_retried_quote_is_numbered_as_the_passages_were_shown(hits, tokenizer)
                      scripted({"qlora.md#0000"}, again, []), f"{MOE} [{moe}].")
     assert settled.answer == f"{NF4} [{nf4}]." and settled.quote == {"n": nf4, "text": f"{NF4}."}
     assert settled.retry["answer"] == f'Quote [{nf4}]: "{NF4}."\nAnswer: {NF4} [{nf4}].'
+
+
+def test_a_quote_of_too_few_words_places_nothing(hits):
+    _, passages = hits
+    # Two words of the NF4 passage, once symbols are set aside: too few to say where the answer comes from.
+    assert placed_quote('Quote [2]: "$NormalFloat4$ is"\nAnswer: NF4 [2].', passages) == ("NF4 [2].", None)
+    three = placed_quote('Quote [2]: "$NormalFloat4$ is an"\nAnswer: NF4 [2].', passages)[1]
+    assert three is not None and passages[three["n"] - 1].chunk_id == "qlora.md#0000"

@@ -30,8 +30,10 @@ VERIFY_YES, VERIFY_NO = "yes", "no"
 VERIFY_TOKENS = 2  # tokens generated for a verification reply (its first word is what counts)
 _CITATION = re.compile(r"\[(\d{1,2})\]")  # a citation marker, "[n]"
 _CITATION_WITH_SPACE = re.compile(r"\s*" + _CITATION.pattern)
-# A quoting reply: 'Quote [n]: "..."', a line break, then 'Answer: ...' (cut off before it: the quote alone).
-_QUOTED = re.compile(r'\s*Quote \[(\d{1,2})\]:\s*"(.*?)"[ \t]*(?:\n\s*(?:Answer:\s*)?(.*))?\Z', re.S)
+# A quoting reply: 'Quote [n]: "..."', a line break (or none before 'Answer:'), then 'Answer: ...' (cut off
+# before it: the quote alone).
+_QUOTED = re.compile(r'\s*Quote \[(\d{1,2})\]:\s*"(.*?)"[ \t]*(?:(?:\n\s*|(?=Answer:))(?:Answer:\s*)?(.*))?\Z',
+                     re.S)
 
 
 def passage_label(chunk: dict) -> str:

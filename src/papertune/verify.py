@@ -30,6 +30,8 @@ from papertune.text import normalize
 
 log = logging.getLogger(__name__)
 
+QUOTE_MIN_WORDS = 3  # a shorter quote (once case, spacing and symbols are set aside) places nothing
+
 # Greedy texts for rendered prompts (chat template applied, no added special tokens), in order.
 Generate = Callable[[list[str], Decoding], list[str]]
 
@@ -80,6 +82,8 @@ def placed_quote(reply: str, passages: Sequence[Passage]) -> tuple[str, dict[str
     written: the answer check judges it."""
     quote, named, answer = split_quote(reply)
     wanted = normalize(quote) if quote else ""
+    if len(wanted.split()) < QUOTE_MIN_WORDS:  # a formula's few letters would be found almost anywhere
+        wanted = ""
     found = next((p.n for p in passages if wanted and wanted in normalize(p.chunk["text"])), None)
     if found is None:
         return answer, None

@@ -20,11 +20,12 @@ LABELS = {"rouge_l": "ROUGE-L", "f1": "token F1", "exact_match": "exact match", 
           "judge_correct": "judged correct", "citation_rate": "citation rate",
           "citation_accuracy": "citation accuracy",
           "model_citation_accuracy": "citation accuracy, the model's own (before the check)",
-          "abstention_rate": "declines"}
+          "abstention_rate": "declines", "quote_rate": "answers with a quote found in a passage"}
 # Rows of the four-way table for answerable sets, and for the outside set (where declining is right).
 ANSWERABLE_ROWS = ("judge_correct", "judge_correctness", "f1", "rouge_l", "embedding_cosine", "citation_rate",
-                   "citation_accuracy", "model_citation_accuracy", "abstention_rate")
-OUTSIDE_ROWS = ("abstention_rate", "citation_rate")
+                   "citation_accuracy", "model_citation_accuracy", "abstention_rate", "quote_rate")
+OUTSIDE_ROWS = ("abstention_rate", "citation_rate", "quote_rate")
+SHOWN_WHEN_NONZERO = ("quote_rate",)  # only a model trained to quote (build.raft_quote) has any
 COLORS = {"base_closed_book": "#bdbdbd", "tuned_closed_book": "#6baed6", "base_retrieval": "#636363",
           "tuned_retrieval": "#08519c"}
 
@@ -126,13 +127,13 @@ def four_way_table(metrics: dict) -> list[str]:
         results = metrics["results"][set_name]
         title = f"{SET_LABELS[set_name]} ({info['questions']})"
         for metric in (ANSWERABLE_ROWS if info["answerable"] else OUTSIDE_ROWS):
-            if all(results[s["name"]][metric] is None for s in systems):
+            values = [results[s["name"]].get(metric) for s in systems]
+            if all(v is None for v in values) or (metric in SHOWN_WHEN_NONZERO and not any(values)):
                 continue
             label = LABELS[metric]
             if metric == "abstention_rate" and not info["answerable"]:
                 label += " (declining is right)"
-            lines.append(f"| {title} | {label} | " + " | ".join(_fmt(results[s["name"]][metric]) for s in systems)
-                         + " |")
+            lines.append(f"| {title} | {label} | " + " | ".join(_fmt(v) for v in values) + " |")
             title = ""
         if retrieval and info["answerable"]:
             recall = retrieval["recall_at_k"][set_name]
