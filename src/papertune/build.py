@@ -332,7 +332,8 @@ def run(config: PapertuneConfig) -> Path:
             row["passage_ids"], row["source_passage"] = chosen.passage_ids, chosen.source_passage
             passages.update({cid: {k: chunks[cid].get(k) for k in PASSAGE_FIELDS} for cid in chosen.passage_ids})
             if cfg.raft_quote and chosen.source_passage:
-                row["quote"] = supporting_quote(chunks[row["chunk_id"]]["text"], row["answer"], config.ingest.segmenter)
+                row["quote"] = supporting_quote(chunks[row["chunk_id"]]["text"], row["answer"],
+                                                config.ingest.segmenter)
         if cfg.raft_quote:
             raft_stats["quoted"] = sum(1 for r in pool if r.get("quote"))
         if cfg.raft_verify_rows:  # from passages already chosen: they are in `passages`

@@ -6,9 +6,9 @@ so the prompt a tuned model sees when asked is byte-identical to the prompt it w
 A grounded question carries numbered passages (retrieved chunks) before it and asks for an answer that
 cites them as [n], or :data:`ABSTAIN` when they do not hold the answer; a closed-book question is the
 question alone. A model trained on quoting targets (``build.raft_quote``) first quotes the sentence of its
-passage that carries the answer, then answers (:func:`quoted_answer`; read back by :func:`split_quote`). A verification question (:func:`verify_turn`) shows one passage and asks whether it
-contains the answer: "yes" or "no". Build (RAFT and verification examples), evaluate, ask and serve all
-render through these functions.
+passage that carries the answer, then answers (:func:`quoted_answer`; read back by :func:`split_quote`). A
+verification question (:func:`verify_turn`) shows one passage and asks whether it contains the answer: "yes"
+or "no". Build (RAFT and verification examples), evaluate, ask and serve all render through these functions.
 """
 
 from __future__ import annotations
