@@ -318,6 +318,7 @@ def test_four_systems_answer_every_question_set(tmp_path, trained_run, tiny_mode
 
     # The outside document is in chunks.jsonl but not in the evaluation's index.
     assert metrics["retrieval"]["outside_documents"] == ["away.md"]
+    assert metrics["retrieval"]["outside_answer_in_index"] == []
     retrieved = [p for a in answers if a["passages"] for p in a["passages"]]
     assert retrieved and all(p["source"] != "away.md" for p in retrieved)
     # Retrieval prompts are the ones ask and serve send: render_prompt with the retrieved chunks.
@@ -862,3 +863,38 @@ def test_four_way_table_shows_the_quote_rate_only_for_a_model_that_quotes():
     assert not any("quote" in line for line in four_way_table(metrics(0.0)))
     assert not any("quote" in line for line in four_way_table(metrics(None)))
     assert "|  | answers with a quote found in a passage | 0.900 |" in four_way_table(metrics(0.9))
+
+
+def test_an_outside_question_an_indexed_chunk_answers_is_left_out(tmp_path, trained_run, tiny_model, word_embedder,
+                                                                    monkeypatch):
+    """An outside question whose answer an indexed chunk says word for word (another post repeating it) is
+    no question about a document in no index: it is left out of the outside set, named, and counted."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    import papertune.evaluate.stage as stage
+    from papertune.chat import ABSTAIN
+    from papertune.evaluate.sets import answered_in_index
+    from papertune.inference import Completion
+
+    run = grounded_copy(tmp_path, trained_run)
+    ds = load_from_disk(str(run / "dataset"))
+    outside = ds["outside"].to_list()
+    outside[1]["answer"] = ds["heldout"][0]["answer"]  # held.md's chunk, in the index, says it
+    DatasetDict({**{name: ds[name] for name in ds}, "outside": Dataset.from_list(outside)}).save_to_disk(
+        str(run / "dataset.new"))
+    shutil.rmtree(run / "dataset")
+    (run / "dataset.new").rename(run / "dataset")
+    chunk_texts = [json.loads(line)["text"] for line in (run / "chunks.jsonl").read_text().splitlines()]
+    assert answered_in_index(outside, chunk_texts) == [0, 1]  # away.md's own chunk says both
+    assert answered_in_index(outside, [t for t in chunk_texts if "outside paper" not in t]) == [1]
+
+    monkeypatch.setattr(stage, "generate", lambda model, tokenizer, batch, decoding, **kw: [
+        Completion(ABSTAIN, [], "stop", 0, 0) for _ in batch])
+    out = evaluate.run(eval_config(run, tiny_model, "evaluate.base=false", "evaluate.modes=[retrieval]",
+                                   "retrieval.top_k=2"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["retrieval"]["outside_answer_in_index"] == [outside[1]["id"]]
+    assert metrics["sets"]["outside"] == {"rows": 2, "questions": 1, "answerable": False}
+    assert [a["id"] for a in _read_answers(out) if a["set"] == "outside"] == [outside[0]["id"]]
+    assert f"1 of their questions left out too, as an indexed chunk says their answer ({outside[1]['id']})" in (
+        out / "report.md").read_text()

@@ -65,13 +65,24 @@ def numbers(text: str) -> set[str]:
 def carried_share(answer: str, text: str) -> float:
     """Share of the answer's content words (stemmed) found in ``text``; 0.0 if a number of the answer is not
     in it (a wrong number is the commonest fluent error)."""
-    if numbers(answer) - numbers(text):
+    return carried_share_in(answer, held_words(text))
+
+
+def held_words(text: str) -> tuple[set[str], set[str]]:
+    """What :func:`carried_share` looks up in a text: its content stems and its numbers (worked out once for a
+    text many answers are looked up in: :func:`carried_share_in`)."""
+    return set(content_stems(text)), numbers(text)
+
+
+def carried_share_in(answer: str, held: tuple[set[str], set[str]]) -> float:
+    """:func:`carried_share` of ``answer`` in a text given as its :func:`held_words`."""
+    stems, held_numbers = held
+    if numbers(answer) - held_numbers:
         return 0.0
     tokens = content_stems(answer)
     if not tokens:
         return 0.0
-    have = set(content_stems(text))
-    return sum(t in have for t in tokens) / len(tokens)
+    return sum(t in stems for t in tokens) / len(tokens)
 
 
 def counts_f1(a: Counter[str], b: Counter[str]) -> float:

@@ -155,8 +155,11 @@ def render_report(run_dir: Path, metrics: dict, answer_rows: list[dict]) -> str:
              f"Split: {metrics['split']}.", ""]
     if metrics["retrieval"]:
         r = metrics["retrieval"]
+        said = r.get("outside_answer_in_index") or []
         lines += [f"Retrieval: {r['method']}, top {r['top_k']} passages in the prompt, as ask and serve answer; "
-                  f"{len(r['outside_documents'])} outside documents left out of the index.", ""]
+                  f"{len(r['outside_documents'])} outside documents left out of the index"
+                  + (f"; {len(said)} of their questions left out too, as an indexed chunk says their answer "
+                     f"({', '.join(said)})" if said else "") + ".", ""]
         if r.get("verify"):
             labels = {s["name"]: s["label"] for s in metrics["systems"]}
             retry = any("answered_again" in v for v in r["verify"].values())

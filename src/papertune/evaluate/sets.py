@@ -4,7 +4,9 @@ Question sets are splits of ``RUN/dataset`` (built by ``papertune build``):
 - ``test``: pairs of chunks training never saw (``build.group_by`` decides whether their documents feed
   training too);
 - ``heldout``: pairs of documents kept out of training but in the retrieval index;
-- ``outside``: pairs of documents in no index: the right answer from passages is to decline.
+- ``outside``: pairs of documents in no index: the right answer from passages is to decline. A question
+  whose answer an indexed chunk says all the same (:func:`answered_in_index`: another post that repeats the
+  sentence) is no such question and is left out, counted.
 An older dataset with only ``train`` and ``test`` evaluates on ``test`` alone.
 
 A system is a model (``base``, ``tuned``) answering in a mode (``closed_book``: the question alone;
@@ -21,11 +23,15 @@ from pathlib import Path
 from papertune.config import EVAL_MODES
 from papertune.errors import InputError
 from papertune.rundir import BUILD_REPORT, DATASET
+from papertune.text import carried_share_in, held_words
 
 QUESTION_SETS = ("test", "heldout", "outside")
 ANSWERABLE_SETS = ("test", "heldout")  # their answers are in an indexed document
 SET_LABELS = {"test": "test split", "heldout": "held-out documents", "outside": "documents outside the index"}
 _COLUMNS = {"question", "answer", "prompt", "completion"}
+# An indexed chunk holding this share of an outside answer's content words (stemmed), and all its numbers,
+# says that answer: nearly word for word, as a post quoting another does (text.carried_share).
+ANSWER_IN_INDEX = 0.9
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,13 @@ def outside_documents(run_dir: Path, outside_rows: list[dict]) -> set[str]:
         raise InputError(f"{run_dir / DATASET}: the outside split names no documents (no source column, and "
                          f"{report} lists none); rebuild it with papertune build")
     return documents
+
+
+def answered_in_index(rows: list[dict], chunk_texts: list[str]) -> list[int]:
+    """The rows (indices) whose answer one of ``chunk_texts`` holds at :data:`ANSWER_IN_INDEX`."""
+    held = [held_words(text) for text in chunk_texts]
+    return [i for i, row in enumerate(rows)
+            if any(carried_share_in(row["answer"], words) >= ANSWER_IN_INDEX for words in held)]
 
 
 def pick_questions(n: int, cap: int, seed: int) -> list[int]:

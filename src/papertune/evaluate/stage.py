@@ -40,6 +40,7 @@ from papertune.evaluate.report import log_summary, render_report, write_charts
 from papertune.evaluate.sets import (
     ANSWERABLE_SETS,
     System,
+    answered_in_index,
     load_question_sets,
     outside_documents,
     pick_questions,
@@ -252,6 +253,15 @@ def run(config: PapertuneConfig) -> Path:
     log.info("evaluate: %s answered by %s", ", ".join(f"{len(q)} {name} questions" for name, q in questions.items()),
              ", ".join(s.label for s in systems))
     retriever, hits = _retrieve(config, run_dir, questions, excluded) if retrieval else (None, {})
+    in_index: list[str] = []  # outside questions whose answer an indexed chunk says: left out
+    if retriever is not None and questions.get("outside"):
+        said = set(answered_in_index(questions["outside"], [retriever.chunks[cid]["text"] for cid in retriever.ids]))
+        in_index = [str(r.get("id")) for i, r in enumerate(questions["outside"]) if i in said]
+        hits["outside"] = [h for i, h in enumerate(hits["outside"]) if i not in said]
+        questions["outside"] = [r for i, r in enumerate(questions["outside"]) if i not in said]
+        if said:
+            log.info("evaluate: %d outside questions left out: an indexed chunk says their answer (%s)", len(said),
+                     ", ".join(in_index))
 
     loaded = load_for_answering(config, base_only=True)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -342,6 +352,7 @@ def run(config: PapertuneConfig) -> Path:
         metrics["retrieval"] = {
             "method": config.retrieval.method, "top_k": config.retrieval.top_k,
             "outside_documents": sorted(excluded),
+            "outside_answer_in_index": in_index,
             # The systems whose model verifies (papertune.verify.verifies: the tuned one, not the base).
             "verify": ({s.name: verify_counts(settled[s.name], config.retrieval.verify_retry)
                         for s in systems if s.name in settled and verifies(config, tuned=s.model == "tuned")}
