@@ -49,9 +49,7 @@ for name in "$@"; do
   cp "$R/eval/answers.jsonl" "$R/eval/metrics.json" "$OUT/$name/"
   if [ "${RETRY:-0}" != 1 ]; then  # one evaluation (EVAL_SETS may make it the product's policy): its table
     echo "## $name: one evaluation (${EVAL_SETS:-the answer check alone}; $t_eval s)"
-    python3 benchmarks/raft_table.py "$name=$OUT/$name/metrics.json"
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"]
-print("quote rate (answers shown with a quote found in a passage):", {s: v["tuned_retrieval"].get("quote_rate") for s, v in r.items()})' "$OUT/$name/metrics.json"
+    python3 benchmarks/raft_table.py "$name=$OUT/$name/metrics.json"  # with its quote rate, if it quotes
   fi
   if [ "${RETRY:-0}" = 1 ]; then
     start=$SECONDS

@@ -68,6 +68,11 @@ def main(*named: str) -> int:
     print()
     print(f"Retrieval recall@{k}: " + ", ".join(f"{s} {_pct(v)}" for s, v in recall.items()))
     print("Questions: " + ", ".join(f"{s} {v.get('questions')}" for s, v in raft.get("sets", {}).items()))
+    for name, metrics in runs.items():  # a student trained to quote (build.raft_quote)
+        quoted = {s: r.get("tuned_retrieval", {}).get("quote_rate") for s, r in metrics.get("results", {}).items()}
+        if any(quoted.values()):
+            print(f"Quote rate, {name} (answers shown with a quote found in a passage): "
+                  + ", ".join(f"{s} {_pct(v)}" for s, v in quoted.items()))
     for name, metrics in runs.items():
         if name.startswith("raft"):
             _targets(name, metrics, metrics if _has_base(metrics) else raft, runs.get("closed_book"), recall, k)

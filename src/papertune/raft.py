@@ -42,7 +42,7 @@ from papertune.config import BuildConfig
 from papertune.errors import InputError
 from papertune.ingest.segment import split_sentences
 from papertune.split import NearDuplicates
-from papertune.text import carried_share, words
+from papertune.text import answer_words, carried, carried_share, held_words, words
 
 _SEARCH_BATCH = 256  # questions searched or ranked at once (each holds a score per chunk and ranker)
 
@@ -76,9 +76,11 @@ def supporting_quote(chunk_text: str, answer: str, segmenter: str) -> str | None
     :data:`QUOTE_MIN_SHARE`."""
     sentences = [" ".join(s.split()) for s in split_sentences(chunk_text, segmenter)]
     sentences = [s for s in sentences if s]
+    wanted = answer_words(answer)
 
     def best(spans: list[str]) -> tuple[float, str | None]:
-        scored = [(carried_share(answer, s), -len(words(s)), s) for s in spans if len(words(s)) <= QUOTE_MAX_WORDS]
+        scored = [(carried(wanted, held_words(s)), -len(words(s)), s) for s in spans
+                  if len(words(s)) <= QUOTE_MAX_WORDS]
         if not scored:
             return 0.0, None
         share, _, span = max(scored)

@@ -65,22 +65,24 @@ def numbers(text: str) -> set[str]:
 def carried_share(answer: str, text: str) -> float:
     """Share of the answer's content words (stemmed) found in ``text``; 0.0 if a number of the answer is not
     in it (a wrong number is the commonest fluent error)."""
-    return carried_share_in(answer, held_words(text))
+    return carried(answer_words(answer), held_words(text))
+
+
+def answer_words(answer: str) -> tuple[list[str], set[str]]:
+    """What :func:`carried_share` looks for: the answer's content stems (repeats kept) and its numbers."""
+    return content_stems(answer), numbers(answer)
 
 
 def held_words(text: str) -> tuple[set[str], set[str]]:
-    """What :func:`carried_share` looks up in a text: its content stems and its numbers (worked out once for a
-    text many answers are looked up in: :func:`carried_share_in`)."""
+    """What :func:`carried_share` looks in: a text's content stems and its numbers."""
     return set(content_stems(text)), numbers(text)
 
 
-def carried_share_in(answer: str, held: tuple[set[str], set[str]]) -> float:
-    """:func:`carried_share` of ``answer`` in a text given as its :func:`held_words`."""
-    stems, held_numbers = held
-    if numbers(answer) - held_numbers:
-        return 0.0
-    tokens = content_stems(answer)
-    if not tokens:
+def carried(wanted: tuple[list[str], set[str]], held: tuple[set[str], set[str]]) -> float:
+    """:func:`carried_share` of an answer's :func:`answer_words` in a text's :func:`held_words` (each worked out
+    once where many answers meet many texts)."""
+    (tokens, wanted_numbers), (stems, held_numbers) = wanted, held
+    if wanted_numbers - held_numbers or not tokens:
         return 0.0
     return sum(t in stems for t in tokens) / len(tokens)
 

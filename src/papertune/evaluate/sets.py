@@ -23,7 +23,7 @@ from pathlib import Path
 from papertune.config import EVAL_MODES
 from papertune.errors import InputError
 from papertune.rundir import BUILD_REPORT, DATASET
-from papertune.text import carried_share_in, held_words
+from papertune.text import answer_words, carried, held_words
 
 QUESTION_SETS = ("test", "heldout", "outside")
 ANSWERABLE_SETS = ("test", "heldout")  # their answers are in an indexed document
@@ -110,8 +110,8 @@ def outside_documents(run_dir: Path, outside_rows: list[dict]) -> set[str]:
 def answered_in_index(rows: list[dict], chunk_texts: list[str]) -> list[int]:
     """The rows (indices) whose answer one of ``chunk_texts`` holds at :data:`ANSWER_IN_INDEX`."""
     held = [held_words(text) for text in chunk_texts]
-    return [i for i, row in enumerate(rows)
-            if any(carried_share_in(row["answer"], words) >= ANSWER_IN_INDEX for words in held)]
+    wanted = [answer_words(row["answer"]) for row in rows]
+    return [i for i, words in enumerate(wanted) if any(carried(words, text) >= ANSWER_IN_INDEX for text in held)]
 
 
 def pick_questions(n: int, cap: int, seed: int) -> list[int]:

@@ -168,6 +168,21 @@ def _retrieve(config: PapertuneConfig, run_dir: Path, questions: dict[str, list[
     return retriever, {name: retriever.search_many([r["question"] for r in rows]) for name, rows in questions.items()}
 
 
+def _leave_out_answered(questions: dict[str, list[dict]], hits: dict[str, list[list[Any]]], retriever: Any) -> list[str]:
+    """Take the outside questions whose answer an indexed chunk says (``sets.answered_in_index``) out of
+    ``questions`` and ``hits``, in place; returns their ids."""
+    rows = questions.get("outside") or []
+    said = set(answered_in_index(rows, [retriever.chunks[cid]["text"] for cid in retriever.ids])) if rows else set()
+    if not said:
+        return []
+    ids = [str(r.get("id")) for i, r in enumerate(rows) if i in said]
+    hits["outside"] = [h for i, h in enumerate(hits["outside"]) if i not in said]
+    questions["outside"] = [r for i, r in enumerate(rows) if i not in said]
+    log.info("evaluate: %d outside questions left out: an indexed chunk says their answer (%s)", len(ids),
+             ", ".join(ids))
+    return ids
+
+
 def _answer_engine(config: PapertuneConfig, tokenizer: Any, flat: Sequence[tuple[str, dict]],
                    flat_hits: Sequence[Sequence[Any]], adapter: Path) -> VLLMEngine:
     """vLLM with ``train.model`` (and room for the adapter's LoRA rank), long enough for the longest prompt
@@ -253,15 +268,7 @@ def run(config: PapertuneConfig) -> Path:
     log.info("evaluate: %s answered by %s", ", ".join(f"{len(q)} {name} questions" for name, q in questions.items()),
              ", ".join(s.label for s in systems))
     retriever, hits = _retrieve(config, run_dir, questions, excluded) if retrieval else (None, {})
-    in_index: list[str] = []  # outside questions whose answer an indexed chunk says: left out
-    if retriever is not None and questions.get("outside"):
-        said = set(answered_in_index(questions["outside"], [retriever.chunks[cid]["text"] for cid in retriever.ids]))
-        in_index = [str(r.get("id")) for i, r in enumerate(questions["outside"]) if i in said]
-        hits["outside"] = [h for i, h in enumerate(hits["outside"]) if i not in said]
-        questions["outside"] = [r for i, r in enumerate(questions["outside"]) if i not in said]
-        if said:
-            log.info("evaluate: %d outside questions left out: an indexed chunk says their answer (%s)", len(said),
-                     ", ".join(in_index))
+    in_index = _leave_out_answered(questions, hits, retriever) if retriever is not None else []
 
     loaded = load_for_answering(config, base_only=True)
     model, tokenizer = loaded.model, loaded.tokenizer
