@@ -66,7 +66,8 @@ def load_chunks(path: Path | None, limit: int) -> list[dict[str, Any]]:
 
 
 def prompts_for(chunks: list[dict[str, Any]], tokenizer: Any, pairs_per_chunk: int) -> list[list[int]]:
-    from papertune.generate.llm import build_conversation, pairs_to_ask
+    from papertune.generate.llm import pairs_to_ask
+    from papertune.generate.prompt import build_conversation
 
     prompts = []
     for chunk in chunks:
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from papertune.generate.llm import reply_schema
+    from papertune.generate.prompt import reply_schema
     from papertune.inference import ContinuousSettings
 
     cuda = torch.cuda.is_available() and not args.smoke

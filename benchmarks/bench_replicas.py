@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from papertune.generate.llm import reply_schema
+    from papertune.generate.prompt import reply_schema
     from papertune.inference import Decoding
     from papertune.inference.vllm_engine import VLLMReplicas
     from papertune.models import resolve_model

@@ -19,7 +19,8 @@ import random
 from pathlib import Path
 
 from papertune.config import load_config
-from papertune.generate import llm as teacher
+from papertune.generate import base as chunk_text
+from papertune.generate import prompt as teacher
 from papertune.generate.replies import parse_pairs
 from papertune.llm import make_chat_model
 from papertune.text import unfinished
@@ -38,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     quoted = quoted[:args.n]
     cfg = load_config("configs/cpu.yaml", ["generate.llm.parallel=2", f"generate.llm.model={args.model}"]).generate.llm
     model = make_chat_model(cfg, "generate.llm")
-    shown_curly = teacher.curly_quotes
+    shown_curly = chunk_text.curly_quotes
     print(f"{len(quoted)} chunks with straight quotes, teacher {args.model}\n")
     print("| chunk shown | answers | stop mid-sentence |")
     print("|---|---|---|")
     try:
         for label, show in (("as written", lambda text: text), ("curly quotes (papertune)", shown_curly)):
-            teacher.curly_quotes = show  # what build_conversation shows the teacher
+            chunk_text.curly_quotes = show  # what build_conversation shows the teacher
             conversations = [teacher.build_conversation(r["text"], 3, r.get("title"), r.get("section"))
                              for r in quoted]
             replies = model.chat(conversations, json_schema=teacher.reply_schema(3))
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             cut = sum(unfinished(p.answer) or unfinished(p.question) for p in pairs)
             print(f"| {label} | {len(pairs)} | {cut} |")
     finally:
-        teacher.curly_quotes = shown_curly
+        chunk_text.curly_quotes = shown_curly
         close = getattr(model, "close", None)
         if close:
             close()

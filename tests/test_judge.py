@@ -21,11 +21,11 @@ from papertune.curate.judge import (
     contained,
     content_f1,
     parse_reply,
-    quote_match,
 )
 from papertune.errors import ConfigError
 from papertune.llm import LLMRequestError
 from papertune.rundir import read_jsonl
+from papertune.text import quote_match
 
 CHUNK = {
     "id": "paper.pdf#0000",
@@ -357,7 +357,7 @@ class TeacherAndJudge(ScriptedJudge):
 
     def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None) -> list[str]:
         from papertune.generate.answers import ANSWER_SYSTEM_PROMPT
-        from papertune.generate.llm import SYSTEM_PROMPT
+        from papertune.generate.prompt import SYSTEM_PROMPT
 
         if conversations[0][0]["content"] == ANSWER_SYSTEM_PROMPT:
             self.focused += [c[-1]["content"].rsplit("Question: ", 1)[1] for c in conversations]
@@ -427,7 +427,7 @@ def test_new_pairs_that_repeat_a_kept_question_are_dropped_as_duplicates():
 def test_a_refill_stopped_by_a_failed_request_keeps_what_arrived_and_a_rerun_asks_only_the_rest(tmp_path: Path):
     """The teacher fails on the second chunk: the first chunk's new pairs are in the refill cache already, and
     the rerun asks the teacher about the second chunk only."""
-    from papertune.generate.llm import SYSTEM_PROMPT
+    from papertune.generate.prompt import SYSTEM_PROMPT
 
     second = {**CHUNK, "id": "paper.pdf#0001", "text": CHUNK["text"] + " Adapters are small."}
     off_topic = "Transformers use attention heads everywhere in modern vision models."  # unsupported: dropped

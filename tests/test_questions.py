@@ -14,8 +14,6 @@ from papertune.config import load_config
 from papertune.generate.base import Grounding, content_words
 from papertune.generate.content import SKIP_REASONS, non_content_reason
 from papertune.generate.llm import (
-    EXAMPLES,
-    build_conversation,
     check_pair,
     copies_example,
     degenerate,
@@ -23,9 +21,9 @@ from papertune.generate.llm import (
     is_fragment,
     pairs_from_reply,
     pairs_to_ask,
-    reply_schema,
     unknown_names,
 )
+from papertune.generate.prompt import EXAMPLES, build_conversation, reply_schema
 from papertune.generate.questions import (
     KINDS,
     context_dependence,
@@ -238,10 +236,10 @@ def test_real_looking_replies_parse_with_their_kinds_and_latex():
     assert r"\nabla_\theta J(\theta)" in pairs[1].question and r"\ln \pi_\theta(a|s)" in pairs[1].answer
     # A lenient (unconstrained) reply in a code fence with invalid escapes and a kind synonym.
     fenced = '```json\n[{"kind": "how-to", "question": "How is $\\alpha$ set?", "answer": "Set $\\alpha = 0.1$."}]\n```'
-    assert parse_pairs(fenced) == [("How is $\\alpha$ set?", "Set $\\alpha = 0.1$.", "how-to")]
+    assert parse_pairs(fenced) == [("How is $\\alpha$ set?", "Set $\\alpha = 0.1$.", "how-to", "")]
     # Cut off by the token limit inside the first object: fields are salvaged, LaTeX kept.
     cut = '{"pairs": [{"kind": "quantitative", "question": "What is $\\beta$ in beta-VAE?", "answer": "$\\beta = 4$ works. It'
-    assert parse_pairs(cut) == [("What is $\\beta$ in beta-VAE?", "$\\beta = 4$ works.", "quantitative")]
+    assert parse_pairs(cut) == [("What is $\\beta$ in beta-VAE?", "$\\beta = 4$ works.", "quantitative", "")]
 
 
 def test_latex_a_json_constrained_teacher_left_out_is_put_back_from_the_chunk():

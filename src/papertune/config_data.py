@@ -227,6 +227,11 @@ class GenerateConfig:
     # focused answer replaces the first when it passes the pair checks; a question the teacher then finds
     # unanswered by the passage is dropped (not_in_passage). One more request per pair.
     llm_focused_answers: bool = True
+    # The evidence-first form of the llm prompt (papertune.generate.prompt): each pair opens with the sentence(s)
+    # of the chunk it rests on, copied, then the question that evidence answers and the answer drawn from it;
+    # a pair whose evidence is not the chunk's, or does not hold its answer, is dropped. Its answers are
+    # anchored to the evidence, so it needs llm_focused_answers off (they would be written again freely).
+    llm_evidence_first: bool = False
     # A question-generation model that reads a passage with the answer span highlighted (<hl> ... <hl>).
     seq2seq_model: str = "valhalla/t5-base-qg-hl"
     seq2seq_batch_size: int = marked(SPEED_ONLY, 8)
@@ -247,6 +252,10 @@ class GenerateConfig:
         require(0 <= self.llm_min_support <= 1,
                  f"generate.llm_min_support must be between 0 and 1, got {self.llm_min_support}")
         require(self.llm_retries >= 0, f"generate.llm_retries must be >= 0 (0 = none), got {self.llm_retries}")
+        require(not (self.llm_evidence_first and self.llm_focused_answers),
+                "generate.llm_evidence_first anchors each answer to the evidence the teacher copied, and "
+                "generate.llm_focused_answers would write every answer again without it: set "
+                "generate.llm_focused_answers: false")
         require(self.llm_retry_temperature > 0 or self.llm_retries == 0,
                  f"generate.llm_retry_temperature must be > 0 (a greedy retry repeats the first reply), got "
                  f"{self.llm_retry_temperature}")

@@ -1,6 +1,6 @@
 """English and text helpers shared by the dataset stages (generate, curate, augment, build, evaluate).
 
-Words, content-word stems and normalised text, word shingles and their Jaccard similarity (near-duplicate
+Words, content-word stems and normalised text, quotes found in a text, word shingles and their Jaccard similarity (near-duplicate
 questions), formulas found and set aside, what a model held to JSON does to text (LaTeX backslashes left
 out, strings ended at a straight quote, sentences cut off), and just enough English morphology for the
 rule-based writers: articles, plurals, verb forms, capitals.
@@ -122,6 +122,32 @@ def without_math(text: str, placeholder: str = " FORMULA ") -> str:
 
 
 _QUOTED = re.compile(r'"([^"\n]*)"')
+
+
+QUOTE_RUN_WORDS = 3
+
+
+def quote_match(quote: str, chunk: str) -> float:
+    """Share of the quote's words that lie in runs of :data:`QUOTE_RUN_WORDS` words found in the chunk
+    (a quote shorter than that must appear whole); 0.0 for an empty quote. Case, punctuation, spacing and
+    word endings do not matter (words are compared by their stems: a judge that writes "intends" where the
+    chunk says "intend" still quotes it), and a quote may join sentences of the chunk in any order. Formulas are set aside on both
+    sides (a judge whose reply is held to JSON writes ``\\int_x`` as ``int_x``, ``\\gamma`` as ``γ``): a quote
+    is matched by its words, unless it is nothing but a formula."""
+    q, c = normalize(without_math(quote, " ")).split(), normalize(without_math(chunk, " ")).split()
+    if not q:
+        q, c = normalize(quote).split(), normalize(chunk).split()
+    if not q:
+        return 0.0
+    stem = stemmer()
+    q, c = [stem(w) for w in q], [stem(w) for w in c]
+    n = min(QUOTE_RUN_WORDS, len(q))
+    grams = {tuple(c[i:i + n]) for i in range(len(c) - n + 1)}
+    covered = [False] * len(q)
+    for i in range(len(q) - n + 1):
+        if tuple(q[i:i + n]) in grams:
+            covered[i:i + n] = [True] * n
+    return sum(covered) / len(q)
 
 
 def curly_quotes(text: str) -> str:

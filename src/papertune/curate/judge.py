@@ -49,7 +49,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.jsonreply import first_object
 from papertune.rundir import CURATE_DIR, read_jsonl, write_jsonl_atomic
-from papertune.text import carried_share, content_f1, content_stems, curly_quotes, normalize, stemmer, without_math
+from papertune.text import carried_share, content_f1, content_stems, curly_quotes, quote_match
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ RUBRIC = ("answerable", "correct", "self_contained", "useful")
 # Fields an unconstrained reply may leave out: the verdict only repeats what the rubric's scores say.
 MAY_BE_LEFT_OUT = frozenset({"verdict"})
 CHECKS = ("unparseable", "rubric", "quote_not_in_chunk", "quote_without_answer", "blind_disagrees")
-QUOTE_RUN_WORDS = 3
 MIN_CONTAINED_WORDS = 3
 # A grade quote with less than MIN_OWN_QUOTE of its words in the chunk that carries COPIED_ANSWER of the
 # answer's content words is the answer copied, not a quote (a small judge "quotes" the pair's own answer): the
@@ -152,29 +151,6 @@ def parse_reply(reply: str | None, schema: dict[str, Any]) -> dict[str, Any] | N
             return None
         parsed[key] = value
     return parsed
-
-
-def quote_match(quote: str, chunk: str) -> float:
-    """Share of the quote's words that lie in runs of :data:`QUOTE_RUN_WORDS` words found in the chunk
-    (a quote shorter than that must appear whole); 0.0 for an empty quote. Case, punctuation, spacing and
-    word endings do not matter (words are compared by their stems: a judge that writes "intends" where the
-    chunk says "intend" still quotes it), and a quote may join sentences of the chunk in any order. Formulas are set aside on both
-    sides (a judge whose reply is held to JSON writes ``\\int_x`` as ``int_x``, ``\\gamma`` as ``γ``): a quote
-    is matched by its words, unless it is nothing but a formula."""
-    q, c = normalize(without_math(quote, " ")).split(), normalize(without_math(chunk, " ")).split()
-    if not q:
-        q, c = normalize(quote).split(), normalize(chunk).split()
-    if not q:
-        return 0.0
-    stem = stemmer()
-    q, c = [stem(w) for w in q], [stem(w) for w in c]
-    n = min(QUOTE_RUN_WORDS, len(q))
-    grams = {tuple(c[i:i + n]) for i in range(len(c) - n + 1)}
-    covered = [False] * len(q)
-    for i in range(len(q) - n + 1):
-        if tuple(q[i:i + n]) in grams:
-            covered[i:i + n] = [True] * n
-    return sum(covered) / len(q)
 
 
 def contained(blind: str, answer: str) -> float:

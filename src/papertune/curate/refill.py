@@ -47,9 +47,9 @@ class RefillCache:
     def __init__(self, config: PapertuneConfig) -> None:
         self.path = Path(config.run_dir) / CACHE_FILE
         gen = config.generate
-        self.identity = [prompt_fingerprint(), gen.llm.backend, gen.llm.model, gen.llm.max_new_tokens,
-                         gen.llm_retry_temperature, gen.pairs_per_chunk, gen.llm_min_support, gen.llm_retries,
-                         gen.llm_focused_answers]
+        self.identity = [prompt_fingerprint(gen.llm_evidence_first), gen.llm.backend, gen.llm.model,
+                         gen.llm.max_new_tokens, gen.llm_retry_temperature, gen.pairs_per_chunk, gen.llm_min_support,
+                         gen.llm_retries, gen.llm_focused_answers, gen.llm_evidence_first]
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             self.entries = {row["key"]: row for row in read_jsonl(self.path)

@@ -75,7 +75,8 @@ SPEC = StageSpec(
     "for chunks that kept no pair.",
     # refill asks the teacher of generate again
     settings=("curate", "generate.llm", "generate.pairs_per_chunk", "generate.llm_min_support",
-              "generate.llm_retries", "generate.llm_retry_temperature", "generate.llm_focused_answers"),
+              "generate.llm_retries", "generate.llm_retry_temperature", "generate.llm_focused_answers",
+              "generate.llm_evidence_first"),
     outputs=(QA_CURATED, QA_DROPPED, CURATE_REPORT),
     inputs=run_files(QA, CHUNKS),
 )

@@ -24,7 +24,8 @@ Chunk = dict[str, Any]  # a row of chunks.jsonl: id, text, source, title, sectio
 class ChunkResult:
     """The pairs written for one chunk, and how many candidates were dropped, by reason."""
 
-    pairs: list[dict[str, str]] = field(default_factory=list)  # {"question": ..., "answer": ..., "kind": ...}
+    # {"question": ..., "answer": ..., "kind": ...}, and "evidence" from an evidence-first reply
+    pairs: list[dict[str, str]] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
 
 
@@ -116,10 +117,10 @@ def finish_question(question: str) -> str:
 
 
 def take_pairs(candidates: Sequence[tuple[str, ...]], limit: int, result: ChunkResult) -> None:
-    """Add ``(question, answer)`` or ``(question, answer, kind)`` candidates to ``result`` in order: duplicates
-    of a question and any beyond ``limit`` are dropped."""
+    """Add ``(question, answer)``, ``(question, answer, kind)`` or ``(question, answer, kind, evidence)``
+    candidates to ``result`` in order: duplicates of a question and any beyond ``limit`` are dropped."""
     seen = {normalise_question(p["question"]) for p in result.pairs}
-    for question, answer, *kind in candidates:
+    for question, answer, *rest in candidates:
         key = normalise_question(question)
         if key in seen:
             result.dropped["duplicate"] += 1
@@ -129,8 +130,10 @@ def take_pairs(candidates: Sequence[tuple[str, ...]], limit: int, result: ChunkR
             continue
         seen.add(key)
         pair = {"question": question, "answer": answer}
-        if kind:
-            pair["kind"] = kind[0]
+        if rest:
+            pair["kind"] = rest[0]
+        if rest[1:]:
+            pair["evidence"] = rest[1]
         result.pairs.append(pair)
 
 

@@ -22,6 +22,7 @@ class ParsedPair(NamedTuple):
     question: str
     answer: str
     kind: Any = None  # None when the reply gave no kind
+    evidence: str = ""  # the passage's sentence(s) the pair rests on, in the evidence-first form
 
 
 def _pair_from(obj: Any) -> ParsedPair | None:
@@ -33,7 +34,8 @@ def _pair_from(obj: Any) -> ParsedPair | None:
     if question is None and answer is None:
         return None
     kind = next((lowered[k] for k in ("kind", "type", "category") if k in lowered), None)
-    return ParsedPair(_as_text(question), _as_text(answer), kind)
+    evidence = next((lowered[k] for k in ("evidence", "quote") if k in lowered), None)
+    return ParsedPair(_as_text(question), _as_text(answer), kind, _as_text(evidence))
 
 
 _QA_LINES = re.compile(

@@ -93,7 +93,7 @@ def settings_hash(config: PapertuneConfig) -> str:
     used = set(gen["generators"])
     extra: dict[str, Any] = {}
     if "llm" in used:
-        extra["prompt"] = prompt_fingerprint()
+        extra["prompt"] = prompt_fingerprint(config.generate.llm_evidence_first)
     else:
         del gen["llm"], gen["llm_min_support"]
     if "seq2seq" not in used:
