@@ -400,6 +400,14 @@ def test_answers_stuck_in_a_loop_and_answers_given_twice_are_dropped():
     assert degenerate(r"The loss is $L = -\log D$ \text{ } \text{ } \text{ } \text{ } \text{ } \text{ } \text{ }")
     assert degenerate("Dropout the the the the the the the units.")
     assert not degenerate("Dropout slows training by 1000000 steps.") and not degenerate(CHUNK)
+    # A longer loop, as a real teacher wrote it: six words said again and again, formulas between them.
+    looped = "Preservation refers to how much $y$ preserves the original text of $x$, measured as" + (
+        " $y$ preserves the original text of $x$, measured as" * 4) + "."
+    assert degenerate(looped)
+    # Naming one thing three times is no loop.
+    assert not degenerate("When the temperature is low, the distribution of the embedding representation is close "
+                          "to the categorical distribution of the embedding representation; when it is high, the "
+                          "distribution of the embedding representation is uniform.")
     same = "Dropout randomly sets a fraction of activations to zero during training, so units cannot co-adapt."
     reply = json.dumps({"pairs": [
         {"kind": "definition", "question": "What does dropout do during training?", "answer": same},

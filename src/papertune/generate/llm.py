@@ -45,6 +45,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,7 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
-from papertune.text import carried_share, normalize, quote_match, restore_latex, unfinished
+from papertune.text import carried_share, normalize, quote_match, restore_latex, unfinished, without_math
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +177,20 @@ def copies_example(question: str) -> bool:
 _LOOP = re.compile(r"(\S[\s\S]{0,15}?)\1{5,}")
 
 
+# A run of six words (formulas set aside) said four times: a longer loop ("..., measured as $y$ preserves the
+# original text of $x$, measured as $y$ preserves ..."). An answer that names one thing three times is fine.
+LOOP_RUN_WORDS = 6
+LOOP_RUN_TIMES = 4
+
+
 def degenerate(answer: str) -> bool:
     """Whether the answer repeats a short piece six times in a row (``\\text{ } \\text{ } ...``, "the the
-    the ..."): a model stuck in a loop."""
-    return any(not m.group(1).strip().isdigit() for m in _LOOP.finditer(answer))  # 1000000 is a number
+    the ..."), or a run of six words four times: a model stuck in a loop."""
+    if any(not m.group(1).strip().isdigit() for m in _LOOP.finditer(answer)):  # 1000000 is a number
+        return True
+    words = re.findall(r"[a-z0-9]+", without_math(answer).lower())
+    runs = Counter(tuple(words[i:i + LOOP_RUN_WORDS]) for i in range(len(words) - LOOP_RUN_WORDS + 1))
+    return any(n >= LOOP_RUN_TIMES for n in runs.values())
 
 
 def check_pair(
