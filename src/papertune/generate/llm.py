@@ -1,12 +1,12 @@
 """The ``llm`` generator: an instruct model writes study questions with answers for each chunk.
 
-The prompt is a system message with the rules (questions a researcher would ask, of several kinds, each
-understandable without the passage; answers of one to three complete sentences supported by it), two
-worked examples that show different kinds and question forms, then the chunk with its document title and
-section. The chunk sits between ``<document>`` and ``</document>`` as data; the model is told to ignore
-instructions inside it. The number of pairs asked grows with the chunk's prose sentences, up to
+The prompt (:mod:`papertune.generate.prompt`) is a system message with the rules (questions a researcher
+would ask, of several kinds, each understandable without the passage; answers of one to three complete
+sentences supported by it), two worked examples, then the chunk with its document title and section, between
+``<document>`` and ``</document>`` as data. With ``generate.llm_evidence_first`` each pair opens with the
+chunk's sentence(s) it rests on. The number of pairs asked grows with the chunk's prose sentences, up to
 ``generate.pairs_per_chunk``, and the kinds suggested follow the passage's cues (numbers, "than",
-"however", ...). The reply is constrained to :func:`reply_schema` where the backend can, and read
+"however", ...). The reply is constrained to the prompt's schema where the backend can, and read
 leniently anyway by :func:`papertune.generate.replies.parse_pairs` (which keeps LaTeX backslashes).
 
 Each pair is then checked; a dropped pair is counted under its reason:
@@ -26,10 +26,12 @@ Each pair is then checked; a dropped pair is counted under its reason:
 - ``answer_fragment``: the answer is not a sentence (under three words, or it opens like a fragment:
   "training a model on a dataset", "by adding noise");
 - ``copies_example``: the question repeats six words in a row of a worked example's question;
-- ``degenerate``: the answer repeats a short piece six times in a row (a model stuck in a loop:
-  ``\\text{ } \\text{ } ...``);
+- ``degenerate``: the answer repeats a short piece six times in a row, or a run of six words four times (a
+  model stuck in a loop: ``\\text{ } \\text{ } ...``);
 - ``same_answer``: the answer is word for word an earlier pair's of the same reply (a model that answers
   "what is X", "how does X work" and "why X" with one sentence fits at most one of them);
+- ``no_evidence``, ``evidence_not_in_chunk``, ``answer_not_in_evidence`` (``generate.llm_evidence_first``):
+  :func:`evidence_problem`;
 - ``duplicate`` and ``over_limit`` (more than ``generate.pairs_per_chunk``);
 - ``not_in_passage`` (``generate.llm_focused_answers``): asked again on its own, the question was found
   unanswered by the passage (:mod:`papertune.generate.answers`: a focused answer that passes the checks
