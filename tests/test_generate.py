@@ -18,8 +18,9 @@ from papertune.cli import main
 from papertune.config import SMOLLM2_PACKAGED, LLMConfig, PapertuneConfig, load_config
 from papertune.errors import ConfigError, InputError
 from papertune.generate.base import ChunkResult, Grounding, content_words, drop_injected
-from papertune.generate.llm import check_pair, pairs_from_reply
+from papertune.generate.llm import EVIDENCE_MIN_CARRIED, check_pair, evidence_problem, pairs_from_reply
 from papertune.generate.prompt import EXAMPLES, build_conversation, reply_schema
+from papertune.text import carried_share
 from papertune.generate.phrases import long_form_for
 from papertune.generate.replies import parse_pairs
 from papertune.generate.rules import RulesGenerator
@@ -928,3 +929,16 @@ def test_the_evidence_first_prompt_shows_examples_whose_evidence_is_their_passag
 def test_evidence_first_with_focused_answers_is_a_config_error():
     with pytest.raises(ConfigError, match="generate.llm_focused_answers: false"):
         load_config(None, ["generate.llm_evidence_first=true"])
+
+
+def test_an_evidence_first_answer_must_take_what_it_adds_to_its_question_from_the_evidence():
+    """The answer repeats its question's words, which the evidence holds, and adds a fact the evidence does
+    not say (a real teacher's reply to a notation table): dropped, though most of its words are in the
+    evidence. The same answer with the evidence's own fact is kept."""
+    evidence = "Symbol: $a_j^{(l)}$; Mean: The activation function for the $j$-th neuron in the $l$-th hidden layer."
+    question = "What is the activation function used in the hidden layers of an autoencoder?"
+    invented = "The activation function used in the hidden layers of an autoencoder is the sigmoid function."
+    assert carried_share(invented, evidence) >= EVIDENCE_MIN_CARRIED  # the whole-answer check lets it pass
+    assert evidence_problem(evidence, invented, evidence, question) == "answer_not_in_evidence"
+    drawn = "The activation function of the $j$-th neuron in the $l$-th hidden layer of an autoencoder is $a_j^{(l)}$."
+    assert evidence_problem(evidence, drawn, evidence, question) is None

@@ -75,7 +75,15 @@ from papertune.ingest.chunk import get_token_counter
 from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
-from papertune.text import carried_share, normalize, quote_match, restore_latex, unfinished, without_math
+from papertune.text import (
+    carried_share,
+    content_stems,
+    normalize,
+    quote_match,
+    restore_latex,
+    unfinished,
+    without_math,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,15 +238,23 @@ EVIDENCE_MIN_MATCH = 0.8
 EVIDENCE_MIN_CARRIED = 0.5
 
 
-def evidence_problem(evidence: str, answer: str, chunk_text: str) -> str | None:
+def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str = "") -> str | None:
     """Why an evidence-first pair is dropped for its evidence, or None: ``no_evidence`` (none given),
     ``evidence_not_in_chunk`` (the copy is not the passage's), ``answer_not_in_evidence`` (the answer says
-    what its evidence does not: a teacher that wrote its answer from elsewhere)."""
+    what its evidence does not: a teacher that wrote its answer from elsewhere). The answer is held to its
+    evidence twice: all its content words, and those its question does not already say, its new ones (an
+    answer that repeats the question and adds "... is the sigmoid function" carries the question's words
+    only)."""
     if not evidence.strip():
         return "no_evidence"
     if quote_match(evidence, chunk_text) < EVIDENCE_MIN_MATCH:
         return "evidence_not_in_chunk"
     if carried_share(answer, evidence) < EVIDENCE_MIN_CARRIED:
+        return "answer_not_in_evidence"
+    asked = set(content_stems(question))
+    new = [w for w in content_stems(answer) if w not in asked]
+    held = set(content_stems(evidence))
+    if new and sum(w in held for w in new) / len(new) < EVIDENCE_MIN_CARRIED:
         return "answer_not_in_evidence"
     return None
 
@@ -267,7 +283,7 @@ def pairs_from_reply(
         answer = finish_answer(restore_latex(pair.answer, grounding.clean_text), segmenter)
         reason = check_pair(question, answer, grounding, min_support, known_words)
         if reason is None and evidence:
-            reason = evidence_problem(pair.evidence, answer, grounding.clean_text)
+            reason = evidence_problem(pair.evidence, answer, grounding.clean_text, question)
         kind = normalise_kind(pair.kind, question, answer)
         if reason is None and kind is None:
             reason = "bad_kind"

@@ -6,9 +6,10 @@ Two forms of the same request (``generate.llm_evidence_first``):
 - pairs: each pair is a kind, a question and its answer;
 - evidence first: each pair opens with the sentence(s) of the passage it rests on, copied word for word, then
   the kind, the question that evidence answers, and the answer drawn from it. A small teacher that writes the
-  question for a sentence it has already chosen answers it far more often than one that writes a question
-  first and then looks for its answer (docs/benchmarks.md: of 29 pairs of the 1.5B teacher each, read against
-  their chunks, 20 right against 13). :func:`papertune.generate.llm.evidence_problem` then checks the copy.
+  question for a sentence it has already chosen answers beside the question less often than one that writes
+  a question first and then looks for its answer (docs/benchmarks.md: pairs of the 1.5B teacher read blind
+  against their chunks, 20 of 29 right against 13 on one corpus, 14 of 30 against 13 on another).
+  :func:`papertune.generate.llm.evidence_problem` then checks the copy.
 
 The worked examples carry their evidence; the pairs form leaves it out, so its prompt is as before.
 """
