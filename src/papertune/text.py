@@ -1,9 +1,9 @@
 """English and text helpers shared by the dataset stages (generate, curate, augment, build, evaluate).
 
-Words, content-word stems and normalised text, quotes found in a text, word shingles and their Jaccard similarity (near-duplicate
-questions), formulas found and set aside, what a model held to JSON does to text (LaTeX backslashes left
-out, strings ended at a straight quote, sentences cut off), and just enough English morphology for the
-rule-based writers: articles, plurals, verb forms, capitals.
+Words, content-word stems and normalised text, quotes found in a text, word shingles and their Jaccard
+similarity (near-duplicate questions), formulas found and set aside, what a model held to JSON does to text
+(LaTeX backslashes left out, strings ended at a straight quote, sentences cut off), and just enough English
+morphology for the rule-based writers: articles, plurals, verb forms, capitals.
 """
 
 from __future__ import annotations
@@ -121,9 +121,6 @@ def without_math(text: str, placeholder: str = " FORMULA ") -> str:
     return MATH.sub(placeholder, text)
 
 
-_QUOTED = re.compile(r'"([^"\n]*)"')
-
-
 QUOTE_RUN_WORDS = 3
 
 
@@ -131,9 +128,9 @@ def quote_match(quote: str, chunk: str) -> float:
     """Share of the quote's words that lie in runs of :data:`QUOTE_RUN_WORDS` words found in the chunk
     (a quote shorter than that must appear whole); 0.0 for an empty quote. Case, punctuation, spacing and
     word endings do not matter (words are compared by their stems: a judge that writes "intends" where the
-    chunk says "intend" still quotes it), and a quote may join sentences of the chunk in any order. Formulas are set aside on both
-    sides (a judge whose reply is held to JSON writes ``\\int_x`` as ``int_x``, ``\\gamma`` as ``γ``): a quote
-    is matched by its words, unless it is nothing but a formula."""
+    chunk says "intend" still quotes it), and a quote may join sentences of the chunk in any order. Formulas
+    are set aside on both sides (a judge whose reply is held to JSON writes ``\\int_x`` as ``int_x``,
+    ``\\gamma`` as ``γ``): a quote is matched by its words, unless it is nothing but a formula."""
     q, c = normalize(without_math(quote, " ")).split(), normalize(without_math(chunk, " ")).split()
     if not q:
         q, c = normalize(quote).split(), normalize(chunk).split()
@@ -148,6 +145,9 @@ def quote_match(quote: str, chunk: str) -> float:
         if tuple(q[i:i + n]) in grams:
             covered[i:i + n] = [True] * n
     return sum(covered) / len(q)
+
+
+_QUOTED = re.compile(r'"([^"\n]*)"')
 
 
 def curly_quotes(text: str) -> str:

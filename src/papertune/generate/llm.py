@@ -76,8 +76,10 @@ from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
 from papertune.text import (
-    carried_share,
+    answer_words,
+    carried,
     content_stems,
+    held_words,
     normalize,
     quote_match,
     restore_latex,
@@ -249,12 +251,13 @@ def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str 
         return "no_evidence"
     if quote_match(evidence, chunk_text) < EVIDENCE_MIN_MATCH:
         return "evidence_not_in_chunk"
-    if carried_share(answer, evidence) < EVIDENCE_MIN_CARRIED:
-        return "answer_not_in_evidence"
+    stems, numbers = answer_words(answer)
+    held = held_words(evidence)
     asked = set(content_stems(question))
-    new = [w for w in content_stems(answer) if w not in asked]
-    held = set(content_stems(evidence))
-    if new and sum(w in held for w in new) / len(new) < EVIDENCE_MIN_CARRIED:
+    new = [w for w in stems if w not in asked]  # the words the answer adds to its question
+    whole = carried((stems, numbers), held)
+    added = carried((new, set()), held) if new else 1.0
+    if min(whole, added) < EVIDENCE_MIN_CARRIED:
         return "answer_not_in_evidence"
     return None
 
