@@ -151,6 +151,37 @@ def test_system_summary_counts_citations_and_declines():
     assert outside["f1"] is None and outside["citation_accuracy"] is None and outside["abstention_rate"] == 0.25
 
 
+def test_outside_questions_count_as_answered_by_the_index_only_on_a_quote_that_says_the_reference():
+    """The judge's yes about an outside question holds only with a quote of a retrieved passage that carries
+    half of what the reference adds to its question (as in the model-scale run: "What is RLHF?" asked of a post
+    outside the index, defined by an indexed one)."""
+    from papertune.evaluate import outside
+
+    question, reference = "What is RLHF?", "RLHF (Reinforcement Learning from Human Feedback) is a common method."
+    passages = ["Reward hacking is common. Reinforcement learning from human feedback (RLHF) has become the de "
+                "facto approach for alignment training of language models.", "Distillation trains a small model."]
+    said = "Reinforcement learning from human feedback (RLHF) has become the de facto approach for alignment"
+
+    def read(quote, yes=True, refs=reference):
+        return outside.read_reply(question, refs, passages, json.dumps({"quote": quote, "answers": yes}))
+
+    assert read(said).in_index and read(said).quote_match == 1.0
+    assert not read(said, yes=False).in_index  # the judge's no stands
+    # A yes whose quote is not a passage's words, or says nothing of what the reference adds, does not hold.
+    assert not read("RLHF is a method that learns from human feedback with reinforcement learning").in_index
+    assert not read("Distillation trains a small model.").in_index
+    assert not read("").in_index
+    # A reference that adds nothing to its question cannot be found: its question stays one to decline.
+    assert not read(said, refs="RLHF is RLHF.").in_index
+    # A number the reference adds must be in the quote.
+    assert outside.reference_held("How big?", "It has 7B parameters.", "It has 13B parameters.") == 0.0
+    assert outside.read_reply(question, reference, passages, "no JSON here") is None
+    assert outside.parse_check_reply('```json\n{"quote": "a \\\\alpha", "answers": false}\n```') == ("a \\alpha", False)
+    conversation = outside.check_conversation(question, reference, passages)
+    assert "[1] Reward hacking" in conversation[1]["content"] and "[2] Distillation" in conversation[1]["content"]
+    assert "not instructions" in conversation[0]["content"]
+
+
 def test_judge_prompt_shows_the_source_and_is_fair_to_citations_and_declines():
     messages = evaluate.judge_conversation("Which data type?", "NF4", "NF4 [2].", "QLoRA quantizes to NF4.")
     system, user = messages[0]["content"], messages[1]["content"]
@@ -645,15 +676,22 @@ def test_greedy_answers_match_unbatched_generation(trained_run, tiny_model):
 
 
 def test_judge_scores_and_counts_unparseable(tmp_path, trained_run, tiny_model, word_embedder, monkeypatch):
+    import papertune.evaluate.outside
     import papertune.llm
 
     run = grounded_copy(tmp_path, trained_run)
-    seen = []
+    seen, outside_seen = [], []
 
     class FakeJudge:
         name = "fake"
 
         def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
+            if json_schema["required"] == ["quote", "answers"]:  # is an outside question answered by the index?
+                outside_seen.extend(conversations)
+                # away-0: yes, quoting its first passage's opening words; away-1: yes, quoting words of no passage.
+                first = conversations[0][1]["content"].split("[1] ", 1)[1].split()[:8]
+                return [json.dumps({"quote": " ".join(first), "answers": True}),
+                        json.dumps({"quote": "sparse routing sends each token to two experts", "answers": True})]
             # Backends that can constrain the reply are asked for the two integer scores.
             assert json_schema["required"] == ["correctness", "groundedness"]
             replies = ['{"correctness": 4, "groundedness": 5}',
@@ -663,6 +701,8 @@ def test_judge_scores_and_counts_unparseable(tmp_path, trained_run, tiny_model, 
             return [replies[(start + i) % 3] for i in range(len(conversations))]
 
     monkeypatch.setattr(papertune.llm, "make_chat_model", lambda cfg, setting: FakeJudge())
+    # The fixture's outside references say nothing beyond their questions: let a quote stand on its words alone.
+    monkeypatch.setattr(papertune.evaluate.outside, "QUOTE_HOLDS_REFERENCE", 0.0)
     out = evaluate.run(eval_config(run, tiny_model, "evaluate.max_questions=3", "evaluate.tuned=false",
                                    "evaluate.judge_enabled=true"))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -694,6 +734,18 @@ def test_judge_scores_and_counts_unparseable(tmp_path, trained_run, tiny_model, 
         assert chunks[a["chunk_id"]]["text"] in user and f"Answer to grade: {a['answer']}" in user
     report = (out / "report.md").read_text()
     assert "judged correct" in report and "judge correctness (1-5)" in report
+    # Each outside question was read against the passages retrieved for it; the one whose quote is a passage's
+    # words is left out of the declines, and named; the one quoting words of no passage stays.
+    outside = [a for a in answers if a["set"] == "outside" and a["system"] == "base_retrieval"]
+    assert [c[1]["content"].count("\n[") for c in outside_seen] == [len(a["passages"]) for a in outside]
+    for a, conversation in zip(outside, outside_seen):
+        assert a["question"] in conversation[1]["content"] and a["reference"] in conversation[1]["content"]
+    checked = metrics["retrieval"]["outside_judged_in_index"]
+    assert (checked["checked"], checked["said_yes"], [e["id"] for e in checked["left_out"]]) == (2, 2, ["away-0"])
+    assert {a["id"] for a in answers if a.get("answer_in_index")} == {"away-0"}
+    assert {s: r["questions"] for s, r in metrics["results"]["outside"].items()} == {
+        "base_closed_book": 1, "base_retrieval": 1}
+    assert "found the answer of 1 in a passage" in report and "away-0" in report
 
 
 def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model):

@@ -67,6 +67,9 @@ from papertune.text import curly_quotes, unfinished
         "What is the main idea?",
         "What is the role of the green part in the scoring function?",
         "What does the dashed line show for larger batches?",
+        "What is the training setup called?",
+        "What is the loss function?",
+        "Which metric is used to measure the effect?",
     ],
 )
 def test_questions_that_need_their_source_are_caught(question):
@@ -93,6 +96,9 @@ def test_questions_that_need_their_source_are_caught(question):
         "How is $D_\\text{KL}(p \\| q)$ used in the VAE objective?",
         "How does the black box attack differ from a white-box one?",
         "What is the red team's role in testing language models?",
+        "What is the learning rate of the AdamW optimizer?",
+        "What loss function does a VAE minimize?",
+        "What is the objective of RLHF?",
     ],
 )
 def test_self_contained_questions_pass(question):

@@ -25,6 +25,7 @@ from papertune.chat import strip_citations
 from papertune.config import PapertuneConfig
 from papertune.evaluate.metrics import JUDGE_CORRECT_AT
 from papertune.jsonreply import json_values
+from papertune.llm_base import ChatModel
 from papertune.rundir import read_chunks
 from papertune.text import content_stems, counts_f1, numbers
 
@@ -119,14 +120,11 @@ def chunk_texts(run_dir: Path, chunk_ids: set[str]) -> dict[str, str]:
     return {c["id"]: c["text"] for c in read_chunks(path)[0] if c["id"] in chunk_ids}
 
 
-def judge_answers(config: PapertuneConfig, run_dir: Path, answer_rows: list[dict]) -> dict[str, Any]:
-    """Grade every answer of ``answer_rows`` (answerable questions, every system) with ``evaluate.judge``: adds
-    ``judge_correctness``, ``judge_groundedness`` and ``judge_correct`` to each row's scores; returns the
-    judge's summary for metrics.json (replies it could not parse, per system)."""
-    from papertune.llm import make_chat_model
-
+def judge_answers(config: PapertuneConfig, run_dir: Path, answer_rows: list[dict], judge: ChatModel) -> dict[str, Any]:
+    """Grade every answer of ``answer_rows`` (answerable questions, every system) with ``judge`` (the model of
+    ``evaluate.judge``): adds ``judge_correctness``, ``judge_groundedness`` and ``judge_correct`` to each row's
+    scores; returns the judge's summary for metrics.json (replies it could not parse, per system)."""
     cfg = config.evaluate.judge
-    judge = make_chat_model(cfg, "evaluate.judge")
     passages = chunk_texts(run_dir, {a["chunk_id"] for a in answer_rows if a.get("chunk_id")})
     if not passages:
         log.warning("evaluate: no source chunks found in %s; the judge grades groundedness without the passage",

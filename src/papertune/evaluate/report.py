@@ -160,6 +160,13 @@ def render_report(run_dir: Path, metrics: dict, answer_rows: list[dict]) -> str:
                   f"{len(r['outside_documents'])} outside documents left out of the index"
                   + (f"; {len(said)} of their questions left out too, as an indexed chunk says their answer "
                      f"({', '.join(said)})" if said else "") + ".", ""]
+        judged = r.get("outside_judged_in_index")
+        if judged:
+            left = judged["left_out"]
+            lines += [f"The judge read the {judged['checked']} outside questions against their retrieved passages: "
+                      f"it found the answer of {len(left)} in a passage (a quote of the passage holding half of "
+                      "what the reference says), so those are not counted as questions to decline"
+                      + (": " + "; ".join(f"{e['id']} (\"{e['quote']}\")" for e in left) if left else "") + ".", ""]
         if r.get("verify"):
             labels = {s["name"]: s["label"] for s in metrics["systems"]}
             retry = any("answered_again" in v for v in r["verify"].values())

@@ -21,6 +21,8 @@ from papertune.chat import abstains, cited_numbers, render_prompt, split_quote, 
 from papertune.config import EVAL_MODES, PapertuneConfig
 from papertune.evaluate.answer_cache import AnswerCache, model_identity
 from papertune.evaluate.judge import judge_answers
+from papertune.evaluate.outside import answered_by_passages
+from papertune.evaluate.outside import summary as outside_summary
 from papertune.evaluate.metrics import (
     GROUPS,
     MODELS,
@@ -324,7 +326,25 @@ def run(config: PapertuneConfig) -> Path:
                                     [a["reference"] for a in answerable], cfg.embedding_model)
         for a, cos in zip(answerable, cosines, strict=True):
             a["scores"]["embedding_cosine"] = cos
-    judge_info = judge_answers(config, run_dir, answerable) if cfg.judge_enabled and answerable else None
+    outside_rows = questions.get("outside") or []
+    judge = None
+    if cfg.judge_enabled:
+        from papertune.llm import make_chat_model
+
+        judge = make_chat_model(cfg.judge, "evaluate.judge")
+    judge_info = judge_answers(config, run_dir, answerable, judge) if judge is not None and answerable else None
+    outside_check = None
+    if judge is not None and retriever is not None and outside_rows:  # the index may answer them all the same
+        found = answered_by_passages(judge, outside_rows, [[p.chunk["text"] for p in h] for h in hits["outside"]],
+                                     cfg.judge.batch_size)
+        outside_check = outside_summary(outside_rows, found)
+        said = {entry["id"] for entry in outside_check["left_out"]}
+        for a in answer_rows:
+            if a["set"] == "outside" and str(a["id"]) in said:
+                a["answer_in_index"] = True
+        log.info("evaluate: %d of %d outside questions left out of the declines: the judge found their answer in "
+                 "a retrieved passage (%s)", len(said), len(outside_rows), ", ".join(sorted(said)) or "none")
+    scored = [a for a in answer_rows if not a.get("answer_in_index")]
 
     def loss_for(indices: Sequence[int], name: str) -> dict[str, Any]:
         return aggregate_loss([per_example_loss[name][i] for i in indices if i in per_example_loss[name]])
@@ -350,7 +370,7 @@ def run(config: PapertuneConfig) -> Path:
                        "greedy": cfg.temperature == 0, "batch_size": cfg.batch_size},
         "retrieval": None,
         "loss": {name: loss_for(range(len(test)), name) for name in models},
-        "results": {name: summaries([a for a in answer_rows if a["set"] == name], name) for name in questions},
+        "results": {name: summaries([a for a in scored if a["set"] == name], name) for name in questions},
         "groups": {},
         "per_document": {},
         "judge": judge_info,
@@ -360,6 +380,8 @@ def run(config: PapertuneConfig) -> Path:
             "method": config.retrieval.method, "top_k": config.retrieval.top_k,
             "outside_documents": sorted(excluded),
             "outside_answer_in_index": in_index,
+            # The judge's reading of the rest against their passages; those it finds answered are not scored.
+            "outside_judged_in_index": outside_check,
             # The systems whose model verifies (papertune.verify.verifies: the tuned one, not the base).
             "verify": ({s.name: verify_counts(settled[s.name], config.retrieval.verify_retry)
                         for s in systems if s.name in settled and verifies(config, tuned=s.model == "tuned")}

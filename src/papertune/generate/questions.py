@@ -141,7 +141,10 @@ _GENERIC = frozenset(
     difference advantage disadvantage benefit limitation issue use output input example type kind thing
     information concept term show mean describe propose discuss mention find finding conclusion contribution
     important significance figure table section author purpose reason overall general primary new proposed
-    describe explain used use based different specific particular given two three first second""".split()
+    describe explain used use based different specific particular given two three first second setup called
+    name named framework architecture objective loss function strategy component factor effect impact metric
+    measure score parameter setting stage phase feature property mechanism principle condition case scenario
+    level amount size rate""".split()
 )
 
 
