@@ -4,11 +4,10 @@
                                           [--backend llamacpp | vllm] [--sheet FILE]
 
 Reads ``EVAL_DIR/answers.jsonl`` (an evaluation made with retrieval, before evaluate read outside questions
-against their passages) and asks the judge of ``papertune.evaluate.outside`` about each outside question and
-the passages retrieved for it (their text from CHUNKS.jsonl). Prints, for each system, the outside questions
-declined before and after leaving out those the judge finds answered, and the questions left out with the
-judge's quote. ``--sheet`` writes every question with its reference, the judge's quote and verdict, and the
-passage sentence, to read by hand.
+against their passages) and asks the judge of ``papertune.evaluate.outside`` for the sentence of the
+passages retrieved for each outside question (their text from CHUNKS.jsonl) that answers it. Prints, for
+each system, the outside questions declined before and after leaving out those the judge finds answered,
+and the questions left out with the judge's quote. ``--sheet`` writes every question with its reference and the judge's quote, to read by hand.
 """
 
 from __future__ import annotations
@@ -50,9 +49,10 @@ def main() -> None:
     seconds = time.perf_counter() - start
     left = {q["id"] for q, f in zip(questions, found, strict=True) if f is not None and f.in_index}
 
-    print(f"{len(questions)} outside questions read in {seconds:.0f} s; the judge said yes to "
-          f"{sum(bool(f and f.said_yes) for f in found)}, {len(left)} held (quote in a passage, holding half of "
-          f"what the reference adds); {sum(f is None for f in found)} replies unread\n")
+    quoted = sum(bool(f and f.quote.strip()) for f in found)
+    print(f"{len(questions)} outside questions read in {seconds:.0f} s; the judge quoted a sentence for {quoted}, "
+          f"{len(left)} held (the quote in a passage, holding half of what the reference adds); "
+          f"{sum(f is None for f in found)} replies unread\n")
     print("| system | outside declined, all | outside declined, those the index does not answer |")
     print("|---|---|---|")
     for system in dict.fromkeys(a["system"] for a in outside):

@@ -153,6 +153,22 @@ def test_questions_that_lean_on_the_passage_are_dropped_whoever_wrote_them(tmp_p
     assert report["dropped_by_reason"]["not_self_contained"] == 3
 
 
+def test_answers_that_point_at_their_source_are_dropped(tmp_path: Path):
+    """Answers a model-scale run kept: "In the paper, they ...", "the above process", "the blue part"."""
+    rows = GOOD + [
+        pair("paper", "Which weights does LoRA freeze?", "In the paper, they freeze the pretrained weights."),
+        pair("above", "What does LoRA freeze?", "LoRA freezes the weights of the above process."),
+        pair("blue", "What does LoRA train?", "LoRA trains the blue part: two low-rank matrices."),
+    ]
+    write_run(tmp_path, rows)
+    curate.run(config(tmp_path))
+    kept, dropped, report = results(tmp_path)
+    assert [r["id"] for r in kept] == ["q1", "q2", "q3"]
+    assert dropped == dict.fromkeys(("paper", "above", "blue"), "answer_refers_to_source")
+    details = {d["id"]: d["drop_detail"] for d in read_jsonl(tmp_path / "qa_dropped.jsonl")}
+    assert "'the paper'" in details["paper"] and "'the blue part'" in details["blue"]
+
+
 def test_an_injected_pair_never_wins_a_duplicate_contest(tmp_path: Path):
     chunk = PLANTED_CHUNK["id"]
     rows = [

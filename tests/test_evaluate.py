@@ -152,9 +152,9 @@ def test_system_summary_counts_citations_and_declines():
 
 
 def test_outside_questions_count_as_answered_by_the_index_only_on_a_quote_that_says_the_reference():
-    """The judge's yes about an outside question holds only with a quote of a retrieved passage that carries
-    half of what the reference adds to its question (as in the model-scale run: "What is RLHF?" asked of a post
-    outside the index, defined by an indexed one)."""
+    """An outside question counts as answered by the index only when the judge quotes a retrieved passage's
+    sentence that carries half of what the reference adds to its question (as in the model-scale run: "What
+    is RLHF?" asked of a post outside the index, defined by an indexed one)."""
     from papertune.evaluate import outside
 
     question, reference = "What is RLHF?", "RLHF (Reinforcement Learning from Human Feedback) is a common method."
@@ -162,12 +162,13 @@ def test_outside_questions_count_as_answered_by_the_index_only_on_a_quote_that_s
                 "facto approach for alignment training of language models.", "Distillation trains a small model."]
     said = "Reinforcement learning from human feedback (RLHF) has become the de facto approach for alignment"
 
-    def read(quote, yes=True, refs=reference):
-        return outside.read_reply(question, refs, passages, json.dumps({"quote": quote, "answers": yes}))
+    def read(quote, refs=reference):
+        return outside.read_reply(question, refs, passages, json.dumps({"quote": quote}))
 
     assert read(said).in_index and read(said).quote_match == 1.0
-    assert not read(said, yes=False).in_index  # the judge's no stands
-    # A yes whose quote is not a passage's words, or says nothing of what the reference adds, does not hold.
+    # A quote that is not a passage's words (the reference itself, as a judge shown it copied it), or that says
+    # nothing of what the reference adds, or no quote, does not count.
+    assert not read(reference).in_index
     assert not read("RLHF is a method that learns from human feedback with reinforcement learning").in_index
     assert not read("Distillation trains a small model.").in_index
     assert not read("").in_index
@@ -176,9 +177,10 @@ def test_outside_questions_count_as_answered_by_the_index_only_on_a_quote_that_s
     # A number the reference adds must be in the quote.
     assert outside.reference_held("How big?", "It has 7B parameters.", "It has 13B parameters.") == 0.0
     assert outside.read_reply(question, reference, passages, "no JSON here") is None
-    assert outside.parse_check_reply('```json\n{"quote": "a \\\\alpha", "answers": false}\n```') == ("a \\alpha", False)
-    conversation = outside.check_conversation(question, reference, passages)
+    assert outside.parse_check_reply('```json\n{"quote": "a \\\\alpha"}\n```') == "a \\alpha"
+    conversation = outside.check_conversation(question, passages)
     assert "[1] Reward hacking" in conversation[1]["content"] and "[2] Distillation" in conversation[1]["content"]
+    assert reference not in conversation[1]["content"]  # the judge finds the answer without being shown it
     assert "not instructions" in conversation[0]["content"]
 
 
@@ -686,12 +688,12 @@ def test_judge_scores_and_counts_unparseable(tmp_path, trained_run, tiny_model, 
         name = "fake"
 
         def chat(self, conversations, *, max_new_tokens=None, temperature=None, json_schema=None):
-            if json_schema["required"] == ["quote", "answers"]:  # is an outside question answered by the index?
+            if json_schema["required"] == ["quote"]:  # where do the passages answer an outside question?
                 outside_seen.extend(conversations)
-                # away-0: yes, quoting its first passage's opening words; away-1: yes, quoting words of no passage.
+                # away-0: a quote of its first passage's opening words; away-1: words of no passage.
                 first = conversations[0][1]["content"].split("[1] ", 1)[1].split()[:8]
-                return [json.dumps({"quote": " ".join(first), "answers": True}),
-                        json.dumps({"quote": "sparse routing sends each token to two experts", "answers": True})]
+                return [json.dumps({"quote": " ".join(first)}),
+                        json.dumps({"quote": "sparse routing sends each token to two experts"})]
             # Backends that can constrain the reply are asked for the two integer scores.
             assert json_schema["required"] == ["correctness", "groundedness"]
             replies = ['{"correctness": 4, "groundedness": 5}',
@@ -739,13 +741,14 @@ def test_judge_scores_and_counts_unparseable(tmp_path, trained_run, tiny_model, 
     outside = [a for a in answers if a["set"] == "outside" and a["system"] == "base_retrieval"]
     assert [c[1]["content"].count("\n[") for c in outside_seen] == [len(a["passages"]) for a in outside]
     for a, conversation in zip(outside, outside_seen):
-        assert a["question"] in conversation[1]["content"] and a["reference"] in conversation[1]["content"]
+        assert a["question"] in conversation[1]["content"] and a["reference"] not in conversation[1]["content"]
     checked = metrics["retrieval"]["outside_judged_in_index"]
-    assert (checked["checked"], checked["said_yes"], [e["id"] for e in checked["left_out"]]) == (2, 2, ["away-0"])
+    assert (checked["checked"], checked["quoted"], checked["quote_in_passage"]) == (2, 2, 1)
+    assert [e["id"] for e in checked["left_out"]] == ["away-0"]
     assert {a["id"] for a in answers if a.get("answer_in_index")} == {"away-0"}
     assert {s: r["questions"] for s, r in metrics["results"]["outside"].items()} == {
         "base_closed_book": 1, "base_retrieval": 1}
-    assert "found the answer of 1 in a passage" in report and "away-0" in report
+    assert "1 answered there" in report and "away-0" in report
 
 
 def test_held_out_documents_are_reported_apart(tmp_path, trained_run, tiny_model):

@@ -931,6 +931,22 @@ def test_evidence_first_with_focused_answers_is_a_config_error():
         load_config(None, ["generate.llm_evidence_first=true"])
 
 
+def test_evidence_that_is_a_bare_formula_or_announces_what_follows_is_dropped():
+    """Two pairs a model-scale run kept and a hand check found wrong or half right: a question about a formula
+    its evidence does not name, and one about a sentence that stops at the formula it announces."""
+    chunk = ("Potential-based shaping keeps the optimal policy: $$Q^*_{M'} (s,a) = Q^*_M(s, a) - \\Phi(s)$$ "
+             "The NTK for this network can be defined accordingly: $$K = J J^T$$")
+    formula = "$$Q^*_{M'} (s,a) = Q^*_M(s, a) - \\Phi(s)$$"
+    assert evidence_problem(formula, "The formula is $Q^*_{M'} (s,a) = Q^*_M(s, a) - \\Phi(s)$.", chunk,
+                            "What is the formula for the reward shaping?") == "evidence_is_formula"
+    announced = "The NTK for this network can be defined accordingly:"
+    assert evidence_problem(announced, "The NTK for this network can be defined accordingly.", chunk,
+                            "How is the NTK defined?") == "evidence_unfinished"
+    named = "Potential-based shaping keeps the optimal policy:"
+    assert evidence_problem(named + " " + formula, "Potential-based shaping keeps the optimal policy.", chunk,
+                            "What does potential-based shaping keep?") is None
+
+
 def test_an_evidence_first_answer_must_take_what_it_adds_to_its_question_from_the_evidence():
     """The answer repeats its question's words, which the evidence holds, and adds a fact the evidence does
     not say (a real teacher's reply to a notation table): dropped, though most of its words are in the

@@ -26,6 +26,7 @@ from papertune.generate.llm import (
 from papertune.generate.prompt import EXAMPLES, build_conversation, reply_schema
 from papertune.generate.questions import (
     KINDS,
+    answer_source_reference,
     context_dependence,
     guess_kind,
     is_self_contained,
@@ -514,3 +515,22 @@ def test_suggested_kinds_start_at_different_places_for_different_passages():
     kinds = suggest_kinds(passages[0], 3)
     assert kinds == suggest_kinds(passages[0], 3) and len(set(kinds)) == 3 and set(kinds) <= set(KINDS)
     assert set(suggest_kinds("Attention weighs tokens.", 7)) == {"mechanism", "definition"}  # no cue: no other kind
+
+
+@pytest.mark.parametrize(
+    ("answer", "points_at"),
+    [
+        ("In the paper, they adopted a LSTM layer.", "the paper"),
+        ("ODEs are the main form of differential equations used in this post.", "this post"),
+        ("The form of Gaussian processes in the above process is called the NNGP.", "the above"),
+        ("The NTK, as defined in the blue part, is a kernel.", "the blue part"),
+        ("The filter is described above.", "described above"),
+        ("The formula for the attack is given by the equation above.", "equation above"),
+        # ML nouns and plain words that only look like references
+        ("The text decoder attends causally to the text input.", None),
+        ("Only replacements whose similarity is above a threshold are kept.", None),
+        ("A black box attack sees only the outputs; a document encoder embeds each page.", None),
+    ],
+)
+def test_answers_that_point_at_their_source(answer, points_at):
+    assert answer_source_reference(answer) == points_at

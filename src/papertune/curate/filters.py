@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from papertune.config import CurateConfig
-from papertune.generate.questions import context_dependence
+from papertune.generate.questions import answer_source_reference, context_dependence
 from papertune.index import embed_texts
 from papertune.injection import looks_injected, separate_injected
 from papertune.rundir import CHUNKS
@@ -32,6 +32,7 @@ REASONS = (
     "amount_not_given",
     "one_sided_comparison",
     "not_self_contained",
+    "answer_refers_to_source",
     "unsupported_answer",
     "judge",
     "exact_duplicate",
@@ -318,6 +319,8 @@ def curate_rows(
                            f"the question compares two things; the answer never names {side!r}")
         if verdicts[i] is None and (leans_on := context_dependence(row["question"])):
             verdicts[i] = ("not_self_contained", leans_on)  # whoever wrote qa.jsonl
+        if verdicts[i] is None and (points_at := answer_source_reference(row["answer"])):
+            verdicts[i] = ("answer_refers_to_source", f"the answer points at its source: {points_at!r}")
 
     pending = [i for i, v in enumerate(verdicts) if v is None]
     threshold = cfg.min_support if cfg.support == "overlap" else cfg.min_support_cosine

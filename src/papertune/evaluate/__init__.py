@@ -6,7 +6,8 @@
   ``evaluate.modes`` lists: base closed-book, tuned closed-book, base + retrieval, tuned + retrieval.
 - Question sets: the test split (``evaluate.max_questions`` of its rows), the held-out documents (in the
   index, never trained on) and the documents outside the index (the right answer is to decline), each when
-  the dataset has it. The outside documents are left out of the evaluation's index.
+  the dataset has it. The outside documents are left out of the evaluation's index; with the judge, an
+  outside question a retrieved passage answers all the same is not counted (:mod:`.outside`).
 - Scores per system and set: token F1, exact match, ROUGE-L and embedding cosine against the reference (on
   the answer without "[n]" markers), an optional LLM judge (correctness and groundedness in the source
   chunk, 1-5; judged correct at 4 or more), recall@k of the retrieval, citation rate and accuracy, and
@@ -17,7 +18,7 @@
 Layout of ``RUN/eval``: ``metrics.json``, ``answers.jsonl``, ``report.md``, ``four_way.png``,
 ``metrics.png``, ``per_document.png``, ``answers_cache.jsonl``, ``config.yaml``, ``versions.json``.
 
-Modules: :mod:`.stage` (``run``), :mod:`.sets`, :mod:`.metrics`, :mod:`.judge`, :mod:`.report`,
+Modules: :mod:`.stage` (``run``), :mod:`.sets`, :mod:`.metrics`, :mod:`.judge`, :mod:`.outside`, :mod:`.report`,
 :mod:`.answer_cache`.
 """
 

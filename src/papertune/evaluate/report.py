@@ -163,10 +163,14 @@ def render_report(run_dir: Path, metrics: dict, answer_rows: list[dict]) -> str:
         judged = r.get("outside_judged_in_index")
         if judged:
             left = judged["left_out"]
-            lines += [f"The judge read the {judged['checked']} outside questions against their retrieved passages: "
-                      f"it found the answer of {len(left)} in a passage (a quote of the passage holding half of "
-                      "what the reference says), so those are not counted as questions to decline"
-                      + (": " + "; ".join(f"{e['id']} (\"{e['quote']}\")" for e in left) if left else "") + ".", ""]
+            lines += [f"The judge looked for the answer of each of the {judged['checked']} outside questions in its "
+                      f"retrieved passages (quoted {judged['quoted']}, {judged['quote_in_passage']} of the quotes a "
+                      "passage's words): "
+                      + ("; ".join(f"{e['id']} (\"{e['quote']}\")" for e in left)
+                         + f": {len(left)} answered there (the quote holds half of what the reference adds to its "
+                         "question), so not counted as questions to decline" if left else
+                         "no quote holds half of what a reference adds to its question, so every one counts")
+                      + ".", ""]
         if r.get("verify"):
             labels = {s["name"]: s["label"] for s in metrics["systems"]}
             retry = any("answered_again" in v for v in r["verify"].values())

@@ -6,7 +6,8 @@ Question sets are splits of ``RUN/dataset`` (built by ``papertune build``):
 - ``heldout``: pairs of documents kept out of training but in the retrieval index;
 - ``outside``: pairs of documents in no index: the right answer from passages is to decline. A question
   whose answer an indexed chunk says all the same (:func:`answered_in_index`: another post that repeats the
-  sentence) is no such question and is left out, counted.
+  sentence; with the judge, also :mod:`papertune.evaluate.outside`: a retrieved passage that says it in
+  other words) is no such question and is left out, counted.
 An older dataset with only ``train`` and ``test`` evaluates on ``test`` alone.
 
 A system is a model (``base``, ``tuned``) answering in a mode (``closed_book``: the question alone;

@@ -174,3 +174,22 @@ def context_dependence(question: str) -> str | None:
 def is_self_contained(question: str) -> bool:
     """Whether ``question`` can be understood without the text it was written from."""
     return context_dependence(question) is None
+
+
+# An answer may say "the text encoder", "above a threshold", "our intent": only these point its reader at a
+# source they will not see ("In the paper, they adopted ...", "the above process", "the blue part").
+_ANSWER_REFERS_BACK = re.compile(
+    r"\b(?:the|this) (?:paper|post|blog post|blog|article|passage|excerpt|paragraph)\b"
+    r"|\bthe above\b|\b(?:shown|mentioned|described|listed|defined|discussed) above\b"
+    r"|\b(?:equation|formula|figure|table|image|diagram|plot) (?:above|below)\b"
+    r"|\bthe (?:red|green|blue|yellow|orange|purple|pink|gr[ae]y|dashed|dotted|shaded|highlighted) "
+    r"(?:parts?|box(?:es)?|regions?|areas?|lines?|curves?|arrows?|dots?|points?|bars?|nodes?|blocks?|circles?)\b",
+    re.IGNORECASE,
+)
+
+
+def answer_source_reference(answer: str) -> str | None:
+    """The words by which ``answer`` points at the text it was written from ("the paper", "the above
+    process", "the blue part"), or None: a reader of the answer alone cannot tell which paper or part."""
+    match = _ANSWER_REFERS_BACK.search(answer)
+    return match.group(0) if match else None
