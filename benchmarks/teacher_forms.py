@@ -1,6 +1,6 @@
 """Which form of the llm prompt writes more right pairs: question first or evidence first?
 
-    python benchmarks/teacher_forms.py RUN_DIR [--n 30] [--seed 28] [--set KEY=VALUE ...]
+    python benchmarks/teacher_forms.py RUN_DIR [--n 30] [--seed 28] [--forms FORM ...] [--set KEY=VALUE ...]
 
 Takes a run's ``chunks.jsonl``, draws N content chunks (``random.Random(seed).sample``), and has the teacher
 write their pairs twice through the generator itself (:class:`papertune.generate.llm.LLMGenerator`):
@@ -12,7 +12,8 @@ write their pairs twice through the generator itself (:class:`papertune.generate
 Defaults: the 1.5B teacher in llama.cpp on this machine, as the cpu-quality profile runs it. Prints a table
 (time, pairs, chunks with a pair, drops by reason) and writes, beside the run, ``teacher_forms_sheet.txt``:
 one kept pair per chunk per form, drawn at random and shuffled, each with its chunk and without its form, to
-be read by hand; ``teacher_forms_key.jsonl`` says which form each numbered pair came from.
+be read by hand; ``teacher_forms_key.jsonl`` says which form each numbered pair came from. ``--forms
+evidence`` writes one form only (to set beside an earlier version of the code on the same chunks).
 """
 
 from __future__ import annotations
@@ -45,15 +46,18 @@ def main() -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--n", type=int, default=30, help="content chunks to write pairs for (a seeded draw)")
     parser.add_argument("--seed", type=int, default=28)
+    parser.add_argument("--forms", nargs="+", choices=[f.split()[0] for f in FORMS], default=None,
+                        help="the forms to write (default: both)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    forms = {f: s for f, s in FORMS.items() if args.forms is None or f.split()[0] in args.forms}
     chunks = [c for c in read_jsonl(args.run_dir / CHUNKS) if non_content_reason(c["text"]) is None]
     sample = random.Random(args.seed).sample(chunks, min(args.n, len(chunks)))
     by_id = {c["id"]: c for c in sample}
     kept: dict[str, dict[str, list[dict]]] = {}
     print("| form | seconds | pairs | chunks with a pair | dropped |")
     print("|---|---|---|---|---|")
-    for form, settings in FORMS.items():
+    for form, settings in forms.items():
         config = load_config(None, [f"run_dir={args.run_dir}", *DEFAULTS, *settings, *args.set])
         generator = LLMGenerator(config)
         started = time.perf_counter()
@@ -71,7 +75,7 @@ def main() -> int:
         if close:
             close()
     rng = random.Random(5)
-    drawn = [(form, chunk_id, rng.choice(pairs)) for form in FORMS for chunk_id, pairs in sorted(kept[form].items())]
+    drawn = [(form, chunk_id, rng.choice(pairs)) for form in forms for chunk_id, pairs in sorted(kept[form].items())]
     rng.shuffle(drawn)
     sheet, key = [], []
     for i, (form, chunk_id, pair) in enumerate(drawn):

@@ -58,11 +58,13 @@ it is, how it works or what was found.
 2. kind: what the evidence states: definition, mechanism, how_to, comparison, quantitative, limitation or \
 application. Ask only the kind the evidence states: a sentence about an effect is not an application.
 3. question: the question a researcher would ask that the evidence answers completely. Name the method, \
-model or concept it is about, so that it makes sense to someone who has not read the passage. Never mention \
+model or concept it is about (not "the agent" or "the model" without saying which one), so that it makes \
+sense to someone who has not read the passage. Never mention \
 the passage, text, document, paper, article or authors, a figure, table, equation or section, and never use \
-it, they, this or these for something the question does not name. Do not ask more than the evidence says.
-4. answer: one to three complete sentences that answer the question with what the evidence says. Name the \
-subject instead of writing "it". Copy formulas exactly as written.
+it, they, this or these for something the question does not name. Do not ask more than the evidence says: \
+ask for "the three steps" or "the two types" only when the evidence names every one of them.
+4. answer: one to three complete sentences that answer the question with what the evidence says, giving \
+every item the question asks for. Name the subject instead of writing "it". Copy formulas exactly as written.
 
 Reply with JSON only: {"pairs": [{"evidence": "...", "kind": "...", "question": "...", "answer": "..."}]}"""
 
