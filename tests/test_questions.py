@@ -35,7 +35,7 @@ from papertune.generate.questions import (
 from papertune.generate.replies import parse_pairs
 from papertune.jsonreply import keep_latex_backslashes
 from papertune.llm import LLMRequestError
-from papertune.text import curly_quotes, unfinished
+from papertune.text import curly_quotes, restore_latex, unfinished
 
 # ---------------------------------------------------------------------------------------------
 # self-contained questions
@@ -267,6 +267,26 @@ def test_latex_a_json_constrained_teacher_left_out_is_put_back_from_the_chunk():
     assert question == r"How does the base learner output $P(\hat{y}_i | \mathbf{x}_i)$?"
     assert answer == (r"It outputs $P(\hat{y}_i | \mathbf{x}_i) = g_{\phi}(\mathbf{x}_i)$ and its loss is "
                       r"$\mathcal{L} = -\log g_\phi$, the log of the base learner's output.")
+
+
+def test_formulas_a_json_constrained_teacher_had_to_change_are_taken_back_from_the_chunk():
+    """llama.cpp holds a reply to JSON's escapes, so the 1.5B teacher wrote "\\beta" for the chunk's "\\gamma"
+    (b is an escape, g is not), "\\rho" for "\\pi", "\\text{S}" for "\\mathcal{S}"; vLLM's teacher dropped
+    "\\hat{...}" and "\\mathcal{...}" whole. A formula that is a chunk's formula but for its commands, braces and
+    spaces becomes that formula; one the chunk does not hold, or holds in two forms, stays."""
+    chunk = (r"The TD target is $R_{t+1} + \gamma V(S_{t+1})$ and an MDP is $M_i= \langle \mathcal{S}, \mathcal{A}, "
+             r"P_i, R_i \rangle$. Estimate $q_\pi(s, a)$ by averaging; the generator gives $\hat{s}_i = "
+             r"\mathcal{G}(s_i)$; both $x$ and $\mathbf{x}$ appear.")
+    assert restore_latex(r"It moves towards $R_{t+1} + \beta V(S_{t+1})$.", chunk) == (
+        r"It moves towards $R_{t+1} + \gamma V(S_{t+1})$.")
+    assert restore_latex(r"$M_i= \text{\langle} \text{S}, \text{A}, P_i, R_i \text{\rangle}$ and $q_\rho(s, a)$",
+                         chunk) == r"$M_i= \langle \mathcal{S}, \mathcal{A}, P_i, R_i \rangle$ and $q_\pi(s, a)$"
+    assert restore_latex(r"The generator gives $s_i = G(s_i)$.", chunk) == (
+        r"The generator gives $\hat{s}_i = \mathcal{G}(s_i)$.")
+    assert restore_latex(r"$$R_{t+1} + \beta V(S_{t+1})$$", chunk) == r"$$R_{t+1} + \gamma V(S_{t+1})$$"
+    # Left alone: a formula the chunk has as it is, a different formula, one the chunk writes two ways.
+    for kept in (r"$q_\pi(s, a)$", r"$R_{t+2} + \beta V(S_{t+2})$", r"$\boldsymbol{x}$", r"$\beta$"):
+        assert restore_latex(kept, chunk) == kept
 
 
 def test_the_teacher_and_the_judge_read_straight_quotes_as_curly_ones():

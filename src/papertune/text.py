@@ -160,17 +160,47 @@ def curly_quotes(text: str) -> str:
 _BARE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 
+_DELIMITERS = re.compile(r"^(\$\$|\$|\\\[|\\\()(.*?)(\$\$|\$|\\\]|\\\))?$", re.S)
+
+
+def _split_formula(formula: str) -> tuple[str, str, str]:
+    """A formula of :data:`MATH` as (opening delimiter, inside, closing delimiter); an environment
+    (``\\begin{aligned} ... \\end{aligned}``) has none."""
+    match = _DELIMITERS.match(formula)
+    return (match.group(1), match.group(2), match.group(3) or "") if match else ("", formula, "")
+
+
+def _formula_skeleton(formula: str) -> str:
+    """A formula without its delimiters, commands, braces and spaces: what a model that had to change its
+    commands still copied (``$R_{t+1} + \\beta V$`` and ``$R_{t+1} + \\gamma V$`` share ``R_t+1+V``)."""
+    return re.sub(r"\s+", "", re.sub(r"\\[A-Za-z]+|[{}]", "", _split_formula(formula)[1]))
+
+
 def restore_latex(text: str, source: str) -> str:
-    """``text`` with the backslash put back on each LaTeX command, inside its formulas, that ``source`` writes
-    with one (``$mathbf{x}$`` -> ``$\\mathbf{x}$`` where the source has ``\\mathbf``). A model whose reply is held
-    to JSON cannot write ``\\m`` (no JSON escape) and leaves the backslash out."""
+    """``text`` with the LaTeX of its formulas put back as ``source`` writes it. A model whose reply is held to
+    JSON cannot write ``\\m`` or ``\\g`` (no such JSON escape), so it either leaves the backslash out
+    (``$mathbf{x}$``; llama.cpp and vLLM) or writes a letter JSON allows there instead (llama.cpp: ``\\beta``
+    for ``\\gamma``, ``\\rho`` for ``\\pi``, ``\\text{S}`` for ``\\mathcal{S}``). So:
+
+    - a word inside a formula gets its backslash back where ``source`` writes that command;
+    - a formula found nowhere in ``source`` but for its commands, braces and spacing (one source formula
+      with the same :func:`_formula_skeleton`) becomes that source formula, in the text's delimiters."""
     commands = set(_LATEX_COMMAND.findall(source))
     if not commands:
         return text
+    by_skeleton: dict[str, set[str]] = {}
+    for found in MATH.finditer(source):
+        by_skeleton.setdefault(_formula_skeleton(found.group(0)), set()).add(_split_formula(found.group(0))[1])
 
-    def mend(formula: re.Match[str]) -> str:
-        return _BARE_WORD.sub(lambda w: "\\" + w.group(0) if "\\" + w.group(0) in commands else w.group(0),
-                              formula.group(0))
+    def mend(match: re.Match[str]) -> str:
+        formula = _BARE_WORD.sub(lambda w: "\\" + w.group(0) if "\\" + w.group(0) in commands else w.group(0),
+                                 match.group(0))
+        opening, inner, closing = _split_formula(formula)
+        skeleton = _formula_skeleton(formula)
+        same = by_skeleton.get(skeleton, set())
+        if skeleton and inner not in same and len(same) == 1:
+            return opening + next(iter(same)) + closing
+        return formula
 
     return MATH.sub(mend, text)
 
