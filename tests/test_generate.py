@@ -947,6 +947,21 @@ def test_evidence_that_is_a_bare_formula_or_announces_what_follows_is_dropped():
                             "What does potential-based shaping keep?") is None
 
 
+def test_evidence_that_is_a_figure_caption_is_dropped():
+    """Captions a GPU run kept as evidence name what a figure shows, not what was found; a sentence that opens
+    the same way but states something is kept."""
+    caption = "Performance of VC-GPT on the MS COCO test set, in comparison with other captioning baseline models."
+    stated = "Performance of VC-GPT on the MS COCO test set drops by half without the self-ensemble module."
+    chunk = f"{caption} Illustration of the unsupervised data generation (UDG) framework. {stated}"
+    assert evidence_problem(caption, "VC-GPT is compared with other captioning baseline models on MS COCO.", chunk,
+                            "What is the performance of VC-GPT on the MS COCO test set?") == "evidence_is_caption"
+    assert evidence_problem("Illustration of the unsupervised data generation (UDG) framework.",
+                            "UDG is an unsupervised data generation framework.", chunk,
+                            "What is UDG?") == "evidence_is_caption"
+    assert evidence_problem(stated, "It drops by half without the self-ensemble module.", chunk,
+                            "What happens to VC-GPT on MS COCO without its self-ensemble module?") is None
+
+
 def test_an_evidence_first_answer_must_take_what_it_adds_to_its_question_from_the_evidence():
     """The answer repeats its question's words, which the evidence holds, and adds a fact the evidence does
     not say (a real teacher's reply to a notation table): dropped, though most of its words are in the

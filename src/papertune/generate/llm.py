@@ -31,7 +31,7 @@ Each pair is then checked; a dropped pair is counted under its reason:
 - ``same_answer``: the answer is word for word an earlier pair's of the same reply (a model that answers
   "what is X", "how does X work" and "why X" with one sentence fits at most one of them);
 - ``no_evidence``, ``evidence_not_in_chunk``, ``evidence_is_formula``, ``evidence_unfinished``,
-  ``answer_not_in_evidence`` (``generate.llm_evidence_first``): :func:`evidence_problem`;
+  ``evidence_is_caption``, ``answer_not_in_evidence`` (``generate.llm_evidence_first``): :func:`evidence_problem`;
 - ``duplicate`` and ``over_limit`` (more than ``generate.pairs_per_chunk``);
 - ``not_in_passage`` (``generate.llm_focused_answers``): asked again on its own, the question was found
   unanswered by the passage (:mod:`papertune.generate.answers`: a focused answer that passes the checks
@@ -242,13 +242,21 @@ EVIDENCE_MIN_CARRIED = 0.6
 # Evidence with fewer words than this outside its formulas is a bare formula: nothing in it says what the formula
 # is, so a question about it is the teacher's guess (a GPU run's "formula for the reward shaping" was another one).
 EVIDENCE_MIN_PROSE_WORDS = 4
+# A figure's caption copied as evidence ("Illustration of the UDG framework.", "Performance of VC-GPT on the MS
+# COCO test set, ..."): it names what a figure shows, not what was found (5 of a GPU run's 480 kept pairs, all
+# empty of facts). A sentence with a finite verb of its own ("Performance of X drops when ...") is no caption.
+_CAPTION = re.compile(r"^(?:fig(?:ure)?\.?\s*\d+[.:]?\s*)?(?:an?\s+)?(?:illustration|overview|performance|comparison|"
+                      r"visuali[sz]ation|schematic|diagram|demonstration)\s+of\b", re.I)
+_STATES = re.compile(r"\b(?:is|are|was|were|improves?|increases?|decreases?|drops?|outperforms?|leads?|achieves?|"
+                     r"reaches?|shows?)\b", re.I)
 
 
 def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str = "") -> str | None:
     """Why an evidence-first pair is dropped for its evidence, or None: ``no_evidence`` (none given),
     ``evidence_not_in_chunk`` (the copy is not the passage's), ``evidence_is_formula`` (a formula with no words
     that say what it is), ``evidence_unfinished`` (a sentence cut off or announcing what follows it: "The NTK
-    can be defined accordingly:"), ``answer_not_in_evidence`` (the answer says what its evidence does not: a
+    can be defined accordingly:"), ``evidence_is_caption`` (a figure's caption: "Illustration of ..."),
+    ``answer_not_in_evidence`` (the answer says what its evidence does not: a
     teacher that wrote its answer from elsewhere). The answer is held to its evidence twice: all its content
     words, and those its question does not already say, its new ones (an answer that repeats the question and
     adds "... is the sigmoid function" carries the question's words only)."""
@@ -260,6 +268,8 @@ def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str 
         return "evidence_is_formula"
     if unfinished(evidence):
         return "evidence_unfinished"
+    if _CAPTION.match(evidence.strip()) and not _STATES.search(evidence):
+        return "evidence_is_caption"
     stems, numbers = answer_words(answer)
     held = held_words(evidence)
     asked = set(content_stems(question))
