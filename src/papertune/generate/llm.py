@@ -243,7 +243,7 @@ EVIDENCE_MIN_CARRIED = 0.6
 # is, so a question about it is the teacher's guess (a GPU run's "formula for the reward shaping" was another one).
 EVIDENCE_MIN_PROSE_WORDS = 4
 # A figure's caption copied as evidence ("Illustration of the UDG framework.", "Performance of VC-GPT on the MS
-# COCO test set, ..."): it names what a figure shows, not what was found (5 of a GPU run's 480 kept pairs, all
+# COCO test set, ..."): it names what a figure shows, not what was found (4 of a GPU run's 480 kept pairs, all
 # empty of facts). A sentence with a finite verb of its own ("Performance of X drops when ...") is no caption.
 _CAPTION = re.compile(r"^(?:fig(?:ure)?\.?\s*\d+[.:]?\s*)?(?:an?\s+)?(?:illustration|overview|performance|comparison|"
                       r"visuali[sz]ation|schematic|diagram|demonstration)\s+of\b", re.I)
