@@ -1,9 +1,10 @@
 """Which outside questions the index answers all the same, read by the evaluate judge.
 
 A question about a document in no index is one the model should decline, unless an indexed document gives
-its answer too: "What is RLHF?" asked of a post outside the index is answered by an indexed post that
-defines RLHF in other words. The lexical check of :func:`papertune.evaluate.sets.answered_in_index` finds
-only answers said nearly word for word; this one asks the judge.
+its answer too: "What is TALM?", asked of the prompt-engineering post when it was outside the index, is
+answered by the indexed agent post in other words. The lexical check of
+:func:`papertune.evaluate.sets.answered_in_index` finds only answers said nearly word for word; this one asks
+the judge.
 
 The judge sees the question and the passages retrieval found for it (the ones every system answering with
 retrieval saw), not the reference answer, and copies the passage sentence that answers the question, if
