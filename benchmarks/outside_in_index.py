@@ -7,7 +7,8 @@ Reads ``EVAL_DIR/answers.jsonl`` (an evaluation made with retrieval, before eval
 against their passages) and asks the judge of ``papertune.evaluate.outside`` for the sentence of the
 passages retrieved for each outside question (their text from CHUNKS.jsonl) that answers it. Prints, for
 each system, the outside questions declined before and after leaving out those the judge finds answered,
-and the questions left out with the judge's quote. ``--sheet`` writes every question with its reference and the judge's quote, to read by hand.
+and the questions left out with the judge's quote. ``--sheet`` writes every question with its reference and
+the judge's quote, to read by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from papertune.config import LLMConfig
@@ -42,10 +44,11 @@ def main() -> None:
     questions = [{"id": a["id"], "question": a["question"], "answer": a["reference"]} for a in rows]
     passages = [[texts[p["chunk_id"]] for p in a["passages"]] for a in rows]
 
-    judge = make_chat_model(LLMConfig(backend=args.backend, model=args.model, context_length=8192,
-                                      batch_size=1024 if args.backend == "vllm" else 8), "judge")
+    batch = 1024 if args.backend == "vllm" else 8
+    judge = make_chat_model(LLMConfig(backend=args.backend, model=args.model, context_length=8192, batch_size=batch),
+                            "judge")
     start = time.perf_counter()
-    found = answered_by_passages(judge, questions, passages, 1024 if args.backend == "vllm" else 8)
+    found = answered_by_passages(judge, questions, passages, batch)
     seconds = time.perf_counter() - start
     left = {q["id"] for q, f in zip(questions, found, strict=True) if f is not None and f.in_index}
 
@@ -68,7 +71,7 @@ def main() -> None:
     if args.sheet:
         with args.sheet.open("w", encoding="utf-8") as out:
             for q, f in zip(questions, found, strict=True):
-                out.write(json.dumps({**q, "found": None if f is None else f.__dict__}, ensure_ascii=False) + "\n")
+                out.write(json.dumps({**q, "found": None if f is None else asdict(f)}, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,12 @@ def answer_words(answer: str) -> tuple[list[str], set[str]]:
     return content_stems(answer), numbers(answer)
 
 
+def added_words(answer: str, question: str) -> tuple[list[str], set[str]]:
+    """:func:`answer_words` of ``answer`` less those its ``question`` already says: what the answer adds."""
+    asked = set(content_stems(question))
+    return [t for t in content_stems(answer) if t not in asked], numbers(answer) - numbers(question)
+
+
 def held_words(text: str) -> tuple[set[str], set[str]]:
     """What :func:`carried_share` looks in: a text's content stems and its numbers."""
     return set(content_stems(text)), numbers(text)
@@ -173,7 +179,7 @@ def _split_formula(formula: str) -> tuple[str, str, str]:
 def _formula_skeleton(formula: str) -> str:
     """A formula without its delimiters, commands, braces and spaces: what a model that had to change its
     commands still copied (``$R_{t+1} + \\beta V$`` and ``$R_{t+1} + \\gamma V$`` share ``R_t+1+V``)."""
-    return re.sub(r"\s+", "", re.sub(r"\\[A-Za-z]+|[{}]", "", _split_formula(formula)[1]))
+    return re.sub(r"[\s{}]+", "", _LATEX_COMMAND.sub("", _split_formula(formula)[1]))
 
 
 def restore_latex(text: str, source: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from papertune.jsonreply import json_values
 from papertune.llm_base import ChatModel
-from papertune.text import carried, content_stems, held_words, numbers, quote_match
+from papertune.text import added_words, carried, held_words, quote_match
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def parse_check_reply(reply: str | None) -> str | None:
 def reference_held(question: str, reference: str, quote: str) -> float:
     """Share of the reference's content words (stemmed) its question does not say that ``quote`` holds; 0.0
     when the quote lacks a number the reference adds, or the reference adds no word."""
-    asked = set(content_stems(question))
-    wanted = ([t for t in content_stems(reference) if t not in asked], numbers(reference) - numbers(question))
-    return carried(wanted, held_words(quote))
+    return carried(added_words(reference, question), held_words(quote))
 
 
 def read_reply(question: str, reference: str, passages: Sequence[str], reply: str | None) -> Found | None:

@@ -76,9 +76,9 @@ from papertune.ingest.segment import split_sentences
 from papertune.llm import ChatModel, LLMRequestError, LLMUnreachableError, Message, make_chat_model
 from papertune.rundir import sha256_json
 from papertune.text import (
+    added_words,
     answer_words,
     carried,
-    content_stems,
     held_words,
     normalize,
     quote_match,
@@ -270,12 +270,10 @@ def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str 
         return "evidence_unfinished"
     if _CAPTION.match(evidence.strip()) and not _STATES.search(evidence):
         return "evidence_is_caption"
-    stems, numbers = answer_words(answer)
     held = held_words(evidence)
-    asked = set(content_stems(question))
-    new = [w for w in stems if w not in asked]  # the words the answer adds to its question
-    whole = carried((stems, numbers), held)
-    added = carried((new, set()), held) if new else 1.0
+    new = added_words(answer, question)  # the words the answer adds to its question
+    whole = carried(answer_words(answer), held)
+    added = carried(new, held) if new[0] else 1.0
     if min(whole, added) < EVIDENCE_MIN_CARRIED:
         return "answer_not_in_evidence"
     return None
