@@ -331,6 +331,37 @@ def test_a_pair_asking_an_amount_it_does_not_give_is_dropped_unless_switched_off
         "amount_not_given")
 
 
+def test_an_answer_whose_formula_its_chunk_does_not_hold_is_dropped_unless_switched_off(tmp_path: Path):
+    """A real 1.5B teacher's kept answers: "$R_{t+1} + 4V(S_{t+1})$" for the chunk's "$R_{t+1} + \\gamma
+    V(S_{t+1})$", "$\\langle S, A, Prangle$" for "$\\langle \\mathcal{S}, \\mathcal{A}, P\\rangle$". The same
+    symbols written another way (a/b for \\frac, | for \\vert, argmax, no \\mathcal) or a part of a formula pass."""
+    td = {**CHUNKS[0], "id": "td.md#0000", "source": "td.md",
+          "text": r"TD learning moves towards the target $R_{t+1} + \gamma V(S_{t+1})$. A CMP is "
+                  r"$\langle \mathcal{S}, \mathcal{A}, P\rangle$, the greedy action is "
+                  r"$A_t = \arg\max_{a} Q(S_t, a)$ and $D_{KL}(p \| q) = \int_x p(x) \log \frac{p(x)}{q(x)} dx$ "
+                  r"compares $q_\phi(\mathbf{z}\vert\mathbf{x})$."}
+    rows = [
+        pair("gamma", "What is the TD target in TD learning?", r"The TD target is $R_{t+1} + 4V(S_{t+1})$.",
+             "td.md#0000"),
+        pair("rangle", "What is a CMP in reinforcement learning?", r"A CMP is $\langle S, A, Prangle$.", "td.md#0000"),
+        pair("same", "How is the KL divergence of p and q written?",
+             r"It is $D_{KL}(p | q) = \int_x p(x) \log p(x)/q(x) dx$, with $A_t = argmax_{a} Q(S_t, a)$ greedy and "
+             r"$q_\phi(z|x)$ the posterior over $\mathcal{S}$.", "td.md#0000"),
+        pair("part", "What does TD learning move towards?", r"Towards $R_{t+1} + \gamma V(S_{t+1})$, using "
+             r"$V(S_{t+1})$.", "td.md#0000"),
+    ]
+    write_run(tmp_path, rows, [*CHUNKS, td])
+    curate.run(config(tmp_path))
+    kept, dropped, report = results(tmp_path)
+    assert [r["id"] for r in kept] == ["same", "part"]
+    assert dropped == dict.fromkeys(("gamma", "rangle"), "formula_changed")
+    assert report["dropped_by_reason"]["formula_changed"] == 2
+    details = {d["id"]: d["drop_detail"] for d in read_jsonl(tmp_path / "qa_dropped.jsonl")}
+    assert "4V(S_{t+1})" in details["gamma"]
+    curate.run(config(tmp_path, drop_formula_changed="false"))
+    assert [r["id"] for r in results(tmp_path)[0]] == ["gamma", "rangle", "same", "part"]
+
+
 def test_a_comparison_answered_about_one_side_only_is_found():
     """Found in a hand check of a real teacher's kept pairs: "How does RACE differ from SQuAD ...?" answered
     with RACE's size alone. Both sides named, named by initials or in a possessive, or a generic side

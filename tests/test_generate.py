@@ -962,6 +962,22 @@ def test_evidence_that_is_a_figure_caption_is_dropped():
                             "What happens to VC-GPT on MS COCO without its self-ensemble module?") is None
 
 
+def test_evidence_about_the_post_itself_is_dropped():
+    """Evidence a model-scale run kept, about the text rather than its subject: the author's previous post, a
+    pointer to another paper. A sentence that states a fact of the subject is kept."""
+    previous = "My previous post on meta-learning has covered several classic meta-learning algorithms."
+    pointer = ("Some improvement, precisely replacing weight clipping with gradient penalty, has been discussed in "
+               "Gulrajani et al.")
+    stated = "Meta-RL adjusts its hidden states to learn a new task without any gradient step."
+    chunk = f"{previous} Here I'm gonna include more related to RL. {pointer} {stated}"
+    assert evidence_problem(previous, previous, chunk,
+                            "What are some of the classic meta-learning algorithms?") == "evidence_about_the_text"
+    assert evidence_problem(pointer, pointer, chunk,
+                            "What replaces weight clipping in WGAN?") == "evidence_about_the_text"
+    assert evidence_problem(stated, "It adjusts its hidden states to learn a new task without any gradient step.",
+                            chunk, "How does Meta-RL learn a new task?") is None
+
+
 def test_an_evidence_first_answer_must_take_what_it_adds_to_its_question_from_the_evidence():
     """The answer repeats its question's words, which the evidence holds, and adds a fact the evidence does
     not say (a real teacher's reply to a notation table): dropped, though most of its words are in the

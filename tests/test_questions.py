@@ -220,6 +220,8 @@ def test_prose_with_numbers_citations_or_formulas_is_content(text):
         (r'"First sentence.\nSecond sentence."', "First sentence.\nSecond sentence."),
         (r'"a \"quoted\" word, a\\b path, caf\u00e9, a\/b"', 'a "quoted" word, a\\b path, café, a/b'),
         (r'"ends with a backslash \\"', "ends with a backslash \\"),
+        # a backspace or form feed written where a backslash was meant: no answer holds one
+        (r'"$p(\u0008mathbf{z}\u0008vert\u000Cmathbf{x})$"', r"$p(\mathbf{z}\vert\mathbf{x})$"),
     ],
 )
 def test_latex_backslashes_are_kept_and_json_escapes_decode(raw, decoded):
@@ -546,10 +548,14 @@ def test_suggested_kinds_start_at_different_places_for_different_passages():
         ("The NTK, as defined in the blue part, is a kernel.", "the blue part"),
         ("The filter is described above.", "described above"),
         ("The formula for the attack is given by the equation above.", "equation above"),
+        ("As you can see both the methods above require the prediction to be a probability.", "both the methods above"),
+        ("Interestingly, both works above found that uniform sampling is a strong benchmark.", "both works above"),
+        ("My previous post on meta-learning has covered several classic algorithms.", "My previous post"),
         # ML nouns and plain words that only look like references
         ("The text decoder attends causally to the text input.", None),
         ("Only replacements whose similarity is above a threshold are kept.", None),
         ("A black box attack sees only the outputs; a document encoder embeds each page.", None),
+        ("The method works above a threshold, and models above 10B parameters follow my instructions.", None),
     ],
 )
 def test_answers_that_point_at_their_source(answer, points_at):

@@ -281,6 +281,9 @@ class CurateConfig:
     drop_amount_not_given: bool = True  # "How much ...?" answered without a number, formula or number word
     # "How does X differ from Y?" answered without naming Y (or X): a comparison that compares nothing
     drop_one_sided_comparison: bool = True
+    # A formula in the answer that its chunk does not hold (a symbol changed, a term dropped): a pair that would
+    # teach a wrong formula. Compared as the symbols shown (pylatexenc), so \frac{a}{b} and a/b are the same.
+    drop_formula_changed: bool = True
     # A judge model that reads each pair's chunk (papertune.curate.judge): it quotes the supporting sentence and
     # scores the pair, and answers the question blind; papertune checks the quote and compares the answers.
     judge_enabled: bool = False

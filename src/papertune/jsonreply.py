@@ -63,6 +63,9 @@ _LATEX_N_COMMANDS = frozenset(
     """nabla ne neq neg nu not notin ni nmid nleq ngeq nless ngtr nsim nparallel nsubseteq nsupseteq nexists
     newline noindent nonumber nolimits natural nearrow nwarrow newcommand normalsize""".split()
 )
+# Control characters no answer holds, written as \uXXXX where a LaTeX backslash was meant (seen from a 1.5B
+# teacher under vLLM's JSON grammar: "$p(\u0008mathbf{z})$"): read as a backslash.
+_CONTROL_FOR_BACKSLASH = frozenset({"u0008", "u000c"})
 _ESCAPE = re.compile(r'\\(?:(["\\/])|(u[0-9a-fA-F]{4})|([A-Za-z]+)|(.?))', re.S)
 
 
@@ -73,6 +76,8 @@ def keep_latex_backslashes(text: str) -> str:
     sentences, ``\"``, ``\\``, ``\/`` and ``\u00e9``."""
 
     def fix(match: re.Match[str]) -> str:
+        if match.group(2) and match.group(2).lower() in _CONTROL_FOR_BACKSLASH:
+            return "\\\\"  # \u0008mathbf: a teacher held to JSON wrote a backspace for the backslash
         if match.group(1) or match.group(2):
             return match.group(0)  # \" \\ \/ \uXXXX
         word = match.group(3)

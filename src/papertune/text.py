@@ -2,16 +2,18 @@
 
 Words, content-word stems and normalised text, quotes found in a text, word shingles and their Jaccard
 similarity (near-duplicate questions), formulas found and set aside, what a model held to JSON does to text
-(LaTeX backslashes left out, strings ended at a straight quote, sentences cut off), and just enough English
-morphology for the rule-based writers: articles, plurals, verb forms, capitals.
+(LaTeX backslashes left out, formulas changed, strings ended at a straight quote, sentences cut off), and
+just enough English morphology for the rule-based writers: articles, plurals, verb forms, capitals.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 # English function words: they carry no content, so overlap and support are measured on the other words.
 STOPWORDS = frozenset(
@@ -209,6 +211,53 @@ def restore_latex(text: str, source: str) -> str:
         return formula
 
     return MATH.sub(mend, text)
+
+
+# How a formula is read when compared with its source: LaTeX that writes the same symbols another way.
+_SAME_SYMBOLS = (
+    (re.compile(r"\\arg\s*\\?(max|min)(?![A-Za-z])"), r"arg\1"),
+    (re.compile(r"\\gt(?![A-Za-z])"), ">"), (re.compile(r"\\lt(?![A-Za-z])"), "<"),
+    (re.compile(r"\\(?:[lr]?vert|mid|[lr]?Vert)(?![A-Za-z])|\\\||‖|∣"), "|"),
+    (re.compile(r"\\top(?![A-Za-z])"), "T"),
+    (re.compile(r"\\[lc]?dots(?![A-Za-z])|…|\.{2,}"), "..."),
+)
+
+
+@functools.cache
+def _latex_reader() -> Any:
+    from pylatexenc.latex2text import LatexNodes2Text
+
+    return LatexNodes2Text()
+
+
+def _formula_text(latex: str) -> str:
+    """A formula as the symbols it shows (pylatexenc's reading, Unicode compatibility forms folded, spaces and
+    repeated bars dropped): ``\\mathbf{z}\\vert\\mathbf{x}`` and ``z|x``, ``\\frac{a}{b}`` and ``a/b`` read alike."""
+    for pattern, same in _SAME_SYMBOLS:
+        latex = pattern.sub(same, latex)
+    try:
+        shown = _latex_reader().latex_to_text(latex)
+    except Exception:  # pylatexenc reads any text; a formula it cannot parse is compared as written
+        shown = latex
+    return re.sub(r"\|+", "|", re.sub(r"\s+", "", unicodedata.normalize("NFKC", shown)))
+
+
+def changed_formula(text: str, source: str) -> str | None:
+    """The first formula of ``text`` that ``source`` does not hold, or None: a formula a model was asked to copy
+    and changed (``R_{t+1} + 4V(S_{t+1})`` for ``R_{t+1} + \\gamma V(S_{t+1})``, ``\\langle S, A, Prangle``). A
+    formula counts as held when the symbols it shows, or its :func:`_formula_skeleton`, occur in one of the
+    source's formulas or in its text; a part of a formula is held too."""
+    if not MATH.search(text):
+        return None
+    found = [_split_formula(m.group(0))[1] for m in MATH.finditer(source)]
+    shown = "\x00".join([*map(_formula_text, found), re.sub(r"\s+", "", unicodedata.normalize("NFKC", source))])
+    skeletons = "\x00".join([*map(_formula_skeleton, found), re.sub(r"[\s{}$]+", "", source)])
+    for formula in MATH.finditer(text):
+        inner = _split_formula(formula.group(0))[1]
+        mine = _formula_text(inner)
+        if mine and mine not in shown and _formula_skeleton(formula.group(0)) not in skeletons:
+            return formula.group(0)
+    return None
 
 
 # A text ending on one of these, or on a word that does not end an English sentence (an article, a conjunction,

@@ -16,6 +16,8 @@ Each pair of ``RUN/qa.jsonl`` is checked, in this order, and dropped with the fi
   ("How does RACE differ from SQuAD?" answered "RACE has 28,000 passages."; ``curate.drop_one_sided_comparison``);
 - ``not_self_contained``: the question leans on a passage the reader does not see ("the table", "this paper");
 - ``answer_refers_to_source``: so does the answer ("In the paper, they adopted ...", "the above process");
+- ``formula_changed``: a formula of the answer is not its chunk's, read as the symbols it shows (a teacher
+  that copied ``R_{t+1} + \\gamma V(S_{t+1})`` as ``R_{t+1} + 4V(S_{t+1})``; ``curate.drop_formula_changed``);
 - ``unsupported_answer``: the answer is not supported by its chunk (``curate.support``: the share of the
   answer's content words found in the chunk, or the embedding cosine of answer and chunk);
 - ``judge`` (``curate.judge_enabled``): a judge model reading the chunk cannot back the pair up: its quote

@@ -1,9 +1,9 @@
 """The checks of the curate stage: which generated pairs are dropped, and why (see :mod:`papertune.curate`).
 
 Lexical and embedding checks (injection, ids, lengths, answer in question, an amount asked for and not
-given, a comparison answered about one side only, support in the chunk, duplicates) and the order they run
-in (:func:`curate_rows`); the grounded judge, when enabled, is handed in by the stage
-(:mod:`papertune.curate.judge`).
+given, a comparison answered about one side only, a formula its chunk does not hold, support in the chunk,
+duplicates) and the order they run in (:func:`curate_rows`); the grounded judge, when enabled, is handed in
+by the stage (:mod:`papertune.curate.judge`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from papertune.generate.questions import answer_source_reference, context_depend
 from papertune.index import embed_texts
 from papertune.injection import looks_injected, separate_injected
 from papertune.rundir import CHUNKS
-from papertune.text import content_stems, jaccard, normalize, shingles, stemmer, unfinished, words
+from papertune.text import changed_formula, content_stems, jaccard, normalize, shingles, stemmer, unfinished, words
 
 REASONS = (
     "injection",
@@ -33,6 +33,7 @@ REASONS = (
     "one_sided_comparison",
     "not_self_contained",
     "answer_refers_to_source",
+    "formula_changed",
     "unsupported_answer",
     "judge",
     "exact_duplicate",
@@ -321,6 +322,9 @@ def curate_rows(
             verdicts[i] = ("not_self_contained", leans_on)  # whoever wrote qa.jsonl
         if verdicts[i] is None and (points_at := answer_source_reference(row["answer"])):
             verdicts[i] = ("answer_refers_to_source", f"the answer points at its source: {points_at!r}")
+        if verdicts[i] is None and cfg.drop_formula_changed and \
+                (formula := changed_formula(row["answer"], chunks[row["chunk_id"]])):
+            verdicts[i] = ("formula_changed", f"the answer's formula {formula[:80]!r} is not its chunk's")
 
     pending = [i for i, v in enumerate(verdicts) if v is None]
     threshold = cfg.min_support if cfg.support == "overlap" else cfg.min_support_cosine

@@ -31,7 +31,8 @@ Each pair is then checked; a dropped pair is counted under its reason:
 - ``same_answer``: the answer is word for word an earlier pair's of the same reply (a model that answers
   "what is X", "how does X work" and "why X" with one sentence fits at most one of them);
 - ``no_evidence``, ``evidence_not_in_chunk``, ``evidence_is_formula``, ``evidence_unfinished``,
-  ``evidence_is_caption``, ``answer_not_in_evidence`` (``generate.llm_evidence_first``): :func:`evidence_problem`;
+  ``evidence_is_caption``, ``evidence_about_the_text``, ``answer_not_in_evidence``
+  (``generate.llm_evidence_first``): :func:`evidence_problem`;
 - ``duplicate`` and ``over_limit`` (more than ``generate.pairs_per_chunk``);
 - ``not_in_passage`` (``generate.llm_focused_answers``): asked again on its own, the question was found
   unanswered by the passage (:mod:`papertune.generate.answers`: a focused answer that passes the checks
@@ -250,12 +251,24 @@ _CAPTION = re.compile(r"^(?:fig(?:ure)?\.?\s*\d+[.:]?\s*)?(?:an?\s+)?(?:illustra
 _STATES = re.compile(r"\b(?:is|are|was|were|improves?|increases?|decreases?|drops?|outperforms?|leads?|achieves?|"
                      r"reaches?|shows?)\b", re.I)
 
+# A sentence about the text itself, not its subject: the author's voice ("My previous post has covered ...",
+# "Here I'm gonna include ...", "In this post, we will discuss ..."), a pointer elsewhere ("... has been
+# discussed in Gulrajani et al.", "If you are interested in ...", "for more details").
+_ABOUT_THE_TEXT = re.compile(
+    r"\b(?:if you are interested|my (?:\w+ )?(?:posts?|blog|articles?|tutorials?)|(?:in|of) this (?:post|article|"
+    r"blog|tutorial|section)|here (?:I|we)(?: will| would|'ll|'m|'re| am| are)? (?:focus|include|review|discuss|"
+    r"list|introduce|describe|cover|present|talk|gonna|going)|(?:has|have) been (?:discussed|covered|described|"
+    r"explained) in|(?:is|are) covered in|check out|for more details|I (?:will|'ll|am going to|'m going to|"
+    r"'m gonna|borrow))\b", re.I)
+
 
 def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str = "") -> str | None:
     """Why an evidence-first pair is dropped for its evidence, or None: ``no_evidence`` (none given),
     ``evidence_not_in_chunk`` (the copy is not the passage's), ``evidence_is_formula`` (a formula with no words
     that say what it is), ``evidence_unfinished`` (a sentence cut off or announcing what follows it: "The NTK
     can be defined accordingly:"), ``evidence_is_caption`` (a figure's caption: "Illustration of ..."),
+    ``evidence_about_the_text`` (the author or the post speaking of itself, or pointing elsewhere: "My previous
+    post has covered ...", "... has been discussed in Gulrajani et al."),
     ``answer_not_in_evidence`` (the answer says what its evidence does not: a
     teacher that wrote its answer from elsewhere). The answer is held to its evidence twice: all its content
     words, and those its question does not already say, its new ones (an answer that repeats the question and
@@ -270,6 +283,8 @@ def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str 
         return "evidence_unfinished"
     if _CAPTION.match(evidence.strip()) and not _STATES.search(evidence):
         return "evidence_is_caption"
+    if _ABOUT_THE_TEXT.search(evidence):
+        return "evidence_about_the_text"
     held = held_words(evidence)
     new = added_words(answer, question)  # the words the answer adds to its question
     whole = carried(answer_words(answer), held)

@@ -177,10 +177,14 @@ def is_self_contained(question: str) -> bool:
 
 
 # An answer may say "the text encoder", "above a threshold", "our intent": only these point its reader at a
-# source they will not see ("In the paper, they adopted ...", "the above process", "the blue part").
+# source they will not see ("In the paper, they adopted ...", "the above process", "both the methods above", "My
+# previous post", "the blue part").
 _ANSWER_REFERS_BACK = re.compile(
     r"\b(?:the|this) (?:paper|post|blog post|blog|article|passage|excerpt|paragraph)\b"
     r"|\bthe above\b|\b(?:shown|mentioned|described|listed|defined|discussed) above\b"
+    r"|\b(?:the|these|those|both|all|two|three)(?: the)? (?:works?|methods?|approach(?:es)?|papers?|studies|"
+    r"experiments?|examples?|steps?) (?:above|below)\b"
+    r"|\bmy (?:\w+ )?(?:posts?|blog|papers?|articles?|tutorials?)\b"
     r"|\b(?:equation|formula|figure|table|image|diagram|plot) (?:above|below)\b"
     r"|\bthe (?:red|green|blue|yellow|orange|purple|pink|gr[ae]y|dashed|dotted|shaded|highlighted) "
     r"(?:parts?|box(?:es)?|regions?|areas?|lines?|curves?|arrows?|dots?|points?|bars?|nodes?|blocks?|circles?)\b",
