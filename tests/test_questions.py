@@ -35,7 +35,7 @@ from papertune.generate.questions import (
 from papertune.generate.replies import parse_pairs
 from papertune.jsonreply import keep_latex_backslashes
 from papertune.llm import LLMRequestError
-from papertune.text import curly_quotes, restore_latex, unfinished
+from papertune.text import changed_formula, curly_quotes, restore_latex, unfinished
 
 # ---------------------------------------------------------------------------------------------
 # self-contained questions
@@ -289,6 +289,27 @@ def test_formulas_a_json_constrained_teacher_had_to_change_are_taken_back_from_t
     # Left alone: a formula the chunk has as it is, a different formula, one the chunk writes two ways.
     for kept in (r"$q_\pi(s, a)$", r"$R_{t+2} + \beta V(S_{t+2})$", r"$\boldsymbol{x}$", r"$\beta$"):
         assert restore_latex(kept, chunk) == kept
+
+
+def test_a_formula_is_held_by_its_source_when_it_shows_the_same_symbols():
+    """``changed_formula`` finds the formula a teacher changed ($R_{t+1} + 4V(S_{t+1})$, a real 1.5B answer) and
+    lets through the same symbols written another way: LaTeX against LaTeX (\\frac and /, \\vert and |,
+    \\arg\\max), LaTeX against a PDF's text layer (a minus sign, a double bar, sub- and superscripts without
+    their marks), and a part of a formula."""
+    latex = (r"The TD target is $R_{t+1} + \gamma V(S_{t+1})$, the KL divergence $D_{KL}(p \| q) = \int_x p(x) "
+             r"\log \frac{p(x)}{q(x)} dx$ and the policy $\pi_* = \arg\max_\pi V_\pi(s)$ of "
+             r"$q_\phi(\mathbf{z}\vert\mathbf{x})$.")
+    pdf = "The loss is L = −log p(x) + β · KL(q‖p), where ∑ i xi ≤ 1 and x2 + y2 = r2."
+    for held, source in [(r"$R_{t+1} + \gamma V(S_{t+1})$", latex), (r"$V(S_{t+1})$", latex),
+                         (r"$D_{KL}(p | q) = \int_x p(x) \log p(x) / q(x) dx$", latex),
+                         (r"$\pi_{*} = argmax_{\pi} V_{\pi}(s)$ and $q_{\phi}(z|x)$", latex),
+                         (r"$L = -\log p(x) + \beta \cdot KL(q \| p)$", pdf), (r"$\sum_i x_i \leq 1$", pdf),
+                         (r"$x^2 + y^2 = r^2$", pdf), ("No formula at all.", pdf)]:
+        assert changed_formula(held, source) is None, held
+    assert changed_formula(r"It is $R_{t+1} + 4V(S_{t+1})$, or $x$.", latex) == r"$R_{t+1} + 4V(S_{t+1})$"
+    assert changed_formula(r"$\pi_* = \arg\min_\pi V_\pi(s)$", latex) == r"$\pi_* = \arg\min_\pi V_\pi(s)$"
+    assert changed_formula(r"$x^2 + y^2 = 2r$", pdf) == r"$x^2 + y^2 = 2r$"
+    assert changed_formula(r"$R_{t+1} + \beta V(S_{t+1})$", latex) == r"$R_{t+1} + \beta V(S_{t+1})$"  # \gamma
 
 
 def test_the_teacher_and_the_judge_read_straight_quotes_as_curly_ones():

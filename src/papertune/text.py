@@ -231,31 +231,43 @@ def _latex_reader() -> Any:
 
 
 def _formula_text(latex: str) -> str:
-    """A formula as the symbols it shows (pylatexenc's reading, Unicode compatibility forms folded, spaces and
-    repeated bars dropped): ``\\mathbf{z}\\vert\\mathbf{x}`` and ``z|x``, ``\\frac{a}{b}`` and ``a/b`` read alike."""
+    """A formula as the symbols it shows (pylatexenc's reading, :func:`_folded`): ``\\mathbf{z}\\vert\\mathbf{x}``
+    and ``z|x``, ``\\frac{a}{b}`` and ``a/b``, ``-\\log`` and a PDF's ``−log`` read alike."""
     for pattern, same in _SAME_SYMBOLS:
         latex = pattern.sub(same, latex)
     try:
         shown = _latex_reader().latex_to_text(latex)
     except Exception:  # pylatexenc reads any text; a formula it cannot parse is compared as written
         shown = latex
-    return re.sub(r"\|+", "|", re.sub(r"\s+", "", unicodedata.normalize("NFKC", shown)))
+    return _folded(shown)
+
+
+# Characters that a PDF's text layer and a LaTeX reading write differently for the same symbol.
+_SAME_CHARACTERS = str.maketrans({"−": "-", "–": "-", "∗": "*", "⋅": "·", "∙": "·", "‖": "|", "∣": "|"})
+
+
+def _folded(text: str) -> str:
+    """``text`` with Unicode compatibility forms folded, one character for each symbol, no spaces, and a run of
+    bars as one: how a formula and a source are compared."""
+    return re.sub(r"\|+", "|", re.sub(r"\s+", "", unicodedata.normalize("NFKC", text).translate(_SAME_CHARACTERS)))
 
 
 def changed_formula(text: str, source: str) -> str | None:
     """The first formula of ``text`` that ``source`` does not hold, or None: a formula a model was asked to copy
     and changed (``R_{t+1} + 4V(S_{t+1})`` for ``R_{t+1} + \\gamma V(S_{t+1})``, ``\\langle S, A, Prangle``). A
-    formula counts as held when the symbols it shows, or its :func:`_formula_skeleton`, occur in one of the
-    source's formulas or in its text; a part of a formula is held too."""
+    formula counts as held when the symbols it shows (:func:`_formula_text`, with or without the marks of its
+    sub- and superscripts) occur in one of the source's formulas or in its text; a part of a formula is held
+    too. A command changed for another (``\\beta`` for ``\\gamma``) is a change: :func:`restore_latex` puts back
+    what it can first."""
     if not MATH.search(text):
         return None
     found = [_split_formula(m.group(0))[1] for m in MATH.finditer(source)]
-    shown = "\x00".join([*map(_formula_text, found), re.sub(r"\s+", "", unicodedata.normalize("NFKC", source))])
-    skeletons = "\x00".join([*map(_formula_skeleton, found), re.sub(r"[\s{}$]+", "", source)])
+    shown = "\x00".join([*map(_formula_text, found), _folded(source)])
+    # A PDF's text layer writes x_i as "xi" and x^2 as "x2": without their marks, sub- and superscripts match it.
+    flat = re.sub(r"[_^]", "", shown)
     for formula in MATH.finditer(text):
-        inner = _split_formula(formula.group(0))[1]
-        mine = _formula_text(inner)
-        if mine and mine not in shown and _formula_skeleton(formula.group(0)) not in skeletons:
+        mine = _formula_text(_split_formula(formula.group(0))[1])
+        if mine and mine not in shown and re.sub(r"[_^]", "", mine) not in flat:
             return formula.group(0)
     return None
 
