@@ -976,6 +976,9 @@ def test_evidence_about_the_post_itself_is_dropped():
                             "What replaces weight clipping in WGAN?") == "evidence_about_the_text"
     assert evidence_problem(stated, "It adjusts its hidden states to learn a new task without any gradient step.",
                             chunk, "How does Meta-RL learn a new task?") is None
+    defined = "In this section we define the return as the sum of discounted rewards; we check out-of-sample returns."
+    assert evidence_problem(defined, "The return is the sum of discounted rewards.", defined,
+                            "What is the return in reinforcement learning?") is None
 
 
 def test_an_evidence_first_answer_must_take_what_it_adds_to_its_question_from_the_evidence():

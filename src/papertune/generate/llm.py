@@ -255,11 +255,11 @@ _STATES = re.compile(r"\b(?:is|are|was|were|improves?|increases?|decreases?|drop
 # "Here I'm gonna include ...", "In this post, we will discuss ..."), a pointer elsewhere ("... has been
 # discussed in Gulrajani et al.", "If you are interested in ...", "for more details").
 _ABOUT_THE_TEXT = re.compile(
-    r"\b(?:if you are interested|my (?:\w+ )?(?:posts?|blog|articles?|tutorials?)|(?:in|of) this (?:post|article|"
-    r"blog|tutorial|section)|here (?:I|we)(?: will| would|'ll|'m|'re| am| are)? (?:focus|include|review|discuss|"
-    r"list|introduce|describe|cover|present|talk|gonna|going)|(?:has|have) been (?:discussed|covered|described|"
-    r"explained) in|(?:is|are) covered in|check out|for more details|I (?:will|'ll|am going to|'m going to|"
-    r"'m gonna|borrow))\b", re.I)
+    r"\b(?:if you are interested|my (?:\w+ )?(?:posts?|blog|articles?|tutorials?)|(?:in this (?:post|article|blog|"
+    r"tutorial|section),? |here )(?-i:I|we)(?: will| would|'ll|'m|'re| am| are)? (?:focus|include|review|discuss|"
+    r"list|introduce|describe|cover|present|talk|look|gonna|going)|(?:has|have) been (?:discussed|covered|"
+    r"described|explained) in|(?:is|are) covered in|check out (?:the|my|this|these|our)|for more details|"
+    r"(?-i:I) (?:will|'ll|am going to|'m going to|'m gonna|borrow))\b", re.I)
 
 
 def evidence_problem(evidence: str, answer: str, chunk_text: str, question: str = "") -> str | None:
