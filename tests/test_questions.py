@@ -572,6 +572,7 @@ def test_suggested_kinds_start_at_different_places_for_different_passages():
         ("As you can see both the methods above require the prediction to be a probability.", "both the methods above"),
         ("Interestingly, both works above found that uniform sampling is a strong benchmark.", "both works above"),
         ("My previous post on meta-learning has covered several classic algorithms.", "My previous post"),
+        ("The red terms can be ignored according to Markov assumptions.", "The red terms"),
         # ML nouns and plain words that only look like references
         ("The text decoder attends causally to the text input.", None),
         ("Only replacements whose similarity is above a threshold are kept.", None),

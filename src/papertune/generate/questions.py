@@ -123,7 +123,7 @@ _REFERS_BACK = re.compile(
     r"|\b(?:above|below|aforementioned|herein)\b"
     # a figure's colours and marks ("the green part", "the dashed line"); "black box" names a kind of model
     r"|\bthe (?:red|green|blue|yellow|orange|purple|pink|gr[ae]y|dashed|dotted|shaded|highlighted) "
-    r"(?:parts?|box(?:es)?|regions?|areas?|lines?|curves?|arrows?|dots?|points?|bars?|nodes?|blocks?|circles?)\b"
+    r"(?:parts?|terms?|box(?:es)?|regions?|areas?|lines?|curves?|arrows?|dots?|points?|bars?|nodes?|blocks?|circles?)\b"
     r"|\b(?:mentioned|described|discussed|listed|presented|shown|given|provided|proposed|introduced)"
     r"(?: here| earlier| previously| in (?:the|this) \w+)?\s*\??$"
     r"|\bour\b|\bwe (?:propose|proposed|present|introduce|find|found|show|observe|report|describe|study|"
@@ -187,7 +187,7 @@ _ANSWER_REFERS_BACK = re.compile(
     r"|\bmy (?:\w+ )?(?:posts?|blog|papers?|articles?|tutorials?)\b"
     r"|\b(?:equation|formula|figure|table|image|diagram|plot) (?:above|below)\b"
     r"|\bthe (?:red|green|blue|yellow|orange|purple|pink|gr[ae]y|dashed|dotted|shaded|highlighted) "
-    r"(?:parts?|box(?:es)?|regions?|areas?|lines?|curves?|arrows?|dots?|points?|bars?|nodes?|blocks?|circles?)\b",
+    r"(?:parts?|terms?|box(?:es)?|regions?|areas?|lines?|curves?|arrows?|dots?|points?|bars?|nodes?|blocks?|circles?)\b",
     re.IGNORECASE,
 )
 
