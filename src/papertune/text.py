@@ -217,9 +217,9 @@ def restore_latex(text: str, source: str) -> str:
 _SAME_SYMBOLS = (
     (re.compile(r"\\arg\s*\\?(max|min)(?![A-Za-z])"), r"arg\1"),
     (re.compile(r"\\gt(?![A-Za-z])"), ">"), (re.compile(r"\\lt(?![A-Za-z])"), "<"),
-    (re.compile(r"\\(?:[lr]?vert|mid|[lr]?Vert)(?![A-Za-z])|\\\||‖|∣"), "|"),
+    (re.compile(r"\\(?:[lr]?vert|mid|[lr]?Vert)(?![A-Za-z])|\\\|"), "|"),
     (re.compile(r"\\top(?![A-Za-z])"), "T"),
-    (re.compile(r"\\[lc]?dots(?![A-Za-z])|…|\.{2,}"), "..."),
+    (re.compile(r"\\[lc]?dots(?![A-Za-z])"), "..."),
 )
 
 
@@ -247,9 +247,19 @@ _SAME_CHARACTERS = str.maketrans({"−": "-", "–": "-", "∗": "*", "⋅": "·
 
 
 def _folded(text: str) -> str:
-    """``text`` with Unicode compatibility forms folded, one character for each symbol, no spaces, and a run of
-    bars as one: how a formula and a source are compared."""
-    return re.sub(r"\|+", "|", re.sub(r"\s+", "", unicodedata.normalize("NFKC", text).translate(_SAME_CHARACTERS)))
+    """``text`` with Unicode compatibility forms folded (… is ...), one character for each symbol, no spaces, a
+    run of bars as one and a run of dots as three: how a formula and a source are compared."""
+    folded = re.sub(r"\s+", "", unicodedata.normalize("NFKC", text).translate(_SAME_CHARACTERS))
+    return re.sub(r"\.{2,}", "...", re.sub(r"\|+", "|", folded))
+
+
+@functools.lru_cache(maxsize=64)
+def _source_symbols(source: str) -> tuple[str, str]:
+    """The symbols ``source`` shows (its formulas read by :func:`_formula_text`, then its whole text folded),
+    with and without the marks of sub- and superscripts; kept for the next pair of the same chunk."""
+    shown = "\x00".join([*(_formula_text(_split_formula(m.group(0))[1]) for m in MATH.finditer(source)),
+                          _folded(source)])
+    return shown, re.sub(r"[_^]", "", shown)
 
 
 def changed_formula(text: str, source: str) -> str | None:
@@ -261,10 +271,8 @@ def changed_formula(text: str, source: str) -> str | None:
     what it can first."""
     if not MATH.search(text):
         return None
-    found = [_split_formula(m.group(0))[1] for m in MATH.finditer(source)]
-    shown = "\x00".join([*map(_formula_text, found), _folded(source)])
     # A PDF's text layer writes x_i as "xi" and x^2 as "x2": without their marks, sub- and superscripts match it.
-    flat = re.sub(r"[_^]", "", shown)
+    shown, flat = _source_symbols(source)
     for formula in MATH.finditer(text):
         mine = _formula_text(_split_formula(formula.group(0))[1])
         if mine and mine not in shown and re.sub(r"[_^]", "", mine) not in flat:
