@@ -551,13 +551,25 @@ def test_a_failing_model_still_leaves_skipped_chunks_recorded(tmp_path):
 def test_suggested_kinds_start_at_different_places_for_different_passages():
     from papertune.generate.questions import KINDS, suggest_kinds
 
-    passages = [f"Method {i} routes each token to two experts, which is cheaper than a dense layer of {i * 7} "
+    passages = [f"Method {i}, a kind of sparse layer, routes each token to two experts, which is cheaper than a "
+                f"dense layer of {i * 7} "
                 f"units; however it is unstable without a balancing loss." for i in range(60)]
     firsts = Counter(suggest_kinds(p, 1)[0] for p in passages)
     assert len(firsts) >= 4 and max(firsts.values()) <= 0.4 * len(passages)  # not one kind first everywhere
     kinds = suggest_kinds(passages[0], 3)
     assert kinds == suggest_kinds(passages[0], 3) and len(set(kinds)) == 3 and set(kinds) <= set(KINDS)
     assert set(suggest_kinds("Attention weighs tokens.", 7)) == {"mechanism", "definition"}  # no cue: no other kind
+
+
+def test_definition_is_suggested_where_the_passage_defines_or_offers_little_else():
+    from papertune.generate.questions import suggest_kinds
+
+    rich = ("Mixture-of-experts layers route each token to 2 of 64 experts, which is cheaper than a dense layer; "
+            "however routing is unstable, so in practice a balancing loss is used for training.")
+    assert "definition" not in suggest_kinds(rich, 7)  # explains, compares, counts: no definition to ask for
+    defining = rich + " A router is a small network that refers to the gate choosing the experts."
+    assert "definition" in suggest_kinds(defining, 7)
+    assert "definition" in suggest_kinds("Attention weighs tokens by similarity, since 2017.", 7)  # little else
 
 
 @pytest.mark.parametrize(
